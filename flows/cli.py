@@ -1,0 +1,189 @@
+"""``landslide``: the command line.
+
+    landslide scan --region iburi-2018 --out runs/iburi
+    landslide regions
+    landslide models
+    landslide train ...      (see `landslide train --help`)
+    landslide evaluate ...   (see `landslide evaluate --help`)
+
+User mistakes print one line ``error: ...`` on stderr and exit with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+EXIT_INPUT = 2
+EXIT_FAILED = 1
+
+
+def _offline_defaults() -> None:
+    """Prefect/HF settings for machines without internet (users can override them)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tasks,models")
+
+
+def _bbox(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--bbox {text!r}: expected minx,miny,maxx,maxy numbers") from None
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError(f"--bbox {text!r}: expected 4 numbers minx,miny,maxx,maxy")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="landslide",
+        description="Find landslides in Sentinel-2 imagery and write polygons to a GeoPackage.",
+        epilog="Example: landslide scan --region iburi-2018 --out runs/iburi",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    scan = sub.add_parser(
+        "scan", help="one-off scan of a region/ROI -> run folder with landslides.gpkg",
+        description="Scan a region or ROI: align bands + DEM on a 10 m UTM grid, tile, predict, "
+                    "stitch, clean, vectorize. Writes landslides.gpkg (layers landslides, footprint), "
+                    "probability.tif, uncertainty.tif, mask.tif (COGs) and manifest.json into --out.")
+    where = scan.add_argument_group("where and when")
+    where.add_argument("--region", help="a region of data_catalog.yaml (see `landslide regions`)")
+    where.add_argument("--source", help="a source of data_catalog.yaml (default: the region's)")
+    where.add_argument("--bbox", type=_bbox, metavar="MINX,MINY,MAXX,MAXY",
+                       help="ROI in EPSG:4326 degrees; restricts the region's area")
+    where.add_argument("--aoi", metavar="FILE.geojson", help="ROI polygon(s) in EPSG:4326")
+    where.add_argument("--start", metavar="YYYY-MM-DD", help="first acquisition date to consider")
+    where.add_argument("--end", metavar="YYYY-MM-DD", help="last acquisition date to consider")
+    where.add_argument("--catalog", metavar="PATH", help="catalog file (default: ./data_catalog.yaml, "
+                       "$LANDSLIDE_CATALOG, or the one shipped with the package)")
+    what = scan.add_argument_group("detector")
+    what.add_argument("--checkpoint", "--detector", dest="detector", metavar="NAME|PATH|index",
+                      help="model card name in models/checkpoints, a path to a .json card, or "
+                           "'index' for the weights-free bare-soil rule (default: the shipped model)")
+    what.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda")
+    what.add_argument("--batch-size", type=int, default=16, help="patches per forward pass (16)")
+    what.add_argument("--overlap", type=int, default=32, dest="overlap_px",
+                      help="patch overlap in pixels for seam-free blending (32)")
+    what.add_argument("--res-m", type=float, default=10.0, help="analysis grid pixel size in m (10)")
+    post = scan.add_argument_group("cleanup")
+    post.add_argument("--threshold", type=float, help="probability threshold (default: the card's)")
+    post.add_argument("--opening-radius-px", type=int, default=1, help="morphological opening radius (1)")
+    post.add_argument("--closing-radius-px", type=int, default=1, help="morphological closing radius (1)")
+    post.add_argument("--fill-holes-max-area-m2", type=float, default=2000.0,
+                      help="fill holes smaller than this inside detections (2000; 0 disables)")
+    post.add_argument("--min-area-m2", type=float, default=500.0,
+                      help="drop detections smaller than this (500 m2 = 5 pixels at 10 m)")
+    run = scan.add_argument_group("run")
+    run.add_argument("--out", default="runs/{run_id}", help="run folder (default runs/<run_id>)")
+    run.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    run.add_argument("--keep-work", action="store_true", help="keep intermediate rasters in --out/.work")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--json", action="store_true", help="print the run summary as JSON")
+
+    regions = sub.add_parser("regions", help="list the catalog's regions and sources",
+                             description="List regions and sources of data_catalog.yaml.")
+    regions.add_argument("--catalog", metavar="PATH")
+
+    models_p = sub.add_parser("models", help="list architectures and shipped checkpoints",
+                              description="List the 12 registry models and the checkpoints in "
+                                          "models/checkpoints.")
+    models_p.add_argument("--json", action="store_true")
+
+    from flows import train_cli
+
+    train_cli.add_subcommands(sub)
+    return parser
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from tasks.plan import ScanRequest, new_run_id, plan_scan
+
+    run_id = new_run_id()
+    request = ScanRequest(
+        out=args.out.replace("{run_id}", run_id), region=args.region, source=args.source,
+        bbox=args.bbox, aoi=args.aoi, start=args.start, end=args.end, detector=args.detector,
+        catalog=args.catalog, res_m=args.res_m, overlap_px=args.overlap_px, batch_size=args.batch_size,
+        device=args.device, threshold=args.threshold, opening_radius_px=args.opening_radius_px,
+        closing_radius_px=args.closing_radius_px, fill_holes_max_area_m2=args.fill_holes_max_area_m2,
+        min_area_m2=args.min_area_m2, overwrite=args.overwrite, keep_work=args.keep_work,
+        progress=not args.no_progress, run_id=run_id)
+    plan_scan(request)  # every user mistake surfaces here, before Prefect starts
+
+    from flows.scan import scan_flow
+
+    options = request.model_dump(mode="json", exclude={"region", "bbox", "aoi", "start", "end",
+                                                       "detector", "out"})
+    result = scan_flow(out=request.out, region=request.region,
+                       bbox=list(request.bbox) if request.bbox else None, aoi=request.aoi,
+                       start=args.start, end=args.end, detector=request.detector, options=options)
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        c = result["counts"]
+        print(f"{c['polygons']} landslide polygons ({c['landslide_area_m2'] / 1e6:.3f} km2) "
+              f"-> {result['out']}/landslides.gpkg")
+    return 0
+
+
+def cmd_regions(args: argparse.Namespace) -> int:
+    from tasks.catalog import load_catalog
+
+    catalog = load_catalog(args.catalog)
+    print("regions:")
+    for name, region in sorted(catalog.regions.items()):
+        print(f"  {name:20s} source={region.source}  bbox={list(region.bbox) if region.bbox else region.aoi}"
+              f"  {region.description}")
+    print("sources:")
+    for name, source in sorted(catalog.sources.items()):
+        print(f"  {name:20s} kind={source.kind}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from models.checkpoint import list_checkpoints
+    from models.registry import list_models
+
+    info = {"architectures": list_models(), "checkpoints": list_checkpoints()}
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print("architectures (train with `landslide train --model NAME`):")
+        for name in info["architectures"]:
+            print(f"  {name}")
+        print("shipped checkpoints (use with `landslide scan --checkpoint NAME`):")
+        for name in info["checkpoints"]:
+            print(f"  {name}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    _offline_defaults()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_INPUT
+    from tasks.errors import LandslideError
+
+    handlers = {"scan": cmd_scan, "regions": cmd_regions, "models": cmd_models}
+    from flows import train_cli
+
+    handlers.update(train_cli.HANDLERS)
+    try:
+        return handlers[args.command](args)
+    except LandslideError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print("error: interrupted; no output was published", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

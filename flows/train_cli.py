@@ -1,0 +1,135 @@
+"""CLI subcommands for data preparation, training and evaluation.
+
+    landslide weak-labels --out data/iburi_weak
+    landslide train --data-dir data/iburi_weak --name my-model --out models/checkpoints
+    landslide evaluate --data-dir data/iburi_weak/val --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+
+def add_subcommands(sub: argparse._SubParsersAction) -> None:
+    weak = sub.add_parser(
+        "weak-labels", help="build the Iburi 2018 weak-label dataset (train/val strips)",
+        description="Align the bundled Iburi post-event scene and DEM on the 10 m UTM grid over the "
+                    "area the published reference predictions cover, and write weak labels: 1 where "
+                    "the reference CNN AND the bare-soil rule say landslide, 0 where both say no, "
+                    "255 (ignored) where they disagree. The southern third (by latitude) is the "
+                    "validation strip. See docs/weak_labels.md.")
+    weak.add_argument("--out", required=True, help="dataset folder to write (train/, val/)")
+    weak.add_argument("--catalog", help="catalog file (default: data_catalog.yaml)")
+
+    train = sub.add_parser(
+        "train", help="train a segmentation model on a scene-layout dataset",
+        description="Train a registry model (see `landslide models`) on DIR/train and select the "
+                    "checkpoint on DIR/val (validation F1). Writes NAME.safetensors + NAME.json "
+                    "(model card) into --out.")
+    train.add_argument("--data-dir", required=True, help="folder with train/ and val/ (scene layout)")
+    train.add_argument("--name", required=True, help="checkpoint name")
+    train.add_argument("--out", default="models/checkpoints", help="output folder (models/checkpoints)")
+    train.add_argument("--model", default="unet-mobilenet_v2", help="registry model (unet-mobilenet_v2)")
+    train.add_argument("--bands", default="B02,B03,B04,SLOPE,DEM",
+                       help="input channels in contract order (B02,B03,B04,SLOPE,DEM)")
+    train.add_argument("--epochs", type=int, default=12)
+    train.add_argument("--steps-per-epoch", type=int, default=50)
+    train.add_argument("--batch-size", type=int, default=8)
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--dtype", choices=["float16", "float32"], default="float16",
+                       help="weights dtype on disk (metrics are measured with it)")
+    train.add_argument("--no-progress", action="store_true")
+
+    ev = sub.add_parser(
+        "evaluate", help="precision/recall/F1/IoU/AUC of a checkpoint on a labelled dataset",
+        description="Predict a scene-layout dataset (DIR/image.tif) the way a scan does (tiled, "
+                    "blended) and score it against DIR/labels.tif over labelled pixels (255 ignored).")
+    ev.add_argument("--data-dir", required=True, help="folder with image.tif and labels.tif")
+    ev.add_argument("--checkpoint", help="card name/path, or 'index' (default: the shipped model)")
+    ev.add_argument("--threshold", type=float, help="probability threshold (default: the card's)")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def cmd_weak_labels(args: argparse.Namespace) -> int:
+    from tasks.labels import build_iburi_weak_dataset
+
+    summary = build_iburi_weak_dataset(args.out, args.catalog)
+    for split in ("train", "val"):
+        c = summary[split]
+        print(f"{split}: {c['landslide_px']} landslide px, {c['background_px']} background px, "
+              f"{c['ignored_px']} ignored px")
+    print(f"-> {args.out}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from flows.train import train_flow
+    from tasks.bands import validate_bands
+    from tasks.errors import InputError
+
+    data = Path(args.data_dir)
+    for split in ("train", "val"):
+        if not (data / split / "labels.tif").exists():
+            raise InputError(f"{data}/{split}/labels.tif not found; --data-dir needs train/ and val/ "
+                             "in the scene layout (build one with `landslide weak-labels`)")
+    bands = tuple(b.strip() for b in args.bands.split(","))
+    if validate_bands(bands) != tuple(b.upper() for b in bands):
+        raise InputError(f"--bands must be in contract order: {','.join(validate_bands(bands))}")
+    from models.registry import parse_model_name
+
+    parse_model_name(args.model)  # unknown names fail before Prefect starts
+    config = {"model": args.model, "bands": validate_bands(bands), "epochs": args.epochs,
+              "steps_per_epoch": args.steps_per_epoch, "batch_size": args.batch_size,
+              "lr": args.lr, "seed": args.seed, "save_dtype": args.dtype}
+    card = train_flow(str(data / "train"), str(data / "val"), args.out, args.name, config)
+    print(f"checkpoint: {card}")
+    return 0
+
+
+def evaluate_checkpoint(data_dir: str, checkpoint: str | None, threshold: float | None = None,
+                        device: str = "auto") -> dict:
+    """Metrics of a detector on a labelled scene-layout dataset (plain function; tests call it)."""
+    import numpy as np
+
+    from models.datasets import load_scene_dataset
+    from models.metrics import evaluate_probabilities
+    from tasks.bands import BAND_NAMES
+    from tasks.errors import InputError
+    from tasks.inference import load_detector, predict_array
+
+    detector = load_detector(checkpoint, device)
+    data = load_scene_dataset(data_dir, require_labels=True)
+    idx = [BAND_NAMES.index(b) for b in detector.bands]
+    missing = [b for b, i in zip(detector.bands, idx) if not np.isfinite(data.image[i]).any()]
+    if missing:
+        raise InputError(f"{data_dir}/image.tif has no data in band(s) {', '.join(missing)} that "
+                         f"{detector.ref} needs")
+    valid = np.isfinite(data.image[idx]).all(axis=0)
+    prob = predict_array(data.image, valid, detector)
+    thr = detector.threshold if threshold is None else threshold
+    m = evaluate_probabilities(prob, data.labels, thr)
+    return {"checkpoint": detector.ref, "data_dir": str(data_dir),
+            "labels": data.provenance.get("labels", "unknown (no dataset.json)"),
+            **{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in m.items()}}
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    result = evaluate_checkpoint(args.data_dir, args.checkpoint, args.threshold, args.device)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['checkpoint']} on {result['data_dir']} (threshold {result['threshold']}):")
+        for k in ("precision", "recall", "f1", "iou", "auc"):
+            v = result[k]
+            print(f"  {k:9s} {v:.4f}" if v is not None else f"  {k:9s} n/a")
+        print(f"  labels: {result['labels']}")
+    return 0
+
+
+HANDLERS = {"weak-labels": cmd_weak_labels, "train": cmd_train, "evaluate": cmd_evaluate}

@@ -1,0 +1,585 @@
+"""Checkpoints: safetensors weights plus a JSON model card (DESIGN.md section 6).
+
+A checkpoint is two files side by side::
+
+    <name>.safetensors   the network's state dict (float32 or float16), never a pickle
+    <name>.json          the model card: what the network is, which bands it reads in which units,
+                         how it was trained and evaluated, and the sha256 of the weights file
+
+Pickle checkpoints (``torch.save``) are never loaded: unpickling runs arbitrary code. A file that is
+not safetensors is recognised from its header and refused with a message saying how to convert it.
+
+The card's ``input_transform`` maps physical units (``tasks.bands``: reflectance x 10000, degrees,
+metres) to the network input, per channel: ``((physical * scale + offset) - mean) / std``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Any, Literal, Sequence
+
+import numpy as np
+import torch
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
+
+from models.registry import build_model, canonical_arch, check_encoder
+from tasks.bands import BAND_NAMES, normalize_band_name, validate_bands
+from tasks.errors import CheckpointError, InputError
+
+CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
+CARD_SUFFIX = ".json"
+WEIGHTS_SUFFIX = ".safetensors"
+WEIGHTS_DTYPES: tuple[str, ...] = ("float32", "float16")
+_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+_MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on the JSON header
+_SHOW_KEYS = 3  # mismatching state-dict keys named in an error message
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+_INVALID_PREFIX = re.compile(r"^invalid [A-Za-z]+: ")
+
+
+def _summarize_validation(exc: ValidationError, limit: int = 3) -> str:
+    """Pydantic errors on one line: ``field.path: message; ...``."""
+    errors = exc.errors()
+    parts = []
+    for err in errors[:limit]:
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        msg = str(err.get("msg", "invalid"))
+        if err.get("type") == "extra_forbidden":
+            msg = "unknown field (not part of the format; remove it or fix its spelling)"
+        # Validators raise InputError (a ValueError); _Strict.__init__ runs inside pydantic's
+        # validation too, so a nested model's summary arrives here as "invalid <Model>: ...".
+        msg = _INVALID_PREFIX.sub("", msg.removeprefix("Value error, "))
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    if len(errors) > limit:
+        parts.append(f"(+{len(errors) - limit} more)")
+    return "; ".join(parts)
+
+
+class _Strict(BaseModel):
+    """Base of the card models: unknown keys are errors; bad values raise ``InputError``.
+
+    Constructing a model directly (``ModelCard(...)``) raises ``InputError`` with a one-line
+    summary; ``model_validate`` raises pydantic's ``ValidationError`` (``read_card`` turns that
+    into a ``CheckpointError`` naming the file).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise InputError(f"invalid {type(self).__name__}: {_summarize_validation(exc)}") from exc
+
+
+class InputTransform(_Strict):
+    """Per-channel map from physical units to the network input.
+
+    ``input = ((physical * scale + offset) - mean) / std``, one value per band of the card, in the
+    card's band order. ``scale``/``offset`` bring physical units into the units the statistics were
+    computed in (e.g. ``scale = 1 / L4S_SCALE`` for statistics of Landslide4Sense h5 values);
+    ``mean``/``std`` standardize.
+    """
+
+    scale: list[FiniteFloat]
+    offset: list[FiniteFloat]
+    mean: list[FiniteFloat]
+    std: list[FiniteFloat]
+
+    @model_validator(mode="after")
+    def _check(self) -> "InputTransform":
+        lengths = {k: len(getattr(self, k)) for k in ("scale", "offset", "mean", "std")}
+        if len(set(lengths.values())) != 1 or not self.scale:
+            raise InputError(f"scale, offset, mean and std need one value per band each; got lengths "
+                             f"{lengths}")
+        if any(s <= 0 for s in self.std):
+            raise InputError(f"std values must be > 0, got {self.std}")
+        if any(s == 0 for s in self.scale):
+            raise InputError(f"scale values must be non-zero, got {self.scale}")
+        return self
+
+    @property
+    def n_bands(self) -> int:
+        """Number of channels the transform applies to."""
+        return len(self.scale)
+
+    @classmethod
+    def from_stats(cls, means: Sequence[float], stds: Sequence[float]) -> "InputTransform":
+        """Standardization only: ``scale = 1``, ``offset = 0``.
+
+        Args:
+            means: per-band mean in physical units.
+            stds: per-band standard deviation in physical units (> 0).
+
+        Returns:
+            The transform.
+
+        Raises:
+            InputError: lengths differ, a value is not finite, or a std is not positive.
+        """
+        means = [float(m) for m in means]
+        stds = [float(s) for s in stds]
+        return cls(scale=[1.0] * len(means), offset=[0.0] * len(means), mean=means, std=stds)
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """Transform physical values to network input.
+
+        Args:
+            x: ``(B, C, H, W)`` or ``(C, H, W)`` array in physical units, C = number of bands.
+                NaN stays NaN: fill nodata before (see ``tasks.inference``).
+
+        Returns:
+            A new float32 array of the same shape.
+
+        Raises:
+            InputError: the array is not 3- or 4-dimensional or has the wrong number of channels.
+        """
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim not in (3, 4):
+            raise InputError(f"input_transform.apply needs (C, H, W) or (B, C, H, W), got shape "
+                             f"{x.shape}")
+        if x.shape[-3] != self.n_bands:
+            raise InputError(f"input_transform has {self.n_bands} band(s) but the array has "
+                             f"{x.shape[-3]} channel(s) (shape {x.shape}); select the card's bands "
+                             "from the stack first")
+
+        def col(values: list[float]) -> np.ndarray:
+            return np.asarray(values, dtype=np.float32).reshape(-1, 1, 1)
+
+        out = x * col(self.scale) + col(self.offset)
+        out -= col(self.mean)
+        out /= col(self.std)
+        return out.astype(np.float32, copy=False)
+
+
+class TrainedOn(_Strict):
+    """Provenance of the training data."""
+
+    dataset: str = Field(min_length=1)
+    split: str = Field(min_length=1)
+    file_list_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    labels: str = ""  # how the labels were made (manual, weak labels from a rule, ...)
+
+
+class Training(_Strict):
+    """How the network was trained. Further keys (optimizer, lr, batch_size, ...) are allowed."""
+
+    model_config = ConfigDict(extra="allow")
+
+    epochs: int = Field(ge=0)
+    loss: str = Field(min_length=1)
+    augmentation: str | list[str] = "none"
+    seed: int
+
+
+def _utc_now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class ModelCard(_Strict):
+    """The model card of one trained network (``<name>.json`` next to ``<name>.safetensors``)."""
+
+    kind: Literal["model"] = "model"
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=128)
+    version: str = Field(min_length=1)
+    arch: str
+    encoder: str
+    bands: list[str]
+    input_transform: InputTransform
+    fill: dict[str, str] = Field(default_factory=dict)
+    patch_size: int = Field(default=128, ge=32)
+    threshold: float = Field(ge=0.0, le=1.0)
+    trained_on: TrainedOn
+    metrics: dict[str, dict[str, FiniteFloat]] = Field(default_factory=dict)
+    training: Training
+    created: str = Field(default_factory=_utc_now_iso)
+    weights_sha256: str = Field(default="", pattern=r"^([0-9a-f]{64})?$")
+    weights_dtype: Literal["float32", "float16"] = "float32"
+    description: str = ""
+
+    @field_validator("arch")
+    @classmethod
+    def _arch(cls, v: str) -> str:
+        return canonical_arch(v)
+
+    @field_validator("encoder")
+    @classmethod
+    def _encoder(cls, v: str) -> str:
+        return check_encoder(v)
+
+    @field_validator("bands")
+    @classmethod
+    def _bands(cls, v: list[str]) -> list[str]:
+        canon = [normalize_band_name(b) for b in v]
+        ordered = list(validate_bands(canon))
+        if canon != ordered:
+            raise InputError(f"bands {canon} are not in contract order; list them as {ordered} "
+                             f"(order {' '.join(BAND_NAMES)}) and order input_transform the same way")
+        return canon
+
+    @field_validator("fill")
+    @classmethod
+    def _fill(cls, v: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        bands = info.data.get("bands")  # absent when the bands failed validation
+        fill = {}
+        for band, policy in v.items():
+            key = normalize_band_name(band)
+            if bands is not None and key not in bands:
+                raise InputError(f"fill names {band!r}, which is not one of the card's bands {bands}")
+            if not policy.strip():
+                raise InputError(f"fill policy for {key} is empty")
+            fill[key] = policy
+        return fill
+
+    @field_validator("created")
+    @classmethod
+    def _created(cls, v: str) -> str:
+        try:
+            datetime.fromisoformat(v)
+        except ValueError:
+            raise InputError(f"created {v!r} is not an ISO 8601 date-time "
+                             "(e.g. 2024-05-01T12:00:00+00:00)") from None
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ModelCard":
+        if self.input_transform.n_bands != len(self.bands):
+            raise InputError(f"input_transform has {self.input_transform.n_bands} value(s) per list "
+                             f"but the card has {len(self.bands)} band(s) {self.bands}")
+        # DeepLabV3+ runs its encoder at output stride 16; smp refuses other sides.
+        if self.arch == "DeepLabV3Plus" and self.patch_size % 16:
+            raise InputError(f"patch_size {self.patch_size} must be a multiple of 16 for "
+                             "DeepLabV3Plus")
+        return self
+
+    @property
+    def in_channels(self) -> int:
+        """Number of input channels of the network (one per band)."""
+        return len(self.bands)
+
+    @property
+    def model_ref(self) -> str:
+        """``name@<first 12 hex of the weights' sha256>``, recorded with every prediction."""
+        return f"{self.name}@{self.weights_sha256[:12]}"
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def list_checkpoints(directory: str | Path | None = None) -> list[str]:
+    """Names of the model cards in a folder (default: the shipped ``models/checkpoints``).
+
+    Args:
+        directory: folder to list; None for ``CHECKPOINT_DIR``.
+
+    Returns:
+        Sorted card names (file stems); an empty list when the folder does not exist.
+    """
+    folder = Path(directory) if directory is not None else CHECKPOINT_DIR
+    if not folder.is_dir():
+        return []
+    return sorted(p.stem for p in folder.glob(f"*{CARD_SUFFIX}")
+                  if p.is_file() and not p.name.startswith("."))
+
+
+def resolve_checkpoint(ref: str | Path) -> Path:
+    """Find the model card a reference points to.
+
+    Args:
+        ref: a path to ``<name>.json`` or ``<name>.safetensors`` (or the path without suffix),
+            or a bare name resolved in ``models/checkpoints/``.
+
+    Returns:
+        The path of the ``.json`` card (it exists).
+
+    Raises:
+        CheckpointError: no such card.
+    """
+    text = str(ref).strip()
+    if not text:
+        raise CheckpointError("empty checkpoint reference; pass a card path or one of "
+                              f"{_shipped_hint()}")
+    path = Path(text)
+    is_path = (isinstance(ref, Path) or path.suffix in (CARD_SUFFIX, WEIGHTS_SUFFIX)
+               or "/" in text or os.sep in text)
+    if is_path:
+        if path.is_dir():
+            raise CheckpointError(f"checkpoint {path} is a folder; pass the <name>.json card inside it "
+                                  f"(cards there: {', '.join(list_checkpoints(path)) or 'none'})")
+        if path.suffix == WEIGHTS_SUFFIX:
+            card = path.with_suffix(CARD_SUFFIX)
+        elif path.suffix == CARD_SUFFIX:
+            card = path
+        else:
+            card = path.with_name(path.name + CARD_SUFFIX)
+    else:
+        card = CHECKPOINT_DIR / f"{text}{CARD_SUFFIX}"
+    if not card.is_file():
+        raise CheckpointError(f"model card {card} not found; pass a path to a <name>.json card "
+                              f"(with <name>.safetensors beside it) or one of {_shipped_hint()}")
+    return card
+
+
+def _shipped_hint() -> str:
+    names = list_checkpoints()
+    return ("the shipped checkpoints: " + ", ".join(names)) if names else \
+        f"the shipped checkpoints (none in {CHECKPOINT_DIR})"
+
+
+def read_card(path: str | Path) -> ModelCard:
+    """Read and validate a model card file (without touching the weights).
+
+    Args:
+        path: the ``.json`` card.
+
+    Returns:
+        The validated ``ModelCard``.
+
+    Raises:
+        CheckpointError: the file is missing, not JSON, or not a valid model card.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"model card {path} not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise CheckpointError(f"model card {path} is not JSON text (not UTF-8); a card is the "
+                              "<name>.json file written by save_checkpoint") from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"model card {path} is not valid JSON ({exc.msg} at line {exc.lineno} "
+                              f"column {exc.colno})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"model card {path} must hold a JSON object, found "
+                              f"{type(data).__name__}")
+    if data.get("kind", "model") != "model":
+        raise CheckpointError(f"{path} is a {data.get('kind')!r} card, not a single model card; "
+                              "load ensembles with models.ensemble")
+    try:
+        return ModelCard.model_validate(data)
+    except ValidationError as exc:
+        raise CheckpointError(f"model card {path} is invalid: {_summarize_validation(exc)}; fix the "
+                              "card (format: DESIGN.md section 6)") from None
+
+
+def _check_safetensors_header(path: Path) -> None:
+    """Refuse anything that is not a safetensors file, without unpickling it."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        # torch.save writes a zip archive (PK..) since torch 1.6, a raw pickle (0x80 proto) before.
+        if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+            raise CheckpointError(
+                f"{path} is not a safetensors file: it is a PyTorch pickle (torch.save) file, which "
+                "is never loaded because unpickling can run code; on a machine you trust, load it "
+                "and re-export it with models.checkpoint.save_checkpoint"
+            )
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n < 2 or n > size - 8 or n > _MAX_HEADER_BYTES:
+            raise CheckpointError(f"{path} is not a safetensors file (no valid header); write "
+                                  "checkpoints with models.checkpoint.save_checkpoint")
+        try:
+            header = json.loads(f.read(n).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            header = None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path} is not a safetensors file (its header is not a JSON object); "
+                              "write checkpoints with models.checkpoint.save_checkpoint")
+
+
+def _state_mismatch(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor]) -> str:
+    """Describe key and shape differences between two state dicts ('' when they agree)."""
+    missing = [k for k in expected if k not in got]
+    unexpected = [k for k in got if k not in expected]
+    shapes = [f"{k} {tuple(got[k].shape)} vs {tuple(expected[k].shape)} expected"
+              for k in expected if k in got and tuple(got[k].shape) != tuple(expected[k].shape)]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} key(s) missing from the weights, e.g. "
+                     f"{', '.join(missing[:_SHOW_KEYS])}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s), e.g. "
+                     f"{', '.join(unexpected[:_SHOW_KEYS])}")
+    if shapes:
+        parts.append(f"{len(shapes)} shape mismatch(es): {'; '.join(shapes[:_SHOW_KEYS])}")
+    return "; ".join(parts)
+
+
+def _build_from_card(card: ModelCard) -> torch.nn.Module:
+    return build_model(card.arch, card.encoder, in_channels=card.in_channels)
+
+
+def save_checkpoint(
+    model: torch.nn.Module,
+    card: ModelCard,
+    directory: str | Path,
+    *,
+    dtype: Literal["float32", "float16"] = "float32",
+) -> tuple[Path, Path]:
+    """Write ``<directory>/<card.name>.safetensors`` and ``<card.name>.json``.
+
+    Floating-point tensors are stored as ``dtype``; integer buffers (BatchNorm counters) keep
+    theirs. The card written gets ``weights_sha256`` and ``weights_dtype`` filled in; the ``card``
+    object passed in is not modified. Both files are written under temporary names in the same
+    folder and renamed into place, so a failure leaves no file under a final name.
+
+    Args:
+        model: the trained network; its state dict must fit ``build_model(card.arch,
+            card.encoder, in_channels=len(card.bands))``.
+        card: the model card.
+        directory: output folder (created if missing).
+        dtype: ``"float32"`` or ``"float16"``.
+
+    Returns:
+        ``(weights_path, card_path)``.
+
+    Raises:
+        InputError: unknown dtype.
+        CheckpointError: the model's state dict does not fit the card's arch/encoder/bands.
+    """
+    if dtype not in WEIGHTS_DTYPES:
+        raise InputError(f"dtype must be one of {', '.join(WEIGHTS_DTYPES)}, got {dtype!r}")
+    from safetensors.torch import save_file
+
+    target = _TORCH_DTYPES[dtype]
+    state = {}
+    for key, value in model.state_dict().items():
+        t = value.detach().to("cpu")
+        t = t.to(target) if t.is_floating_point() else t
+        state[key] = t.contiguous().clone()  # safetensors refuses shared or strided storage
+    mismatch = _state_mismatch(_build_from_card(card).state_dict(), state)
+    if mismatch:
+        raise CheckpointError(f"cannot save {card.name}: the model does not match the card "
+                              f"({card.arch}, encoder {card.encoder}, {card.in_channels} band(s)): "
+                              f"{mismatch}")
+
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    weights_path = folder / f"{card.name}{WEIGHTS_SUFFIX}"
+    card_path = folder / f"{card.name}{CARD_SUFFIX}"
+    tmp_paths = []
+    for suffix in (WEIGHTS_SUFFIX, CARD_SUFFIX):
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{card.name}.", suffix=f"{suffix}.tmp")
+        os.close(fd)
+        tmp_paths.append(Path(tmp))
+    tmp_weights, tmp_card = tmp_paths
+    try:
+        save_file(state, str(tmp_weights), metadata={
+            "format": "pt", "name": card.name, "arch": card.arch, "encoder": card.encoder,
+            "bands": ",".join(card.bands)})
+        with open(tmp_weights, "rb+") as f:
+            os.fsync(f.fileno())
+        data = card.model_dump(mode="json")
+        data.update(weights_sha256=sha256_file(tmp_weights), weights_dtype=dtype)
+        final_card = ModelCard.model_validate(data)
+        with open(tmp_card, "w", encoding="utf-8") as f:
+            f.write(final_card.model_dump_json(indent=2) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_weights, weights_path)
+        try:
+            os.replace(tmp_card, card_path)
+        except BaseException:
+            weights_path.unlink(missing_ok=True)
+            raise
+    finally:
+        for tmp in tmp_paths:
+            tmp.unlink(missing_ok=True)
+    return weights_path, card_path
+
+
+def load_checkpoint(ref: str | Path, device: str | torch.device = "cpu"
+                    ) -> tuple[torch.nn.Module, ModelCard]:
+    """Load a checkpoint after checking that card and weights belong together.
+
+    Args:
+        ref: path to the ``.json`` card or the ``.safetensors`` weights, or a bare name in
+            ``models/checkpoints/``.
+        device: where to put the model (``"cpu"``, ``"cuda"``, ``"cuda:0"``, a ``torch.device``).
+
+    Returns:
+        ``(model, card)``: the network in eval mode on ``device`` with float32 parameters (fp16
+        weights are upcast), and its card.
+
+    Raises:
+        CheckpointError: card missing, not JSON or invalid; weights missing or not safetensors
+            (pickles are refused, never unpickled); sha256 of the weights differs from the card's;
+            the weights' keys or shapes do not fit the network the card describes.
+        InputError: the device is unknown or not available.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    card_path = resolve_checkpoint(ref)
+    card = read_card(card_path)
+    weights_path = card_path.with_suffix(WEIGHTS_SUFFIX)
+    if not weights_path.is_file():
+        raise CheckpointError(f"weights {weights_path} not found for card {card_path}; the "
+                              f"{WEIGHTS_SUFFIX} file must sit next to the card with the same name")
+    _check_safetensors_header(weights_path)
+    if not card.weights_sha256:
+        raise CheckpointError(f"card {card_path} has no weights_sha256; write checkpoints with "
+                              "models.checkpoint.save_checkpoint")
+    digest = sha256_file(weights_path)
+    if digest != card.weights_sha256:
+        raise CheckpointError(f"sha256 mismatch: {weights_path} has {digest[:12]}..., card "
+                              f"{card_path} expects {card.weights_sha256[:12]}...; the weights were "
+                              "modified or belong to another card: re-export both with save_checkpoint")
+    try:
+        tensors = load_file(str(weights_path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{weights_path} is not a readable safetensors file: {exc}") from None
+    try:
+        model = _build_from_card(card)
+    except InputError as exc:
+        raise CheckpointError(f"card {card_path}: {exc}") from None
+    expected = model.state_dict()
+    mismatch = _state_mismatch(expected, tensors)
+    if mismatch:
+        raise CheckpointError(f"weights {weights_path} do not fit the network of card {card_path} "
+                              f"({card.arch}, encoder {card.encoder}, {card.in_channels} band(s)): "
+                              f"{mismatch}; the card's arch, encoder and bands must be those of the "
+                              "network that produced the weights")
+    for key, value in tensors.items():
+        want = expected[key].dtype
+        if value.is_floating_point() and value.dtype != want:
+            tensors[key] = value.to(want)  # fp16 storage -> the model's fp32
+    model.load_state_dict(tensors, strict=True)
+    model.eval()
+    try:
+        model.to(torch.device(device))
+    except (RuntimeError, AssertionError, TypeError) as exc:
+        raise InputError(f"cannot put the model on device {device!r}: {exc}; use 'cpu' or an "
+                         "available 'cuda:N'") from None
+    return model, card
+
+
+__all__ = [
+    "CHECKPOINT_DIR",
+    "InputTransform",
+    "ModelCard",
+    "TrainedOn",
+    "Training",
+    "list_checkpoints",
+    "load_checkpoint",
+    "read_card",
+    "resolve_checkpoint",
+    "save_checkpoint",
+    "sha256_file",
+]

@@ -1,0 +1,1 @@
+"""Pipeline stages: one module a stage, pure functions plus thin Prefect task wrappers."""

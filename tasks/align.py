@@ -1,0 +1,187 @@
+"""Bring every layer onto the analysis grid and write the 14-channel stack, lazily and in chunks.
+
+Each band is opened through a GDAL ``WarpedVRT`` onto the analysis grid and wrapped by rioxarray as a
+dask array, so the stack is computed chunk by chunk and streamed to a tiled GeoTIFF: memory depends
+on the chunk size, not the scene size. Bands may come in any CRS and resolution (10/20/60 m): GDAL
+resamples each onto the grid (bilinear for reflectance and terrain, DESIGN.md section 4). Slope is
+computed on the DEM in a metric CRS at the DEM's own resolution first, then resampled.
+
+Output: ``stack.tif`` (float32, 14 bands in contract order, physical units, NaN = nodata; channels the
+source does not provide are all-NaN) and ``valid.tif`` (uint8 1 = analysed).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import dask
+import dask.array as da
+import numpy as np
+import rasterio
+import rioxarray
+import shapely
+import xarray as xr
+from rasterio.enums import Resampling
+from rasterio.features import geometry_mask
+from rasterio.vrt import WarpedVRT
+
+from tasks.acquire_local import SceneInputs
+from tasks.bands import BAND_NAMES, get_band
+from tasks.errors import InputError
+from tasks.grid import AnalysisGrid
+from tasks.terrain import compute_slope_raster
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHUNK_PX = 1024
+
+
+@dataclass(frozen=True)
+class StackResult:
+    stack_path: str
+    valid_path: str
+    band_stats: dict  # band -> {"valid_fraction": f, "nan_pixels_in_source": n}
+    valid_fraction: float
+
+
+def _warped_layer(path: str, grid: AnalysisGrid, resampling: Resampling, src_nodata: float | None,
+                  chunk_px: int) -> xr.DataArray:
+    """A lazy (1, H, W) float32 view of ``path`` on ``grid`` with NaN for nodata."""
+    src = rasterio.open(path)
+    if src.crs is None:
+        raise InputError(f"{path} has no CRS; set one with gdal_edit.py -a_srs EPSG:XXXX")
+    nodata = src_nodata if src_nodata is not None else src.nodata
+    vrt_kwargs = dict(crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
+                      resampling=resampling)
+    if nodata is not None and not (isinstance(nodata, float) and np.isnan(nodata)):
+        vrt_kwargs.update(src_nodata=nodata, nodata=nodata)
+    vrt = WarpedVRT(src, **vrt_kwargs)
+    arr = rioxarray.open_rasterio(vrt, chunks={"band": 1, "y": chunk_px, "x": chunk_px},
+                                  masked=True, lock=False)
+    arr = arr.isel(band=[0]).astype("float32")
+    # a file may also hold NaN (float rasters): NaN is nodata either way
+    return arr
+
+
+def _empty_layer(grid: AnalysisGrid, chunk_px: int) -> da.Array:
+    return da.full((1, grid.height, grid.width), np.nan, dtype="float32",
+                   chunks=(1, chunk_px, chunk_px))
+
+
+def roi_mask(roi_grid_crs: shapely.Geometry | None, grid: AnalysisGrid) -> np.ndarray:
+    """uint8 (H, W): 1 inside the ROI polygon (pixel centres), 0 outside."""
+    if roi_grid_crs is None:
+        return np.ones(grid.shape, dtype=np.uint8)
+    inside = geometry_mask([roi_grid_crs], out_shape=grid.shape, transform=grid.transform,
+                           invert=True, all_touched=False)
+    return inside.astype(np.uint8)
+
+
+def build_stack(inputs: SceneInputs, grid: AnalysisGrid, work_dir: str | Path,
+                required_bands: tuple[str, ...], roi_grid_crs: shapely.Geometry | None = None,
+                chunk_px: int = DEFAULT_CHUNK_PX) -> StackResult:
+    """Warp the scene's bands and the terrain layers onto ``grid``; write stack.tif and valid.tif.
+
+    Args:
+        inputs: the scene (band paths, DEM path, nodata, harmonization offset).
+        grid: the analysis grid.
+        work_dir: folder for the stack, the valid mask and the metric-CRS slope.
+        required_bands: channels the detector consumes: a pixel is valid only where all are finite.
+        roi_grid_crs: ROI polygon in the grid CRS; pixels outside it are not analysed.
+        chunk_px: dask chunk side (bounded memory: a few chunks of 14 bands at a time).
+    """
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    layers: list[da.Array] = []
+    nan_in_source: dict[str, int] = {}
+    for name in BAND_NAMES:
+        band = get_band(name)
+        resampling = Resampling[band.resampling]
+        if name in inputs.band_paths:
+            arr = _warped_layer(inputs.band_paths[name], grid, resampling, inputs.band_nodata, chunk_px)
+            data = arr.data
+            if inputs.offset_dn:
+                data = da.maximum(data - inputs.offset_dn, 0.0)
+            nan_in_source[name] = _count_source_nan(inputs.band_paths[name])
+        elif name == "DEM" and inputs.dem_path:
+            data = _warped_layer(inputs.dem_path, grid, resampling, inputs.dem_nodata, chunk_px).data
+        elif name == "SLOPE" and inputs.dem_path:
+            slope_path = work_dir / "slope_metric.tif"
+            if not slope_path.exists():
+                compute_slope_raster(inputs.dem_path, slope_path, dst_crs=grid.crs)
+            data = _warped_layer(str(slope_path), grid, resampling, None, chunk_px).data
+        else:
+            data = _empty_layer(grid, chunk_px)
+        layers.append(data.rechunk((1, chunk_px, chunk_px)))
+    stack = da.concatenate(layers, axis=0)
+    inside = da.from_array(roi_mask(roi_grid_crs, grid), chunks=(chunk_px, chunk_px))
+    idx = [BAND_NAMES.index(b) for b in required_bands]
+    valid = da.isfinite(stack[idx]).all(axis=0) & (inside > 0)
+    stack = da.where(valid[None], stack, np.nan).astype("float32")
+
+    stack_xr = xr.DataArray(stack, dims=("band", "y", "x"),
+                            coords={"band": np.arange(1, len(BAND_NAMES) + 1)})
+    stack_xr = _georef(stack_xr, grid)
+    stack_xr.attrs["long_name"] = list(BAND_NAMES)
+    valid_xr = _georef(xr.DataArray(valid.astype("uint8")[None], dims=("band", "y", "x")), grid)
+
+    stack_path = work_dir / "stack.tif"
+    valid_path = work_dir / "valid.tif"
+    tmp_stack, tmp_valid = stack_path.with_suffix(".tmp.tif"), valid_path.with_suffix(".tmp.tif")
+    lock = threading.Lock()
+    with dask.config.set(scheduler="threads"):
+        stack_xr.rio.write_nodata(np.nan, encoded=False, inplace=True)
+        stack_xr.rio.to_raster(tmp_stack, tiled=True, blockxsize=256, blockysize=256,
+                               compress="deflate", predictor=3, BIGTIFF="IF_SAFER", lock=lock,
+                               windowed=True, dtype="float32")
+        valid_xr.rio.to_raster(tmp_valid, tiled=True, blockxsize=256, blockysize=256,
+                               compress="deflate", lock=lock, windowed=True, dtype="uint8")
+    with rasterio.open(tmp_stack, "r+") as dst:
+        dst.descriptions = BAND_NAMES
+        for i, name in enumerate(BAND_NAMES, start=1):
+            dst.update_tags(i, unit=get_band(name).unit)
+    stats, valid_fraction = _stack_stats(tmp_stack, tmp_valid, nan_in_source)
+    os.replace(tmp_stack, stack_path)
+    os.replace(tmp_valid, valid_path)
+    (work_dir / "stack_stats.json").write_text(json.dumps(stats, indent=2))
+    log.info("stack: %dx%d px on %s, %.1f%% valid", grid.width, grid.height, grid.crs,
+             100 * valid_fraction)
+    return StackResult(str(stack_path), str(valid_path), stats, valid_fraction)
+
+
+def _georef(arr: xr.DataArray, grid: AnalysisGrid) -> xr.DataArray:
+    t = grid.transform
+    xs = t.c + (np.arange(grid.width) + 0.5) * t.a
+    ys = t.f + (np.arange(grid.height) + 0.5) * t.e
+    arr = arr.assign_coords(x=xs, y=ys)
+    arr = arr.rio.write_crs(grid.crs)
+    return arr.rio.write_transform(t)
+
+
+def _count_source_nan(path: str) -> int:
+    """NaN pixels in a float source raster, block by block (integer rasters hold none)."""
+    with rasterio.open(path) as src:
+        if not np.issubdtype(np.dtype(src.dtypes[0]), np.floating):
+            return 0
+        return int(sum(np.isnan(src.read(1, window=w)).sum() for _, w in src.block_windows(1)))
+
+
+def _stack_stats(stack_path: Path, valid_path: Path, nan_in_source: dict[str, int]) -> tuple[dict, float]:
+    """Per-band finite fraction over the grid, read window by window."""
+    with rasterio.open(stack_path) as stack, rasterio.open(valid_path) as valid:
+        finite = np.zeros(stack.count, dtype=np.int64)
+        n_valid = 0
+        total = stack.width * stack.height
+        for _, window in stack.block_windows(1):
+            block = stack.read(window=window)
+            finite += np.isfinite(block).reshape(stack.count, -1).sum(axis=1)
+            n_valid += int(valid.read(1, window=window).sum())
+    stats = {name: {"finite_fraction": round(float(finite[i]) / total, 6),
+                    **({"nan_pixels_in_source": nan_in_source[name]} if name in nan_in_source else {})}
+             for i, name in enumerate(BAND_NAMES)}
+    return stats, n_valid / total

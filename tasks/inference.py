@@ -1,0 +1,271 @@
+"""Batched patch inference and stitching. Device choice lives here and nowhere else.
+
+A detector maps a batch of patches in physical units (B, C, H, W) to landslide probabilities
+(B, H, W). Two kinds exist: a trained network from a checkpoint (safetensors + model card), and the
+weights-free spectral index rule (``tasks.weak_labels.scar_score``), the "traditional method".
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import rasterio
+from tqdm.auto import tqdm
+
+from tasks.bands import BAND_NAMES, validate_bands
+from tasks.stitch import Stitcher, binary_entropy
+from tasks.tiling import count_windows, iter_windows, read_patches
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHECKPOINT = "iburi2018-weak-unet-mobilenet_v2"
+INDEX_DETECTOR = "index"
+
+
+def select_device(preference: str = "auto") -> "torch.device":  # noqa: F821
+    """``auto``: CUDA when available, else CPU. ``cpu``/``cuda``/``cuda:N`` force a device."""
+    import torch
+
+    if preference == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(preference)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        from tasks.errors import InputError
+
+        raise InputError("--device cuda was requested but no CUDA GPU is available; use --device auto")
+    return device
+
+
+class Detector(Protocol):
+    name: str
+    ref: str  # "name@sha256-prefix" for the manifest and the polygons' `model` attribute
+    bands: tuple[str, ...]  # channels consumed, contract order
+    threshold: float
+    patch_size: int
+
+    def predict(self, batch: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """(B, C, H, W) float32 physical units (NaN = nodata), (B, H, W) bool -> (B, H, W) prob."""
+
+    def describe(self) -> dict:
+        """What the manifest records about this detector."""
+
+
+@dataclass
+class ModelDetector:
+    """A segmentation network loaded from a checkpoint card."""
+
+    model: "torch.nn.Module"  # noqa: F821
+    card: "models.checkpoint.ModelCard"  # noqa: F821
+    card_path: str
+    device: "torch.device"  # noqa: F821
+    forward_s: float = 0.0
+    _fill: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        t = self.card.input_transform
+        # Nodata is filled with the band's training mean, i.e. 0 after normalization.
+        scale, offset, mean = (np.asarray(v, dtype=np.float32) for v in (t.scale, t.offset, t.mean))
+        self._fill = ((mean - offset) / scale).astype(np.float32)
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    @property
+    def ref(self) -> str:
+        return self.card.model_ref
+
+    @property
+    def bands(self) -> tuple[str, ...]:
+        return tuple(self.card.bands)
+
+    @property
+    def threshold(self) -> float:
+        return float(self.card.threshold)
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.card.patch_size)
+
+    def predict(self, batch: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        import torch
+
+        x = np.where(np.isfinite(batch), batch, self._fill[None, :, None, None])
+        x = self.card.input_transform.apply(x.astype(np.float32))
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            logits = self.model(torch.from_numpy(np.ascontiguousarray(x)).to(self.device))
+            prob = torch.sigmoid(logits[:, 0]).float().cpu().numpy()
+        self.forward_s += time.perf_counter() - t0
+        return prob
+
+    def describe(self) -> dict:
+        from models.checkpoint import sha256_file
+
+        return {"kind": "model", "ref": self.ref, "card_path": self.card_path,
+                "card_sha256": sha256_file(self.card_path), "device": str(self.device),
+                "card": self.card.model_dump(mode="json")}
+
+
+@dataclass
+class IndexDetector:
+    """The weights-free bare-soil rule on RGB + slope (``tasks.weak_labels``)."""
+
+    forward_s: float = 0.0
+    name: str = INDEX_DETECTOR
+    threshold: float = 0.5
+    patch_size: int = 128
+
+    @property
+    def bands(self) -> tuple[str, ...]:
+        return ("B02", "B03", "B04", "SLOPE")
+
+    @property
+    def ref(self) -> str:
+        from tasks.weak_labels import RuleParams
+
+        return f"index-rule@{_params_digest(RuleParams())}"
+
+    def predict(self, batch: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        from tasks.weak_labels import scar_score
+
+        t0 = time.perf_counter()
+        blue, green, red, slope = (batch[:, i] for i in range(4))
+        score = scar_score(red, green, blue, slope)
+        self.forward_s += time.perf_counter() - t0
+        return np.where(valid, np.nan_to_num(score, nan=0.0), 0.0).astype(np.float32)
+
+    def describe(self) -> dict:
+        from dataclasses import asdict
+
+        from tasks.weak_labels import RuleParams
+
+        return {"kind": "index", "ref": self.ref, "rule": "tasks.weak_labels.scar_score",
+                "params": asdict(RuleParams()), "bands": list(self.bands)}
+
+
+def _params_digest(params: object) -> str:
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    return hashlib.sha256(json.dumps(asdict(params), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def load_detector(spec: str | None, device: str = "auto") -> Detector:
+    """``index`` -> the rule; None -> the shipped default checkpoint; else a checkpoint name/path."""
+    if spec == INDEX_DETECTOR:
+        return IndexDetector()
+    from models.checkpoint import load_checkpoint, resolve_checkpoint
+
+    ref = spec or DEFAULT_CHECKPOINT
+    dev = select_device(device)
+    model, card = load_checkpoint(ref, device=str(dev))
+    return ModelDetector(model=model, card=card, card_path=str(resolve_checkpoint(ref)), device=dev)
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    prob_path: str
+    uncertainty_path: str
+    n_patches: int
+    n_skipped: int
+    model_forward_s: float
+    total_s: float
+
+
+def predict_stack(stack_path: str | Path, valid_path: str | Path, detector: Detector,
+                  work_dir: str | Path, overlap: int = 32, batch_size: int = 16,
+                  progress: bool = True) -> InferenceResult:
+    """Tile the stack, run the detector batch by batch, blend, and write probability + uncertainty.
+
+    Writes ``prob.tif`` and ``uncertainty.tif`` (float32, NaN = not analysed) in ``work_dir``. The
+    uncertainty of a single model is the per-pixel predictive entropy of the blended probability,
+    in bits (0 certain .. 1 at p = 0.5).
+    """
+    t_start = time.perf_counter()
+    work_dir = Path(work_dir)
+    size = detector.patch_size
+    band_idx = [BAND_NAMES.index(b) for b in validate_bands(detector.bands)]
+    detector.forward_s = 0.0
+    with rasterio.open(stack_path) as stack, rasterio.open(valid_path) as valid:
+        height, width = stack.height, stack.width
+        stitcher = Stitcher(height, width, size, overlap)
+        windows = list(iter_windows(height, width, size, overlap))
+        n_total = count_windows(height, width, size, overlap)
+        n_done = 0
+        bar = tqdm(total=n_total, desc="inference", unit="patch", disable=not progress,
+                   mininterval=1.0)
+        for start in range(0, len(windows), batch_size):
+            chunk = windows[start:start + batch_size]
+            patches = read_patches(stack, valid, chunk, band_idx, size)
+            if patches:
+                batch = np.stack([p.data for p in patches])
+                ok = np.stack([p.valid for p in patches])
+                prob = detector.predict(batch, ok)
+                for patch, p in zip(patches, prob):
+                    stitcher.add(patch.window, p, patch.valid)
+                n_done += len(patches)
+            bar.update(len(chunk))
+        bar.close()
+        profile = stack.profile.copy()
+    prob = stitcher.result()
+    uncertainty = binary_entropy(prob)
+    profile.update(count=1, dtype="float32", nodata=np.nan)
+    prob_path, unc_path = work_dir / "prob.tif", work_dir / "uncertainty_raw.tif"
+    for path, arr, desc in ((prob_path, prob, "landslide probability"),
+                            (unc_path, uncertainty, "predictive entropy (bits)")):
+        tmp = path.with_suffix(".tmp.tif")
+        with rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(arr, 1)
+            dst.set_band_description(1, desc)
+        os.replace(tmp, path)
+    total = time.perf_counter() - t_start
+    log.info("inference: %d patches (%d empty skipped), model %.2fs of %.2fs", n_done,
+             len(windows) - n_done, detector.forward_s, total)
+    return InferenceResult(str(prob_path), str(unc_path), n_done, len(windows) - n_done,
+                           detector.forward_s, total)
+
+
+def predict_array(image: np.ndarray, valid: np.ndarray, detector: Detector, overlap: int = 32,
+                  batch_size: int = 16) -> np.ndarray:
+    """In-memory version of :func:`predict_stack` for small scenes (evaluation, training).
+
+    Args:
+        image: (14, H, W) float32 stack in contract order and physical units (NaN = nodata).
+        valid: (H, W) bool.
+
+    Returns:
+        (H, W) float32 blended probability, NaN where nothing valid was predicted.
+    """
+    from tasks.tiling import pad_to
+
+    size = detector.patch_size
+    band_idx = [BAND_NAMES.index(b) for b in validate_bands(detector.bands)]
+    height, width = valid.shape
+    stitcher = Stitcher(height, width, size, overlap)
+    windows = [w for w in iter_windows(height, width, size, overlap)]
+    for start in range(0, len(windows), batch_size):
+        batch, oks, kept = [], [], []
+        for w in windows[start:start + batch_size]:
+            r, c, h, wd = int(w.row_off), int(w.col_off), int(w.height), int(w.width)
+            ok = valid[r:r + h, c:c + wd]
+            if not ok.any():
+                continue
+            pad_ok = np.zeros((size, size), dtype=bool)
+            pad_ok[:h, :wd] = ok
+            batch.append(pad_to(image[band_idx, r:r + h, c:c + wd], size))
+            oks.append(pad_ok)
+            kept.append(w)
+        if not batch:
+            continue
+        prob = detector.predict(np.stack(batch).astype(np.float32), np.stack(oks))
+        for w, p, ok in zip(kept, prob, oks):
+            stitcher.add(w, p, ok)
+    return stitcher.result()

@@ -1,0 +1,81 @@
+"""Cut the analysis grid into overlapping 128 x 128 patches.
+
+Windows step by ``size - overlap``; the last window of a row/column is shifted inward so it ends at
+the grid edge (no partial patches). A grid side shorter than one patch gets one window of that side,
+which ``read_patch`` reflect-pads to the full patch size (an ROI smaller than a patch still runs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import rasterio
+from rasterio.windows import Window
+
+from tasks.errors import InputError
+
+
+def _starts(length: int, size: int, overlap: int) -> list[int]:
+    if length <= size:
+        return [0]
+    stride = size - overlap
+    starts = list(range(0, length - size + 1, stride))
+    if starts[-1] != length - size:
+        starts.append(length - size)
+    return starts
+
+
+def iter_windows(height: int, width: int, size: int = 128, overlap: int = 32) -> Iterator[Window]:
+    """Yield patch windows covering a ``height`` x ``width`` grid, row-major.
+
+    Raises:
+        InputError: ``overlap`` not in [0, size).
+    """
+    if size <= 0 or not 0 <= overlap < size:
+        raise InputError(f"patch overlap must be in [0, {size}), got {overlap}")
+    for row in _starts(height, size, overlap):
+        for col in _starts(width, size, overlap):
+            yield Window(col, row, min(size, width - col), min(size, height - row))
+
+
+def count_windows(height: int, width: int, size: int = 128, overlap: int = 32) -> int:
+    return len(_starts(height, size, overlap)) * len(_starts(width, size, overlap))
+
+
+@dataclass(frozen=True)
+class Patch:
+    window: Window
+    data: np.ndarray  # (C, size, size) float32, physical units, NaN = nodata
+    valid: np.ndarray  # (size, size) bool; False in padding
+
+
+def pad_to(arr: np.ndarray, size: int) -> np.ndarray:
+    """Reflect-pad the last two axes up to ``size`` (edge mode where reflect is impossible)."""
+    h, w = arr.shape[-2:]
+    if h == size and w == size:
+        return arr
+    pad = [(0, 0)] * (arr.ndim - 2) + [(0, size - h), (0, size - w)]
+    mode = "reflect" if h > 1 and w > 1 and size - h < h and size - w < w else "edge"
+    return np.pad(arr, pad, mode=mode)
+
+
+def read_patches(stack: rasterio.DatasetReader, valid: rasterio.DatasetReader,
+                 windows: Sequence[Window], band_indexes: Sequence[int], size: int) -> list[Patch]:
+    """Read windows of the channels ``band_indexes`` (0-based) and the valid mask; skip empty ones."""
+    patches = []
+    indexes = [i + 1 for i in band_indexes]
+    for window in windows:
+        ok = valid.read(1, window=window).astype(bool)
+        if not ok.any():
+            continue  # entirely nodata: nothing to predict
+        data = stack.read(indexes, window=window).astype(np.float32, copy=False)
+        patches.append(Patch(window, pad_to(data, size), pad_to(ok, size) & _pad_mask(ok.shape, size)))
+    return patches
+
+
+def _pad_mask(shape: tuple[int, int], size: int) -> np.ndarray:
+    m = np.zeros((size, size), dtype=bool)
+    m[: shape[0], : shape[1]] = True
+    return m

@@ -1,0 +1,44 @@
+"""Shared fixtures: offline settings, real-data paths, a session-wide Prefect test harness."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+# Offline: no hub downloads, no telemetry (see ../shared/TOOLCHAIN.md). Set before prefect imports.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="prefect-home-"))
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED.exists():
+        pytest.fail(f"{SHARED} not found: the tests need ../shared beside the repository")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def catalog_path() -> Path:
+    return REPO / "data_catalog.yaml"
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield

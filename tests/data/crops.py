@@ -1,0 +1,78 @@
+"""Small real crops of ../shared/data written to a test's tmp folder, plus catalogs that use them.
+
+Every crop keeps the file's real pixels, CRS and native resolution; only the extent is cut.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import yaml
+from rasterio.windows import from_bounds
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+T18SVG = SHARED / "s2_l1c_t18svg_20160112" / "jp2"
+IBURI = Path(__file__).resolve().parents[2] / "data" / "iburi_2018"
+
+# A 2 x 2 km block inside the T18SVG subset (EPSG:32618), aligned to the 60 m grid.
+T18SVG_BOUNDS = (440040.0, 4165020.0, 442080.0, 4167060.0)
+
+
+def crop_raster(src_path: Path, dst_path: Path, bounds: tuple[float, float, float, float],
+                **overrides) -> Path:
+    """Write the part of ``src_path`` inside ``bounds`` (in its CRS) as a GeoTIFF."""
+    with rasterio.open(src_path) as src:
+        window = from_bounds(*bounds, transform=src.transform).round_offsets().round_lengths()
+        data = src.read(window=window)
+        profile = dict(driver="GTiff", height=data.shape[1], width=data.shape[2], count=data.shape[0],
+                       dtype=data.dtype, crs=src.crs, transform=src.window_transform(window),
+                       nodata=src.nodata)
+    profile.update(overrides)
+    with rasterio.open(dst_path, "w", **profile) as dst:
+        dst.write(data)
+    return dst_path
+
+
+def t18svg_crops(folder: Path, bands=("B02", "B03", "B04", "B08", "B11", "B01"),
+                 bounds=T18SVG_BOUNDS) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    return {b: crop_raster(T18SVG / f"s2_{b}.jp2", folder / f"s2_{b}.tif", bounds) for b in bands}
+
+
+def write_catalog(path: Path, sources: dict, regions: dict | None = None) -> Path:
+    path.write_text(yaml.safe_dump({"version": 1, "sources": sources, "regions": regions or {}},
+                                   sort_keys=False))
+    return path
+
+
+def local_source(band_paths: dict[str, Path], dem: Path | None = None, scene_id: str = "test-scene",
+                 acquired: str = "2016-01-12T15:58:00Z", **scene_extra) -> dict:
+    src = {"kind": "local",
+           "scenes": [{"scene_id": scene_id, "acquired": acquired,
+                       "bands": {b: str(p) for b, p in band_paths.items()}, **scene_extra}]}
+    if dem is not None:
+        src["dem"] = str(dem)
+    return src
+
+
+def lonlat_bounds(path: Path) -> tuple[float, float, float, float]:
+    from rasterio.warp import transform_bounds
+
+    with rasterio.open(path) as src:
+        return transform_bounds(src.crs, "EPSG:4326", *src.bounds)
+
+
+def synthetic_dem_like(path: Path, like: Path, seed: int = 0) -> Path:
+    """A smooth synthetic DEM on the grid of ``like`` (for sources that have no real DEM)."""
+    with rasterio.open(like) as src:
+        profile = src.profile.copy()
+        h, w = src.height, src.width
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    rng = np.random.default_rng(seed)
+    z = 100 + 0.5 * xx + 20 * np.sin(yy / 15.0) + rng.normal(0, 0.1, (h, w))
+    profile.update(driver="GTiff", dtype="float32", count=1, nodata=-9999.0)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(z.astype(np.float32), 1)
+    return path
