@@ -29,6 +29,13 @@ def _offline_defaults() -> None:
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tasks,models")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage mistake as one ``error:`` line (exit 2), not a usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_INPUT, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def _bbox(text: str) -> list[float]:
     try:
         values = [float(v) for v in text.split(",")]
@@ -40,12 +47,12 @@ def _bbox(text: str) -> list[float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="landslide",
         description="Find landslides in Sentinel-2 imagery and write polygons to a GeoPackage.",
         epilog="Example: landslide scan --region iburi-2018 --out runs/iburi",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     scan = sub.add_parser(
         "scan", help="one-off scan of a region/ROI -> run folder with landslides.gpkg",
@@ -102,10 +109,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
-    from tasks.plan import ScanRequest, new_run_id, plan_scan
+    from pydantic import ValidationError
+
+    from tasks.errors import InputError
+    from tasks.plan import new_run_id, plan_scan
 
     run_id = new_run_id()
-    request = ScanRequest(
+    try:
+        request = _scan_request(args, run_id)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise InputError(f"--{field.replace('_', '-')}: {first['msg']}") from None
+    plan_scan(request)  # every user mistake surfaces here, before Prefect starts
+    return _run_scan_flow(args, request)
+
+
+def _scan_request(args: argparse.Namespace, run_id: str):
+    from tasks.plan import ScanRequest
+
+    return ScanRequest(
         out=args.out.replace("{run_id}", run_id), region=args.region, source=args.source,
         bbox=args.bbox, aoi=args.aoi, start=args.start, end=args.end, detector=args.detector,
         catalog=args.catalog, res_m=args.res_m, overlap_px=args.overlap_px, batch_size=args.batch_size,
@@ -113,8 +136,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
         closing_radius_px=args.closing_radius_px, fill_holes_max_area_m2=args.fill_holes_max_area_m2,
         min_area_m2=args.min_area_m2, overwrite=args.overwrite, keep_work=args.keep_work,
         progress=not args.no_progress, run_id=run_id)
-    plan_scan(request)  # every user mistake surfaces here, before Prefect starts
 
+
+def _run_scan_flow(args: argparse.Namespace, request) -> int:
     from flows.scan import scan_flow
 
     options = request.model_dump(mode="json", exclude={"region", "bbox", "aoi", "start", "end",
@@ -183,6 +207,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted; no output was published", file=sys.stderr)
         return 130
+    except Exception as exc:  # the CLI boundary: a bug or an environment failure, not a user mistake
+        import logging
+
+        logging.getLogger("landslide").debug("unexpected failure", exc_info=True)
+        print(f"error: {type(exc).__name__}: {exc} (nothing was published; the log above has "
+              "details)", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

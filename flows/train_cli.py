@@ -51,6 +51,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--checkpoint", help="card name/path, or 'index' (default: the shipped model)")
     ev.add_argument("--threshold", type=float, help="probability threshold (default: the card's)")
     ev.add_argument("--device", default="auto")
+    ev.add_argument("--compare-redness", action="store_true",
+                    help="also score the redness index (R-B)/(R+B) thresholded to mark the same "
+                         "fraction of labelled pixels as the detector (needs B02 and B04)")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -87,13 +90,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = {"model": args.model, "bands": validate_bands(bands), "epochs": args.epochs,
               "steps_per_epoch": args.steps_per_epoch, "batch_size": args.batch_size,
               "lr": args.lr, "seed": args.seed, "save_dtype": args.dtype}
-    card = train_flow(str(data / "train"), str(data / "val"), args.out, args.name, config)
+    card = train_flow(str(data / "train"), str(data / "val"), args.out, args.name, config,
+                      progress=not args.no_progress)
     print(f"checkpoint: {card}")
     return 0
 
 
 def evaluate_checkpoint(data_dir: str, checkpoint: str | None, threshold: float | None = None,
-                        device: str = "auto") -> dict:
+                        device: str = "auto", compare_redness: bool = False) -> dict:
     """Metrics of a detector on a labelled scene-layout dataset (plain function; tests call it)."""
     import numpy as np
 
@@ -103,8 +107,8 @@ def evaluate_checkpoint(data_dir: str, checkpoint: str | None, threshold: float 
     from tasks.errors import InputError
     from tasks.inference import load_detector, predict_array
 
-    detector = load_detector(checkpoint, device)
     data = load_scene_dataset(data_dir, require_labels=True)
+    detector = load_detector(checkpoint, device)
     idx = [BAND_NAMES.index(b) for b in detector.bands]
     missing = [b for b, i in zip(detector.bands, idx) if not np.isfinite(data.image[i]).any()]
     if missing:
@@ -114,13 +118,37 @@ def evaluate_checkpoint(data_dir: str, checkpoint: str | None, threshold: float 
     prob = predict_array(data.image, valid, detector)
     thr = detector.threshold if threshold is None else threshold
     m = evaluate_probabilities(prob, data.labels, thr)
-    return {"checkpoint": detector.ref, "data_dir": str(data_dir),
-            "labels": data.provenance.get("labels", "unknown (no dataset.json)"),
-            **{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in m.items()}}
+    result = {"checkpoint": detector.ref, "data_dir": str(data_dir),
+              "labels": data.provenance.get("labels", "unknown (no dataset.json)"),
+              **{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in m.items()}}
+    if compare_redness:
+        result["redness_at_same_fraction"] = _redness_at_same_fraction(data, prob, thr)
+    return result
+
+
+def _redness_at_same_fraction(data, prob, threshold: float) -> dict:
+    """Redness (R-B)/(R+B) thresholded to mark as many labelled pixels as the detector does."""
+    import numpy as np
+
+    from models.metrics import IGNORE, confusion, scores_from_confusion
+    from tasks.bands import BAND_NAMES
+    from tasks.weak_labels import redness_index, threshold_at_fraction
+
+    red = data.image[BAND_NAMES.index("B04")]
+    blue = data.image[BAND_NAMES.index("B02")]
+    index = redness_index(red, blue)
+    scored = (data.labels != IGNORE) & np.isfinite(prob) & np.isfinite(index)
+    fraction = float(np.mean(prob[scored] >= threshold))
+    thr = threshold_at_fraction(index, scored, fraction)
+    pred = np.where(scored, index >= thr, False)
+    c = confusion(np.where(scored, pred, np.nan), data.labels)
+    return {"fraction_marked": fraction, "index_threshold": float(thr),
+            **scores_from_confusion(c)}
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    result = evaluate_checkpoint(args.data_dir, args.checkpoint, args.threshold, args.device)
+    result = evaluate_checkpoint(args.data_dir, args.checkpoint, args.threshold, args.device,
+                                 args.compare_redness)
     if args.json:
         print(json.dumps(result))
     else:
@@ -128,6 +156,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         for k in ("precision", "recall", "f1", "iou", "auc"):
             v = result[k]
             print(f"  {k:9s} {v:.4f}" if v is not None else f"  {k:9s} n/a")
+        if "redness_at_same_fraction" in result:
+            r = result["redness_at_same_fraction"]
+            print(f"  redness (R-B)/(R+B) marking the same fraction ({r['fraction_marked']:.3f}): "
+                  f"f1 {r['f1']:.4f} iou {r['iou']:.4f}")
         print(f"  labels: {result['labels']}")
     return 0
 

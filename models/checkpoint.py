@@ -492,6 +492,8 @@ def save_checkpoint(
             f.write(final_card.model_dump_json(indent=2) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        for tmp in (tmp_weights, tmp_card):  # mkstemp makes 0600 files; checkpoints are shared
+            os.chmod(tmp, 0o644)
         os.replace(tmp_weights, weights_path)
         try:
             os.replace(tmp_card, card_path)

@@ -116,6 +116,26 @@ def build_iburi_weak_dataset(out_dir: str | Path, catalog_path: str | None = Non
                   "ignored_px": int((lab == IGNORE).sum())}
         summary[split] = counts
         (d / "dataset.json").write_text(json.dumps({**summary, "this_split": split}, indent=2))
+    # The same validation strip labelled by the reference alone (1/0, 255 where it did not look):
+    # agreement with the published predictions, as the eastern-part check measures it.
+    r0, r1 = parts["val"]
+    d = out_dir / "val_reference"
+    d.mkdir(parents=True, exist_ok=True)
+    ref_labels = np.where(ref_valid, (ref == 1).astype(np.uint8), IGNORE).astype(np.uint8)[r0:r1]
+    t = grid.transform * grid.transform.translation(0, r0)
+    prof = {**profile, "height": r1 - r0, "transform": t}
+    _write(d / "image.tif", image[:, r0:r1], prof, BAND_NAMES)
+    _write(d / "labels.tif", ref_labels[None], {**prof, "count": 1, "dtype": "uint8", "nodata": None},
+           ("reference CNN prediction: 1 landslide, 0 background, 255 not processed/cloud",))
+    ref_summary = {**summary, "this_split": "val_reference",
+                   "labels": "the published CNN predictions alone (Prakash et al. 2021, HighConf_50): "
+                             "another model's output, not ground truth; 255 where it did not "
+                             "process the pixel or saw cloud",
+                   "val_reference": {"landslide_px": int((ref_labels == 1).sum()),
+                                     "background_px": int((ref_labels == 0).sum()),
+                                     "ignored_px": int((ref_labels == IGNORE).sum())}}
+    summary["val_reference"] = ref_summary["val_reference"]
+    (d / "dataset.json").write_text(json.dumps(ref_summary, indent=2))
     (out_dir / "dataset.json").write_text(json.dumps(summary, indent=2))
     return summary
 

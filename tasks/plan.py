@@ -96,6 +96,8 @@ def plan_scan(request: ScanRequest) -> dict:
     spectral = tuple(b for b in detector.bands if b in SPECTRAL_BAND_NAMES)
     start = request.start or (region.start if region else None)
     end = request.end or (region.end if region else None)
+    if request.end and not request.start and start and start > request.end:
+        start = None  # the region's default start does not apply to an explicit earlier --end
     inputs: SceneInputs = resolve_local_inputs(catalog, source_name, spectral, start, end)
     terrain_needed = [b for b in detector.bands if b not in SPECTRAL_BAND_NAMES]
     if terrain_needed and inputs.dem_path is None:

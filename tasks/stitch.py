@@ -11,7 +11,9 @@ from __future__ import annotations
 import numpy as np
 from rasterio.windows import Window
 
-# Weights never reach 0, so a pixel covered by a single patch border still gets a value.
+# The 1-D ramps never reach 0, so a pixel covered only by a patch border still gets a value. The
+# floor is applied to the 1-D ramps, not to their 2-D product: flooring the product would change the
+# ratio of two patches' weights along the scene edges and leave a step there.
 MIN_WEIGHT = 1e-3
 
 
@@ -21,11 +23,10 @@ def blend_window(size: int, overlap: int) -> np.ndarray:
     if overlap > 0:
         n = min(overlap, size // 2)
         t = (np.arange(n) + 0.5) / n
-        edge = 0.5 - 0.5 * np.cos(np.pi * t)
+        edge = np.maximum(0.5 - 0.5 * np.cos(np.pi * t), MIN_WEIGHT)
         ramp[:n] = edge
         ramp[size - n:] = edge[::-1]
-    w = np.outer(ramp, ramp)
-    return np.maximum(w, MIN_WEIGHT).astype(np.float32)
+    return np.outer(ramp, ramp).astype(np.float32)
 
 
 class Stitcher:

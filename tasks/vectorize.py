@@ -233,7 +233,7 @@ def mask_to_polygons(mask: np.ndarray, transform, crs, *, prob: np.ndarray | Non
     df = pd.DataFrame(data)
     for name, kind in LANDSLIDE_COLUMNS:
         if kind == "datetime":  # an all-NaT column (unknown acquisition date) is tz-naive
-            df[name] = pd.to_datetime(df[name], utc=True)
+            df[name] = pd.to_datetime(df[name], utc=True).astype(_PANDAS_DTYPES[kind])
         else:
             df[name] = df[name].astype(_PANDAS_DTYPES[kind])
     gdf = gpd.GeoDataFrame(df[list(LANDSLIDE_COLUMN_NAMES)], geometry=geo.values, crs=crs)
