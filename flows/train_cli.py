@@ -90,8 +90,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = {"model": args.model, "bands": validate_bands(bands), "epochs": args.epochs,
               "steps_per_epoch": args.steps_per_epoch, "batch_size": args.batch_size,
               "lr": args.lr, "seed": args.seed, "save_dtype": args.dtype}
+    reports = ({"val_reference_predictions": str(data / "val_reference")}
+               if (data / "val_reference" / "labels.tif").exists() else None)
     card = train_flow(str(data / "train"), str(data / "val"), args.out, args.name, config,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, report_dirs=reports)
     print(f"checkpoint: {card}")
     return 0
 

@@ -165,8 +165,13 @@ def evaluate_model(model: torch.nn.Module, transform: InputTransform, bands: tup
 
 
 def train_scene_model(train_dir: str | Path, val_dir: str | Path, out_dir: str | Path, name: str,
-                      cfg: TrainConfig = TrainConfig(), progress: bool = True) -> Path:
-    """Train, select on validation F1, and save a checkpoint + card. Returns the card path."""
+                      cfg: TrainConfig = TrainConfig(), progress: bool = True,
+                      report_dirs: dict[str, str | Path] | None = None) -> Path:
+    """Train, select on validation F1, and save a checkpoint + card. Returns the card path.
+
+    ``report_dirs`` (name -> scene-layout folder) are only scored for the card after training,
+    never used for selection (e.g. the validation strip labelled by the reference alone).
+    """
     t_start = time.perf_counter()
     bands = validate_bands(cfg.bands)
     if tuple(cfg.bands) != bands:
@@ -231,7 +236,9 @@ def train_scene_model(train_dir: str | Path, val_dir: str | Path, out_dir: str |
         model.load_state_dict({k: (v.half().float() if v.is_floating_point() else v)
                                for k, v in model.state_dict().items()})
     metrics = {}
-    for split, data in (("train_weak_labels", train), ("val_weak_labels", val)):
+    reports = [("train_weak_labels", train), ("val_weak_labels", val)]
+    reports += [(key, load_scene_dataset(d)) for key, d in (report_dirs or {}).items()]
+    for split, data in reports:
         m = evaluate_model(model, transform, bands, data, cfg.threshold)
         metrics[split] = {k: round(float(m[k]), 4) for k in
                           ("precision", "recall", "f1", "iou", "dice", "auc", "labelled_px")}

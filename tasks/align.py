@@ -12,15 +12,18 @@ source does not provide are all-NaN) and ``valid.tif`` (uint8 1 = analysed).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import dask
 import dask.array as da
+from dask.diagnostics import ProgressBar
 import numpy as np
 import rasterio
 import rioxarray
@@ -84,7 +87,7 @@ def roi_mask(roi_grid_crs: shapely.Geometry | None, grid: AnalysisGrid) -> np.nd
 
 def build_stack(inputs: SceneInputs, grid: AnalysisGrid, work_dir: str | Path,
                 required_bands: tuple[str, ...], roi_grid_crs: shapely.Geometry | None = None,
-                chunk_px: int = DEFAULT_CHUNK_PX) -> StackResult:
+                chunk_px: int = DEFAULT_CHUNK_PX, progress: bool = False) -> StackResult:
     """Warp the scene's bands and the terrain layers onto ``grid``; write stack.tif and valid.tif.
 
     Args:
@@ -94,6 +97,7 @@ def build_stack(inputs: SceneInputs, grid: AnalysisGrid, work_dir: str | Path,
         required_bands: channels the detector consumes: a pixel is valid only where all are finite.
         roi_grid_crs: ROI polygon in the grid CRS; pixels outside it are not analysed.
         chunk_px: dask chunk side (bounded memory: a few chunks of 14 bands at a time).
+        progress: show a progress bar (stderr) while the stack is computed and written.
     """
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -134,7 +138,8 @@ def build_stack(inputs: SceneInputs, grid: AnalysisGrid, work_dir: str | Path,
     valid_path = work_dir / "valid.tif"
     tmp_stack, tmp_valid = stack_path.with_suffix(".tmp.tif"), valid_path.with_suffix(".tmp.tif")
     lock = threading.Lock()
-    with dask.config.set(scheduler="threads"):
+    bar = ProgressBar(minimum=2.0, dt=1.0, out=sys.stderr) if progress else contextlib.nullcontext()
+    with dask.config.set(scheduler="threads"), bar:
         stack_xr.rio.write_nodata(np.nan, encoded=False, inplace=True)
         stack_xr.rio.to_raster(tmp_stack, tiled=True, blockxsize=256, blockysize=256,
                                compress="deflate", predictor=3, BIGTIFF="IF_SAFER", lock=lock,

@@ -39,7 +39,7 @@ def step_stack(work: str) -> dict:
     plan = load_plan(work)
     result = build_stack(SceneInputs.from_dict(plan["inputs"]), plan_grid(plan), work,
                          required_bands=tuple(plan["detector"]["bands"]),
-                         roi_grid_crs=plan_roi_grid_crs(plan))
+                         roi_grid_crs=plan_roi_grid_crs(plan), progress=plan["request"]["progress"])
     return {**dataclasses.asdict(result), "seconds": time.perf_counter() - t0}
 
 
