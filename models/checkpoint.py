@@ -379,28 +379,33 @@ def read_card(path: str | Path) -> ModelCard:
 
 
 def _check_safetensors_header(path: Path) -> None:
-    """Refuse anything that is not a safetensors file, without unpickling it."""
+    """Refuse anything that is not a safetensors file, without unpickling it.
+
+    The header is validated first: a real safetensors file may start with byte 0x80 (the low byte of
+    its header length), so the first bytes alone cannot tell a pickle apart. Only a file that fails
+    the header check is described as a pickle when it looks like one.
+    """
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
-        # torch.save writes a zip archive (PK..) since torch 1.6, a raw pickle (0x80 proto) before.
-        if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
-            raise CheckpointError(
-                f"{path} is not a safetensors file: it is a PyTorch pickle (torch.save) file, which "
-                "is never loaded because unpickling can run code; on a machine you trust, load it "
-                "and re-export it with models.checkpoint.save_checkpoint"
-            )
         n = int.from_bytes(head, "little") if len(head) == 8 else -1
-        if n < 2 or n > size - 8 or n > _MAX_HEADER_BYTES:
-            raise CheckpointError(f"{path} is not a safetensors file (no valid header); write "
-                                  "checkpoints with models.checkpoint.save_checkpoint")
-        try:
-            header = json.loads(f.read(n).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            header = None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path} is not a safetensors file (its header is not a JSON object); "
-                              "write checkpoints with models.checkpoint.save_checkpoint")
+        header = None
+        if 2 <= n <= min(size - 8, _MAX_HEADER_BYTES):
+            try:
+                header = json.loads(f.read(n).decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                header = None
+    if isinstance(header, dict):
+        return
+    # torch.save writes a zip archive (PK..) since torch 1.6, a raw pickle (0x80 proto) before.
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        raise CheckpointError(
+            f"{path} is not a safetensors file: it is a PyTorch pickle (torch.save) file, which "
+            "is never loaded because unpickling can run code; on a machine you trust, load it "
+            "and re-export it with models.checkpoint.save_checkpoint"
+        )
+    raise CheckpointError(f"{path} is not a safetensors file (no valid JSON header); write "
+                          "checkpoints with models.checkpoint.save_checkpoint")
 
 
 def _state_mismatch(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor]) -> str:

@@ -141,9 +141,12 @@ def build_stack(inputs: SceneInputs, grid: AnalysisGrid, work_dir: str | Path,
     bar = ProgressBar(minimum=2.0, dt=1.0, out=sys.stderr) if progress else contextlib.nullcontext()
     with dask.config.set(scheduler="threads"), bar:
         stack_xr.rio.write_nodata(np.nan, encoded=False, inplace=True)
+        # Band interleave: rioxarray writes one (band, chunk) at a time; with pixel interleave every
+        # write would decompress and recompress the tiles of all bands already written (measured:
+        # 16 s instead of 1.2 s for the Iburi sample, and a 5x larger file).
         stack_xr.rio.to_raster(tmp_stack, tiled=True, blockxsize=256, blockysize=256,
                                compress="deflate", predictor=3, BIGTIFF="IF_SAFER", lock=lock,
-                               windowed=True, dtype="float32")
+                               windowed=True, dtype="float32", interleave="band")
         valid_xr.rio.to_raster(tmp_valid, tiled=True, blockxsize=256, blockysize=256,
                                compress="deflate", lock=lock, windowed=True, dtype="uint8")
     with rasterio.open(tmp_stack, "r+") as dst:

@@ -7,6 +7,7 @@ output folder) are found here, before any pixel is read, and reported as one ``I
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import secrets
@@ -124,7 +125,7 @@ def plan_scan(request: ScanRequest) -> dict:
         "grid": grid.to_dict(),
         "detector": {"spec": request.detector, "ref": detector.ref, "bands": list(detector.bands),
                      "threshold": detector.threshold, "patch_size": detector.patch_size},
-        "clean": clean.__dict__ if hasattr(clean, "__dict__") else dict(clean),
+        "clean": dataclasses.asdict(clean),
         "out": str(out.resolve()),
         "work_dir": str(wdir.resolve()),
     }
