@@ -186,10 +186,27 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _join_negative_values(argv: list[str]) -> list[str]:
+    """``--bbox -75.7,37.6,...`` -> ``--bbox=-75.7,37.6,...``: argparse would take a value that
+    starts with '-' (any western or southern coordinate) for an option."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        if arg == "--bbox" and nxt and nxt.startswith("-") and nxt[1:2].replace(".", "").isdigit():
+            out.append(f"{arg}={nxt}")
+            i += 2
+            continue
+        out.append(arg)
+        i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     _offline_defaults()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_join_negative_values(list(sys.argv[1:] if argv is None else argv)))
     if args.command is None:
         parser.print_help()
         return EXIT_INPUT
