@@ -92,6 +92,22 @@ def check_output_dir(out: str | Path, overwrite: bool) -> Path:
     return out
 
 
+def bytes_needed(width: int, height: int, n_channels: int = 14) -> int:
+    """Upper bound of the disk a run writes: the float32 stack, probability and uncertainty
+    rasters, masks and the uint8 COGs, all uncompressed, plus 20 %."""
+    per_px = n_channels * 4 + 4 + 4 + 1 + 1 + 3
+    return int(width * height * per_px * 1.2) + 10_000_000
+
+
+def check_free_space(out: str | Path, needed: int) -> None:
+    """Raises InputError when the output folder's disk cannot hold ``needed`` bytes."""
+    free = shutil.disk_usage(out).free
+    if free < needed:
+        raise InputError(f"--out {out}: the run needs up to {needed / 1e6:.0f} MB but only "
+                         f"{free / 1e6:.0f} MB are free on that disk; free space or choose "
+                         "another --out")
+
+
 def staging_dir(out: str | Path) -> Path:
     path = Path(out) / STAGING
     path.mkdir(parents=True, exist_ok=True)

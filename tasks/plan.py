@@ -24,7 +24,7 @@ from tasks.catalog import check_bbox, load_catalog
 from tasks.clean import CleanParams
 from tasks.errors import InputError
 from tasks.grid import AnalysisGrid, make_grid, read_aoi, resolve_roi, roi_in_grid_crs
-from tasks.outputs import check_output_dir, work_dir
+from tasks.outputs import bytes_needed, check_free_space, check_output_dir, work_dir
 
 
 class ScanRequest(BaseModel):
@@ -110,6 +110,7 @@ def plan_scan(request: ScanRequest) -> dict:
                       inputs.extent_lonlat)
     grid = make_grid(roi, res_m=request.res_m)
     out = check_output_dir(request.out, request.overwrite)
+    check_free_space(out, bytes_needed(grid.width, grid.height))
     wdir = work_dir(out)
     run_id = request.run_id or new_run_id()
     plan = {

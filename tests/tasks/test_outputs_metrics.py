@@ -60,3 +60,17 @@ def test_metrics_ignore_value_and_auc():
     assert roc_auc(np.array([0.5, 0.5]), np.array([1, 0])) == 0.5  # ties count half
     thr, f1 = best_f1_threshold(prob, labels)
     assert f1 >= 0.5 and 0 < thr < 1
+
+
+def test_full_disk_is_refused_before_work(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from tasks.outputs import bytes_needed, check_free_space
+
+    need = bytes_needed(1139, 981)
+    assert 60e6 < need < 200e6  # the Iburi sample grid: ~75 MB upper bound
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 10**6, 10**6))
+    with pytest.raises(InputError, match="MB are free"):
+        check_free_space(tmp_path, need)
