@@ -41,6 +41,12 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--dtype", choices=["float16", "float32"], default="float16",
                        help="weights dtype on disk (metrics are measured with it)")
+    train.add_argument("--patience", type=int, help="early stop after N epochs without a better "
+                       "validation F1 (default: run all epochs)")
+    train.add_argument("--run-dir", help="state/metrics/curves/TensorBoard folder "
+                       "(default: OUT/NAME.run); an interrupted run there resumes")
+    train.add_argument("--no-resume", action="store_true", help="start over even if --run-dir "
+                       "holds an interrupted run")
     train.add_argument("--no-progress", action="store_true")
 
     ev = sub.add_parser(
@@ -89,11 +95,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     parse_model_name(args.model)  # unknown names fail before Prefect starts
     config = {"model": args.model, "bands": validate_bands(bands), "epochs": args.epochs,
               "steps_per_epoch": args.steps_per_epoch, "batch_size": args.batch_size,
-              "lr": args.lr, "seed": args.seed, "save_dtype": args.dtype}
+              "lr": args.lr, "seed": args.seed, "save_dtype": args.dtype, "patience": args.patience}
     reports = ({"val_reference_predictions": str(data / "val_reference")}
                if (data / "val_reference" / "labels.tif").exists() else None)
     card = train_flow(str(data / "train"), str(data / "val"), args.out, args.name, config,
-                      progress=not args.no_progress, report_dirs=reports)
+                      progress=not args.no_progress, report_dirs=reports, run_dir=args.run_dir,
+                      resume=not args.no_resume)
     print(f"checkpoint: {card}")
     return 0
 

@@ -485,9 +485,12 @@ def save_checkpoint(
         tmp_paths.append(Path(tmp))
     tmp_weights, tmp_card = tmp_paths
     try:
-        save_file(state, str(tmp_weights), metadata={
-            "format": "pt", "name": card.name, "arch": card.arch, "encoder": card.encoder,
-            "bands": ",".join(card.bands)})
+        # One metadata entry only: safetensors writes metadata from an unordered map, so several
+        # entries come out in a different order on each save and the file's sha256 would change
+        # with identical weights. The JSON string inside is key-sorted.
+        save_file(state, str(tmp_weights), metadata={"landslide_pipeline": json.dumps(
+            {"format": "pt", "name": card.name, "arch": card.arch, "encoder": card.encoder,
+             "bands": list(card.bands)}, sort_keys=True)})
         with open(tmp_weights, "rb+") as f:
             os.fsync(f.fileno())
         data = card.model_dump(mode="json")

@@ -25,6 +25,9 @@ from models.checkpoint import InputTransform, ModelCard, save_checkpoint
 from models.datasets import IMAGE_NAME, LABELS_NAME, SceneData, file_list_sha256, load_scene_dataset
 from models.metrics import IGNORE, evaluate_probabilities
 from models.registry import build_model, parse_model_name
+from models.run_log import RunLog
+from models.training_state import (TrainingState, check_same_config, load_state, numpy_rng_state,
+                                   restore_numpy_rng, save_state)
 from tasks.bands import BAND_NAMES, SPECTRAL_BAND_NAMES, validate_bands
 from tasks.errors import InputError
 from tasks.inference import predict_array
@@ -52,6 +55,7 @@ class TrainConfig:
     threads: int | None = None
     save_dtype: str = "float16"
     threshold: float = 0.5
+    patience: int | None = None  # stop after this many epochs without a better validation F1
 
 
 @dataclass
@@ -166,11 +170,16 @@ def evaluate_model(model: torch.nn.Module, transform: InputTransform, bands: tup
 
 def train_scene_model(train_dir: str | Path, val_dir: str | Path, out_dir: str | Path, name: str,
                       cfg: TrainConfig = TrainConfig(), progress: bool = True,
-                      report_dirs: dict[str, str | Path] | None = None) -> Path:
+                      report_dirs: dict[str, str | Path] | None = None,
+                      run_dir: str | Path | None = None, resume: bool = True) -> Path:
     """Train, select on validation F1, and save a checkpoint + card. Returns the card path.
 
     ``report_dirs`` (name -> scene-layout folder) are only scored for the card after training,
     never used for selection (e.g. the validation strip labelled by the reference alone).
+
+    The run folder (default ``<out_dir>/<name>.run``) receives the per-epoch state (resume: an
+    interrupted run started again with the same settings continues after its last finished
+    epoch), ``metrics.csv``/``metrics.json``, ``curves.png`` and TensorBoard events.
     """
     t_start = time.perf_counter()
     bands = validate_bands(cfg.bands)
@@ -202,9 +211,31 @@ def train_scene_model(train_dir: str | Path, val_dir: str | Path, out_dir: str |
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr,
                                                 total_steps=cfg.epochs * cfg.steps_per_epoch)
+    run_dir = Path(run_dir) if run_dir is not None else Path(out_dir) / f"{name}.run"
+    run_config = {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+                  "train_dir": str(Path(train_dir).resolve()), "val_dir": str(Path(val_dir).resolve())}
+    run_config.pop("threads", None)  # how many cores a run uses does not change its result
     history: list[dict] = []
-    best_state, best_f1, best_epoch = None, -1.0, -1
-    for epoch in range(1, cfg.epochs + 1):
+    best_state, best_f1, best_epoch, first_epoch = None, -1.0, -1, 1
+    saved = load_state(run_dir) if resume else None
+    if saved is not None:
+        check_same_config(saved.config, run_config, run_dir)
+        model.load_state_dict(saved.model)
+        opt.load_state_dict(saved.optimizer)
+        sched.load_state_dict(saved.scheduler)
+        rng = restore_numpy_rng(saved.numpy_rng)
+        torch.set_rng_state(saved.torch_rng)
+        history, best_f1, best_epoch = saved.history, saved.best_f1, saved.best_epoch
+        best_state = saved.best_model
+        first_epoch = saved.epoch + 1
+        log.info("resuming %s after epoch %d", run_dir, saved.epoch)
+        if progress:
+            print(f"resuming from {run_dir} after epoch {saved.epoch}", flush=True)
+    run_log = RunLog(run_dir)
+    for epoch in range(first_epoch, cfg.epochs + 1):
+        if cfg.patience is not None and best_epoch > 0 and epoch - best_epoch > cfg.patience:
+            log.info("early stop: no better validation F1 for %d epochs", cfg.patience)
+            break
         model.train()
         losses = []
         bar = tqdm(range(cfg.steps_per_epoch), desc=f"epoch {epoch}/{cfg.epochs}",
@@ -219,7 +250,7 @@ def train_scene_model(train_dir: str | Path, val_dir: str | Path, out_dir: str |
             sched.step()
             losses.append(loss.item())
         val_metrics = evaluate_model(model, transform, bands, val, cfg.threshold)
-        row = {"epoch": epoch, "train_loss": float(np.mean(losses)),
+        row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "lr": float(sched.get_last_lr()[0]),
                **{f"val_{k}": val_metrics[k] for k in ("precision", "recall", "f1", "iou", "auc")}}
         history.append(row)
         log.info("epoch %d: loss %.4f val f1 %.3f iou %.3f auc %.3f", epoch, row["train_loss"],
@@ -230,6 +261,15 @@ def train_scene_model(train_dir: str | Path, val_dir: str | Path, out_dir: str |
         if val_metrics["f1"] > best_f1:
             best_f1, best_epoch = val_metrics["f1"], epoch
             best_state = copy.deepcopy(model.state_dict())
+        run_log.write(history)
+        save_state(run_dir, TrainingState(
+            epoch=epoch, model=model.state_dict(), best_model=best_state, optimizer=opt.state_dict(),
+            scheduler=sched.state_dict(), numpy_rng=numpy_rng_state(rng),
+            torch_rng=torch.get_rng_state(), best_f1=best_f1, best_epoch=best_epoch,
+            history=history, config=run_config))
+    run_log.close()
+    if best_state is None:
+        raise InputError(f"{run_dir}: no finished epoch to select a checkpoint from (epochs={cfg.epochs})")
 
     model.load_state_dict(best_state)  # type: ignore[arg-type]
     if cfg.save_dtype == "float16":  # report metrics of the weights as shipped
@@ -262,6 +302,7 @@ def train_scene_model(train_dir: str | Path, val_dir: str | Path, out_dir: str |
                                   f"{cfg.brightness_jitter}), Gaussian noise {cfg.noise_std}, "
                                   f"DEM offset +-{cfg.dem_jitter_m} m",
                   "selected_epoch": best_epoch, "selection": "best validation F1 at the threshold",
+                  "run_dir": str(run_dir),
                   "history": history, "wall_s": round(time.perf_counter() - t_start, 1),
                   "torch": torch.__version__},
         created=dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),

@@ -102,7 +102,7 @@ def test_round_trip(tmp_path, small_model, sample, dtype):
 
     with safe_open(str(weights_path), framework="pt") as f:
         stored = {f.get_tensor(k).dtype for k in f.keys()}
-        assert f.metadata()["encoder"] == "mobilenet_v2"
+        assert json.loads(f.metadata()["landslide_pipeline"])["encoder"] == "mobilenet_v2"
     assert (torch.float16 in stored) == (dtype == "float16")
     assert torch.int64 in stored  # BatchNorm counters keep their integer type
 

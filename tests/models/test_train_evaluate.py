@@ -79,3 +79,44 @@ def test_index_is_perfect_on_weak_labels_by_construction(weak_dataset):
     assert on_weak["f1"] == pytest.approx(1.0)
     on_ref = evaluate_checkpoint(str(out / "val_reference"), "index", compare_redness=True)
     assert on_ref["iou"] > on_ref["redness_at_same_fraction"]["iou"]
+
+
+def test_interrupted_training_resumes_to_the_same_weights(weak_dataset, tmp_path, monkeypatch):
+    """Kill a run after epoch 1, start it again: the result equals an uninterrupted run's."""
+    import models.train as train_mod
+    from models.checkpoint import read_card
+
+    out, _ = weak_dataset
+    cfg = TrainConfig(epochs=2, steps_per_epoch=2, batch_size=2, threads=1, seed=3)
+    full = train_scene_model(out / "train", out / "val", tmp_path / "a", "m", cfg, progress=False)
+
+    real_evaluate = train_mod.evaluate_model
+    calls = {"n": 0}
+
+    def dies_in_epoch_2(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("simulated kill during epoch 2")
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "evaluate_model", dies_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train_scene_model(out / "train", out / "val", tmp_path / "b", "m", cfg, progress=False)
+    assert not (tmp_path / "b" / "m.json").exists()  # nothing published
+    state = json.loads((tmp_path / "b" / "m.run" / "state.json").read_text())
+    assert state["epoch"] == 1
+    monkeypatch.setattr(train_mod, "evaluate_model", real_evaluate)
+    resumed = train_scene_model(out / "train", out / "val", tmp_path / "b", "m", cfg, progress=False)
+    assert read_card(resumed).weights_sha256 == read_card(full).weights_sha256
+    log = (tmp_path / "b" / "m.run" / "metrics.csv").read_text().splitlines()
+    assert len(log) == 3 and log[0].startswith("epoch,train_loss")  # header + 2 epochs
+    assert (tmp_path / "b" / "m.run" / "curves.png").stat().st_size > 1000
+    assert list((tmp_path / "b" / "m.run" / "tensorboard").glob("events.out.tfevents.*"))
+
+    # other settings on the same run folder are refused, naming the difference
+    from tasks.errors import InputError
+
+    with pytest.raises(InputError, match="seed"):
+        train_scene_model(out / "train", out / "val", tmp_path / "b", "m",
+                          TrainConfig(epochs=2, steps_per_epoch=2, batch_size=2, threads=1, seed=4),
+                          progress=False)
