@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--overlap", type=int, default=32, dest="overlap_px",
                       help="patch overlap in pixels for seam-free blending (32)")
     what.add_argument("--res-m", type=float, default=10.0, help="analysis grid pixel size in m (10)")
+    what.add_argument("--block-px", type=int, default=2048,
+                      help="inference block side in pixels: bounds memory, not the result (2048)")
     post = scan.add_argument_group("cleanup")
     post.add_argument("--threshold", type=float, help="probability threshold (default: the card's)")
     post.add_argument("--opening-radius-px", type=int, default=1, help="morphological opening radius (1)")
@@ -132,6 +134,7 @@ def _scan_request(args: argparse.Namespace, run_id: str):
         out=args.out.replace("{run_id}", run_id), region=args.region, source=args.source,
         bbox=args.bbox, aoi=args.aoi, start=args.start, end=args.end, detector=args.detector,
         catalog=args.catalog, res_m=args.res_m, overlap_px=args.overlap_px, batch_size=args.batch_size,
+        block_px=args.block_px,
         device=args.device, threshold=args.threshold, opening_radius_px=args.opening_radius_px,
         closing_radius_px=args.closing_radius_px, fill_holes_max_area_m2=args.fill_holes_max_area_m2,
         min_area_m2=args.min_area_m2, overwrite=args.overwrite, keep_work=args.keep_work,

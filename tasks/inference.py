@@ -16,15 +16,17 @@ from typing import Protocol
 
 import numpy as np
 import rasterio
+from rasterio.windows import Window
 from tqdm.auto import tqdm
 
 from tasks.bands import BAND_NAMES, validate_bands
 from tasks.stitch import Stitcher, binary_entropy
-from tasks.tiling import count_windows, iter_windows, read_patches
+from tasks.tiling import iter_windows, read_patches
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CHECKPOINT = "iburi2018-weak-unet-mobilenet_v2"
+DEFAULT_BLOCK_PX = 2048  # inference block side: memory ~ (block + 2 patches)^2 x 8 bytes
 INDEX_DETECTOR = "index"
 
 
@@ -180,55 +182,89 @@ class InferenceResult:
     total_s: float
 
 
+def iter_blocks(height: int, width: int, block_px: int) -> list[Window]:
+    """Core windows of ``block_px`` squares (the last row/column smaller) tiling the grid."""
+    if block_px < 1:
+        raise ValueError(f"block_px must be >= 1, got {block_px}")
+    return [Window(c, r, min(block_px, width - c), min(block_px, height - r))
+            for r in range(0, height, block_px) for c in range(0, width, block_px)]
+
+
+def _intersects(a: Window, b: Window) -> bool:
+    return (a.col_off < b.col_off + b.width and b.col_off < a.col_off + a.width
+            and a.row_off < b.row_off + b.height and b.row_off < a.row_off + a.height)
+
+
 def predict_stack(stack_path: str | Path, valid_path: str | Path, detector: Detector,
                   work_dir: str | Path, overlap: int = 32, batch_size: int = 16,
-                  progress: bool = True) -> InferenceResult:
+                  progress: bool = True, block_px: int = DEFAULT_BLOCK_PX) -> InferenceResult:
     """Tile the stack, run the detector batch by batch, blend, and write probability + uncertainty.
 
-    Writes ``prob.tif`` and ``uncertainty.tif`` (float32, NaN = not analysed) in ``work_dir``. The
-    uncertainty of a single model is the per-pixel predictive entropy of the blended probability,
-    in bits (0 certain .. 1 at p = 0.5).
+    Writes ``prob.tif`` and ``uncertainty_raw.tif`` (float32, tiled, NaN = not analysed) in
+    ``work_dir``. The uncertainty of a single model is the per-pixel predictive entropy of the
+    blended probability, in bits (0 certain .. 1 at p = 0.5).
+
+    Memory is bounded by ``block_px``: the grid is cut into blocks, and each block blends every
+    patch of the global patch layout that touches it on a canvas just large enough for those
+    patches, then writes its core. Because the patch layout is the global one and each pixel sums
+    the same patches in the same order, the result is identical to blending the whole scene at
+    once; patches straddling a block border are predicted once per block they touch.
     """
     t_start = time.perf_counter()
     work_dir = Path(work_dir)
     size = detector.patch_size
     band_idx = [BAND_NAMES.index(b) for b in validate_bands(detector.bands)]
     detector.forward_s = 0.0
+    prob_path, unc_path = work_dir / "prob.tif", work_dir / "uncertainty_raw.tif"
+    tmp_prob, tmp_unc = prob_path.with_suffix(".tmp.tif"), unc_path.with_suffix(".tmp.tif")
+    predicted: set[tuple[int, int]] = set()
+    n_forward = 0
     with rasterio.open(stack_path) as stack, rasterio.open(valid_path) as valid:
         height, width = stack.height, stack.width
-        stitcher = Stitcher(height, width, size, overlap)
         windows = list(iter_windows(height, width, size, overlap))
-        n_total = count_windows(height, width, size, overlap)
-        n_done = 0
-        bar = tqdm(total=n_total, desc="inference", unit="patch", disable=not progress,
-                   mininterval=1.0)
-        for start in range(0, len(windows), batch_size):
-            chunk = windows[start:start + batch_size]
-            patches = read_patches(stack, valid, chunk, band_idx, size)
-            if patches:
-                batch = np.stack([p.data for p in patches])
-                ok = np.stack([p.valid for p in patches])
-                prob = detector.predict(batch, ok)
-                for patch, p in zip(patches, prob):
-                    stitcher.add(patch.window, p, patch.valid)
-                n_done += len(patches)
-            bar.update(len(chunk))
-        bar.close()
+        blocks = iter_blocks(height, width, block_px)
+        per_block = [[w for w in windows if _intersects(w, b)] for b in blocks]
         profile = stack.profile.copy()
-    prob = stitcher.result()
-    uncertainty = binary_entropy(prob)
-    profile.update(count=1, dtype="float32", nodata=np.nan)
-    prob_path, unc_path = work_dir / "prob.tif", work_dir / "uncertainty_raw.tif"
-    for path, arr, desc in ((prob_path, prob, "landslide probability"),
-                            (unc_path, uncertainty, "predictive entropy (bits)")):
-        tmp = path.with_suffix(".tmp.tif")
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(arr, 1)
-            dst.set_band_description(1, desc)
-        os.replace(tmp, path)
+        profile.update(count=1, dtype="float32", nodata=np.nan, tiled=True, blockxsize=256,
+                       blockysize=256, compress="deflate", predictor=3, interleave="band")
+        bar = tqdm(total=sum(len(p) for p in per_block), desc="inference", unit="patch",
+                   disable=not progress, mininterval=1.0)
+        with rasterio.open(tmp_prob, "w", **profile) as dst_prob, \
+                rasterio.open(tmp_unc, "w", **profile) as dst_unc:
+            dst_prob.set_band_description(1, "landslide probability")
+            dst_unc.set_band_description(1, "predictive entropy (bits)")
+            for block, sel in zip(blocks, per_block):
+                r0 = min(int(w.row_off) for w in sel)
+                c0 = min(int(w.col_off) for w in sel)
+                r1 = max(int(w.row_off + w.height) for w in sel)
+                c1 = max(int(w.col_off + w.width) for w in sel)
+                stitcher = Stitcher(r1 - r0, c1 - c0, size, overlap)
+                for start in range(0, len(sel), batch_size):
+                    chunk = sel[start:start + batch_size]
+                    patches = read_patches(stack, valid, chunk, band_idx, size)
+                    if patches:
+                        prob = detector.predict(np.stack([p.data for p in patches]),
+                                                np.stack([p.valid for p in patches]))
+                        n_forward += len(patches)
+                        for patch, p in zip(patches, prob):
+                            w = patch.window
+                            predicted.add((int(w.row_off), int(w.col_off)))
+                            stitcher.add(Window(w.col_off - c0, w.row_off - r0, w.width, w.height),
+                                         p, patch.valid)
+                    bar.update(len(chunk))
+                canvas = stitcher.result()
+                br, bc = int(block.row_off) - r0, int(block.col_off) - c0
+                core = canvas[br:br + int(block.height), bc:bc + int(block.width)]
+                dst_prob.write(core, 1, window=block)
+                dst_unc.write(binary_entropy(core), 1, window=block)
+        bar.close()
+    os.replace(tmp_prob, prob_path)
+    os.replace(tmp_unc, unc_path)
     total = time.perf_counter() - t_start
-    log.info("inference: %d patches (%d empty skipped), model %.2fs of %.2fs", n_done,
-             len(windows) - n_done, detector.forward_s, total)
+    n_done = len(predicted)
+    log.info("inference: %d patches (%d empty skipped, %d forward passes over %d blocks), "
+             "model %.2fs of %.2fs", n_done, len(windows) - n_done, n_forward, len(blocks),
+             detector.forward_s, total)
     return InferenceResult(str(prob_path), str(unc_path), n_done, len(windows) - n_done,
                            detector.forward_s, total)
 

@@ -44,6 +44,7 @@ class ScanRequest(BaseModel):
     res_m: float = 10.0
     overlap_px: int = 32
     batch_size: int = 16
+    block_px: int = 2048
     device: Literal["auto", "cpu", "cuda"] | str = "auto"
     threshold: float | None = None
     opening_radius_px: int = 1
@@ -82,6 +83,8 @@ def plan_scan(request: ScanRequest) -> dict:
 
     if request.overlap_px < 0 or request.overlap_px >= 128:
         raise InputError(f"--overlap must be in [0, 128), got {request.overlap_px}")
+    if request.block_px < 128:
+        raise InputError(f"--block-px must be >= 128 (one patch), got {request.block_px}")
     if request.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {request.batch_size}")
     catalog = load_catalog(request.catalog)

@@ -53,7 +53,7 @@ def step_infer(work: str, stack: dict) -> dict:
     detector = load_detector(req["detector"], req["device"])
     result = predict_stack(stack["stack_path"], stack["valid_path"], detector, work,
                            overlap=req["overlap_px"], batch_size=req["batch_size"],
-                           progress=req["progress"])
+                           progress=req["progress"], block_px=req["block_px"])
     return {**dataclasses.asdict(result), "detector": detector.describe(),
             "seconds": time.perf_counter() - t0}
 
@@ -164,7 +164,8 @@ def step_finish(work: str, stack: dict, infer: dict, cleaned: dict, vectors: dic
         "grid": plan["grid"],
         "detector": infer["detector"],
         "parameters": {"overlap_px": plan["request"]["overlap_px"],
-                       "batch_size": plan["request"]["batch_size"], "clean": plan["clean"],
+                       "batch_size": plan["request"]["batch_size"],
+                       "block_px": plan["request"]["block_px"], "clean": plan["clean"],
                        "uncertainty": "binary predictive entropy of the blended probability, bits"},
         "counts": {"patches": infer["n_patches"], "patches_skipped_nodata": infer["n_skipped"],
                    "valid_fraction": stack["valid_fraction"], "landslide_px": cleaned["landslide_px"],
