@@ -180,3 +180,59 @@ def label_objects(mask: np.ndarray) -> tuple[np.ndarray, int]:
     labels = np.zeros(mask.shape, dtype=np.int32)
     n = ndimage.label(mask.astype(bool, copy=False), structure=OBJECT_STRUCTURE, output=labels)
     return labels, int(n)
+
+
+def clean_halo_px(params: CleanParams, res_m: float) -> int:
+    """Halo that makes :func:`clean_mask` on a block exact in the block's core.
+
+    Opening then closing reach ``2 r_open + 2 r_close`` pixels; a hole small enough to be filled,
+    and an object small enough to be removed, has fewer than ``max_hole`` / ``min_area`` pixels, so
+    it lies within that many pixels of any pixel it touches. A component that reaches further is
+    at least that large both in the block and in the whole scene, so it is treated alike.
+    """
+    res_m = _check_res(res_m)
+    reach = 2 * int(params.opening_radius_px) + 2 * int(params.closing_radius_px)
+    if params.fill_holes_max_area_m2 > 0:
+        reach += _min_pixels(params.fill_holes_max_area_m2, res_m) + 1
+    if params.min_area_m2 > 0:
+        reach += _min_pixels(params.min_area_m2, res_m) + 1
+    return reach + 2
+
+
+def clean_raster(prob_path, valid_path, out_path, res_m: float, params: CleanParams = CleanParams(),
+                 block_px: int = 2048) -> int:
+    """Block-wise :func:`clean_mask` from rasters to a tiled uint8 raster; returns landslide pixels.
+
+    Each block is cleaned with a halo of :func:`clean_halo_px`, so the result equals cleaning the
+    whole scene at once, with memory bounded by the block size.
+    """
+    import os
+    from pathlib import Path
+
+    import rasterio
+    from rasterio.windows import Window
+
+    halo = clean_halo_px(params, res_m)
+    out_path = Path(out_path)
+    tmp = out_path.with_name(out_path.name + ".tmp.tif")
+    total = 0
+    with rasterio.open(prob_path) as prob_src, rasterio.open(valid_path) as valid_src:
+        h, w = prob_src.height, prob_src.width
+        profile = prob_src.profile.copy()
+        profile.update(dtype="uint8", nodata=None, count=1, tiled=True, blockxsize=256,
+                       blockysize=256, compress="deflate", predictor=1)
+        with rasterio.open(tmp, "w", **profile) as dst:
+            for r in range(0, h, block_px):
+                for c in range(0, w, block_px):
+                    bh, bw = min(block_px, h - r), min(block_px, w - c)
+                    r0, c0 = max(r - halo, 0), max(c - halo, 0)
+                    r1, c1 = min(r + bh + halo, h), min(c + bw + halo, w)
+                    ext = Window(c0, r0, c1 - c0, r1 - r0)
+                    prob = prob_src.read(1, window=ext)
+                    valid = valid_src.read(1, window=ext).astype(bool)
+                    mask = clean_mask(np.nan_to_num(prob, nan=0.0), valid, res_m, params)
+                    core = mask[r - r0:r - r0 + bh, c - c0:c - c0 + bw]
+                    dst.write(core, 1, window=Window(c, r, bw, bh))
+                    total += int(core.sum())
+    os.replace(tmp, out_path)
+    return total

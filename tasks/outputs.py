@@ -69,6 +69,48 @@ def write_cog(array: np.ndarray, path: str | Path, *, crs: str, transform, descr
     return path
 
 
+def write_cog_blockwise(src_path: str | Path, path: str | Path, encode, *, description: str,
+                        scale: float | None = None, tags: dict | None = None,
+                        valid_path: str | Path | None = None, block_px: int = 2048) -> Path:
+    """Encode a single-band raster block by block into a tiled GeoTIFF, then copy it to a COG.
+
+    ``encode(values, valid) -> uint8`` turns each block (``valid`` from ``valid_path``, or all True)
+    into the output's values; GDAL's COG driver streams the copy, so memory stays bounded.
+    """
+    from rasterio.windows import Window
+
+    path = Path(path)
+    tmp_tiled = path.with_name(path.name + ".tiled.tmp.tif")
+    with rasterio.open(src_path) as src:
+        profile = dict(driver="GTiff", height=src.height, width=src.width, count=1, dtype="uint8",
+                       crs=src.crs, transform=src.transform, nodata=NODATA_U8, tiled=True,
+                       blockxsize=256, blockysize=256, compress="deflate")
+        valid_src = rasterio.open(valid_path) if valid_path else None
+        try:
+            with rasterio.open(tmp_tiled, "w", **profile) as dst:
+                for r in range(0, src.height, block_px):
+                    for c in range(0, src.width, block_px):
+                        win = Window(c, r, min(block_px, src.width - c), min(block_px, src.height - r))
+                        values = src.read(1, window=win)
+                        ok = (valid_src.read(1, window=win).astype(bool) if valid_src
+                              else np.ones(values.shape, bool))
+                        dst.write(encode(values, ok), 1, window=win)
+                dst.set_band_description(1, description)
+                if scale is not None:
+                    dst.scales = (scale,)
+                    dst.offsets = (0.0,)
+                dst.update_tags(**(tags or {}))
+        finally:
+            if valid_src is not None:
+                valid_src.close()
+    tmp_cog = path.with_name(path.name + ".tmp")
+    rasterio.shutil.copy(tmp_tiled, tmp_cog, driver="COG", compress="DEFLATE",
+                         overview_resampling="nearest", blocksize=256)
+    os.replace(tmp_cog, path)
+    tmp_tiled.unlink(missing_ok=True)
+    return path
+
+
 def check_output_dir(out: str | Path, overwrite: bool) -> Path:
     """Fail early if the run folder cannot be written or already holds a run.
 

@@ -18,12 +18,12 @@ import rasterio
 from tasks.acquire_local import SceneInputs
 from tasks.align import build_stack
 from tasks.bands import BAND_NAMES
-from tasks.clean import CleanParams, clean_mask
+from tasks.clean import CleanParams, clean_raster
 from tasks.inference import load_detector, predict_stack
 from tasks.outputs import (PROB_SCALE, encode_unit_interval, publish, staging_dir, utc_now_iso,
-                           write_cog, write_manifest)
+                           write_cog_blockwise, write_manifest)
 from tasks.plan import ScanRequest, load_plan, plan_grid, plan_roi_grid_crs, plan_scan
-from tasks.vectorize import mask_to_polygons, valid_to_footprint, write_geopackage
+from tasks.vectorize import footprint_raster, vectorize_raster, write_geopackage
 
 log = logging.getLogger(__name__)
 
@@ -59,50 +59,34 @@ def step_infer(work: str, stack: dict) -> dict:
 
 
 def step_clean(work: str, infer: dict) -> dict:
-    """Threshold + morphology + minimum area: ``mask_raw.tif`` (uint8 0/1)."""
+    """Threshold + morphology + minimum area, block by block: ``mask_raw.tif`` (uint8 0/1)."""
     t0 = time.perf_counter()
     plan = load_plan(work)
     params = CleanParams(**plan["clean"])
     grid = plan_grid(plan)
-    with rasterio.open(infer["prob_path"]) as src:
-        prob = src.read(1)
-        profile = src.profile.copy()
-    with rasterio.open(Path(work) / "valid.tif") as src:
-        valid = src.read(1).astype(bool)
-    mask = clean_mask(np.nan_to_num(prob, nan=0.0), valid, grid.res_m, params)
-    profile.update(dtype="uint8", nodata=None)
     path = Path(work) / "mask_raw.tif"
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(mask.astype(np.uint8), 1)
-    return {"mask_path": str(path), "landslide_px": int(mask.sum()),
-            "seconds": time.perf_counter() - t0}
+    n_px = clean_raster(infer["prob_path"], Path(work) / "valid.tif", path, grid.res_m, params,
+                        block_px=plan["request"]["block_px"])
+    return {"mask_path": str(path), "landslide_px": n_px, "seconds": time.perf_counter() - t0}
 
 
 def step_vectorize(work: str, infer: dict, cleaned: dict) -> dict:
-    """Polygons with attributes + the footprint layer -> staged ``landslides.gpkg``."""
+    """Polygons with attributes + the footprint layer, block by block -> staged ``landslides.gpkg``."""
     t0 = time.perf_counter()
     plan = load_plan(work)
-    grid = plan_grid(plan)
     inputs = plan["inputs"]
-    with rasterio.open(cleaned["mask_path"]) as src:
-        mask = src.read(1)
-    with rasterio.open(infer["prob_path"]) as src:
-        prob = src.read(1)
-    with rasterio.open(infer["uncertainty_path"]) as src:
-        unc = src.read(1)
-    with rasterio.open(Path(work) / "valid.tif") as src:
-        valid = src.read(1).astype(bool)
-    with rasterio.open(Path(work) / "stack.tif") as src:
-        slope = src.read(BAND_NAMES.index("SLOPE") + 1)
-        elev = src.read(BAND_NAMES.index("DEM") + 1)
+    block_px = plan["request"]["block_px"]
+    stack = str(Path(work) / "stack.tif")
     acquired = (dt.datetime.fromisoformat(inputs["acquired"]) if inputs["acquired"] else None)
     static = {"scene_id": inputs["scene_id"], "acquired": acquired,
               "model": plan["detector"]["ref"], "run_id": plan["run_id"],
               "detected_at": dt.datetime.now(dt.timezone.utc).replace(microsecond=0)}
-    polygons = mask_to_polygons(mask, grid.transform, grid.crs, prob=prob, uncertainty=unc,
-                                slope_deg=slope, elev_m=elev, static_attrs=static)
-    footprint = valid_to_footprint(valid, grid.transform, grid.crs,
-                                   attrs={"scene_id": inputs["scene_id"], "run_id": plan["run_id"]})
+    layers = {"prob": (infer["prob_path"], 1), "uncertainty": (infer["uncertainty_path"], 1),
+              "slope_deg": (stack, BAND_NAMES.index("SLOPE") + 1),
+              "elev_m": (stack, BAND_NAMES.index("DEM") + 1)}
+    polygons = vectorize_raster(cleaned["mask_path"], layers, static_attrs=static, block_px=block_px)
+    footprint = footprint_raster(Path(work) / "valid.tif", block_px=block_px,
+                                 attrs={"scene_id": inputs["scene_id"], "run_id": plan["run_id"]})
     path = staging_dir(plan["out"]) / "landslides.gpkg"
     write_geopackage(polygons, footprint, path)
     return {"gpkg_path": str(path), "n_polygons": int(len(polygons)),
@@ -111,29 +95,33 @@ def step_vectorize(work: str, infer: dict, cleaned: dict) -> dict:
             "seconds": time.perf_counter() - t0}
 
 
+def _encode_probability(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    return encode_unit_interval(np.where(valid, values, np.nan))
+
+
+def _encode_mask(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    return np.where(valid, values, 255).astype(np.uint8)
+
+
 def step_rasters(work: str, infer: dict, cleaned: dict) -> dict:
-    """Staged COGs: probability.tif, uncertainty.tif (uint8, p x 254), mask.tif (0/1, 255 nodata)."""
+    """Staged COGs, block by block: probability.tif, uncertainty.tif (uint8, value / 254),
+    mask.tif (0/1, 255 = not analysed)."""
     t0 = time.perf_counter()
     plan = load_plan(work)
-    grid = plan_grid(plan)
     stage = staging_dir(plan["out"])
-    with rasterio.open(Path(work) / "valid.tif") as src:
-        valid = src.read(1).astype(bool)
-    common = dict(crs=grid.crs, transform=grid.transform)
-    with rasterio.open(infer["prob_path"]) as src:
-        write_cog(encode_unit_interval(src.read(1)), stage / "probability.tif",
-                  description="landslide probability (value / 254); 255 = not analysed",
-                  scale=1 / PROB_SCALE, tags={"model": plan["detector"]["ref"]}, **common)
-    with rasterio.open(infer["uncertainty_path"]) as src:
-        write_cog(encode_unit_interval(src.read(1)), stage / "uncertainty.tif",
-                  description="predictive entropy in bits (value / 254); 255 = not analysed",
-                  scale=1 / PROB_SCALE, tags={"uncertainty": "binary predictive entropy, bits"},
-                  **common)
-    with rasterio.open(cleaned["mask_path"]) as src:
-        mask = src.read(1)
-    mask_u8 = np.where(valid, mask, 255).astype(np.uint8)
-    write_cog(mask_u8, stage / "mask.tif", description="landslide mask (1), background (0); 255 = not analysed",
-              **common)
+    valid = Path(work) / "valid.tif"
+    block_px = plan["request"]["block_px"]
+    write_cog_blockwise(infer["prob_path"], stage / "probability.tif", _encode_probability,
+                        description="landslide probability (value / 254); 255 = not analysed",
+                        scale=1 / PROB_SCALE, tags={"model": plan["detector"]["ref"]},
+                        valid_path=valid, block_px=block_px)
+    write_cog_blockwise(infer["uncertainty_path"], stage / "uncertainty.tif", _encode_probability,
+                        description="predictive entropy in bits (value / 254); 255 = not analysed",
+                        scale=1 / PROB_SCALE, tags={"uncertainty": "binary predictive entropy, bits"},
+                        valid_path=valid, block_px=block_px)
+    write_cog_blockwise(cleaned["mask_path"], stage / "mask.tif", _encode_mask,
+                        description="landslide mask (1), background (0); 255 = not analysed",
+                        valid_path=valid, block_px=block_px)
     return {"seconds": time.perf_counter() - t0}
 
 

@@ -210,8 +210,21 @@ def mask_to_polygons(mask: np.ndarray, transform, crs, *, prob: np.ndarray | Non
     if len(parts) != n:
         raise RuntimeError(f"shapes() returned {len(parts)} objects for {n} labels")
     geoms = [_one_polygon(parts[k], k) for k in range(1, n + 1)]
-    geo = gpd.GeoSeries(geoms, crs=crs)
+    stats = {
+        "mean_prob": _per_label_mean(layers["prob"], labels, n),
+        "max_prob": _per_label_max(layers["prob"], labels, n),
+        "uncertainty": _per_label_mean(layers["uncertainty"], labels, n),
+        "mean_slope_deg": _per_label_mean(layers["slope_deg"], labels, n),
+        "mean_elev_m": _per_label_mean(layers["elev_m"], labels, n),
+    }
+    return _assemble_landslides(geoms, stats, crs, attrs, id_offset)
 
+
+def _assemble_landslides(geoms: list[Polygon], stats: Mapping[str, np.ndarray], crs, attrs,
+                         id_offset: int) -> gpd.GeoDataFrame:
+    """The typed landslides frame from polygons (in id order) and their per-object statistics."""
+    n = len(geoms)
+    geo = gpd.GeoSeries(geoms, crs=crs)
     centroids = shapely.centroid(np.asarray(geoms, dtype=object))
     to_lonlat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
     lon, lat = to_lonlat.transform(shapely.get_x(centroids), shapely.get_y(centroids))
@@ -220,11 +233,8 @@ def mask_to_polygons(mask: np.ndarray, transform, crs, *, prob: np.ndarray | Non
         "landslide_id": np.arange(id_offset + 1, id_offset + n + 1, dtype=np.int64),
         "area_m2": geo.area.to_numpy(dtype=np.float64),
         "perimeter_m": geo.length.to_numpy(dtype=np.float64),
-        "mean_prob": _per_label_mean(layers["prob"], labels, n),
-        "max_prob": _per_label_max(layers["prob"], labels, n),
-        "uncertainty": _per_label_mean(layers["uncertainty"], labels, n),
-        "mean_slope_deg": _per_label_mean(layers["slope_deg"], labels, n),
-        "mean_elev_m": _per_label_mean(layers["elev_m"], labels, n),
+        **{k: np.asarray(stats[k], dtype=np.float64) for k in
+           ("mean_prob", "max_prob", "uncertainty", "mean_slope_deg", "mean_elev_m")},
         "centroid_lon": np.asarray(lon, dtype=np.float64),
         "centroid_lat": np.asarray(lat, dtype=np.float64),
     }
@@ -345,3 +355,177 @@ def write_geopackage(landslides_gdf: gpd.GeoDataFrame, footprint_gdf: gpd.GeoDat
                 leftover.unlink()
     log.info("wrote %s: %d landslides", path, len(landslides_gdf))
     return path
+
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: dict = {}
+
+    def find(self, x):
+        self.parent.setdefault(x, x)
+        root = x
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[x] != root:  # path compression
+            self.parent[x], x = root, self.parent[x]
+        return root
+
+    def union(self, a, b) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def _block_stats(values: np.ndarray | None, labels: np.ndarray, n: int) -> dict[str, np.ndarray]:
+    """Per-label finite sum, finite count and max (index 0 = background, unused)."""
+    if values is None:
+        return {"sum": np.zeros(n + 1), "count": np.zeros(n + 1), "max": np.full(n + 1, -np.inf)}
+    sel = labels > 0
+    lab, v = labels[sel], values[sel]
+    ok = np.isfinite(v)
+    mx = np.full(n + 1, -np.inf)
+    np.maximum.at(mx, lab[ok], v[ok])
+    return {"sum": np.bincount(lab[ok], weights=v[ok], minlength=n + 1).astype(np.float64),
+            "count": np.bincount(lab[ok], minlength=n + 1).astype(np.float64), "max": mx}
+
+
+def vectorize_raster(mask_path, layers: Mapping[str, tuple[str, int] | None], *,
+                     static_attrs: Mapping[str, Any], block_px: int = 2048,
+                     id_offset: int = 0) -> gpd.GeoDataFrame:
+    """Block-wise :func:`mask_to_polygons` over rasters, with bounded memory.
+
+    Each block's 4-connected objects are polygonized with partial statistics (finite sums, counts,
+    maxima, first pixel); objects that touch across a block seam (4-adjacent pixels on both sides)
+    are joined with union-find, their polygons unioned and their statistics combined. The result
+    has the same objects, ids (raster order of each object's first pixel), geometries and
+    attributes as vectorizing the whole mask at once (means may differ in the last float bits).
+
+    Args:
+        mask_path: cleaned uint8 mask (1 = landslide) on the analysis grid.
+        layers: ``prob``, ``uncertainty``, ``slope_deg``, ``elev_m`` -> (raster path, 1-based band)
+            on the same grid, or None for a layer that does not exist (NaN attributes).
+        static_attrs: as for :func:`mask_to_polygons`.
+        block_px: block side in pixels.
+    """
+    import rasterio
+    from rasterio.windows import Window
+
+    attrs = _check_static_attrs(static_attrs)
+    names = ("prob", "uncertainty", "slope_deg", "elev_m")
+    sources = {k: (rasterio.open(layers[k][0]), layers[k][1]) if layers.get(k) else None for k in names}
+    uf = _UnionFind()
+    polys: dict[tuple, list[Polygon]] = {}
+    stats: dict[tuple, dict] = {}
+    edges: dict[tuple[int, int], dict[str, np.ndarray]] = {}
+    try:
+        with rasterio.open(mask_path) as src:
+            crs = _check_crs(src.crs)
+            h, w = src.height, src.width
+            for bi, r in enumerate(range(0, h, block_px)):
+                for bj, c in enumerate(range(0, w, block_px)):
+                    win = Window(c, r, min(block_px, w - c), min(block_px, h - r))
+                    labels, n = label_objects(src.read(1, window=win))
+                    edges[(bi, bj)] = {"top": labels[0].copy(), "bottom": labels[-1].copy(),
+                                       "left": labels[:, 0].copy(), "right": labels[:, -1].copy()}
+                    if n == 0:
+                        continue
+                    t = src.window_transform(win)
+                    for geom, value in shapes(labels, mask=labels > 0, connectivity=CONNECTIVITY,
+                                              transform=t):
+                        polys.setdefault((bi, bj, int(value)), []).append(shape(geom))
+                    flat = np.arange(labels.size, dtype=np.int64).reshape(labels.shape)
+                    first = np.full(n + 1, np.iinfo(np.int64).max)
+                    np.minimum.at(first, labels[labels > 0], flat[labels > 0])
+                    per_layer = {}
+                    for k in names:
+                        arr = None
+                        if sources[k] is not None:
+                            ds, band = sources[k]
+                            arr = ds.read(band, window=win).astype(np.float64)
+                        per_layer[k] = _block_stats(arr, labels, n)
+                    for lab in range(1, n + 1):
+                        fr, fc = divmod(int(first[lab]), labels.shape[1])
+                        key = (bi, bj, lab)
+                        uf.find(key)
+                        stats[key] = {"first": (r + fr, c + fc),
+                                      **{f"{k}_{m}": per_layer[k][m][lab] for k in names
+                                         for m in ("sum", "count", "max")}}
+    finally:
+        for item in sources.values():
+            if item is not None:
+                item[0].close()
+    # join objects across seams: 4-adjacent pixels on the two sides of a block border
+    for (bi, bj), e in edges.items():
+        right = edges.get((bi, bj + 1))
+        if right is not None:
+            for a, b in set(zip(e["right"].tolist(), right["left"].tolist())):
+                if a and b:
+                    uf.union((bi, bj, a), (bi, bj + 1, b))
+        below = edges.get((bi + 1, bj))
+        if below is not None:
+            for a, b in set(zip(e["bottom"].tolist(), below["top"].tolist())):
+                if a and b:
+                    uf.union((bi, bj, a), (bi + 1, bj, b))
+    groups: dict[tuple, list[tuple]] = {}
+    for key in stats:
+        groups.setdefault(uf.find(key), []).append(key)
+    if not groups:
+        with rasterio.open(mask_path) as src:
+            return _empty_landslides(_check_crs(src.crs))
+    merged = []
+    for members in groups.values():
+        parts = [p for m in members for p in polys[m]]
+        geom = _one_polygon(parts if len(parts) == 1 else [shapely.union_all(parts)], 0)
+        s = {k: sum(stats[m][k] for m in members) for k in stats[members[0]] if k.endswith(("_sum", "_count"))}
+        mx = {k: max(stats[m][k] for m in members) for k in stats[members[0]] if k.endswith("_max")}
+        first = min(stats[m]["first"] for m in members)
+        merged.append((first, geom, s, mx))
+    merged.sort(key=lambda item: item[0])
+
+    def mean(s, k):
+        return s[f"{k}_sum"] / s[f"{k}_count"] if s[f"{k}_count"] > 0 else np.nan
+
+    def maximum(mx, k):
+        return mx[f"{k}_max"] if np.isfinite(mx[f"{k}_max"]) else np.nan
+
+    geoms = [g for _, g, _, _ in merged]
+    out_stats = {
+        "mean_prob": np.array([mean(s, "prob") for _, _, s, _ in merged]),
+        "max_prob": np.array([maximum(mx, "prob") for _, _, _, mx in merged]),
+        "uncertainty": np.array([mean(s, "uncertainty") for _, _, s, _ in merged]),
+        "mean_slope_deg": np.array([mean(s, "slope_deg") for _, _, s, _ in merged]),
+        "mean_elev_m": np.array([mean(s, "elev_m") for _, _, s, _ in merged]),
+    }
+    return _assemble_landslides(geoms, out_stats, crs, attrs, id_offset)
+
+
+def footprint_raster(valid_path, *, attrs: Mapping[str, Any], block_px: int = 2048) -> gpd.GeoDataFrame:
+    """Block-wise :func:`valid_to_footprint`: the union of each block's valid-area polygons."""
+    import rasterio
+    from rasterio.windows import Window
+
+    parts: list = []
+    with rasterio.open(valid_path) as src:
+        crs = _check_crs(src.crs)
+        h, w = src.height, src.width
+        for r in range(0, h, block_px):
+            for c in range(0, w, block_px):
+                win = Window(c, r, min(block_px, w - c), min(block_px, h - r))
+                valid = src.read(1, window=win).astype(bool)
+                if valid.any():
+                    parts += [shape(g) for g, _ in shapes(valid.astype(np.uint8), mask=valid,
+                                                          connectivity=CONNECTIVITY,
+                                                          transform=src.window_transform(win))]
+    if not parts:
+        return valid_to_footprint(np.zeros((1, 1), bool), rasterio.Affine.identity(), crs, attrs=attrs)
+    union = shapely.union_all(parts)
+    polys = [g for g in getattr(union, "geoms", [union]) if g.geom_type == "Polygon"]
+    geom = MultiPolygon(polys)
+    if not geom.is_valid:
+        geom = shapely.make_valid(geom)
+        geom = MultiPolygon([p for p in getattr(geom, "geoms", [geom]) if p.geom_type == "Polygon"])
+    gdf = valid_to_footprint(np.zeros((1, 1), bool), rasterio.Affine.identity(), crs, attrs=attrs)
+    gdf = gdf.set_geometry([geom], crs=crs)
+    gdf["area_m2"] = float(geom.area)
+    gdf["status"] = STATUS_ANALYSED
+    return gdf

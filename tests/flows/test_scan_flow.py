@@ -438,7 +438,7 @@ def assert_nothing_published(out: Path) -> None:
     assert not (out / ".staging").exists()
 
 
-@pytest.mark.parametrize("step", ["write_geopackage", "write_cog", "write_manifest"])
+@pytest.mark.parametrize("step", ["write_geopackage", "write_cog_blockwise", "write_manifest"])
 def test_failure_mid_run_leaves_no_final_files(prefect_harness, tmp_path, monkeypatch, step):
     """A step failing after others have staged their files: the flow raises, nothing is published."""
     import tasks.scan_steps
