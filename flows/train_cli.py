@@ -34,6 +34,10 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--model", default="unet-mobilenet_v2", help="registry model (unet-mobilenet_v2)")
     train.add_argument("--bands", default="B02,B03,B04,SLOPE,DEM",
                        help="input channels in contract order (B02,B03,B04,SLOPE,DEM)")
+    train.add_argument("--loss", default="bce+dice",
+                       help="loss spec: terms bce, dice, focal, tversky, focal_tversky, lovasz, "
+                            "lovasz_batch with optional weights, e.g. '0.5*bce+dice' (bce+dice); "
+                            "bce is weighted by the training split's class balance")
     train.add_argument("--epochs", type=int, default=12)
     train.add_argument("--steps-per-epoch", type=int, default=50)
     train.add_argument("--batch-size", type=int, default=8)
@@ -93,9 +97,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from models.registry import parse_model_name
 
     parse_model_name(args.model)  # unknown names fail before Prefect starts
+    from models.losses import build_loss
+
+    build_loss(args.loss)
     config = {"model": args.model, "bands": validate_bands(bands), "epochs": args.epochs,
               "steps_per_epoch": args.steps_per_epoch, "batch_size": args.batch_size,
-              "lr": args.lr, "seed": args.seed, "save_dtype": args.dtype, "patience": args.patience}
+              "lr": args.lr, "seed": args.seed, "save_dtype": args.dtype, "patience": args.patience,
+              "loss": args.loss}
     reports = ({"val_reference_predictions": str(data / "val_reference")}
                if (data / "val_reference" / "labels.tif").exists() else None)
     card = train_flow(str(data / "train"), str(data / "val"), args.out, args.name, config,

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 import models  # noqa: F401  (torchvision shim)
 from models.checkpoint import InputTransform, ModelCard, save_checkpoint
 from models.datasets import IMAGE_NAME, LABELS_NAME, SceneData, file_list_sha256, load_scene_dataset
+from models.losses import build_loss, class_weights, describe_loss
 from models.metrics import IGNORE, evaluate_probabilities
 from models.registry import build_model, parse_model_name
 from models.run_log import RunLog
@@ -46,7 +46,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     seed: int = 0
     patch_size: int = 128
-    dice_weight: float = 1.0
+    loss: str = "bce+dice"  # models.losses spec, e.g. "0.5*bce+dice", "focal+lovasz", "tversky"
     pos_weight: float | None = None  # None: negatives / positives of the training labels, capped at 10
     brightness_jitter: float = 0.1  # multiplicative, spectral bands only
     noise_std: float = 0.03  # Gaussian noise in normalized units
@@ -144,21 +144,6 @@ def make_batch(rng: np.random.Generator, image_norm: np.ndarray, labels: np.ndar
     return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
 
 
-def masked_loss(logits: torch.Tensor, target: torch.Tensor, pos_weight: float,
-                dice_weight: float) -> torch.Tensor:
-    """Weighted BCE + soft Dice over labelled pixels (target 255 ignored)."""
-    keep = target != IGNORE
-    if not bool(keep.any()):
-        return logits.sum() * 0.0
-    y = (target == 1).float()
-    bce = F.binary_cross_entropy_with_logits(
-        logits[keep], y[keep], pos_weight=torch.tensor(pos_weight, dtype=logits.dtype))
-    p = torch.sigmoid(logits)[keep]
-    inter = (p * y[keep]).sum()
-    dice = 1.0 - (2 * inter + 1.0) / (p.sum() + y[keep].sum() + 1.0)
-    return bce + dice_weight * dice
-
-
 def evaluate_model(model: torch.nn.Module, transform: InputTransform, bands: tuple[str, ...],
                    data: SceneData, threshold: float = 0.5) -> dict[str, float]:
     """Scan-style (tiled, blended) prediction over a scene and metrics over its labelled pixels."""
@@ -201,7 +186,9 @@ def train_scene_model(train_dir: str | Path, val_dir: str | Path, out_dir: str |
     if n_pos == 0 or n_neg == 0:
         raise InputError(f"{train_dir}/labels.tif needs both classes (landslide: {n_pos} px, "
                          f"background: {n_neg} px)")
-    pos_weight = cfg.pos_weight if cfg.pos_weight is not None else min(n_neg / n_pos, 10.0)
+    pos_weight = (cfg.pos_weight if cfg.pos_weight is not None
+                  else class_weights(train.labels)["pos_weight"])
+    loss_fn = build_loss(cfg.loss, pos_weight=pos_weight)
     spectral_idx = [i for i, b in enumerate(bands) if b in SPECTRAL_BAND_NAMES]
     dem_idx = bands.index("DEM") if "DEM" in bands else None
     dem_std = stds[dem_idx] if dem_idx is not None else 1.0
@@ -243,7 +230,7 @@ def train_scene_model(train_dir: str | Path, val_dir: str | Path, out_dir: str |
         for _ in bar:
             x, y = make_batch(rng, image_norm, train.labels, cfg, spectral_idx, dem_idx, dem_std,
                               mean_over_std)
-            loss = masked_loss(model(x)[:, 0], y, pos_weight, cfg.dice_weight)
+            loss = loss_fn(model(x)[:, 0], y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -297,7 +284,7 @@ def train_scene_model(train_dir: str | Path, val_dir: str | Path, out_dir: str |
                     "labels": provenance.get("labels", "see dataset.json")},
         metrics=metrics,
         training={**{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
-                  "loss": f"masked BCE (pos_weight {pos_weight:.2f}) + {cfg.dice_weight} x soft Dice",
+                  "loss": describe_loss(cfg.loss, pos_weight),
                   "augmentation": "random crops, rot90, flips, brightness x(1+-"
                                   f"{cfg.brightness_jitter}), Gaussian noise {cfg.noise_std}, "
                                   f"DEM offset +-{cfg.dem_jitter_m} m",
