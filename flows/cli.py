@@ -79,7 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="patch overlap in pixels for seam-free blending (32)")
     what.add_argument("--res-m", type=float, default=10.0, help="analysis grid pixel size in m (10)")
     what.add_argument("--block-px", type=int, default=2048,
-                      help="inference block side in pixels: bounds memory, not the result (2048)")
+                      help="block side in pixels: bounds memory, not the result (2048)")
+    what.add_argument("--workers", type=int, default=1,
+                      help="run blocks on a local Dask cluster of N single-thread worker processes")
+    what.add_argument("--dask-address", metavar="tcp://HOST:PORT",
+                      help="run blocks on an existing Dask scheduler (workers must see --out)")
     post = scan.add_argument_group("cleanup")
     post.add_argument("--threshold", type=float, help="probability threshold (default: the card's)")
     post.add_argument("--opening-radius-px", type=int, default=1, help="morphological opening radius (1)")
@@ -90,7 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="drop detections smaller than this (500 m2 = 5 pixels at 10 m)")
     run = scan.add_argument_group("run")
     run.add_argument("--out", default="runs/{run_id}", help="run folder (default runs/<run_id>)")
-    run.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace a finished run in --out, or start an interrupted one over "
+                          "(without it, rerunning the same command into --out resumes an "
+                          "interrupted run, skipping finished blocks)")
     run.add_argument("--keep-work", action="store_true", help="keep intermediate rasters in --out/.work")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--json", action="store_true", help="print the run summary as JSON")
@@ -123,8 +130,10 @@ def cmd_scan(args: argparse.Namespace) -> int:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
         raise InputError(f"--{field.replace('_', '-')}: {first['msg']}") from None
-    plan_scan(request)  # every user mistake surfaces here, before Prefect starts
-    return _run_scan_flow(args, request)
+    plan = plan_scan(request)  # every user mistake surfaces here, before Prefect starts
+    if plan.get("resumed"):
+        print(f"resuming the interrupted run {plan['run_id']} in {request.out}", file=sys.stderr)
+    return _run_scan_flow(args, request.model_copy(update={"run_id": plan["run_id"]}))
 
 
 def _scan_request(args: argparse.Namespace, run_id: str):
@@ -134,7 +143,7 @@ def _scan_request(args: argparse.Namespace, run_id: str):
         out=args.out.replace("{run_id}", run_id), region=args.region, source=args.source,
         bbox=args.bbox, aoi=args.aoi, start=args.start, end=args.end, detector=args.detector,
         catalog=args.catalog, res_m=args.res_m, overlap_px=args.overlap_px, batch_size=args.batch_size,
-        block_px=args.block_px,
+        block_px=args.block_px, workers=args.workers, dask_address=args.dask_address,
         device=args.device, threshold=args.threshold, opening_radius_px=args.opening_radius_px,
         closing_radius_px=args.closing_radius_px, fill_holes_max_area_m2=args.fill_holes_max_area_m2,
         min_area_m2=args.min_area_m2, overwrite=args.overwrite, keep_work=args.keep_work,

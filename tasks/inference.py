@@ -213,17 +213,18 @@ def predict_stack(stack_path: str | Path, valid_path: str | Path, detector: Dete
     t_start = time.perf_counter()
     work_dir = Path(work_dir)
     size = detector.patch_size
-    band_idx = [BAND_NAMES.index(b) for b in validate_bands(detector.bands)]
     detector.forward_s = 0.0
     prob_path, unc_path = work_dir / "prob.tif", work_dir / "uncertainty_raw.tif"
     tmp_prob, tmp_unc = prob_path.with_suffix(".tmp.tif"), unc_path.with_suffix(".tmp.tif")
+    from tasks.blocks import blend_block
+
     predicted: set[tuple[int, int]] = set()
     n_forward = 0
     with rasterio.open(stack_path) as stack, rasterio.open(valid_path) as valid:
         height, width = stack.height, stack.width
         windows = list(iter_windows(height, width, size, overlap))
         blocks = iter_blocks(height, width, block_px)
-        per_block = [[w for w in windows if _intersects(w, b)] for b in blocks]
+        per_block = [[w for w in windows if _intersects(w, b)] for b in blocks]  # for progress
         profile = stack.profile.copy()
         profile.update(count=1, dtype="float32", nodata=np.nan, tiled=True, blockxsize=256,
                        blockysize=256, compress="deflate", predictor=3, interleave="band")
@@ -234,27 +235,11 @@ def predict_stack(stack_path: str | Path, valid_path: str | Path, detector: Dete
             dst_prob.set_band_description(1, "landslide probability")
             dst_unc.set_band_description(1, "predictive entropy (bits)")
             for block, sel in zip(blocks, per_block):
-                r0 = min(int(w.row_off) for w in sel)
-                c0 = min(int(w.col_off) for w in sel)
-                r1 = max(int(w.row_off + w.height) for w in sel)
-                c1 = max(int(w.col_off + w.width) for w in sel)
-                stitcher = Stitcher(r1 - r0, c1 - c0, size, overlap)
-                for start in range(0, len(sel), batch_size):
-                    chunk = sel[start:start + batch_size]
-                    patches = read_patches(stack, valid, chunk, band_idx, size)
-                    if patches:
-                        prob = detector.predict(np.stack([p.data for p in patches]),
-                                                np.stack([p.valid for p in patches]))
-                        n_forward += len(patches)
-                        for patch, p in zip(patches, prob):
-                            w = patch.window
-                            predicted.add((int(w.row_off), int(w.col_off)))
-                            stitcher.add(Window(w.col_off - c0, w.row_off - r0, w.width, w.height),
-                                         p, patch.valid)
-                    bar.update(len(chunk))
-                canvas = stitcher.result()
-                br, bc = int(block.row_off) - r0, int(block.col_off) - c0
-                core = canvas[br:br + int(block.height), bc:bc + int(block.width)]
+                core, done, n_fwd = blend_block(stack, valid, detector, block, windows, overlap,
+                                                batch_size)
+                predicted |= done
+                n_forward += n_fwd
+                bar.update(len(sel))
                 dst_prob.write(core, 1, window=block)
                 dst_unc.write(binary_entropy(core), 1, window=block)
         bar.close()

@@ -24,6 +24,7 @@ from tasks.catalog import check_bbox, load_catalog
 from tasks.clean import CleanParams
 from tasks.errors import InputError
 from tasks.grid import AnalysisGrid, make_grid, read_aoi, resolve_roi, roi_in_grid_crs
+from tasks.outputs import WORK as WORK_DIRNAME
 from tasks.outputs import bytes_needed, check_free_space, check_output_dir, work_dir
 
 
@@ -45,6 +46,8 @@ class ScanRequest(BaseModel):
     overlap_px: int = 32
     batch_size: int = 16
     block_px: int = 2048
+    workers: int = 1
+    dask_address: str | None = None
     device: Literal["auto", "cpu", "cuda"] | str = "auto"
     threshold: float | None = None
     opening_radius_px: int = 1
@@ -114,6 +117,11 @@ def plan_scan(request: ScanRequest) -> dict:
     grid = make_grid(roi, res_m=request.res_m)
     out = check_output_dir(request.out, request.overwrite)
     check_free_space(out, bytes_needed(grid.width, grid.height))
+    if request.workers < 1:
+        raise InputError(f"--workers must be >= 1, got {request.workers}")
+    resumed = _resumable_plan(out, request)
+    if resumed is not None:
+        return resumed
     wdir = work_dir(out)
     run_id = request.run_id or new_run_id()
     plan = {
@@ -134,6 +142,41 @@ def plan_scan(request: ScanRequest) -> dict:
         "work_dir": str(wdir.resolve()),
     }
     (wdir / "plan.json").write_text(json.dumps(plan, indent=2, default=str))
+    return plan
+
+
+# Settings that do not change a run's result: a run may be resumed with different values.
+_VOLATILE = {"run_id", "progress", "keep_work", "overwrite", "workers", "dask_address", "out"}
+
+
+def _resumable_plan(out: Path, request: ScanRequest) -> dict | None:
+    """The plan of an interrupted run in ``out`` when the request matches it (then it resumes).
+
+    Raises:
+        InputError: the interrupted run was started with other settings (the difference is named).
+    """
+    import shutil
+
+    plan_path = out / WORK_DIRNAME / "plan.json"
+    if not plan_path.exists():
+        return None
+    if request.overwrite:
+        shutil.rmtree(out / WORK_DIRNAME, ignore_errors=True)
+        return None
+    plan = json.loads(plan_path.read_text())
+    old = {k: v for k, v in plan["request"].items() if k not in _VOLATILE}
+    new = {k: v for k, v in request.model_dump(mode="json").items() if k not in _VOLATILE}
+    diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k)]
+    if diff:
+        raise InputError(f"--out {out} holds an interrupted run started with other settings "
+                         f"({'; '.join(diff[:3])}); rerun with the same settings to resume it, "
+                         "or pass --overwrite to start over")
+    plan["request"].update({k: v for k, v in request.model_dump(mode="json").items()
+                            if k in _VOLATILE and k not in ("run_id", "out")})
+    if plan["run_id"] != request.run_id:
+        plan["resumed"] = True
+    plan_path.write_text(json.dumps(plan, indent=2, default=str))
     return plan
 
 

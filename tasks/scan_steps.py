@@ -6,9 +6,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
+import hashlib
+import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -19,7 +23,8 @@ from tasks.acquire_local import SceneInputs
 from tasks.align import build_stack
 from tasks.bands import BAND_NAMES
 from tasks.clean import CleanParams, clean_raster
-from tasks.inference import load_detector, predict_stack
+from tasks.blocks import assemble, make_jobs, run_jobs
+from tasks.inference import load_detector
 from tasks.outputs import (PROB_SCALE, encode_unit_interval, publish, staging_dir, utc_now_iso,
                            write_cog_blockwise, write_manifest)
 from tasks.plan import ScanRequest, load_plan, plan_grid, plan_roi_grid_crs, plan_scan
@@ -34,28 +39,80 @@ def step_plan(request: dict) -> str:
 
 
 def step_stack(work: str) -> dict:
-    """Align all layers onto the analysis grid: ``stack.tif`` + ``valid.tif``."""
+    """Align all layers onto the analysis grid: ``stack.tif`` + ``valid.tif``.
+
+    A resumed run whose stack is complete (its result record exists) skips the stage.
+    """
     t0 = time.perf_counter()
+    record = Path(work) / "stack_result.json"
+    if record.exists():
+        return {**json.loads(record.read_text()), "seconds": 0.0, "skipped": True}
     plan = load_plan(work)
     result = build_stack(SceneInputs.from_dict(plan["inputs"]), plan_grid(plan), work,
                          required_bands=tuple(plan["detector"]["bands"]),
                          roi_grid_crs=plan_roi_grid_crs(plan), progress=plan["request"]["progress"])
-    return {**dataclasses.asdict(result), "seconds": time.perf_counter() - t0}
+    out = {**dataclasses.asdict(result), "seconds": time.perf_counter() - t0}
+    tmp = record.with_suffix(".tmp")
+    tmp.write_text(json.dumps(out))
+    os.replace(tmp, record)
+    return out
+
+
+def _fingerprint(plan: dict) -> str:
+    req = plan["request"]
+    key = {"run_id": plan["run_id"], "grid": plan["grid"], "detector": plan["detector"]["ref"],
+           "overlap_px": req["overlap_px"], "batch_size": req["batch_size"],
+           "block_px": req["block_px"], "device": req["device"]}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+@contextlib.contextmanager
+def _dask_client(req: dict):
+    """A dask.distributed client for ``--dask-address`` or ``--workers N`` (N > 1), else None."""
+    if req.get("dask_address"):
+        from distributed import Client
+
+        with Client(req["dask_address"], timeout="30s") as client:
+            yield client
+    elif req.get("workers", 1) > 1:
+        from distributed import Client, LocalCluster
+
+        with LocalCluster(n_workers=req["workers"], threads_per_worker=1, processes=True,
+                          dashboard_address=None) as cluster, Client(cluster) as client:
+            yield client
+    else:
+        yield None
 
 
 def step_infer(work: str, stack: dict) -> dict:
-    """Tile, predict in batches, stitch: ``prob.tif`` + ``uncertainty_raw.tif``."""
+    """Tile, predict and stitch block by block (here or on a Dask cluster), with completion
+    records per block: ``prob.tif`` + ``uncertainty_raw.tif``."""
     t0 = time.perf_counter()
     plan = load_plan(work)
     req = plan["request"]
     if stack["valid_fraction"] == 0:
         log.warning("no valid pixel in the ROI: nothing to predict")
     detector = load_detector(req["detector"], req["device"])
-    result = predict_stack(stack["stack_path"], stack["valid_path"], detector, work,
-                           overlap=req["overlap_px"], batch_size=req["batch_size"],
-                           progress=req["progress"], block_px=req["block_px"])
-    return {**dataclasses.asdict(result), "detector": detector.describe(),
-            "seconds": time.perf_counter() - t0}
+    distributed = bool(req.get("dask_address")) or req.get("workers", 1) > 1
+    jobs = make_jobs(stack["stack_path"], stack["valid_path"], req["detector"], req["device"],
+                     req["overlap_px"], req["batch_size"], req["block_px"], Path(work) / "blocks",
+                     _fingerprint(plan), torch_threads=1 if distributed else None)
+    with _dask_client(req) as client:
+        records = run_jobs(jobs, client=client, progress=req["progress"])
+    prob_path, unc_path = Path(work) / "prob.tif", Path(work) / "uncertainty_raw.tif"
+    assemble(jobs, prob_path, unc_path)
+    patches = {tuple(p) for r in records for p in r["patches"]}
+    with rasterio.open(stack["stack_path"]) as src:
+        from tasks.tiling import count_windows
+
+        n_windows = count_windows(src.height, src.width, detector.patch_size, req["overlap_px"])
+    return {"prob_path": str(prob_path), "uncertainty_path": str(unc_path),
+            "n_patches": len(patches), "n_skipped": n_windows - len(patches),
+            "model_forward_s": float(sum(r["model_forward_s"] for r in records)),
+            "blocks": len(jobs), "blocks_resumed": sum(r["skipped"] for r in records),
+            "forward_passes": int(sum(r["forward_passes"] for r in records)),
+            "workers": sorted({r["worker_pid"] for r in records}),
+            "detector": detector.describe(), "seconds": time.perf_counter() - t0}
 
 
 def step_clean(work: str, infer: dict) -> dict:
@@ -155,6 +212,10 @@ def step_finish(work: str, stack: dict, infer: dict, cleaned: dict, vectors: dic
                        "batch_size": plan["request"]["batch_size"],
                        "block_px": plan["request"]["block_px"], "clean": plan["clean"],
                        "uncertainty": "binary predictive entropy of the blended probability, bits"},
+        "execution": {"blocks": infer["blocks"], "blocks_resumed": infer["blocks_resumed"],
+                      "forward_passes": infer["forward_passes"], "worker_processes": len(infer["workers"]),
+                      "dask_address": plan["request"].get("dask_address"),
+                      "workers": plan["request"].get("workers", 1), "resumed": plan.get("resumed", False)},
         "counts": {"patches": infer["n_patches"], "patches_skipped_nodata": infer["n_skipped"],
                    "valid_fraction": stack["valid_fraction"], "landslide_px": cleaned["landslide_px"],
                    "polygons": vectors["n_polygons"], "landslide_area_m2": vectors["landslide_area_m2"],

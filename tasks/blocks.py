@@ -1,0 +1,208 @@
+"""Block jobs: inference of one block of the analysis grid, restartable and distributable.
+
+A block job carries paths, a window and a detector *spec* (never arrays or models), so it can run
+in this process, in a Dask worker on this machine, or on a remote cluster that sees the same
+files. Each finished block leaves ``blocks/b_<row>_<col>.tif`` (probability and entropy of its
+core) and a completion record ``b_<row>_<col>.json`` carrying the run's fingerprint; a rerun of the
+same run skips every block whose record matches, so an interrupted scan resumes where it stopped.
+The blocks are then copied into ``prob.tif`` / ``uncertainty_raw.tif``; because every block blends
+the global patch layout, the result does not depend on the block size or on where blocks ran.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.windows import Window
+
+from tasks.bands import BAND_NAMES, validate_bands
+from tasks.stitch import Stitcher, binary_entropy
+from tasks.tiling import iter_windows, read_patches
+
+log = logging.getLogger(__name__)
+
+_DETECTORS: dict = {}  # per-process cache: a worker loads each checkpoint once
+
+
+@dataclass(frozen=True)
+class BlockJob:
+    row: int
+    col: int
+    window: tuple[int, int, int, int]  # col_off, row_off, width, height of the block's core
+    stack_path: str
+    valid_path: str
+    detector: str | None  # checkpoint spec or "index"; resolved in the worker
+    device: str
+    overlap: int
+    batch_size: int
+    blocks_dir: str
+    fingerprint: str
+    torch_threads: int | None = None
+
+    @property
+    def stem(self) -> str:
+        return f"b_{self.row:04d}_{self.col:04d}"
+
+
+def _detector(spec: str | None, device: str):
+    from tasks.inference import load_detector
+
+    key = (spec, device)
+    if key not in _DETECTORS:
+        _DETECTORS[key] = load_detector(spec, device)
+    return _DETECTORS[key]
+
+
+def _intersects(a: Window, b: Window) -> bool:
+    return (a.col_off < b.col_off + b.width and b.col_off < a.col_off + a.width
+            and a.row_off < b.row_off + b.height and b.row_off < a.row_off + a.height)
+
+
+def blend_block(stack, valid, detector, block: Window, windows: list[Window], overlap: int,
+                batch_size: int) -> tuple[np.ndarray, set[tuple[int, int]], int]:
+    """Blend every patch of the global layout touching ``block``; return its core, the patches
+    predicted (global row/col offsets) and the number of forward passes."""
+    size = detector.patch_size
+    band_idx = [BAND_NAMES.index(b) for b in validate_bands(detector.bands)]
+    sel = [w for w in windows if _intersects(w, block)]
+    r0 = min(int(w.row_off) for w in sel)
+    c0 = min(int(w.col_off) for w in sel)
+    r1 = max(int(w.row_off + w.height) for w in sel)
+    c1 = max(int(w.col_off + w.width) for w in sel)
+    stitcher = Stitcher(r1 - r0, c1 - c0, size, overlap)
+    predicted: set[tuple[int, int]] = set()
+    n_forward = 0
+    for start in range(0, len(sel), batch_size):
+        patches = read_patches(stack, valid, sel[start:start + batch_size], band_idx, size)
+        if not patches:
+            continue
+        prob = detector.predict(np.stack([p.data for p in patches]),
+                                np.stack([p.valid for p in patches]))
+        n_forward += len(patches)
+        for patch, p in zip(patches, prob):
+            w = patch.window
+            predicted.add((int(w.row_off), int(w.col_off)))
+            stitcher.add(Window(w.col_off - c0, w.row_off - r0, w.width, w.height), p, patch.valid)
+    canvas = stitcher.result()
+    br, bc = int(block.row_off) - r0, int(block.col_off) - c0
+    return canvas[br:br + int(block.height), bc:bc + int(block.width)], predicted, n_forward
+
+
+def block_record(job: BlockJob) -> dict | None:
+    """The completion record of a finished block of this run, else None."""
+    path = Path(job.blocks_dir) / f"{job.stem}.json"
+    if not path.exists() or not (Path(job.blocks_dir) / f"{job.stem}.tif").exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    return record if record.get("fingerprint") == job.fingerprint else None
+
+
+def run_block(job: BlockJob) -> dict:
+    """Predict one block (or skip it if its completion record matches); return its record."""
+    done = block_record(job)
+    if done is not None:
+        return {**done, "skipped": True}
+    t0 = time.perf_counter()
+    if job.torch_threads:
+        import torch
+
+        torch.set_num_threads(job.torch_threads)
+    detector = _detector(job.detector, job.device)
+    forward_before = detector.forward_s
+    block = Window(*job.window)
+    with rasterio.open(job.stack_path) as stack, rasterio.open(job.valid_path) as valid:
+        windows = list(iter_windows(stack.height, stack.width, detector.patch_size, job.overlap))
+        core, predicted, n_forward = blend_block(stack, valid, detector, block, windows,
+                                                 job.overlap, job.batch_size)
+        profile = stack.profile.copy()
+    blocks_dir = Path(job.blocks_dir)
+    tif = blocks_dir / f"{job.stem}.tif"
+    tmp = blocks_dir / f".{job.stem}.tmp.tif"
+    profile.update(count=2, dtype="float32", nodata=np.nan, width=int(block.width),
+                   height=int(block.height), transform=rasterio.windows.transform(block, profile["transform"]),
+                   tiled=False, compress="deflate", predictor=3, interleave="band")
+    profile.pop("blockxsize", None)
+    profile.pop("blockysize", None)
+    with rasterio.open(tmp, "w", **profile) as dst:
+        dst.write(core, 1)
+        dst.write(binary_entropy(core), 2)
+    os.replace(tmp, tif)
+    record = {"fingerprint": job.fingerprint, "block": [job.row, job.col], "window": list(job.window),
+              "patches": sorted(predicted), "forward_passes": n_forward,
+              "model_forward_s": detector.forward_s - forward_before,
+              "seconds": time.perf_counter() - t0, "worker_pid": os.getpid()}
+    rec_tmp = blocks_dir / f".{job.stem}.json.tmp"
+    rec_tmp.write_text(json.dumps(record))
+    os.replace(rec_tmp, blocks_dir / f"{job.stem}.json")  # written last: the block is complete
+    return {**record, "skipped": False}
+
+
+def make_jobs(stack_path: str, valid_path: str, detector: str | None, device: str, overlap: int,
+              batch_size: int, block_px: int, blocks_dir: str | Path, fingerprint: str,
+              torch_threads: int | None = None) -> list[BlockJob]:
+    blocks_dir = Path(blocks_dir)
+    blocks_dir.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(stack_path) as src:
+        h, w = src.height, src.width
+    return [BlockJob(row=bi, col=bj, window=(c, r, min(block_px, w - c), min(block_px, h - r)),
+                     stack_path=str(stack_path), valid_path=str(valid_path), detector=detector,
+                     device=device, overlap=overlap, batch_size=batch_size,
+                     blocks_dir=str(blocks_dir), fingerprint=fingerprint, torch_threads=torch_threads)
+            for bi, r in enumerate(range(0, h, block_px)) for bj, c in enumerate(range(0, w, block_px))]
+
+
+def run_jobs(jobs: list[BlockJob], client=None, progress: bool = True) -> list[dict]:
+    """Run block jobs here (``client`` None) or on a dask.distributed cluster; records in job order."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(jobs), desc="blocks", unit="block", disable=not progress, mininterval=1.0)
+    records: dict[str, dict] = {}
+    if client is None:
+        for job in jobs:
+            records[job.stem] = run_block(job)
+            bar.update(1)
+    else:
+        from distributed import as_completed
+
+        futures = client.map(run_block, jobs, pure=False, retries=2,
+                             key=[f"block-{job.fingerprint[:8]}-{job.stem}" for job in jobs])
+        by_key = {f.key: job.stem for f, job in zip(futures, jobs)}
+        for future in as_completed(futures):
+            records[by_key[future.key]] = future.result()
+            bar.update(1)
+    bar.close()
+    return [records[job.stem] for job in jobs]
+
+
+def assemble(jobs: list[BlockJob], prob_path: str | Path, unc_path: str | Path) -> None:
+    """Copy every block's core into the tiled prob/uncertainty rasters (one block in memory)."""
+    prob_path, unc_path = Path(prob_path), Path(unc_path)
+    with rasterio.open(jobs[0].stack_path) as src:
+        profile = src.profile.copy()
+    profile.update(count=1, dtype="float32", nodata=np.nan, tiled=True, blockxsize=256,
+                   blockysize=256, compress="deflate", predictor=3, interleave="band")
+    tmp_p, tmp_u = prob_path.with_suffix(".tmp.tif"), unc_path.with_suffix(".tmp.tif")
+    with rasterio.open(tmp_p, "w", **profile) as dp, rasterio.open(tmp_u, "w", **profile) as du:
+        dp.set_band_description(1, "landslide probability")
+        du.set_band_description(1, "predictive entropy (bits)")
+        for job in jobs:
+            with rasterio.open(Path(job.blocks_dir) / f"{job.stem}.tif") as b:
+                win = Window(*job.window)
+                dp.write(b.read(1), 1, window=win)
+                du.write(b.read(2), 1, window=win)
+    os.replace(tmp_p, prob_path)
+    os.replace(tmp_u, unc_path)
+
+
+def job_dict(job: BlockJob) -> dict:
+    return asdict(job)
