@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--aoi", metavar="FILE.geojson", help="ROI polygon(s) in EPSG:4326")
     where.add_argument("--start", metavar="YYYY-MM-DD", help="first acquisition date to consider")
     where.add_argument("--end", metavar="YYYY-MM-DD", help="last acquisition date to consider")
+    where.add_argument("--cache-dir", metavar="DIR",
+                       help="download cache of remote sources (default $LANDSLIDE_CACHE or "
+                            "~/.cache/landslide-pipeline); a rerun makes no new requests")
     where.add_argument("--catalog", metavar="PATH", help="catalog file (default: ./data_catalog.yaml, "
                        "$LANDSLIDE_CATALOG, or the one shipped with the package)")
     what = scan.add_argument_group("detector")
@@ -144,6 +147,7 @@ def _scan_request(args: argparse.Namespace, run_id: str):
         bbox=args.bbox, aoi=args.aoi, start=args.start, end=args.end, detector=args.detector,
         catalog=args.catalog, res_m=args.res_m, overlap_px=args.overlap_px, batch_size=args.batch_size,
         block_px=args.block_px, workers=args.workers, dask_address=args.dask_address,
+        cache_dir=args.cache_dir,
         device=args.device, threshold=args.threshold, opening_radius_px=args.opening_radius_px,
         closing_radius_px=args.closing_radius_px, fill_holes_max_area_m2=args.fill_holes_max_area_m2,
         min_area_m2=args.min_area_m2, overwrite=args.overwrite, keep_work=args.keep_work,

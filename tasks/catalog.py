@@ -124,15 +124,63 @@ class LocalSource(_Strict):
         return scenes
 
 
-class _RemoteStub(_Strict):
-    """Placeholder kinds so a catalog naming them fails with a clear message until they exist."""
+class StacSource(_Strict):
+    """A STAC API (pystac-client search, COG window reads of the assets)."""
 
-    kind: Literal["sentinelhub", "stac"]
+    kind: Literal["stac"]
     description: str = ""
-    options: dict = Field(default_factory=dict)
+    url: str = Field(description="STAC API root, e.g. https://earth-search.aws.element84.com/v1")
+    collection: str = "sentinel-2-l1c"
+    assets: dict[str, str] = Field(
+        default_factory=lambda: dict(STAC_EARTH_SEARCH_L1C_ASSETS),
+        description="contract band -> asset key of the collection")
+    dem_url: str | None = Field(default=None, description="STAC API of the DEM (default: url)")
+    dem_collection: str | None = "cop-dem-glo-30"
+    dem_asset: str = "data"
+    max_cloud_pct: float = Field(default=30.0, ge=0, le=100)
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=4, ge=0)
+
+    @field_validator("assets")
+    @classmethod
+    def _bands(cls, assets: dict[str, str]) -> dict[str, str]:
+        out = {}
+        for band, key in assets.items():
+            name = normalize_band_name(band)
+            if name not in SPECTRAL_BAND_NAMES:
+                raise ValueError(f"{band!r} is not a Sentinel-2 band of the contract")
+            out[name] = key
+        return out
 
 
-Source = Annotated[Union[LocalSource, _RemoteStub], Field(discriminator="kind")]
+class SentinelHubSource(_Strict):
+    """Sentinel Hub Catalog + Process APIs through the ``sentinelhub`` package.
+
+    Credentials never come from this file: ``SH_CLIENT_ID`` / ``SH_CLIENT_SECRET`` in the
+    environment (names configurable) or a Prefect Secret block holding ``id:secret``.
+    """
+
+    kind: Literal["sentinelhub"]
+    description: str = ""
+    base_url: str = "https://services.sentinel-hub.com"
+    token_url: str | None = None  # default: <base_url>/auth/realms/main/protocol/openid-connect/token
+    collection: str = "sentinel-2-l1c"
+    dem_collection: str | None = "COPERNICUS_30"
+    max_cloud_pct: float = Field(default=30.0, ge=0, le=100)
+    client_id_env: str = "SH_CLIENT_ID"
+    client_secret_env: str = "SH_CLIENT_SECRET"
+    secret_block: str | None = Field(default=None, description="Prefect Secret block 'id:secret'")
+    max_retries: int = Field(default=4, ge=0)
+    timeout_s: float = Field(default=120.0, gt=0)
+
+
+# Earth Search v1 `sentinel-2-l1c` asset keys (see ../shared/data/api_fixtures/stac)
+STAC_EARTH_SEARCH_L1C_ASSETS = {
+    "B01": "coastal", "B02": "blue", "B03": "green", "B04": "red", "B05": "rededge1",
+    "B06": "rededge2", "B07": "rededge3", "B08": "nir", "B09": "nir09", "B10": "cirrus",
+    "B11": "swir16", "B12": "swir22"}
+
+Source = Annotated[Union[LocalSource, StacSource, SentinelHubSource], Field(discriminator="kind")]
 
 
 class Region(_Strict):
@@ -175,7 +223,7 @@ class Catalog(_Strict):
                              f"(add it to data_catalog.yaml under 'regions:')")
         return self.regions[name]
 
-    def source(self, name: str) -> LocalSource | _RemoteStub:
+    def source(self, name: str) -> LocalSource | StacSource | SentinelHubSource:
         if name not in self.sources:
             raise InputError(f"unknown source {name!r}; sources in the catalog: "
                              f"{', '.join(sorted(self.sources))}")
@@ -212,7 +260,9 @@ def default_catalog_path() -> Path:
 
 def _format_validation_error(err: ValidationError, path: Path) -> str:
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith(("LocalSource", "_Remote")))
+    loc = ".".join(str(p) for p in first["loc"]
+                   if not str(p).startswith(("LocalSource", "StacSource", "SentinelHubSource"))
+                   and str(p) not in ("local", "stac", "sentinelhub"))
     if first["type"] == "extra_forbidden":
         return f"{path}: unknown key '{loc}' (misspelled?); see the documented keys in README.md"
     if first["type"] == "union_tag_invalid":

@@ -20,7 +20,7 @@ from shapely.geometry import mapping, shape
 
 from tasks.acquire_local import SceneInputs, resolve_local_inputs
 from tasks.bands import SPECTRAL_BAND_NAMES
-from tasks.catalog import check_bbox, load_catalog
+from tasks.catalog import LocalSource, check_bbox, load_catalog
 from tasks.clean import CleanParams
 from tasks.errors import InputError
 from tasks.grid import AnalysisGrid, make_grid, read_aoi, resolve_roi, roi_in_grid_crs
@@ -46,6 +46,7 @@ class ScanRequest(BaseModel):
     overlap_px: int = 32
     batch_size: int = 16
     block_px: int = 2048
+    cache_dir: str | None = None
     workers: int = 1
     dask_address: str | None = None
     device: Literal["auto", "cpu", "cuda"] | str = "auto"
@@ -70,6 +71,14 @@ class ScanRequest(BaseModel):
                            closing_radius_px=self.closing_radius_px,
                            fill_holes_max_area_m2=self.fill_holes_max_area_m2,
                            min_area_m2=self.min_area_m2)
+
+
+def cache_root(cache_dir: str | None) -> Path:
+    """Download cache: ``--cache-dir``, ``$LANDSLIDE_CACHE``, or ``~/.cache/landslide-pipeline``."""
+    import os
+
+    root = cache_dir or os.environ.get("LANDSLIDE_CACHE") or "~/.cache/landslide-pipeline"
+    return Path(root).expanduser()
 
 
 def new_run_id(now: dt.datetime | None = None) -> str:
@@ -105,15 +114,24 @@ def plan_scan(request: ScanRequest) -> dict:
     end = request.end or (region.end if region else None)
     if request.end and not request.start and start and start > request.end:
         start = None  # the region's default start does not apply to an explicit earlier --end
-    inputs: SceneInputs = resolve_local_inputs(catalog, source_name, spectral, start, end)
+    source = catalog.source(source_name)
+    inputs: SceneInputs | None = None
+    extent = (-180.0, -90.0, 180.0, 90.0)
+    if isinstance(source, LocalSource):
+        inputs = resolve_local_inputs(catalog, source_name, spectral, start, end)
+        extent = inputs.extent_lonlat
+    region_aoi = read_aoi(catalog.resolve(region.aoi)) if region and region.aoi else None
+    user_aoi = read_aoi(request.aoi) if request.aoi else None
+    roi = resolve_roi(region.bbox if region else None, region_aoi, request.bbox, user_aoi, extent)
+    if inputs is None:  # remote: search and download for this ROI (cached by request)
+        from tasks.acquire_remote import fetch_remote_inputs
+
+        inputs = fetch_remote_inputs(source, source_name, spectral, roi, start, end,
+                                     cache_root(request.cache_dir))
     terrain_needed = [b for b in detector.bands if b not in SPECTRAL_BAND_NAMES]
     if terrain_needed and inputs.dem_path is None:
         raise InputError(f"detector {detector.ref} needs {', '.join(terrain_needed)} but source "
                          f"{source_name!r} has no DEM; add 'dem:' to the source in data_catalog.yaml")
-    region_aoi = read_aoi(catalog.resolve(region.aoi)) if region and region.aoi else None
-    user_aoi = read_aoi(request.aoi) if request.aoi else None
-    roi = resolve_roi(region.bbox if region else None, region_aoi, request.bbox, user_aoi,
-                      inputs.extent_lonlat)
     grid = make_grid(roi, res_m=request.res_m)
     out = check_output_dir(request.out, request.overwrite)
     check_free_space(out, bytes_needed(grid.width, grid.height))
@@ -146,7 +164,8 @@ def plan_scan(request: ScanRequest) -> dict:
 
 
 # Settings that do not change a run's result: a run may be resumed with different values.
-_VOLATILE = {"run_id", "progress", "keep_work", "overwrite", "workers", "dask_address", "out"}
+_VOLATILE = {"run_id", "progress", "keep_work", "overwrite", "workers", "dask_address", "out",
+             "cache_dir"}
 
 
 def _resumable_plan(out: Path, request: ScanRequest) -> dict | None:
