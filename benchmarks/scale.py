@@ -1,0 +1,283 @@
+"""Scale benchmark: cost growth with area, peak memory, Dask speedup, a naive baseline, GFLOP/s.
+
+    python -m benchmarks.scale                       # 100 km2, 1,000 km2 and one full S2 tile
+    python -m benchmarks.scale --sizes-km2 4 16      # quick check
+    python -m benchmarks.scale --json
+
+The test scene is built from the real Sentinel-2 L1C subset of tile 18SVG (../shared/data,
+1933 x 1947 px at 10 m): each of the 12 L4S bands is mirrored (reflected tiling, native 10/20/60 m
+kept) out to the requested size, up to a full tile (10980 x 10980 px, 12,056 km2). It is real
+texture repeated, not a new acquisition. The detector is a U-Net MobileNetV2 on the 12 spectral
+bands with random weights (same architecture and cost as the shipped model's encoder, but the scene
+has no DEM): this measures the pipeline, not a detector.
+
+Every size runs in a fresh process (`--one`), so its peak RSS (ru_maxrss) is its own. Ratios, not
+absolute times, are the result: the same run measures the model alone, matmul GFLOP/s on the same
+cores, and the pipeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+T18SVG = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "s2_l1c_t18svg_20160112" / "jp2"
+FULL_TILE_PX = 10980
+
+
+def mirrored_band(src_path: Path, dst_path: Path, size_10m: int, res_m: int) -> None:
+    """Write ``src`` reflected out to ``size_10m * 10 / res_m`` pixels, block by block."""
+    import rasterio
+    from rasterio.windows import Window
+
+    n = int(np.ceil(size_10m * 10 / res_m))
+    with rasterio.open(src_path) as src:
+        data = src.read(1)
+        profile = dict(driver="GTiff", width=n, height=n, count=1, dtype="uint16", crs=src.crs,
+                       transform=rasterio.Affine(res_m, 0, src.transform.c, 0, -res_m, src.transform.f),
+                       nodata=0, tiled=True, blockxsize=512, blockysize=512, compress="deflate")
+    h, w = data.shape
+
+    def reflect(idx, length):  # 0..L-1, L-1..0, 0..: seamless mirrored tiling
+        period = 2 * length
+        m = idx % period
+        return np.where(m < length, m, period - 1 - m)
+
+    with rasterio.open(dst_path, "w", **profile) as dst:
+        step = 2048
+        for r in range(0, n, step):
+            rows = reflect(np.arange(r, min(r + step, n)), h)
+            for c in range(0, n, step):
+                cols = reflect(np.arange(c, min(c + step, n)), w)
+                dst.write(data[np.ix_(rows, cols)], 1, window=Window(c, r, len(cols), len(rows)))
+
+
+def build_scene(folder: Path, size_px: int) -> Path:
+    """Mirrored scene of ``size_px`` (10 m) with a catalog; returns the catalog path."""
+    import yaml
+
+    from tasks.bands import SPECTRAL_BAND_NAMES, get_band
+
+    folder.mkdir(parents=True, exist_ok=True)
+    bands = {}
+    for band in SPECTRAL_BAND_NAMES:
+        out = folder / f"{band}.tif"
+        if not out.exists():
+            mirrored_band(T18SVG / f"s2_{band}.jp2", out, size_px, int(get_band(band).native_res_m))
+        bands[band] = str(out)
+    catalog = {"version": 1, "sources": {"mirror": {"kind": "local", "scenes": [
+        {"scene_id": f"T18SVG-mirrored-{size_px}", "acquired": "2016-01-12T15:58:00Z",
+         "bands": bands, "nodata": 0}]}}, "regions": {}}
+    path = folder / "catalog.yaml"
+    path.write_text(yaml.safe_dump(catalog))
+    return path
+
+
+def random_checkpoint(folder: Path) -> Path:
+    import torch
+
+    import models  # noqa: F401
+    from models.checkpoint import InputTransform, ModelCard, resolve_checkpoint, save_checkpoint
+    from models.registry import build_model
+    from tasks.bands import SPECTRAL_BAND_NAMES
+
+    card_path = folder / "bench-random-12band.json"
+    if card_path.exists():
+        return card_path
+    torch.manual_seed(0)
+    model = build_model("Unet", "mobilenet_v2", in_channels=12)
+    card = ModelCard(name="bench-random-12band", version="0", arch="Unet", encoder="mobilenet_v2",
+                     bands=list(SPECTRAL_BAND_NAMES),
+                     input_transform=InputTransform.from_stats([1500.0] * 12, [800.0] * 12),
+                     threshold=0.5, trained_on={"dataset": "none: random weights (benchmark)",
+                                                "split": "none", "file_list_sha256": "0" * 64},
+                     training={"epochs": 0, "loss": "none", "seed": 0},
+                     description="random weights, benchmark only; not a detector")
+    save_checkpoint(model, card, folder)
+    return resolve_checkpoint(card_path)
+
+
+def one_size(size_px: int, workdir: Path, naive: bool, workers: int, block_px: int) -> dict:
+    """Scan a mirrored scene of ``size_px`` in this process; report times and peak RSS."""
+    import rasterio
+    from shapely.geometry import box
+
+    from tasks import scan_steps
+    from tasks.plan import ScanRequest, plan_scan
+
+    catalog = build_scene(workdir / f"scene_{size_px}", size_px)
+    ckpt = random_checkpoint(workdir)
+    with rasterio.open(workdir / f"scene_{size_px}" / "B02.tif") as src:
+        from rasterio.warp import transform_bounds
+
+        b = src.bounds
+        lonlat = transform_bounds(src.crs, "EPSG:4326", b.left + 5, b.top - size_px * 10 + 5,
+                                  b.left + size_px * 10 - 5, b.top - 5)
+    out = workdir / f"run_{size_px}_{'naive' if naive else workers}"
+    request = ScanRequest(out=str(out), source="mirror", bbox=tuple(lonlat), catalog=str(catalog),
+                          detector=str(ckpt), overwrite=True, progress=False, workers=workers,
+                          block_px=block_px)
+    t0 = time.perf_counter()
+    plan = plan_scan(request)
+    work = plan["work_dir"]
+    times = {"plan_s": time.perf_counter() - t0}
+    t = time.perf_counter()
+    stack = scan_steps.step_stack(work)
+    times["align_s"] = time.perf_counter() - t
+    if naive:
+        times.update(naive_inference(stack, plan))
+    else:
+        t = time.perf_counter()
+        infer = scan_steps.step_infer(work, stack)
+        times["inference_s"] = time.perf_counter() - t
+        times["model_forward_s"] = infer["model_forward_s"]
+        times["patches"] = infer["n_patches"]
+        for name, fn in (("clean_s", lambda: scan_steps.step_clean(work, infer)),):
+            t = time.perf_counter()
+            cleaned = fn()
+            times[name] = time.perf_counter() - t
+        t = time.perf_counter()
+        vec = scan_steps.step_vectorize(work, infer, cleaned)
+        times["vectorize_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        scan_steps.step_rasters(work, infer, cleaned)
+        times["rasters_s"] = time.perf_counter() - t
+        times["polygons"] = vec["n_polygons"]
+    times["total_s"] = time.perf_counter() - t0
+    grid = plan["grid"]
+    area_km2 = grid["width"] * grid["height"] * grid["res_m"] ** 2 / 1e6
+    return {"size_px": size_px, "area_km2": area_km2, "naive": naive, "workers": workers,
+            "block_px": block_px, **times, "s_per_km2": times["total_s"] / area_km2,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def naive_inference(stack: dict, plan: dict) -> dict:
+    """The baseline: the whole stack in memory and one full-scene accumulator (no blocks)."""
+    import rasterio
+
+    from tasks.inference import load_detector, predict_array
+
+    t = time.perf_counter()
+    with rasterio.open(stack["stack_path"]) as src:
+        image = src.read().astype(np.float32)
+    with rasterio.open(stack["valid_path"]) as src:
+        valid = src.read(1).astype(bool)
+    det = load_detector(plan["request"]["detector"], "cpu")
+    prob = predict_array(image, valid, det)
+    return {"inference_s": time.perf_counter() - t, "model_forward_s": det.forward_s,
+            "patches": None, "landslide_px": int(np.nansum(prob >= 0.5))}
+
+
+def model_and_matmul(threads: int | None) -> dict:
+    """Forward patches/s of the model alone, its GFLOP/s, and torch matmul GFLOP/s, same cores."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import models  # noqa: F401
+    from models.registry import build_model
+
+    if threads:
+        torch.set_num_threads(threads)
+    model = build_model("Unet", "mobilenet_v2", in_channels=12).eval()
+    x = torch.randn(16, 12, 128, 128)
+    with torch.inference_mode():
+        with FlopCounterMode(display=False) as counter:
+            model(x[:1])
+        flops_per_patch = counter.get_total_flops()
+        model(x)  # warm-up
+        reps, t = 5, time.perf_counter()
+        for _ in range(reps):
+            model(x)
+        fwd_s = (time.perf_counter() - t) / reps
+        a = torch.randn(2048, 2048)
+        a @ a
+        t = time.perf_counter()
+        for _ in range(5):
+            a @ a
+        mm_s = (time.perf_counter() - t) / 5
+    patches_s = 16 / fwd_s
+    model_gflops = flops_per_patch * patches_s / 1e9
+    matmul_gflops = 2 * 2048**3 / mm_s / 1e9
+    return {"torch_threads": torch.get_num_threads(), "gflop_per_patch": flops_per_patch / 1e9,
+            "model_patches_per_s": patches_s, "model_gflops": model_gflops,
+            "matmul_gflops": matmul_gflops, "model_vs_matmul": model_gflops / matmul_gflops}
+
+
+def _child(args: list[str]) -> dict:
+    out = subprocess.run([sys.executable, "-m", "benchmarks.scale", *args], capture_output=True,
+                         text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes-km2", type=float, nargs="+", default=[100, 1000, -1],
+                   help="scene areas in km2 (-1 = one full Sentinel-2 tile)")
+    p.add_argument("--workdir", default=None, help="scenes and runs (default: a temp dir)")
+    p.add_argument("--block-px", type=int, default=2048)
+    p.add_argument("--workers-at-km2", type=float, default=None,
+                   help="area at which 1 vs 2 Dask workers and the naive path are compared "
+                        "(default: the second size)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--naive", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="landslide-scale-"))
+    if args.one:
+        print(json.dumps(one_size(args.one, workdir, args.naive, args.workers, args.block_px)))
+        return 0
+    sizes = [FULL_TILE_PX if a < 0 else int(round(np.sqrt(a * 1e6) / 10)) for a in args.sizes_km2]
+    common = ["--workdir", str(workdir), "--block-px", str(args.block_px)]
+    report = {"machine": {"cpus": os.cpu_count()}, "model": model_and_matmul(None), "runs": []}
+    for size in sizes:
+        report["runs"].append(_child(["--one", str(size), *common]))
+    cmp_size = (int(round(np.sqrt(args.workers_at_km2 * 1e6) / 10)) if args.workers_at_km2
+                else sizes[min(1, len(sizes) - 1)])
+    base = next(r for r in report["runs"] if r["size_px"] == cmp_size)
+    two = _child(["--one", str(cmp_size), "--workers", "2", *common])
+    naive = _child(["--one", str(cmp_size), "--naive", *common])
+    report["runs"] += [two, naive]
+    m = report["model"]
+    report["ratios"] = {
+        "overhead_total_over_forward": base["total_s"] / base["model_forward_s"],
+        "end_to_end_vs_model_throughput": base["model_forward_s"] / base["total_s"],
+        "speedup_2_workers": base["total_s"] / two["total_s"],
+        "naive_rss_over_blockwise_rss": naive["peak_rss_mb"] / base["peak_rss_mb"],
+        "model_gflops_vs_matmul": m["model_vs_matmul"],
+        "s_per_km2_by_size": {f"{r['area_km2']:.0f}": r["s_per_km2"]
+                              for r in report["runs"] if not r["naive"] and r["workers"] == 1},
+        "peak_rss_mb_by_size": {f"{r['area_km2']:.0f}": r["peak_rss_mb"]
+                                for r in report["runs"] if not r["naive"] and r["workers"] == 1},
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"model alone: {m['model_patches_per_s']:.1f} patches/s, {m['model_gflops']:.1f} GFLOP/s "
+              f"({m['gflop_per_patch']:.2f} GFLOP/patch) vs matmul {m['matmul_gflops']:.1f} GFLOP/s "
+              f"= {100 * m['model_vs_matmul']:.0f}% ({m['torch_threads']} threads)\n")
+        print("| area km2 | mode | total s | s/km2 | align s | inference s | forward s | peak RSS MB |")
+        print("|---:|---|---:|---:|---:|---:|---:|---:|")
+        for r in report["runs"]:
+            mode = "naive (whole scene)" if r["naive"] else f"{r['workers']} worker(s)"
+            print(f"| {r['area_km2']:.0f} | {mode} | {r['total_s']:.1f} | {r['s_per_km2']:.3f} | "
+                  f"{r['align_s']:.1f} | {r['inference_s']:.1f} | {r['model_forward_s']:.1f} | "
+                  f"{r['peak_rss_mb']:.0f} |")
+        print()
+        for k, v in report["ratios"].items():
+            print(f"- {k}: {v if isinstance(v, dict) else round(v, 3)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
