@@ -28,7 +28,16 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         description="Train a registry model (see `landslide models`) on DIR/train and select the "
                     "checkpoint on DIR/val (validation F1). Writes NAME.safetensors + NAME.json "
                     "(model card) into --out.")
-    train.add_argument("--data-dir", required=True, help="folder with train/ and val/ (scene layout)")
+    train.add_argument("--data-dir", required=True,
+                       help="scene/chips layout: folder with train/ and val/; l4s layout: the "
+                            "Landslide4Sense download root (with --train-list/--val-list)")
+    train.add_argument("--layout", choices=["scene", "l4s", "chips"], default="scene",
+                       help="dataset layout (scene: image.tif + labels.tif; l4s: img/image_N.h5 + "
+                            "mask/mask_N.h5; chips: images/*.tif + labels/*.tif)")
+    train.add_argument("--train-list", help="l4s: split list of the training patches "
+                       "(e.g. dataset_train.txt, relative to --data-dir)")
+    train.add_argument("--val-list", help="l4s: split list of the validation patches "
+                       "(e.g. dataset_valid.txt); never the training list")
     train.add_argument("--name", required=True, help="checkpoint name")
     train.add_argument("--out", default="models/checkpoints", help="output folder (models/checkpoints)")
     train.add_argument("--model", default="unet-mobilenet_v2", help="registry model (unet-mobilenet_v2)")
@@ -87,10 +96,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tasks.errors import InputError
 
     data = Path(args.data_dir)
-    for split in ("train", "val"):
-        if not (data / split / "labels.tif").exists():
-            raise InputError(f"{data}/{split}/labels.tif not found; --data-dir needs train/ and val/ "
-                             "in the scene layout (build one with `landslide weak-labels`)")
+    if args.layout == "l4s":
+        if not (args.train_list and args.val_list):
+            raise InputError("--layout l4s needs --train-list and --val-list (the official "
+                             "dataset_train.txt / dataset_valid.txt)")
+        if Path(args.train_list).resolve() == Path(args.val_list).resolve():
+            raise InputError("--val-list is the training list: checkpoints are selected on a "
+                             "validation split, never on the training list")
+        train_dir = val_dir = str(data)
+    else:
+        for split in ("train", "val"):
+            marker = "labels.tif" if args.layout == "scene" else "labels"
+            if not (data / split / marker).exists():
+                raise InputError(f"{data}/{split}/{marker} not found; --data-dir needs train/ and "
+                                 f"val/ in the {args.layout} layout (scene datasets come from "
+                                 "`landslide weak-labels`)")
+        train_dir, val_dir = str(data / "train"), str(data / "val")
     bands = tuple(b.strip() for b in args.bands.split(","))
     if validate_bands(bands) != tuple(b.upper() for b in bands):
         raise InputError(f"--bands must be in contract order: {','.join(validate_bands(bands))}")
@@ -106,9 +127,10 @@ def cmd_train(args: argparse.Namespace) -> int:
               "loss": args.loss}
     reports = ({"val_reference_predictions": str(data / "val_reference")}
                if (data / "val_reference" / "labels.tif").exists() else None)
-    card = train_flow(str(data / "train"), str(data / "val"), args.out, args.name, config,
+    card = train_flow(train_dir, val_dir, args.out, args.name, config,
                       progress=not args.no_progress, report_dirs=reports, run_dir=args.run_dir,
-                      resume=not args.no_resume)
+                      resume=not args.no_resume, layout=args.layout, train_list=args.train_list,
+                      val_list=args.val_list)
     print(f"checkpoint: {card}")
     return 0
 

@@ -33,6 +33,8 @@ class SceneData:
     transform: object
     crs: object
     provenance: dict
+    pitch: int | None = None  # a mosaic of independent patches: cells of pitch x pitch pixels
+    files: tuple = ()  # the files the data came from (recorded in model cards)
 
 
 def load_scene_dataset(data_dir: str | Path, require_labels: bool = True) -> SceneData:
@@ -87,3 +89,61 @@ def file_list_sha256(paths: list[Path]) -> str:
         h.update(p.name.encode())
         h.update(p.read_bytes())
     return h.hexdigest()
+
+
+def mosaic_patches(ds, require_labels: bool = True) -> SceneData:
+    """Lay the patches of a PatchDataset (L4S h5, chips) side by side as one SceneData.
+
+    Cells are ``pitch`` x ``pitch`` pixels (the patch size); training crops stay inside one cell
+    and evaluation predicts each cell on its own, so unrelated neighbouring patches never mix.
+    Memory: 14 x 4 bytes per pixel (the full L4S training split is about 3.5 GB).
+    """
+    if require_labels:
+        ds.require_labels("training and evaluation")
+    n = len(ds)
+    if n == 0:
+        raise InputError(f"{ds.describe()} holds no patch")
+    first = ds[0]
+    pitch = first.image.shape[1]
+    if first.image.shape[1] != first.image.shape[2]:
+        raise InputError(f"{first.name}: patches must be square, got {first.image.shape[1:]}")
+    cols = int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
+    image = np.full((len(BAND_NAMES), rows * pitch, cols * pitch), np.nan, dtype=np.float32)
+    labels = np.full((rows * pitch, cols * pitch), IGNORE, dtype=np.uint8)
+    files = []
+    for i in range(n):
+        sample = first if i == 0 else ds[i]
+        if sample.image.shape[1:] != (pitch, pitch):
+            raise InputError(f"{sample.name}: {sample.image.shape[1:]} px, the others {pitch}x{pitch}")
+        r, c = divmod(i, cols)
+        image[:, r * pitch:(r + 1) * pitch, c * pitch:(c + 1) * pitch] = sample.image
+        if sample.labels is not None:
+            labels[r * pitch:(r + 1) * pitch, c * pitch:(c + 1) * pitch] = sample.labels
+        files.extend(ds.source_files(i))
+    return SceneData(image, labels, np.isfinite(image).any(axis=0), None, None,
+                     {"name": ds.describe(), "labels": ds.labels_hint()}, pitch=pitch,
+                     files=tuple(files))
+
+
+def load_training_data(path: str | Path, layout: str = "scene", split_list: str | None = None) -> SceneData:
+    """One split of a dataset in any supported layout, as SceneData.
+
+    Layouts: ``scene`` (DIR/image.tif + labels.tif), ``l4s`` (Landslide4Sense: the download root
+    plus an official split list such as dataset_train.txt, or a folder with img/ and mask/),
+    ``chips`` (DIR/images/*.tif + DIR/labels/*.tif with the Chittagong conventions).
+    """
+    path = Path(path)
+    if layout == "scene":
+        data = load_scene_dataset(path)
+        return SceneData(data.image, data.labels, data.valid, data.transform, data.crs,
+                         data.provenance, files=(path / IMAGE_NAME, path / LABELS_NAME))
+    if layout == "l4s":
+        from models.l4s import L4SDataset
+
+        return mosaic_patches(L4SDataset(path, split_list))
+    if layout == "chips":
+        from models.chips import ChipDataset
+
+        return mosaic_patches(ChipDataset(path / "images", path / "labels"))
+    raise InputError(f"unknown dataset layout {layout!r}; use scene, l4s or chips")

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 import models  # noqa: F401  (torchvision shim)
 from models.checkpoint import InputTransform, ModelCard, save_checkpoint
-from models.datasets import IMAGE_NAME, LABELS_NAME, SceneData, file_list_sha256, load_scene_dataset
+from models.datasets import SceneData, file_list_sha256, load_scene_dataset, load_training_data
 from models.losses import build_loss, class_weights, describe_loss
 from models.metrics import IGNORE, evaluate_probabilities
 from models.registry import build_model, parse_model_name
@@ -100,12 +100,22 @@ def band_stats(data: SceneData, bands: tuple[str, ...]) -> tuple[list[float], li
     return means, stds
 
 
-def _sample_crop(rng: np.random.Generator, labels: np.ndarray, size: int, min_frac: float) -> tuple[int, int]:
+def _sample_crop(rng: np.random.Generator, labels: np.ndarray, size: int, min_frac: float,
+                 pitch: int | None = None) -> tuple[int, int]:
+    """A crop origin whose window holds at least ``min_frac`` labelled pixels (best of 30 tries).
+
+    With ``pitch`` (a mosaic of independent patches) the crop stays inside one cell."""
     h, w = labels.shape
     best, best_frac = (0, 0), -1.0
     for _ in range(30):
-        r = int(rng.integers(0, max(h - size, 0) + 1))
-        c = int(rng.integers(0, max(w - size, 0) + 1))
+        if pitch:
+            cell_r = int(rng.integers(0, h // pitch)) * pitch
+            cell_c = int(rng.integers(0, w // pitch)) * pitch
+            r = cell_r + int(rng.integers(0, max(pitch - size, 0) + 1))
+            c = cell_c + int(rng.integers(0, max(pitch - size, 0) + 1))
+        else:
+            r = int(rng.integers(0, max(h - size, 0) + 1))
+            c = int(rng.integers(0, max(w - size, 0) + 1))
         frac = float(np.mean(labels[r:r + size, c:c + size] != IGNORE))
         if frac >= min_frac:
             return r, c
@@ -116,14 +126,15 @@ def _sample_crop(rng: np.random.Generator, labels: np.ndarray, size: int, min_fr
 
 def make_batch(rng: np.random.Generator, image_norm: np.ndarray, labels: np.ndarray,
                cfg: TrainConfig, spectral_idx: list[int], dem_idx: int | None,
-               dem_std: float, mean_over_std: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+               dem_std: float, mean_over_std: np.ndarray,
+               pitch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One augmented batch: (B, C, S, S) float32 normalized inputs, (B, S, S) uint8 labels."""
     from tasks.tiling import pad_to
 
     xs, ys = [], []
     size = cfg.patch_size
     for _ in range(cfg.batch_size):
-        r, c = _sample_crop(rng, labels, size, cfg.min_labelled_fraction)
+        r, c = _sample_crop(rng, labels, size, cfg.min_labelled_fraction, pitch)
         x = pad_to(image_norm[:, r:r + size, c:c + size], size).copy()
         y = labels[r:r + size, c:c + size]
         y = np.pad(y, [(0, size - y.shape[0]), (0, size - y.shape[1])], constant_values=IGNORE)
@@ -149,14 +160,25 @@ def evaluate_model(model: torch.nn.Module, transform: InputTransform, bands: tup
     """Scan-style (tiled, blended) prediction over a scene and metrics over its labelled pixels."""
     model.eval()
     det = _InMemoryDetector(model, transform, bands)
-    prob = predict_array(data.image, data.valid, det)
+    if data.pitch:  # independent patches: predict each cell on its own
+        p = data.pitch
+        prob = np.full(data.valid.shape, np.nan, dtype=np.float32)
+        for r in range(0, data.valid.shape[0], p):
+            for c in range(0, data.valid.shape[1], p):
+                if data.valid[r:r + p, c:c + p].any():
+                    prob[r:r + p, c:c + p] = predict_array(data.image[:, r:r + p, c:c + p],
+                                                           data.valid[r:r + p, c:c + p], det)
+    else:
+        prob = predict_array(data.image, data.valid, det)
     return evaluate_probabilities(prob, data.labels, threshold)
 
 
 def train_scene_model(train_dir: str | Path, val_dir: str | Path, out_dir: str | Path, name: str,
                       cfg: TrainConfig = TrainConfig(), progress: bool = True,
                       report_dirs: dict[str, str | Path] | None = None,
-                      run_dir: str | Path | None = None, resume: bool = True) -> Path:
+                      run_dir: str | Path | None = None, resume: bool = True,
+                      layout: str = "scene", train_list: str | None = None,
+                      val_list: str | None = None) -> Path:
     """Train, select on validation F1, and save a checkpoint + card. Returns the card path.
 
     ``report_dirs`` (name -> scene-layout folder) are only scored for the card after training,
@@ -165,6 +187,10 @@ def train_scene_model(train_dir: str | Path, val_dir: str | Path, out_dir: str |
     The run folder (default ``<out_dir>/<name>.run``) receives the per-epoch state (resume: an
     interrupted run started again with the same settings continues after its last finished
     epoch), ``metrics.csv``/``metrics.json``, ``curves.png`` and TensorBoard events.
+
+    ``layout`` is ``scene`` (default), ``l4s`` (``train_dir``/``val_dir`` = the download root,
+    ``train_list``/``val_list`` = official split lists) or ``chips``
+    (see :func:`models.datasets.load_training_data`).
     """
     t_start = time.perf_counter()
     bands = validate_bands(cfg.bands)
@@ -175,7 +201,8 @@ def train_scene_model(train_dir: str | Path, val_dir: str | Path, out_dir: str |
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    train, val = load_scene_dataset(train_dir), load_scene_dataset(val_dir)
+    train = load_training_data(train_dir, layout, train_list)
+    val = load_training_data(val_dir, layout, val_list)
     idx = [BAND_NAMES.index(b) for b in bands]
     means, stds = band_stats(train, bands)
     transform = InputTransform.from_stats(means, stds)
@@ -184,8 +211,8 @@ def train_scene_model(train_dir: str | Path, val_dir: str | Path, out_dir: str |
     n_pos = int(np.sum(train.labels == 1))
     n_neg = int(np.sum(train.labels == 0))
     if n_pos == 0 or n_neg == 0:
-        raise InputError(f"{train_dir}/labels.tif needs both classes (landslide: {n_pos} px, "
-                         f"background: {n_neg} px)")
+        raise InputError(f"the training labels in {train_dir} need both classes (landslide: "
+                         f"{n_pos} px, background: {n_neg} px)")
     pos_weight = (cfg.pos_weight if cfg.pos_weight is not None
                   else class_weights(train.labels)["pos_weight"])
     loss_fn = build_loss(cfg.loss, pos_weight=pos_weight)
@@ -200,7 +227,8 @@ def train_scene_model(train_dir: str | Path, val_dir: str | Path, out_dir: str |
                                                 total_steps=cfg.epochs * cfg.steps_per_epoch)
     run_dir = Path(run_dir) if run_dir is not None else Path(out_dir) / f"{name}.run"
     run_config = {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
-                  "train_dir": str(Path(train_dir).resolve()), "val_dir": str(Path(val_dir).resolve())}
+                  "train_dir": str(Path(train_dir).resolve()), "val_dir": str(Path(val_dir).resolve()),
+                  "layout": layout, "train_list": train_list, "val_list": val_list}
     run_config.pop("threads", None)  # how many cores a run uses does not change its result
     history: list[dict] = []
     best_state, best_f1, best_epoch, first_epoch = None, -1.0, -1, 1
@@ -229,7 +257,7 @@ def train_scene_model(train_dir: str | Path, val_dir: str | Path, out_dir: str |
                    disable=not progress, leave=False, mininterval=2.0)
         for _ in bar:
             x, y = make_batch(rng, image_norm, train.labels, cfg, spectral_idx, dem_idx, dem_std,
-                              mean_over_std)
+                              mean_over_std, train.pitch)
             loss = loss_fn(model(x)[:, 0], y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -263,14 +291,16 @@ def train_scene_model(train_dir: str | Path, val_dir: str | Path, out_dir: str |
         model.load_state_dict({k: (v.half().float() if v.is_floating_point() else v)
                                for k, v in model.state_dict().items()})
     metrics = {}
-    reports = [("train_weak_labels", train), ("val_weak_labels", val)]
+    # metrics are named after what the labels are: weak labels say so in their provenance
+    suffix = "_weak_labels" if "weak" in str(train.provenance.get("labels", "")).lower() else ""
+    reports = [(f"train{suffix}", train), (f"val{suffix}", val)]
     reports += [(key, load_scene_dataset(d)) for key, d in (report_dirs or {}).items()]
     for split, data in reports:
         m = evaluate_model(model, transform, bands, data, cfg.threshold)
         metrics[split] = {k: round(float(m[k]), 4) for k in
                           ("precision", "recall", "f1", "iou", "dice", "auc", "labelled_px")}
     provenance = train.provenance
-    files = [Path(d) / n for d in (train_dir, val_dir) for n in (IMAGE_NAME, LABELS_NAME)]
+    files = [Path(f) for f in (*train.files, *val.files)]
     card = ModelCard(
         name=name, version="1", arch=spec.arch, encoder=spec.encoder, bands=list(bands),
         input_transform=transform,
