@@ -70,10 +70,44 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--checkpoint", help="card name/path, or 'index' (default: the shipped model)")
     ev.add_argument("--threshold", type=float, help="probability threshold (default: the card's)")
     ev.add_argument("--device", default="auto")
+    cmp_ = sub.add_parser(
+        "compare", help="a comparison table of several checkpoints on one labelled dataset",
+        description="Score checkpoints (and the index rule) on a scene-layout dataset: precision, "
+                    "recall, F1, IoU, Dice, AUC, ms per patch and parameter count, as "
+                    "compare.md / compare.csv / compare.png in --out.")
+    cmp_.add_argument("--data-dir", required=True, help="labelled dataset (image.tif + labels.tif)")
+    cmp_.add_argument("--checkpoints", nargs="*", default=[], metavar="NAME|PATH",
+                      help="model cards to compare")
+    cmp_.add_argument("--index", action="store_true", help="add the index rule (traditional method)")
+    cmp_.add_argument("--calibrate-dir", help="choose each detector's threshold for the best F1 on "
+                      "this (validation) dataset instead of using the card's")
+    cmp_.add_argument("--out", default="reports/compare", help="report folder (reports/compare)")
+    cmp_.add_argument("--title", default="Detector comparison")
     ev.add_argument("--compare-redness", action="store_true",
                     help="also score the redness index (R-B)/(R+B) thresholded to mark the same "
                          "fraction of labelled pixels as the detector (needs B02 and B04)")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from flows.evaluate import compare_flow
+    from models.datasets import load_scene_dataset
+
+    load_scene_dataset(args.data_dir)  # bad folders fail before Prefect starts
+    if args.calibrate_dir:
+        load_scene_dataset(args.calibrate_dir)
+    specs = list(args.checkpoints) + (["index"] if args.index else [])
+    if not specs:
+        from tasks.errors import InputError
+
+        raise InputError("name at least one --checkpoints entry or pass --index")
+    from tasks.inference import load_detector
+
+    for spec in specs:
+        load_detector(spec, "cpu")  # unknown / broken checkpoints fail early, by name
+    result = compare_flow(specs, args.data_dir, args.out, args.calibrate_dir, args.title)
+    print((__import__("pathlib").Path(result["paths"]["md"])).read_text())
+    return 0
 
 
 def cmd_weak_labels(args: argparse.Namespace) -> int:
@@ -203,4 +237,5 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-HANDLERS = {"weak-labels": cmd_weak_labels, "train": cmd_train, "evaluate": cmd_evaluate}
+HANDLERS = {"weak-labels": cmd_weak_labels, "train": cmd_train, "evaluate": cmd_evaluate,
+            "compare": cmd_compare}

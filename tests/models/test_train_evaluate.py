@@ -108,3 +108,23 @@ def test_interrupted_training_resumes_to_the_same_weights(weak_dataset, tmp_path
         train_scene_model(out / "train", out / "val", tmp_path / "b", "m",
                           TrainConfig(epochs=2, steps_per_epoch=2, batch_size=2, threads=1, seed=4),
                           progress=False)
+
+
+def test_compare_table(weak_dataset, tmp_path, prefect_harness, capsys):
+    import csv
+
+    out, _ = weak_dataset
+    ckpt = train_scene_model(out / "train", out / "val", tmp_path / "c", "tiny2",
+                             TrainConfig(epochs=1, steps_per_epoch=1, batch_size=2, threads=2),
+                             progress=False)
+    report = tmp_path / "report"
+    code = main(["compare", "--data-dir", str(out / "val_reference"), "--checkpoints", str(ckpt),
+                 "--index", "--out", str(report)])
+    assert code == 0
+    rows = list(csv.DictReader(open(report / "compare.csv")))
+    assert [r["detector"].split("@")[0] for r in rows] == ["tiny2", "index-rule"]
+    assert int(rows[1]["parameters"]) == 0 and int(rows[0]["parameters"]) > 1_000_000
+    direct = evaluate_checkpoint(str(out / "val_reference"), "index")
+    assert float(rows[1]["f1"]) == pytest.approx(direct["f1"])
+    assert (report / "compare.png").stat().st_size > 1000
+    assert "| detector |" in (report / "compare.md").read_text()
