@@ -66,9 +66,13 @@ def _intersects(a: Window, b: Window) -> bool:
 
 
 def blend_block(stack, valid, detector, block: Window, windows: list[Window], overlap: int,
-                batch_size: int) -> tuple[np.ndarray, set[tuple[int, int]], int]:
-    """Blend every patch of the global layout touching ``block``; return its core, the patches
-    predicted (global row/col offsets) and the number of forward passes."""
+                batch_size: int) -> tuple[np.ndarray, np.ndarray, set[tuple[int, int]], int]:
+    """Blend every patch of the global layout touching ``block``; return its core probability, its
+    core uncertainty, the patches predicted (global row/col offsets) and the forward passes.
+
+    The uncertainty is the detector's own per-pixel uncertainty blended like the probability when
+    it has one (an ensemble: std of member probabilities), else the predictive entropy (bits) of
+    the blended probability."""
     size = detector.patch_size
     band_idx = [BAND_NAMES.index(b) for b in validate_bands(detector.bands)]
     sel = [w for w in windows if _intersects(w, block)]
@@ -77,22 +81,33 @@ def blend_block(stack, valid, detector, block: Window, windows: list[Window], ov
     r1 = max(int(w.row_off + w.height) for w in sel)
     c1 = max(int(w.col_off + w.width) for w in sel)
     stitcher = Stitcher(r1 - r0, c1 - c0, size, overlap)
+    own_unc = hasattr(detector, "predict_with_uncertainty")
+    unc_stitcher = Stitcher(r1 - r0, c1 - c0, size, overlap) if own_unc else None
     predicted: set[tuple[int, int]] = set()
     n_forward = 0
     for start in range(0, len(sel), batch_size):
         patches = read_patches(stack, valid, sel[start:start + batch_size], band_idx, size)
         if not patches:
             continue
-        prob = detector.predict(np.stack([p.data for p in patches]),
-                                np.stack([p.valid for p in patches]))
+        batch = np.stack([p.data for p in patches])
+        ok = np.stack([p.valid for p in patches])
+        if own_unc:
+            prob, unc = detector.predict_with_uncertainty(batch, ok)
+        else:
+            prob, unc = detector.predict(batch, ok), None
         n_forward += len(patches)
-        for patch, p in zip(patches, prob):
+        for k, (patch, p) in enumerate(zip(patches, prob)):
             w = patch.window
             predicted.add((int(w.row_off), int(w.col_off)))
-            stitcher.add(Window(w.col_off - c0, w.row_off - r0, w.width, w.height), p, patch.valid)
-    canvas = stitcher.result()
+            local = Window(w.col_off - c0, w.row_off - r0, w.width, w.height)
+            stitcher.add(local, p, patch.valid)
+            if unc_stitcher is not None:
+                unc_stitcher.add(local, unc[k], patch.valid)
     br, bc = int(block.row_off) - r0, int(block.col_off) - c0
-    return canvas[br:br + int(block.height), bc:bc + int(block.width)], predicted, n_forward
+    core = stitcher.result()[br:br + int(block.height), bc:bc + int(block.width)]
+    unc_core = (unc_stitcher.result()[br:br + int(block.height), bc:bc + int(block.width)]
+                if unc_stitcher is not None else binary_entropy(core))
+    return core, unc_core, predicted, n_forward
 
 
 def block_record(job: BlockJob) -> dict | None:
@@ -122,8 +137,8 @@ def run_block(job: BlockJob) -> dict:
     block = Window(*job.window)
     with rasterio.open(job.stack_path) as stack, rasterio.open(job.valid_path) as valid:
         windows = list(iter_windows(stack.height, stack.width, detector.patch_size, job.overlap))
-        core, predicted, n_forward = blend_block(stack, valid, detector, block, windows,
-                                                 job.overlap, job.batch_size)
+        core, unc_core, predicted, n_forward = blend_block(stack, valid, detector, block, windows,
+                                                           job.overlap, job.batch_size)
         profile = stack.profile.copy()
     blocks_dir = Path(job.blocks_dir)
     tif = blocks_dir / f"{job.stem}.tif"
@@ -135,7 +150,7 @@ def run_block(job: BlockJob) -> dict:
     profile.pop("blockysize", None)
     with rasterio.open(tmp, "w", **profile) as dst:
         dst.write(core, 1)
-        dst.write(binary_entropy(core), 2)
+        dst.write(unc_core, 2)
     os.replace(tmp, tif)
     record = {"fingerprint": job.fingerprint, "block": [job.row, job.col], "window": list(job.window),
               "patches": sorted(predicted), "forward_passes": n_forward,

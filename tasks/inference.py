@@ -20,7 +20,7 @@ from rasterio.windows import Window
 from tqdm.auto import tqdm
 
 from tasks.bands import BAND_NAMES, validate_bands
-from tasks.stitch import Stitcher, binary_entropy
+from tasks.stitch import Stitcher
 from tasks.tiling import iter_windows, read_patches
 
 log = logging.getLogger(__name__)
@@ -160,14 +160,92 @@ def _params_digest(params: object) -> str:
     return hashlib.sha256(json.dumps(asdict(params), sort_keys=True).encode()).hexdigest()[:12]
 
 
+@dataclass
+class EnsembleDetector:
+    """Members combined by the ensemble card's rule; uncertainty = std of member probabilities."""
+
+    members: list[ModelDetector]
+    card: "models.ensemble.EnsembleCard"  # noqa: F821
+    card_path: str
+    forward_s: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    @property
+    def ref(self) -> str:
+        import hashlib
+
+        digest = hashlib.sha256("|".join(m.ref for m in self.members).encode()
+                                + self.card.rule.encode()).hexdigest()[:12]
+        return f"{self.card.name}@{digest}"
+
+    @property
+    def bands(self) -> tuple[str, ...]:
+        return validate_bands({b for m in self.members for b in m.bands})
+
+    @property
+    def threshold(self) -> float:
+        return float(self.card.threshold)
+
+    @property
+    def patch_size(self) -> int:
+        return self.members[0].patch_size
+
+    def predict_with_uncertainty(self, batch: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        own = self.bands
+        probs = []
+        t0 = time.perf_counter()
+        for m in self.members:
+            idx = [own.index(b) for b in m.bands]
+            probs.append(m.predict(batch[:, idx], valid))
+        p = np.stack(probs)  # (M, B, H, W)
+        self.forward_s += time.perf_counter() - t0
+        if self.card.rule == "mean":
+            combined = p.mean(axis=0)
+        elif self.card.rule == "weighted":
+            w = np.asarray(self.card.weights, dtype=np.float32)[:, None, None, None]
+            combined = (w * p).sum(axis=0) / w.sum()
+        else:  # majority: the share of members voting landslide at their own thresholds
+            thr = np.asarray([m.threshold for m in self.members], np.float32)[:, None, None, None]
+            combined = (p >= thr).mean(axis=0)
+        return combined.astype(np.float32), p.std(axis=0).astype(np.float32)
+
+    def predict(self, batch: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        return self.predict_with_uncertainty(batch, valid)[0]
+
+    def describe(self) -> dict:
+        return {"kind": "ensemble", "ref": self.ref, "card_path": self.card_path,
+                "rule": self.card.rule, "weights": self.card.weights,
+                "uncertainty": "standard deviation of the member probabilities",
+                "members": [m.describe() for m in self.members],
+                "card": self.card.model_dump(mode="json")}
+
+
 def load_detector(spec: str | None, device: str = "auto") -> Detector:
-    """``index`` -> the rule; None -> the shipped default checkpoint; else a checkpoint name/path."""
+    """``index`` -> the rule; None -> the shipped default checkpoint; else a checkpoint name/path
+    (a model card, or an ensemble card listing member cards)."""
     if spec == INDEX_DETECTOR:
         return IndexDetector()
     from models.checkpoint import load_checkpoint, resolve_checkpoint
+    from models.ensemble import is_ensemble_card, member_refs, read_ensemble
 
     ref = spec or DEFAULT_CHECKPOINT
     dev = select_device(device)
+    card_path = resolve_checkpoint(ref)
+    if is_ensemble_card(card_path):
+        ens = read_ensemble(card_path)
+        members = [load_detector(m, device) for m in member_refs(ens, card_path)]
+        if any(not isinstance(m, ModelDetector) for m in members):
+            from tasks.errors import CheckpointError
+
+            raise CheckpointError(f"{card_path}: ensemble members must be model cards")
+        if len({m.patch_size for m in members}) != 1:
+            from tasks.errors import CheckpointError
+
+            raise CheckpointError(f"{card_path}: members use different patch sizes")
+        return EnsembleDetector(members=members, card=ens, card_path=str(card_path))
     model, card = load_checkpoint(ref, device=str(dev))
     return ModelDetector(model=model, card=card, card_path=str(resolve_checkpoint(ref)), device=dev)
 
@@ -235,13 +313,13 @@ def predict_stack(stack_path: str | Path, valid_path: str | Path, detector: Dete
             dst_prob.set_band_description(1, "landslide probability")
             dst_unc.set_band_description(1, "predictive entropy (bits)")
             for block, sel in zip(blocks, per_block):
-                core, done, n_fwd = blend_block(stack, valid, detector, block, windows, overlap,
-                                                batch_size)
+                core, unc_core, done, n_fwd = blend_block(stack, valid, detector, block, windows,
+                                                          overlap, batch_size)
                 predicted |= done
                 n_forward += n_fwd
                 bar.update(len(sel))
                 dst_prob.write(core, 1, window=block)
-                dst_unc.write(binary_entropy(core), 1, window=block)
+                dst_unc.write(unc_core, 1, window=block)
         bar.close()
     os.replace(tmp_prob, prob_path)
     os.replace(tmp_unc, unc_path)

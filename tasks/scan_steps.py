@@ -172,9 +172,10 @@ def step_rasters(work: str, infer: dict, cleaned: dict) -> dict:
                         description="landslide probability (value / 254); 255 = not analysed",
                         scale=1 / PROB_SCALE, tags={"model": plan["detector"]["ref"]},
                         valid_path=valid, block_px=block_px)
+    unc_kind = infer["detector"].get("uncertainty", "binary predictive entropy, bits")
     write_cog_blockwise(infer["uncertainty_path"], stage / "uncertainty.tif", _encode_probability,
-                        description="predictive entropy in bits (value / 254); 255 = not analysed",
-                        scale=1 / PROB_SCALE, tags={"uncertainty": "binary predictive entropy, bits"},
+                        description=f"{unc_kind} (value / 254); 255 = not analysed",
+                        scale=1 / PROB_SCALE, tags={"uncertainty": unc_kind},
                         valid_path=valid, block_px=block_px)
     write_cog_blockwise(cleaned["mask_path"], stage / "mask.tif", _encode_mask,
                         description="landslide mask (1), background (0); 255 = not analysed",
@@ -211,7 +212,8 @@ def step_finish(work: str, stack: dict, infer: dict, cleaned: dict, vectors: dic
         "parameters": {"overlap_px": plan["request"]["overlap_px"],
                        "batch_size": plan["request"]["batch_size"],
                        "block_px": plan["request"]["block_px"], "clean": plan["clean"],
-                       "uncertainty": "binary predictive entropy of the blended probability, bits"},
+                       "uncertainty": infer["detector"].get(
+                           "uncertainty", "binary predictive entropy of the blended probability, bits")},
         "execution": {"blocks": infer["blocks"], "blocks_resumed": infer["blocks_resumed"],
                       "forward_passes": infer["forward_passes"], "worker_processes": len(infer["workers"]),
                       "dask_address": plan["request"].get("dask_address"),
@@ -223,7 +225,7 @@ def step_finish(work: str, stack: dict, infer: dict, cleaned: dict, vectors: dic
         "timings": timings,
         "outputs": {"landslides.gpkg": "layers landslides (Polygon), footprint (MultiPolygon)",
                     "probability.tif": "uint8 COG, p = value/254, 255 nodata",
-                    "uncertainty.tif": "uint8 COG, entropy bits = value/254, 255 nodata",
+                    "uncertainty.tif": "uint8 COG, uncertainty = value/254 (see parameters), 255 nodata",
                     "mask.tif": "uint8 COG, 1 landslide, 0 background, 255 nodata"},
     }
     write_manifest(staging_dir(plan["out"]) / "manifest.json", manifest)
