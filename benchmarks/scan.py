@@ -37,6 +37,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 import numpy as np  # noqa: E402
 
+from flows.cli import _bbox  # noqa: E402
 from tasks import scan_steps  # noqa: E402
 from tasks.inference import DEFAULT_CHECKPOINT, INDEX_DETECTOR, load_detector  # noqa: E402
 
@@ -79,16 +80,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="work folder for the runs (default: a temporary folder, removed after)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
-
-
-def _bbox(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--bbox {text!r}: expected minx,miny,maxx,maxy numbers") from None
-    if len(values) != 4:
-        raise argparse.ArgumentTypeError(f"--bbox {text!r}: expected 4 numbers minx,miny,maxx,maxy")
-    return values
 
 
 def default_detector() -> tuple[str, str]:
