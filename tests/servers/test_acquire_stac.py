@@ -1,0 +1,308 @@
+"""The ``stac`` source against the local STAC API (rustac serve) + COG server, with the real clients."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import shapely
+import yaml
+from rasterio.windows import from_bounds
+
+import tasks.acquire_stac as acquire_stac
+from tasks.acquire_stac import (Candidate, choose_item, datetime_range, fetch_dem, fetch_stac_inputs,
+                                http_status)
+from tasks.catalog import StacSource
+from tasks.errors import InputError, SourceError
+from tests.servers.stac_server import BASELINE_OFFSET_DN, DEM_CROP_BOUNDS, DEM_ITEM_ID, GLO30_TIF
+
+pytest.importorskip("pystac_client")
+
+ROI = shapely.box(-75.695, 37.718, -75.675, 37.733)  # ~1.8 x 1.7 km inside the served 3 km crop
+BBOX_TEXT = "-75.695,37.718,-75.675,37.733"
+CLEAR, CLOUDY, BASELINE4 = "S2A_18SVG_20160112_0_L1C", "S2A_18SVG_20160201_0_L1C", "S2B_18SVG_20220125_0_L1C"
+Y2016 = (dt.date(2016, 1, 1), dt.date(2016, 12, 31))
+
+
+@pytest.fixture(autouse=True)
+def _short_retry_delay(monkeypatch):
+    monkeypatch.setattr(acquire_stac, "RETRY_DELAY_S", 0.1)
+
+
+def _source(stac_api, **kw) -> StacSource:
+    kw.setdefault("max_retries", 2)
+    kw.setdefault("timeout_s", 5)
+    return StacSource(kind="stac", url=stac_api.url, **kw)
+
+
+def _path(href: str) -> str:
+    return "/" + href.split("/", 3)[3]
+
+
+def _served_window(local_cog: Path, fetched: str) -> np.ndarray:
+    """The served COG's pixels under the fetched file's bounds (0 outside the COG)."""
+    with rasterio.open(fetched) as got, rasterio.open(local_cog) as src:
+        assert got.crs == src.crs and got.res == src.res  # native CRS and resolution kept
+        win = from_bounds(*got.bounds, transform=src.transform).round_offsets().round_lengths()
+        return src.read(1, window=win, boundless=True, fill_value=0)
+
+
+def _read(path: str) -> np.ndarray:
+    with rasterio.open(path) as src:
+        return src.read(1)
+
+
+def test_pure_helpers():
+    assert datetime_range(None, None) is None
+    assert datetime_range(dt.date(2016, 1, 1), None) == "2016-01-01T00:00:00Z/.."
+    assert datetime_range(None, dt.date(2016, 1, 2)) == "../2016-01-02T23:59:59.999Z"
+    with pytest.raises(InputError, match="after"):
+        datetime_range(dt.date(2016, 2, 1), dt.date(2016, 1, 1))
+    cands = [Candidate("a", 5.0, "2016-01-01T00:00:00+00:00", 1.0),
+             Candidate("b", 5.0, "2016-02-01T00:00:00+00:00", 1.0),
+             Candidate("c", 1.0, "2016-03-01T00:00:00+00:00", 0.5),
+             Candidate("d", 50.0, "2016-04-01T00:00:00+00:00", 1.0)]
+    assert choose_item(cands, 30) == (cands[1], 1)  # full cover beats less cloud; ties -> most recent
+    assert choose_item(cands[2:], 30) == (cands[2], 1)  # partial cover only when nothing covers fully
+    assert choose_item(cands[3:], 30) == (None, 1)
+    assert http_status("HTTP response code: 401") == 401
+
+
+def test_fetch_reads_roi_windows_of_the_least_cloudy_scene(stac_api, tmp_path):
+    bands = ("B02", "B03", "B04", "B11", "B10")
+    inputs = fetch_stac_inputs(_source(stac_api, max_cloud_pct=80), "stac-test", bands, ROI, *Y2016, tmp_path)
+    assert inputs.scene_id == CLEAR  # 2.5 % beats 71.3 %
+    assert inputs.acquired == "2016-01-12T16:00:32+00:00" and inputs.acquired_range is None
+    assert inputs.offset_dn == 0 and inputs.processing_baseline == "02.01"
+    assert inputs.band_nodata == 0 and inputs.dem_path is None
+    assert any("DEM" in n for n in inputs.notes)
+    assert len(inputs.available_bands) == 12 and "B10" in inputs.available_bands
+    assert sorted(inputs.band_paths) == sorted(bands)
+    for band, key in (("B02", "blue"), ("B11", "swir16"), ("B10", "cirrus")):
+        path = inputs.band_paths[band]
+        assert Path(path).is_relative_to(tmp_path)
+        got = _read(path)
+        np.testing.assert_array_equal(got, _served_window(stac_api.cog_paths[CLEAR][key], path))
+        assert (got > 0).mean() > 0.9
+    # the extent covers the ROI, and only a window was fetched (not the 3 km crop)
+    w, s, e, n = inputs.extent_lonlat
+    assert w <= -75.695 and s <= 37.718 and e >= -75.675 and n >= 37.733
+    assert _read(inputs.band_paths["B02"]).shape[1] < 300
+
+
+def test_cloud_limit_and_date_window(stac_api, tmp_path):
+    # February only: the cloudy scene, which the default 30 % limit excludes
+    feb = (dt.date(2016, 1, 20), dt.date(2016, 2, 28))
+    with pytest.raises(SourceError) as err:
+        fetch_stac_inputs(_source(stac_api), "stac-test", ("B02",), ROI, *feb, tmp_path)
+    msg = str(err.value)
+    assert "\n" not in msg and "'sentinel-2-l1c'" in msg and "<= 30%" in msg
+    assert "-75.69500" in msg and "2016-01-20" in msg and "1 over the cloud limit" in msg
+    inputs = fetch_stac_inputs(_source(stac_api, max_cloud_pct=80), "stac-test", ("B02",), ROI, *feb, tmp_path)
+    assert inputs.scene_id == CLOUDY
+    # a limit below the clear scene's 2.5 % leaves nothing in 2016
+    with pytest.raises(SourceError, match="no item"):
+        fetch_stac_inputs(_source(stac_api, max_cloud_pct=2), "stac-test", ("B02",), ROI, *Y2016, tmp_path)
+
+
+def test_baseline_04_scene_gives_offset(stac_api, tmp_path):
+    inputs = fetch_stac_inputs(_source(stac_api), "stac-test", ("B04",), ROI, dt.date(2022, 1, 1), None, tmp_path)
+    assert inputs.scene_id == BASELINE4 and inputs.processing_baseline == "04.00"
+    assert inputs.offset_dn == BASELINE_OFFSET_DN
+    assert any("1000 DN offset removed" in n for n in inputs.notes)
+    original = _served_window(stac_api.cog_paths[CLEAR]["red"], inputs.band_paths["B04"])
+    np.testing.assert_array_equal(_read(inputs.band_paths["B04"]),
+                                  np.where(original > 0, original + BASELINE_OFFSET_DN, 0))
+
+
+def test_band_errors_name_the_band(stac_api, tmp_path):
+    with pytest.raises(InputError, match="B08"):
+        fetch_stac_inputs(_source(stac_api, assets={"B02": "blue"}), "stac-test", ("B02", "B08"), ROI,
+                          *Y2016, tmp_path)
+    with pytest.raises(InputError, match=r"B03 \('no-such-asset'\)"):
+        fetch_stac_inputs(_source(stac_api, assets={"B03": "no-such-asset"}), "stac-test", ("B03",), ROI,
+                          *Y2016, tmp_path)
+
+
+def test_rerun_makes_no_new_requests(stac_api, tmp_path):
+    first = fetch_stac_inputs(_source(stac_api), "stac-test", ("B02", "B08"), ROI, *Y2016, tmp_path)
+    assert stac_api.faults.records
+    stac_api.faults.clear_log()
+    again = fetch_stac_inputs(_source(stac_api), "stac-test", ("B02", "B08"), ROI, *Y2016, tmp_path)
+    assert again == first
+    assert stac_api.faults.records == []
+
+
+@pytest.mark.parametrize("mode", ["500", "429", "truncate"])
+def test_transient_faults_are_retried(stac_api, tmp_path, mode):
+    clean = fetch_stac_inputs(_source(stac_api), "stac-test", ("B03",), ROI, *Y2016, tmp_path / "clean")
+    href = stac_api.item(CLEAR)["assets"]["green"]["href"]
+    stac_api.faults.clear_log()
+    stac_api.faults.set(mode, count=2 if mode != "truncate" else 1, retry_after=0, path_prefix=_path(href))
+    faulty = fetch_stac_inputs(_source(stac_api), "stac-test", ("B03",), ROI, *Y2016, tmp_path / "faulty")
+    assert stac_api.faults.pending == 0
+    if mode != "truncate":
+        assert stac_api.faults.statuses(_path(href)).count(int(mode)) == 2
+    np.testing.assert_array_equal(_read(faulty.band_paths["B03"]), _read(clean.band_paths["B03"]))
+
+
+@pytest.mark.parametrize("mode, pattern", [("500", "failed after 2 retries"),
+                                           ("401", "HTTP 401: the credentials or the URL are wrong")])
+def test_persistent_faults_stop_cleanly(stac_api, tmp_path, mode, pattern):
+    href = stac_api.item(CLEAR)["assets"]["red"]["href"]
+    stac_api.faults.set(mode, count=100, path_prefix=_path(href))
+    with pytest.raises(SourceError, match=pattern) as err:
+        fetch_stac_inputs(_source(stac_api), "stac-test", ("B02", "B04"), ROI, *Y2016, tmp_path)
+    assert "\n" not in str(err.value) and "B04" in str(err.value)
+    leftovers = [p.name for p in tmp_path.rglob("*") if p.is_file()]
+    assert not [n for n in leftovers if n.startswith("B04") or ".part" in n], leftovers
+    stac_api.faults.clear()
+    inputs = fetch_stac_inputs(_source(stac_api), "stac-test", ("B02", "B04"), ROI, *Y2016, tmp_path)
+    assert Path(inputs.band_paths["B04"]).exists()
+
+
+def test_dem_mosaic_of_intersecting_items(stac_api, tmp_path):
+    roi = shapely.box(6.55, 0.25, 6.60, 0.30)  # inside the served GLO-30 crop over Sao Tome
+    notes: list[str] = []
+    path, nodata = fetch_dem(_source(stac_api), roi, roi.bounds, tmp_path, notes)
+    assert path is not None and DEM_ITEM_ID in notes[-1]
+    with rasterio.open(path) as got, rasterio.open(GLO30_TIF) as src:
+        assert got.crs == src.crs and got.res == pytest.approx(src.res)
+        assert got.nodata == nodata
+        win = from_bounds(*got.bounds, transform=src.transform).round_offsets().round_lengths()
+        np.testing.assert_array_equal(got.read(1), src.read(1, window=win))
+        assert got.read(1).max() > 100
+    stac_api.faults.clear_log()
+    assert fetch_dem(_source(stac_api), roi, roi.bounds, tmp_path, [])[0] == path
+    assert stac_api.faults.records == []
+    # an ROI outside the crop: no DEM, a note, no error
+    notes = []
+    far = shapely.box(*(v + 1.0 for v in DEM_CROP_BOUNDS))
+    assert fetch_dem(_source(stac_api), far, far.bounds, tmp_path, notes) == (None, None)
+    assert "no item of DEM collection" in notes[0]
+
+
+def test_unreachable_api_is_a_source_error(tmp_path):
+    source = StacSource(kind="stac", url="http://127.0.0.1:9", max_retries=0, timeout_s=2)
+    with pytest.raises(SourceError, match="STAC search") as err:
+        fetch_stac_inputs(source, "stac-test", ("B02",), ROI, *Y2016, tmp_path)
+    assert "\n" not in str(err.value)
+
+
+@pytest.fixture
+def faulty_api(stac_api):
+    """A proxy in front of the STAC API answering scripted statuses first (the root ``/`` goes through it;
+    pystac-client then follows the root's absolute links to the real server)."""
+    import http.server
+    import threading
+
+    import requests
+
+    script: list[tuple[int, dict]] = []
+    seen: list[int] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):  # quiet
+            pass
+
+        def do_GET(self):  # noqa: N802
+            if script:
+                status, headers = script.pop(0)
+                body = b'{"code": "scripted"}'
+            else:
+                upstream = requests.get(stac_api.url + self.path, timeout=5)
+                status, headers, body = upstream.status_code, {}, upstream.content
+            seen.append(status)
+            self.send_response(status)
+            for key, value in {"Content-Type": "application/json", **headers}.items():
+                self.send_header(key, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", script, seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_search_retries_429_and_5xx(faulty_api, tmp_path):
+    url, script, seen = faulty_api
+    script += [(429, {"Retry-After": "0"}), (503, {}), (500, {})]
+    source = StacSource(kind="stac", url=url, max_retries=3, timeout_s=5, dem_collection=None)
+    inputs = fetch_stac_inputs(source, "stac-test", ("B02",), ROI, *Y2016, tmp_path)
+    assert inputs.scene_id == CLEAR and seen[:4] == [429, 503, 500, 200]
+
+
+@pytest.mark.parametrize("status, pattern", [(401, "HTTP 401: the credentials or the URL are wrong"),
+                                             (500, "failed after 1 retries")])
+def test_search_failures_are_one_line_source_errors(faulty_api, tmp_path, status, pattern):
+    url, script, _ = faulty_api
+    script += [(status, {})] * 5
+    source = StacSource(kind="stac", url=url, max_retries=1, timeout_s=5)
+    with pytest.raises(SourceError, match=pattern) as err:
+        fetch_stac_inputs(source, "stac-test", ("B02",), ROI, *Y2016, tmp_path)
+    assert "\n" not in str(err.value) and not any(tmp_path.rglob("*.tif"))
+
+
+# ---------------------------------------------------------------------------------- end to end
+
+@pytest.fixture(scope="module")
+def rgb_checkpoint(tmp_path_factory):
+    """Random weights over B02, B03, B04 only (the served DEM is elsewhere: no SLOPE/DEM here)."""
+    import torch
+
+    from models.checkpoint import InputTransform, ModelCard, save_checkpoint
+    from models.registry import build_model
+
+    torch.manual_seed(0)
+    model = build_model("Unet", "mobilenet_v2", in_channels=3)
+    card = ModelCard(
+        name="random-rgb", version="0", arch="Unet", encoder="mobilenet_v2", bands=["B02", "B03", "B04"],
+        input_transform=InputTransform.from_stats([1500.0] * 3, [800.0] * 3), threshold=0.5,
+        trained_on={"dataset": "none (random weights: a mechanics test)", "split": "none",
+                    "file_list_sha256": "0" * 64, "labels": "none"},
+        training={"epochs": 0, "loss": "none", "seed": 0}, description="random weights; not a detector")
+    _, card_path = save_checkpoint(model, card, tmp_path_factory.mktemp("ckpt"))
+    return card_path
+
+
+def test_scan_through_stac_matches_local_source(stac_api, prefect_harness, tmp_path, rgb_checkpoint):
+    from flows.cli import main
+
+    repo = Path(__file__).resolve().parents[2]
+    shipped = yaml.safe_load((repo / "data_catalog.yaml").read_text())
+    local = shipped["sources"]["t18svg-2016-local"]
+    for scene in local["scenes"]:
+        scene["band_template"] = str((repo / scene["band_template"]).resolve())
+    catalog = {"version": 1, "sources": {
+        "t18svg-local": local,
+        "t18svg-stac": {"kind": "stac", "url": stac_api.url, "max_retries": 2, "timeout_s": 10}}}
+    catalog_path = tmp_path / "data_catalog.yaml"
+    catalog_path.write_text(yaml.safe_dump(catalog))
+    stacks = {}
+    for name in ("t18svg-stac", "t18svg-local"):
+        out = tmp_path / name
+        code = main(["scan", "--source", name, "--bbox", BBOX_TEXT, "--start", "2016-01-01",
+                     "--end", "2016-12-31", "--detector", str(rgb_checkpoint), "--catalog", str(catalog_path),
+                     "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--keep-work",
+                     "--no-progress"])
+        assert code == 0, name
+        with rasterio.open(out / ".work" / "stack.tif") as src:
+            stacks[name] = (src.read(), src.transform, src.crs)
+    (remote, t_remote, crs_remote), (local_stack, t_local, crs_local) = stacks["t18svg-stac"], stacks["t18svg-local"]
+    assert crs_remote == crs_local and t_remote == t_local and remote.shape == local_stack.shape
+    for channel in (1, 2, 3):  # B02, B03, B04 in contract order
+        a, b = remote[channel], local_stack[channel]
+        assert np.isfinite(a).mean() > 0.95
+        both = np.isfinite(a) & np.isfinite(b)
+        assert both.mean() > 0.95
+        np.testing.assert_allclose(a[both], b[both], rtol=0, atol=1.0)
+    assert list(Path(tmp_path / "cache" / "stac").iterdir())  # downloads went to --cache-dir
