@@ -32,6 +32,7 @@ import contextlib
 import json
 import logging
 import shutil
+import sys
 import socket
 import subprocess
 import time
@@ -306,7 +307,10 @@ class RustacServer:
     def start(self) -> "RustacServer":
         import requests
 
-        exe = shutil.which("rustac")
+        # the console script sits beside the interpreter of a virtualenv that is not activated
+        # (CI runs .venv/bin/python directly, so .venv/bin is not on PATH)
+        beside = Path(sys.executable).parent / "rustac"
+        exe = str(beside) if beside.exists() else shutil.which("rustac")
         if exe is None:
             raise RuntimeError("rustac not found on PATH: pip install rustac (see ../shared/TOOLCHAIN.md)")
         with self._log.open("wb") as log:
