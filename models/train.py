@@ -245,7 +245,7 @@ def train_scene_model(train_dir: str | Path, val_dir: str | Path, out_dir: str |
         first_epoch = saved.epoch + 1
         log.info("resuming %s after epoch %d", run_dir, saved.epoch)
         if progress:
-            print(f"resuming from {run_dir} after epoch {saved.epoch}", flush=True)
+            tqdm.write(f"resuming from {run_dir} after epoch {saved.epoch}")
     run_log = RunLog(run_dir)
     for epoch in range(first_epoch, cfg.epochs + 1):
         if cfg.patience is not None and best_epoch > 0 and epoch - best_epoch > cfg.patience:
@@ -271,8 +271,8 @@ def train_scene_model(train_dir: str | Path, val_dir: str | Path, out_dir: str |
         log.info("epoch %d: loss %.4f val f1 %.3f iou %.3f auc %.3f", epoch, row["train_loss"],
                  row["val_f1"], row["val_iou"], row["val_auc"])
         if progress:
-            print(f"epoch {epoch}/{cfg.epochs}: loss {row['train_loss']:.4f}  val f1 {row['val_f1']:.3f}"
-                  f"  iou {row['val_iou']:.3f}  auc {row['val_auc']:.3f}", flush=True)
+            tqdm.write(f"epoch {epoch}/{cfg.epochs}: loss {row['train_loss']:.4f}  "
+                       f"val f1 {row['val_f1']:.3f}  iou {row['val_iou']:.3f}  auc {row['val_auc']:.3f}")
         if val_metrics["f1"] > best_f1:
             best_f1, best_epoch = val_metrics["f1"], epoch
             best_state = copy.deepcopy(model.state_dict())
