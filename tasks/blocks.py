@@ -135,7 +135,9 @@ def run_block(job: BlockJob) -> dict:
     detector = _detector(job.detector, job.device)
     forward_before = detector.forward_s
     block = Window(*job.window)
-    with rasterio.open(job.stack_path) as stack, rasterio.open(job.valid_path) as valid:
+    from tasks.scan_steps import gdal_env  # the same GDAL cache bound in Dask workers
+
+    with gdal_env(), rasterio.open(job.stack_path) as stack, rasterio.open(job.valid_path) as valid:
         windows = list(iter_windows(stack.height, stack.width, detector.patch_size, job.overlap))
         core, unc_core, predicted, n_forward = blend_block(stack, valid, detector, block, windows,
                                                            job.overlap, job.batch_size)
