@@ -131,6 +131,19 @@ class InputTransform(_Strict):
         stds = [float(s) for s in stds]
         return cls(scale=[1.0] * len(means), offset=[0.0] * len(means), mean=means, std=stds)
 
+    def fill_values(self) -> np.ndarray:
+        """Per band, the physical value that becomes 0 after :meth:`apply` (the training mean)."""
+        scale, offset, mean = (np.asarray(v, dtype=np.float32) for v in (self.scale, self.offset,
+                                                                          self.mean))
+        return ((mean - offset) / scale).astype(np.float32)
+
+    def apply_filled(self, x: np.ndarray) -> np.ndarray:
+        """:meth:`apply` after replacing nodata (NaN) with :meth:`fill_values`: nodata pixels
+        enter the network as 0, the band's training mean."""
+        x = np.asarray(x, dtype=np.float32)
+        fill = self.fill_values().reshape((-1, 1, 1))
+        return self.apply(np.where(np.isfinite(x), x, fill))
+
     def apply(self, x: np.ndarray) -> np.ndarray:
         """Transform physical values to network input.
 

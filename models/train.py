@@ -12,7 +12,7 @@ import copy
 import datetime as dt
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -70,15 +70,9 @@ class _InMemoryDetector:
     forward_s: float = 0.0
     name: str = "training"
     ref: str = "training"
-    fill: np.ndarray = field(default=None)  # type: ignore[assignment]
-
-    def __post_init__(self) -> None:
-        t = self.transform
-        self.fill = ((np.asarray(t.mean) - np.asarray(t.offset)) / np.asarray(t.scale)).astype(np.float32)
 
     def predict(self, batch: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        x = np.where(np.isfinite(batch), batch, self.fill[None, :, None, None])
-        x = self.transform.apply(x.astype(np.float32))
+        x = self.transform.apply_filled(batch)
         with torch.inference_mode():
             return torch.sigmoid(self.model(torch.from_numpy(np.ascontiguousarray(x)))[:, 0]).numpy()
 
@@ -206,8 +200,7 @@ def train_scene_model(train_dir: str | Path, val_dir: str | Path, out_dir: str |
     idx = [BAND_NAMES.index(b) for b in bands]
     means, stds = band_stats(train, bands)
     transform = InputTransform.from_stats(means, stds)
-    image_norm = transform.apply(np.where(np.isfinite(train.image[idx]), train.image[idx],
-                                          np.asarray(means, np.float32)[:, None, None]))
+    image_norm = transform.apply_filled(train.image[idx])
     n_pos = int(np.sum(train.labels == 1))
     n_neg = int(np.sum(train.labels == 0))
     if n_pos == 0 or n_neg == 0:

@@ -24,7 +24,7 @@ from rasterio.windows import Window
 
 from tasks.bands import BAND_NAMES, validate_bands
 from tasks.stitch import Stitcher, binary_entropy
-from tasks.tiling import iter_windows, read_patches
+from tasks.tiling import iter_blocks, iter_windows, read_patches, windows_intersect
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +60,6 @@ def _detector(spec: str | None, device: str):
     return _DETECTORS[key]
 
 
-def _intersects(a: Window, b: Window) -> bool:
-    return (a.col_off < b.col_off + b.width and b.col_off < a.col_off + a.width
-            and a.row_off < b.row_off + b.height and b.row_off < a.row_off + a.height)
-
-
 def blend_block(stack, valid, detector, block: Window, windows: list[Window], overlap: int,
                 batch_size: int) -> tuple[np.ndarray, np.ndarray, set[tuple[int, int]], int]:
     """Blend every patch of the global layout touching ``block``; return its core probability, its
@@ -75,7 +70,7 @@ def blend_block(stack, valid, detector, block: Window, windows: list[Window], ov
     the blended probability."""
     size = detector.patch_size
     band_idx = [BAND_NAMES.index(b) for b in validate_bands(detector.bands)]
-    sel = [w for w in windows if _intersects(w, block)]
+    sel = [w for w in windows if windows_intersect(w, block)]
     r0 = min(int(w.row_off) for w in sel)
     c0 = min(int(w.col_off) for w in sel)
     r1 = max(int(w.row_off + w.height) for w in sel)
@@ -171,11 +166,12 @@ def make_jobs(stack_path: str, valid_path: str, detector: str | None, device: st
     blocks_dir.mkdir(parents=True, exist_ok=True)
     with rasterio.open(stack_path) as src:
         h, w = src.height, src.width
-    return [BlockJob(row=bi, col=bj, window=(c, r, min(block_px, w - c), min(block_px, h - r)),
+    return [BlockJob(row=int(b.row_off) // block_px, col=int(b.col_off) // block_px,
+                     window=(int(b.col_off), int(b.row_off), int(b.width), int(b.height)),
                      stack_path=str(stack_path), valid_path=str(valid_path), detector=detector,
                      device=device, overlap=overlap, batch_size=batch_size,
                      blocks_dir=str(blocks_dir), fingerprint=fingerprint, torch_threads=torch_threads)
-            for bi, r in enumerate(range(0, h, block_px)) for bj, c in enumerate(range(0, w, block_px))]
+            for b in iter_blocks(h, w, block_px)]
 
 
 def run_jobs(jobs: list[BlockJob], client=None, progress: bool = True) -> list[dict]:

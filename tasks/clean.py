@@ -212,6 +212,8 @@ def clean_raster(prob_path, valid_path, out_path, res_m: float, params: CleanPar
     import rasterio
     from rasterio.windows import Window
 
+    from tasks.tiling import iter_blocks
+
     halo = clean_halo_px(params, res_m)
     out_path = Path(out_path)
     tmp = out_path.with_name(out_path.name + ".tmp.tif")
@@ -222,17 +224,17 @@ def clean_raster(prob_path, valid_path, out_path, res_m: float, params: CleanPar
         profile.update(dtype="uint8", nodata=None, count=1, tiled=True, blockxsize=256,
                        blockysize=256, compress="deflate", predictor=1)
         with rasterio.open(tmp, "w", **profile) as dst:
-            for r in range(0, h, block_px):
-                for c in range(0, w, block_px):
-                    bh, bw = min(block_px, h - r), min(block_px, w - c)
-                    r0, c0 = max(r - halo, 0), max(c - halo, 0)
-                    r1, c1 = min(r + bh + halo, h), min(c + bw + halo, w)
-                    ext = Window(c0, r0, c1 - c0, r1 - r0)
-                    prob = prob_src.read(1, window=ext)
-                    valid = valid_src.read(1, window=ext).astype(bool)
-                    mask = clean_mask(np.nan_to_num(prob, nan=0.0), valid, res_m, params)
-                    core = mask[r - r0:r - r0 + bh, c - c0:c - c0 + bw]
-                    dst.write(core, 1, window=Window(c, r, bw, bh))
-                    total += int(core.sum())
+            for block in iter_blocks(h, w, block_px):
+                r, c = int(block.row_off), int(block.col_off)
+                bh, bw = int(block.height), int(block.width)
+                r0, c0 = max(r - halo, 0), max(c - halo, 0)
+                r1, c1 = min(r + bh + halo, h), min(c + bw + halo, w)
+                ext = Window(c0, r0, c1 - c0, r1 - r0)
+                prob = prob_src.read(1, window=ext)
+                valid = valid_src.read(1, window=ext).astype(bool)
+                mask = clean_mask(np.nan_to_num(prob, nan=0.0), valid, res_m, params)
+                core = mask[r - r0:r - r0 + bh, c - c0:c - c0 + bw]
+                dst.write(core, 1, window=block)
+                total += int(core.sum())
     os.replace(tmp, out_path)
     return total

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from tasks.bands import BAND_NAMES, validate_bands
 from tasks.stitch import Stitcher
-from tasks.tiling import iter_windows, read_patches
+from tasks.tiling import iter_blocks, iter_windows, read_patches, windows_intersect
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +67,6 @@ class ModelDetector:
     card_path: str
     device: "torch.device"  # noqa: F821
     forward_s: float = 0.0
-    _fill: np.ndarray = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        t = self.card.input_transform
-        # Nodata is filled with the band's training mean, i.e. 0 after normalization.
-        scale, offset, mean = (np.asarray(v, dtype=np.float32) for v in (t.scale, t.offset, t.mean))
-        self._fill = ((mean - offset) / scale).astype(np.float32)
 
     @property
     def name(self) -> str:
@@ -98,8 +91,7 @@ class ModelDetector:
     def predict(self, batch: np.ndarray, valid: np.ndarray) -> np.ndarray:
         import torch
 
-        x = np.where(np.isfinite(batch), batch, self._fill[None, :, None, None])
-        x = self.card.input_transform.apply(x.astype(np.float32))
+        x = self.card.input_transform.apply_filled(batch)  # nodata -> the training mean
         t0 = time.perf_counter()
         with torch.inference_mode():
             logits = self.model(torch.from_numpy(np.ascontiguousarray(x)).to(self.device))
@@ -260,19 +252,6 @@ class InferenceResult:
     total_s: float
 
 
-def iter_blocks(height: int, width: int, block_px: int) -> list[Window]:
-    """Core windows of ``block_px`` squares (the last row/column smaller) tiling the grid."""
-    if block_px < 1:
-        raise ValueError(f"block_px must be >= 1, got {block_px}")
-    return [Window(c, r, min(block_px, width - c), min(block_px, height - r))
-            for r in range(0, height, block_px) for c in range(0, width, block_px)]
-
-
-def _intersects(a: Window, b: Window) -> bool:
-    return (a.col_off < b.col_off + b.width and b.col_off < a.col_off + a.width
-            and a.row_off < b.row_off + b.height and b.row_off < a.row_off + a.height)
-
-
 def predict_stack(stack_path: str | Path, valid_path: str | Path, detector: Detector,
                   work_dir: str | Path, overlap: int = 32, batch_size: int = 16,
                   progress: bool = True, block_px: int = DEFAULT_BLOCK_PX) -> InferenceResult:
@@ -302,7 +281,7 @@ def predict_stack(stack_path: str | Path, valid_path: str | Path, detector: Dete
         height, width = stack.height, stack.width
         windows = list(iter_windows(height, width, size, overlap))
         blocks = iter_blocks(height, width, block_px)
-        per_block = [[w for w in windows if _intersects(w, b)] for b in blocks]  # for progress
+        per_block = [[w for w in windows if windows_intersect(w, b)] for b in blocks]  # for progress
         profile = stack.profile.copy()
         profile.update(count=1, dtype="float32", nodata=np.nan, tiled=True, blockxsize=256,
                        blockysize=256, compress="deflate", predictor=3, interleave="band")

@@ -77,7 +77,7 @@ def write_cog_blockwise(src_path: str | Path, path: str | Path, encode, *, descr
     ``encode(values, valid) -> uint8`` turns each block (``valid`` from ``valid_path``, or all True)
     into the output's values; GDAL's COG driver streams the copy, so memory stays bounded.
     """
-    from rasterio.windows import Window
+    from tasks.tiling import iter_blocks
 
     path = Path(path)
     tmp_tiled = path.with_name(path.name + ".tiled.tmp.tif")
@@ -88,13 +88,11 @@ def write_cog_blockwise(src_path: str | Path, path: str | Path, encode, *, descr
         valid_src = rasterio.open(valid_path) if valid_path else None
         try:
             with rasterio.open(tmp_tiled, "w", **profile) as dst:
-                for r in range(0, src.height, block_px):
-                    for c in range(0, src.width, block_px):
-                        win = Window(c, r, min(block_px, src.width - c), min(block_px, src.height - r))
-                        values = src.read(1, window=win)
-                        ok = (valid_src.read(1, window=win).astype(bool) if valid_src
-                              else np.ones(values.shape, bool))
-                        dst.write(encode(values, ok), 1, window=win)
+                for win in iter_blocks(src.height, src.width, block_px):
+                    values = src.read(1, window=win)
+                    ok = (valid_src.read(1, window=win).astype(bool) if valid_src
+                          else np.ones(values.shape, bool))
+                    dst.write(encode(values, ok), 1, window=win)
                 dst.set_band_description(1, description)
                 if scale is not None:
                     dst.scales = (scale,)

@@ -40,6 +40,23 @@ def iter_windows(height: int, width: int, size: int = 128, overlap: int = 32) ->
             yield Window(col, row, min(size, width - col), min(size, height - row))
 
 
+def iter_blocks(height: int, width: int, block_px: int) -> list[Window]:
+    """Core windows of ``block_px`` squares tiling the grid row-major (last row/column smaller).
+
+    The block layout every block-wise stage shares; a block's row/column index is
+    ``row_off // block_px`` / ``col_off // block_px``.
+    """
+    if block_px < 1:
+        raise InputError(f"block_px must be >= 1, got {block_px}")
+    return [Window(c, r, min(block_px, width - c), min(block_px, height - r))
+            for r in range(0, height, block_px) for c in range(0, width, block_px)]
+
+
+def windows_intersect(a: Window, b: Window) -> bool:
+    return (a.col_off < b.col_off + b.width and b.col_off < a.col_off + a.width
+            and a.row_off < b.row_off + b.height and b.row_off < a.row_off + a.height)
+
+
 def count_windows(height: int, width: int, size: int = 128, overlap: int = 32) -> int:
     return len(_starts(height, size, overlap)) * len(_starts(width, size, overlap))
 

@@ -408,7 +408,8 @@ def vectorize_raster(mask_path, layers: Mapping[str, tuple[str, int] | None], *,
         block_px: block side in pixels.
     """
     import rasterio
-    from rasterio.windows import Window
+
+    from tasks.tiling import iter_blocks
 
     attrs = _check_static_attrs(static_attrs)
     names = ("prob", "uncertainty", "slope_deg", "elev_m")
@@ -421,35 +422,35 @@ def vectorize_raster(mask_path, layers: Mapping[str, tuple[str, int] | None], *,
         with rasterio.open(mask_path) as src:
             crs = _check_crs(src.crs)
             h, w = src.height, src.width
-            for bi, r in enumerate(range(0, h, block_px)):
-                for bj, c in enumerate(range(0, w, block_px)):
-                    win = Window(c, r, min(block_px, w - c), min(block_px, h - r))
-                    labels, n = label_objects(src.read(1, window=win))
-                    edges[(bi, bj)] = {"top": labels[0].copy(), "bottom": labels[-1].copy(),
-                                       "left": labels[:, 0].copy(), "right": labels[:, -1].copy()}
-                    if n == 0:
-                        continue
-                    t = src.window_transform(win)
-                    for geom, value in shapes(labels, mask=labels > 0, connectivity=CONNECTIVITY,
-                                              transform=t):
-                        polys.setdefault((bi, bj, int(value)), []).append(shape(geom))
-                    flat = np.arange(labels.size, dtype=np.int64).reshape(labels.shape)
-                    first = np.full(n + 1, np.iinfo(np.int64).max)
-                    np.minimum.at(first, labels[labels > 0], flat[labels > 0])
-                    per_layer = {}
-                    for k in names:
-                        arr = None
-                        if sources[k] is not None:
-                            ds, band = sources[k]
-                            arr = ds.read(band, window=win).astype(np.float64)
-                        per_layer[k] = _block_stats(arr, labels, n)
-                    for lab in range(1, n + 1):
-                        fr, fc = divmod(int(first[lab]), labels.shape[1])
-                        key = (bi, bj, lab)
-                        uf.find(key)
-                        stats[key] = {"first": (r + fr, c + fc),
-                                      **{f"{k}_{m}": per_layer[k][m][lab] for k in names
-                                         for m in ("sum", "count", "max")}}
+            for win in iter_blocks(h, w, block_px):
+                r, c = int(win.row_off), int(win.col_off)
+                bi, bj = r // block_px, c // block_px
+                labels, n = label_objects(src.read(1, window=win))
+                edges[(bi, bj)] = {"top": labels[0].copy(), "bottom": labels[-1].copy(),
+                                   "left": labels[:, 0].copy(), "right": labels[:, -1].copy()}
+                if n == 0:
+                    continue
+                t = src.window_transform(win)
+                for geom, value in shapes(labels, mask=labels > 0, connectivity=CONNECTIVITY,
+                                          transform=t):
+                    polys.setdefault((bi, bj, int(value)), []).append(shape(geom))
+                flat = np.arange(labels.size, dtype=np.int64).reshape(labels.shape)
+                first = np.full(n + 1, np.iinfo(np.int64).max)
+                np.minimum.at(first, labels[labels > 0], flat[labels > 0])
+                per_layer = {}
+                for k in names:
+                    arr = None
+                    if sources[k] is not None:
+                        ds, band = sources[k]
+                        arr = ds.read(band, window=win).astype(np.float64)
+                    per_layer[k] = _block_stats(arr, labels, n)
+                for lab in range(1, n + 1):
+                    fr, fc = divmod(int(first[lab]), labels.shape[1])
+                    key = (bi, bj, lab)
+                    uf.find(key)
+                    stats[key] = {"first": (r + fr, c + fc),
+                                  **{f"{k}_{m}": per_layer[k][m][lab] for k in names
+                                     for m in ("sum", "count", "max")}}
     finally:
         for item in sources.values():
             if item is not None:
@@ -502,20 +503,19 @@ def vectorize_raster(mask_path, layers: Mapping[str, tuple[str, int] | None], *,
 def footprint_raster(valid_path, *, attrs: Mapping[str, Any], block_px: int = 2048) -> gpd.GeoDataFrame:
     """Block-wise :func:`valid_to_footprint`: the union of each block's valid-area polygons."""
     import rasterio
-    from rasterio.windows import Window
+
+    from tasks.tiling import iter_blocks
 
     parts: list = []
     with rasterio.open(valid_path) as src:
         crs = _check_crs(src.crs)
         h, w = src.height, src.width
-        for r in range(0, h, block_px):
-            for c in range(0, w, block_px):
-                win = Window(c, r, min(block_px, w - c), min(block_px, h - r))
-                valid = src.read(1, window=win).astype(bool)
-                if valid.any():
-                    parts += [shape(g) for g, _ in shapes(valid.astype(np.uint8), mask=valid,
-                                                          connectivity=CONNECTIVITY,
-                                                          transform=src.window_transform(win))]
+        for win in iter_blocks(h, w, block_px):
+            valid = src.read(1, window=win).astype(bool)
+            if valid.any():
+                parts += [shape(g) for g, _ in shapes(valid.astype(np.uint8), mask=valid,
+                                                      connectivity=CONNECTIVITY,
+                                                      transform=src.window_transform(win))]
     if not parts:
         return valid_to_footprint(np.zeros((1, 1), bool), rasterio.Affine.identity(), crs, attrs=attrs)
     union = shapely.union_all(parts)
