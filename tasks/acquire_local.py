@@ -15,7 +15,7 @@ import rasterio
 from rasterio.errors import RasterioIOError
 from rasterio.warp import transform_bounds
 
-from tasks.bands import SPECTRAL_BAND_NAMES, validate_bands
+from tasks.bands import spectral_request
 from tasks.catalog import Catalog, LocalScene, LocalSource
 from tasks.errors import InputError
 
@@ -127,13 +127,10 @@ def resolve_local_inputs(catalog: Catalog, source_name: str, spectral_bands: tup
     """
     source = catalog.source(source_name)
     if not isinstance(source, LocalSource):
-        raise InputError(f"source {source_name!r} is of kind {source.kind!r}, which this version "
-                         "cannot read yet; use a 'local' source")
+        raise InputError(f"source {source_name!r} is of kind {source.kind!r}, not 'local'; remote "
+                         "sources are fetched by tasks.acquire_remote.fetch_remote_inputs")
     scene = select_scene(source, start, end, source_name)
-    wanted = validate_bands(spectral_bands) if spectral_bands else ()
-    not_spectral = [b for b in wanted if b not in SPECTRAL_BAND_NAMES]
-    if not_spectral:
-        raise InputError(f"bands {not_spectral} are derived from the DEM, not read from a source")
+    wanted = spectral_request(spectral_bands)
     missing = [b for b in wanted if b not in scene.band_names]
     if missing:
         raise InputError(

@@ -42,7 +42,7 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 from tasks.acquire_local import SceneInputs, harmonization_offset
-from tasks.bands import SPECTRAL_BAND_NAMES, validate_bands
+from tasks.bands import SPECTRAL_BAND_NAMES, spectral_request
 from tasks.catalog import SentinelHubSource
 from tasks.errors import InputError, SourceError
 from tasks.grid import AnalysisGrid, make_grid
@@ -375,7 +375,7 @@ def fetch_sentinelhub_inputs(source: SentinelHubSource, source_name: str, spectr
         InputError: missing credentials, an unknown collection, a band the collection lacks, a bad window.
         SourceError: no scene under the cloud limit, rejected credentials, or a request that kept failing.
     """
-    wanted = validate_bands(spectral_bands) if spectral_bands else ()
+    wanted = spectral_request(spectral_bands)
     if source.collection not in COLLECTIONS:
         raise InputError(f"source {source_name!r}: collection {source.collection!r} is not supported; "
                          f"use one of {', '.join(COLLECTIONS)}")

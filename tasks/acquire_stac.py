@@ -45,7 +45,7 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 from tasks.acquire_local import SceneInputs, harmonization_offset, raster_extent_lonlat
-from tasks.bands import SPECTRAL_BAND_NAMES, validate_bands
+from tasks.bands import SPECTRAL_BAND_NAMES, spectral_request
 from tasks.catalog import StacSource
 from tasks.errors import InputError, SourceError
 
@@ -333,10 +333,7 @@ def fetch_stac_inputs(source: StacSource, source_name: str, spectral_bands: tupl
         InputError: a band with no asset mapping in the catalog or no asset on the chosen item.
         SourceError: no scene matches, the API/asset server refuses or keeps failing.
     """
-    wanted = validate_bands(spectral_bands) if spectral_bands else ()
-    not_spectral = [b for b in wanted if b not in SPECTRAL_BAND_NAMES]
-    if not_spectral:
-        raise InputError(f"bands {not_spectral} are derived from the DEM, not read from a source")
+    wanted = spectral_request(spectral_bands)
     unmapped = [b for b in wanted if b not in source.assets]
     if unmapped:
         raise InputError(f"source {source_name!r} maps no asset for band(s) {', '.join(unmapped)}; "

@@ -103,6 +103,19 @@ def validate_bands(names: Iterable[str]) -> tuple[str, ...]:
     return tuple(n for n in BAND_NAMES if n in canon)
 
 
+def spectral_request(names: Iterable[str]) -> tuple[str, ...]:
+    """Validate the bands asked of a data source: contract names, Sentinel-2 bands only.
+
+    Raises:
+        InputError: an unknown band, or SLOPE/DEM (derived from the DEM, never read from a source).
+    """
+    wanted = validate_bands(names) if names else ()
+    derived = [b for b in wanted if b not in SPECTRAL_BAND_NAMES]
+    if derived:
+        raise InputError(f"bands {derived} are derived from the DEM, not read from a source")
+    return wanted
+
+
 def indices_of(names: Sequence[str]) -> list[int]:
     """Stack indices of ``names`` (in the order given)."""
     return [band_index(n) for n in names]
