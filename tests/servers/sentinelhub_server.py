@@ -68,7 +68,7 @@ from rasterio.warp import reproject, transform_bounds
 import http.server
 
 from tests.servers.stac_server import S2_JP2_DIR, SCENES
-from tests.servers.static_files import FaultControl, RequestRecord
+from tests.servers.static_files import BackgroundServer, FaultControl, RequestRecord, serve_until_interrupted
 
 LOGGER = logging.getLogger(__name__)
 
@@ -540,7 +540,7 @@ class _Server(http.server.ThreadingHTTPServer):
             self._tokens.clear()
 
 
-class SentinelHubTestServer:
+class SentinelHubTestServer(BackgroundServer):
     """The Sentinel Hub test server in a background thread on 127.0.0.1.
 
     Attributes after ``start()``: ``base_url`` (for ``SHConfig.sh_base_url`` and a collection's
@@ -552,7 +552,7 @@ class SentinelHubTestServer:
         self.client_id, self.client_secret = client_id, client_secret
         self.faults = faults or FaultControl()
         self._server = _Server(("127.0.0.1", port), client_id, client_secret, self.faults, store or BandStore())
-        self._thread: threading.Thread | None = None
+        self.thread_name = "sentinelhub-test"
 
     @property
     def base_url(self) -> str:
@@ -574,23 +574,6 @@ class SentinelHubTestServer:
         """Invalidate every issued token (the next API call gets 401)."""
         self._server.revoke_tokens()
 
-    def start(self) -> "SentinelHubTestServer":
-        self._thread = threading.Thread(target=self._server.serve_forever, name="sentinelhub-test", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> "SentinelHubTestServer":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Local Sentinel Hub (OAuth, Catalog, Process API) test server")
@@ -602,11 +585,7 @@ def main(argv: list[str] | None = None) -> None:
     with SentinelHubTestServer(args.client_id, args.client_secret, args.port) as server:
         print(f"Sentinel Hub test server: sh_base_url={server.base_url} sh_token_url={server.token_url} "
               f"client_id={args.client_id} (Ctrl-C to stop; clients need OAUTHLIB_INSECURE_TRANSPORT=1)", flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
+        serve_until_interrupted()
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ import rasterio
 from rasterio.warp import transform_bounds, transform_geom
 from rasterio.windows import from_bounds
 
-from tests.servers.static_files import FaultControl, StaticFileServer
+from tests.servers.static_files import FaultControl, StaticFileServer, serve_until_interrupted
 
 LOGGER = logging.getLogger(__name__)
 
@@ -404,11 +404,7 @@ def main(argv: list[str] | None = None) -> None:
     with run_stac_api(work, args.port, args.static_port) as api:
         print(f"STAC API: {api.url}  COGs: {api.static_url}  items: {work / 'items.json'}  (Ctrl-C to stop)",
               flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
+        serve_until_interrupted()
 
 
 if __name__ == "__main__":

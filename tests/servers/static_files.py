@@ -268,7 +268,46 @@ class _Server(http.server.ThreadingHTTPServer):
         return candidate if candidate.is_file() else None
 
 
-class StaticFileServer:
+class BackgroundServer:
+    """Runs an ``http.server`` instance (``self._server``) in a daemon thread on 127.0.0.1.
+
+    Subclasses build ``self._server`` in ``__init__``; this class starts, stops and acts as a
+    context manager.
+    """
+
+    _server: http.server.HTTPServer
+    _thread: threading.Thread | None = None
+    thread_name = "test-server"
+
+    def start(self):
+        self._thread = threading.Thread(target=self._server.serve_forever, name=self.thread_name,
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def serve_until_interrupted() -> None:
+    """Block the main thread (servers run in threads) until Ctrl-C."""
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+
+
+class StaticFileServer(BackgroundServer):
     """Serve ``root`` over HTTP on 127.0.0.1 in a background thread.
 
     Use as a context manager or call ``start()`` / ``stop()``. ``url`` is ``http://127.0.0.1:PORT``;
@@ -281,7 +320,7 @@ class StaticFileServer:
             raise FileNotFoundError(f"{self.root} is not a folder to serve")
         self.faults = faults or FaultControl()
         self._server = _Server(("127.0.0.1", port), self.root, self.faults)
-        self._thread: threading.Thread | None = None
+        self.thread_name = "static-files"
 
     @property
     def port(self) -> int:
@@ -296,22 +335,6 @@ class StaticFileServer:
         rel = Path(path).resolve().relative_to(self.root.resolve()) if Path(path).is_absolute() else Path(path)
         return f"{self.url}/{rel.as_posix()}"
 
-    def start(self) -> "StaticFileServer":
-        self._thread = threading.Thread(target=self._server.serve_forever, name="static-files", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> "StaticFileServer":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def ranged_statuses(records: Iterable[RequestRecord], path: str) -> list[int]:
@@ -327,11 +350,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO)
     with StaticFileServer(args.dir, args.port) as server:
         print(f"serving {args.dir} at {server.url} (Ctrl-C to stop)", flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
+        serve_until_interrupted()
 
 
 if __name__ == "__main__":
