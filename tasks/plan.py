@@ -99,6 +99,14 @@ def plan_scan(request: ScanRequest) -> dict:
         raise InputError(f"--block-px must be >= 128 (one patch), got {request.block_px}")
     if request.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {request.batch_size}")
+    if request.workers < 1:
+        raise InputError(f"--workers must be >= 1, got {request.workers}")
+    if (Path(request.out) / WORK_DIRNAME / "plan.json").exists():
+        # an interrupted run, or the flow re-planning what the CLI just planned: its plan was
+        # validated already, so do not load the detector or fetch inputs again
+        resumed = _resumable_plan(check_output_dir(request.out, request.overwrite), request)
+        if resumed is not None:
+            return resumed
     catalog = load_catalog(request.catalog)
     region = catalog.region(request.region) if request.region else None
     source_name = request.source or (region.source if region else None)
@@ -135,11 +143,6 @@ def plan_scan(request: ScanRequest) -> dict:
     grid = make_grid(roi, res_m=request.res_m)
     out = check_output_dir(request.out, request.overwrite)
     check_free_space(out, bytes_needed(grid.width, grid.height))
-    if request.workers < 1:
-        raise InputError(f"--workers must be >= 1, got {request.workers}")
-    resumed = _resumable_plan(out, request)
-    if resumed is not None:
-        return resumed
     wdir = work_dir(out)
     run_id = request.run_id or new_run_id()
     plan = {
