@@ -41,26 +41,36 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--name", required=True, help="checkpoint name")
     train.add_argument("--out", default="models/checkpoints", help="output folder (models/checkpoints)")
     train.add_argument("--model", default="unet-mobilenet_v2", help="registry model (unet-mobilenet_v2)")
-    train.add_argument("--bands", default="B02,B03,B04,SLOPE,DEM",
-                       help="input channels in contract order (B02,B03,B04,SLOPE,DEM)")
-    train.add_argument("--loss", default="bce+dice",
-                       help="loss spec: terms bce, dice, focal, tversky, focal_tversky, lovasz, "
-                            "lovasz_batch with optional weights, e.g. '0.5*bce+dice' (bce+dice); "
-                            "bce is weighted by the training split's class balance")
-    train.add_argument("--epochs", type=int, default=12)
-    train.add_argument("--steps-per-epoch", type=int, default=50)
-    train.add_argument("--batch-size", type=int, default=8)
-    train.add_argument("--lr", type=float, default=1e-3)
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--dtype", choices=["float16", "float32"], default="float16",
-                       help="weights dtype on disk (metrics are measured with it)")
-    train.add_argument("--patience", type=int, help="early stop after N epochs without a better "
-                       "validation F1 (default: run all epochs)")
+    _add_config_options(train)
     train.add_argument("--run-dir", help="state/metrics/curves/TensorBoard folder "
                        "(default: OUT/NAME.run); an interrupted run there resumes")
     train.add_argument("--no-resume", action="store_true", help="start over even if --run-dir "
                        "holds an interrupted run")
     train.add_argument("--no-progress", action="store_true")
+
+    suite = sub.add_parser(
+        "train-suite", help="train several registry models x seeds and tabulate them (the paper's "
+                            "comparison)",
+        description="Train every --models x --seeds combination on DIR/train (selection on DIR/val) "
+                    "with one training config, as OUT/PREFIX-MODEL-sSEED.{json,safetensors}; "
+                    "finished ones are skipped and an interrupted one resumes, so adding seeds "
+                    "later only trains those. Then writes suite.md / suite.csv / suite.png (mean "
+                    "+- std over seeds, the index rule as the traditional row) into --report-dir.")
+    suite.add_argument("--data-dir", required=True, help="scene-layout folder with train/ and val/ "
+                       "(val_reference/ too, if present, is scored for the report)")
+    suite.add_argument("--models", default="all", help="'all' (the 12 paper models) or a comma list")
+    suite.add_argument("--seeds", default="0", help="comma-separated seeds (0)")
+    suite.add_argument("--prefix", default="suite", help="checkpoint name prefix (suite)")
+    suite.add_argument("--out", default="build/suite", help="checkpoint folder (build/suite)")
+    suite.add_argument("--report-dir", help="report folder (default: OUT)")
+    suite.add_argument("--title", default="Architecture comparison")
+    suite.add_argument("--notes", default="", help="a paragraph for the top of suite.md")
+    suite.add_argument("--no-timing", action="store_true", help="skip the ms-per-patch measurement")
+    suite.add_argument("--report-only", action="store_true",
+                       help="train nothing; tabulate the cards already in --out")
+    suite.add_argument("--no-progress", action="store_true")
+    _add_config_options(suite)
 
     ev = sub.add_parser(
         "evaluate", help="precision/recall/F1/IoU/AUC of a checkpoint on a labelled dataset",
@@ -87,6 +97,83 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                     help="also score the redness index (R-B)/(R+B) thresholded to mark the same "
                          "fraction of labelled pixels as the detector (needs B02 and B04)")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _add_config_options(p: argparse.ArgumentParser) -> None:
+    """Training options shared by `train` and `train-suite`."""
+    p.add_argument("--bands", default="B02,B03,B04,SLOPE,DEM",
+                       help="input channels in contract order (B02,B03,B04,SLOPE,DEM)")
+    p.add_argument("--loss", default="bce+dice",
+                       help="loss spec: terms bce, dice, focal, tversky, focal_tversky, lovasz, "
+                            "lovasz_batch with optional weights, e.g. '0.5*bce+dice' (bce+dice); "
+                            "bce is weighted by the training split's class balance")
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--steps-per-epoch", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--dtype", choices=["float16", "float32"], default="float16",
+                       help="weights dtype on disk (metrics are measured with it)")
+    p.add_argument("--scale-range", metavar="MIN,MAX",
+                   help="zoom augmentation, e.g. 0.8,1.25 (log-uniform; default: off)")
+    p.add_argument("--rotate-deg", type=float, default=0.0,
+                   help="arbitrary-rotation augmentation +- this angle (default: 0, off)")
+    p.add_argument("--noise-std", type=float, default=0.03,
+                   help="Gaussian-noise augmentation, normalized units (0.03)")
+    p.add_argument("--spectral-jitter", type=float, default=0.0,
+                   help="per-band gain 1 +- J on the spectral bands (default: 0, off)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--patience", type=int, help="early stop after N epochs without a better "
+                       "validation F1 (default: run all epochs)")
+
+
+def _config_from_args(args: argparse.Namespace) -> dict:
+    """A TrainConfig dict from the shared options; bad values fail here, before Prefect starts."""
+    from models.augment import AugmentConfig
+    from models.losses import build_loss
+    from tasks.bands import validate_bands
+    from tasks.errors import InputError
+
+    bands = tuple(b.strip() for b in args.bands.split(","))
+    if validate_bands(bands) != tuple(b.upper() for b in bands):
+        raise InputError(f"--bands must be in contract order: {','.join(validate_bands(bands))}")
+    build_loss(args.loss)
+    scale_range = None
+    if args.scale_range:
+        try:
+            scale_range = tuple(float(v) for v in args.scale_range.split(","))
+        except ValueError:
+            scale_range = ()
+        if len(scale_range) != 2:
+            raise InputError(f"--scale-range wants MIN,MAX (e.g. 0.8,1.25), got {args.scale_range!r}")
+    AugmentConfig(scale_range=scale_range, rotate_deg=args.rotate_deg, noise_std=args.noise_std,
+                  spectral_jitter=args.spectral_jitter, spectral_bands=(0,))
+    return {"bands": validate_bands(bands), "epochs": args.epochs,
+            "steps_per_epoch": args.steps_per_epoch, "batch_size": args.batch_size,
+            "lr": args.lr, "save_dtype": args.dtype, "patience": args.patience,
+            "loss": args.loss, "scale_range": scale_range, "rotate_deg": args.rotate_deg,
+            "noise_std": args.noise_std, "spectral_jitter": args.spectral_jitter,
+            "threads": args.threads}
+
+
+def cmd_train_suite(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from flows.train import train_suite_flow
+    from models.suite import parse_models, parse_seeds
+    from tasks.errors import InputError
+
+    data = Path(args.data_dir)
+    for split in ("train", "val"):
+        if not (data / split / "labels.tif").exists():
+            raise InputError(f"{data}/{split}/labels.tif not found; --data-dir needs train/ and val/ "
+                             "in the scene layout (e.g. from `landslide weak-labels`)")
+    models, seeds = parse_models(args.models), parse_seeds(args.seeds)
+    config = _config_from_args(args)
+    result = train_suite_flow(str(data), args.out, args.prefix, models, seeds, config,
+                              args.report_dir or args.out, args.title, args.notes,
+                              not args.no_progress, not args.no_timing, args.report_only)
+    print(Path(result["paths"]["md"]).read_text())
+    return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -126,7 +213,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from flows.train import train_flow
-    from tasks.bands import validate_bands
     from tasks.errors import InputError
 
     data = Path(args.data_dir)
@@ -146,19 +232,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                                  f"val/ in the {args.layout} layout (scene datasets come from "
                                  "`landslide weak-labels`)")
         train_dir, val_dir = str(data / "train"), str(data / "val")
-    bands = tuple(b.strip() for b in args.bands.split(","))
-    if validate_bands(bands) != tuple(b.upper() for b in bands):
-        raise InputError(f"--bands must be in contract order: {','.join(validate_bands(bands))}")
     from models.registry import parse_model_name
 
     parse_model_name(args.model)  # unknown names fail before Prefect starts
-    from models.losses import build_loss
-
-    build_loss(args.loss)
-    config = {"model": args.model, "bands": validate_bands(bands), "epochs": args.epochs,
-              "steps_per_epoch": args.steps_per_epoch, "batch_size": args.batch_size,
-              "lr": args.lr, "seed": args.seed, "save_dtype": args.dtype, "patience": args.patience,
-              "loss": args.loss}
+    config = {**_config_from_args(args), "model": args.model, "seed": args.seed}
     reports = ({"val_reference_predictions": str(data / "val_reference")}
                if (data / "val_reference" / "labels.tif").exists() else None)
     card = train_flow(train_dir, val_dir, args.out, args.name, config,
@@ -237,5 +314,5 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-HANDLERS = {"weak-labels": cmd_weak_labels, "train": cmd_train, "evaluate": cmd_evaluate,
-            "compare": cmd_compare}
+HANDLERS = {"weak-labels": cmd_weak_labels, "train": cmd_train, "train-suite": cmd_train_suite,
+            "evaluate": cmd_evaluate, "compare": cmd_compare}

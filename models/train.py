@@ -1,9 +1,10 @@
-"""A minimal, honest training loop for scene-layout datasets (the sample model).
+"""The training loop for every dataset layout (scene, L4S, chips).
 
-Random 128 x 128 crops of a labelled scene, flips / 90-degree rotations / brightness jitter /
-Gaussian noise / DEM offset jitter, masked BCE + soft Dice (ignore = 255 never counts), validation on
-a separate scene (a strip held out by location) after every epoch, and the checkpoint chosen on the
-validation F1 only. The full training flow (the paper's 12 models, losses, ensembles) builds on this.
+Random 128 x 128 crops of a labelled scene (or of one patch of a patch mosaic), augmented by
+:mod:`models.augment` (flips, 90-degree rotations, optional zoom and rotation, Gaussian noise) plus a
+brightness gain shared by the spectral bands and a DEM offset, a loss from :mod:`models.losses`
+(ignore = 255 never counts), validation on a separate split (a strip held out by location, or the
+official validation list) after every epoch, and the checkpoint chosen on the validation F1 only.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import torch
 from tqdm.auto import tqdm
 
 import models  # noqa: F401  (torchvision shim)
+from models.augment import AugmentConfig, augment
+from models.augment import describe as describe_augment
 from models.checkpoint import InputTransform, ModelCard, save_checkpoint
 from models.datasets import SceneData, file_list_sha256, load_scene_dataset, load_training_data
 from models.losses import build_loss, class_weights, describe_loss
@@ -48,8 +51,11 @@ class TrainConfig:
     patch_size: int = 128
     loss: str = "bce+dice"  # models.losses spec, e.g. "0.5*bce+dice", "focal+lovasz", "tversky"
     pos_weight: float | None = None  # None: negatives / positives of the training labels, capped at 10
-    brightness_jitter: float = 0.1  # multiplicative, spectral bands only
+    brightness_jitter: float = 0.1  # multiplicative, one gain for all spectral bands
     noise_std: float = 0.03  # Gaussian noise in normalized units
+    scale_range: tuple[float, float] | None = None  # zoom (min, max), e.g. (0.8, 1.25); None: off
+    rotate_deg: float = 0.0  # arbitrary rotation +- this angle (corners ignored); 0: off
+    spectral_jitter: float = 0.0  # per-band gain 1 +- j on the spectral bands; 0: off
     dem_jitter_m: float = 50.0  # random elevation offset per crop: the model must not memorize altitude
     min_labelled_fraction: float = 0.3
     threads: int | None = None
@@ -78,6 +84,20 @@ class _InMemoryDetector:
 
     def describe(self) -> dict:
         return {}
+
+
+def augment_config(cfg: TrainConfig, bands: tuple[str, ...],
+                   mean_over_std: np.ndarray) -> AugmentConfig:
+    """The per-patch augmentation a training config asks for (brightness and DEM offset aside)."""
+    spectral = tuple(i for i, b in enumerate(bands) if b in SPECTRAL_BAND_NAMES)
+    return AugmentConfig(
+        flip=True, rot90=True,
+        scale_range=tuple(cfg.scale_range) if cfg.scale_range else None,
+        rotate_deg=cfg.rotate_deg, noise_std=cfg.noise_std,
+        spectral_jitter=cfg.spectral_jitter if spectral else 0.0,
+        spectral_bands=spectral if cfg.spectral_jitter else (),
+        spectral_mean_over_std=(tuple(float(mean_over_std[i]) for i in spectral)
+                                if cfg.spectral_jitter and spectral else ()))
 
 
 def band_stats(data: SceneData, bands: tuple[str, ...]) -> tuple[list[float], list[float]]:
@@ -120,7 +140,7 @@ def _sample_crop(rng: np.random.Generator, labels: np.ndarray, size: int, min_fr
 
 def make_batch(rng: np.random.Generator, image_norm: np.ndarray, labels: np.ndarray,
                cfg: TrainConfig, spectral_idx: list[int], dem_idx: int | None,
-               dem_std: float, mean_over_std: np.ndarray,
+               dem_std: float, mean_over_std: np.ndarray, aug: AugmentConfig,
                pitch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One augmented batch: (B, C, S, S) float32 normalized inputs, (B, S, S) uint8 labels."""
     from tasks.tiling import pad_to
@@ -129,13 +149,10 @@ def make_batch(rng: np.random.Generator, image_norm: np.ndarray, labels: np.ndar
     size = cfg.patch_size
     for _ in range(cfg.batch_size):
         r, c = _sample_crop(rng, labels, size, cfg.min_labelled_fraction, pitch)
-        x = pad_to(image_norm[:, r:r + size, c:c + size], size).copy()
+        x = pad_to(image_norm[:, r:r + size, c:c + size], size)
         y = labels[r:r + size, c:c + size]
         y = np.pad(y, [(0, size - y.shape[0]), (0, size - y.shape[1])], constant_values=IGNORE)
-        k = int(rng.integers(0, 4))
-        x, y = np.rot90(x, k, axes=(1, 2)), np.rot90(y, k)
-        if rng.random() < 0.5:
-            x, y = x[:, :, ::-1], y[:, ::-1]
+        x, y = augment(x, y, rng, aug)
         if spectral_idx and cfg.brightness_jitter:
             gain = 1.0 + rng.uniform(-cfg.brightness_jitter, cfg.brightness_jitter)
             # v' = gain * v in physical units is gain * x + (gain - 1) * mean / std once normalized
@@ -143,9 +160,8 @@ def make_batch(rng: np.random.Generator, image_norm: np.ndarray, labels: np.ndar
                                + (gain - 1.0) * mean_over_std[spectral_idx, None, None])
         if dem_idx is not None and cfg.dem_jitter_m:
             x[dem_idx] += rng.uniform(-cfg.dem_jitter_m, cfg.dem_jitter_m) / dem_std
-        x = x + rng.normal(0.0, cfg.noise_std, size=x.shape).astype(np.float32)
-        xs.append(np.ascontiguousarray(x, dtype=np.float32))
-        ys.append(np.ascontiguousarray(y))
+        xs.append(x.astype(np.float32, copy=False))
+        ys.append(y)
     return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
 
 
@@ -213,6 +229,7 @@ def train_scene_model(train_dir: str | Path, val_dir: str | Path, out_dir: str |
     dem_idx = bands.index("DEM") if "DEM" in bands else None
     dem_std = stds[dem_idx] if dem_idx is not None else 1.0
     mean_over_std = np.asarray(means, np.float32) / np.asarray(stds, np.float32)
+    aug = augment_config(cfg, bands, mean_over_std)
 
     model = build_model(spec.arch, spec.encoder, in_channels=len(bands))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -250,7 +267,7 @@ def train_scene_model(train_dir: str | Path, val_dir: str | Path, out_dir: str |
                    disable=not progress, leave=False, mininterval=2.0)
         for _ in bar:
             x, y = make_batch(rng, image_norm, train.labels, cfg, spectral_idx, dem_idx, dem_std,
-                              mean_over_std, train.pitch)
+                              mean_over_std, aug, train.pitch)
             loss = loss_fn(model(x)[:, 0], y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -308,9 +325,9 @@ def train_scene_model(train_dir: str | Path, val_dir: str | Path, out_dir: str |
         metrics=metrics,
         training={**{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
                   "loss": describe_loss(cfg.loss, pos_weight),
-                  "augmentation": "random crops, rot90, flips, brightness x(1+-"
-                                  f"{cfg.brightness_jitter}), Gaussian noise {cfg.noise_std}, "
-                                  f"DEM offset +-{cfg.dem_jitter_m} m",
+                  "augmentation": f"random {cfg.patch_size} px crops; {describe_augment(aug)}; "
+                                  f"brightness x(1+-{cfg.brightness_jitter}) shared by the "
+                                  f"spectral bands; DEM offset +-{cfg.dem_jitter_m} m",
                   "selected_epoch": best_epoch, "selection": "best validation F1 at the threshold",
                   "run_dir": str(run_dir),
                   "history": history, "wall_s": round(time.perf_counter() - t_start, 1),

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from models.augment import AugmentConfig, augment, describe
+from models.metrics import IGNORE
 from tasks.errors import InputError
 
 GEOMETRIC_ONLY = AugmentConfig(flip=True, rot90=True, scale_range=None)
@@ -161,3 +162,26 @@ def test_describe():
                                   spectral_bands=(0, 1, 2)))
     for part in ("flips", "rot90", "x0.8-1.25", "+-15 deg", "noise std 0.03", "[0, 1, 2]", "255"):
         assert part in text, part
+
+
+def test_trainer_batches_use_the_augmentation_config():
+    """make_batch goes through models.augment: a zoom-out pads labels with IGNORE, never with 0."""
+    from models.train import TrainConfig, augment_config, make_batch
+
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(3, 200, 200)).astype(np.float32)
+    labels = (rng.random((200, 200)) < 0.2).astype(np.uint8)
+    mos = np.zeros(3, np.float32)
+    plain = TrainConfig(bands=("B02", "B03", "B04"), batch_size=6, noise_std=0.0,
+                        brightness_jitter=0.0)
+    zoom = TrainConfig(bands=("B02", "B03", "B04"), batch_size=6, noise_std=0.0,
+                       brightness_jitter=0.0, scale_range=(0.5, 0.6))
+    for cfg, expect_ignored in ((plain, False), (zoom, True)):
+        aug = augment_config(cfg, cfg.bands, mos)
+        x, y = make_batch(np.random.default_rng(1), image, labels, cfg, [0, 1, 2], None, 1.0, mos, aug)
+        assert x.shape == (6, 3, 128, 128) and y.shape == (6, 128, 128)
+        assert bool((y.numpy() == IGNORE).any()) is expect_ignored
+    assert "zoom x0.5-0.6" in describe(augment_config(zoom, zoom.bands, mos))
+    # spectral jitter only ever reaches the spectral channels
+    jit = TrainConfig(bands=("B04", "SLOPE", "DEM"), spectral_jitter=0.2)
+    assert augment_config(jit, jit.bands, np.zeros(3, np.float32)).spectral_bands == (0,)

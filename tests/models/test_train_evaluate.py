@@ -128,3 +128,46 @@ def test_compare_table(weak_dataset, tmp_path, prefect_harness, capsys):
     assert float(rows[1]["f1"]) == pytest.approx(direct["f1"])
     assert (report / "compare.png").stat().st_size > 1000
     assert "| detector |" in (report / "compare.md").read_text()
+
+
+def test_train_suite_trains_skips_and_tabulates(weak_dataset, tmp_path, capsys):
+    """`landslide train-suite`: two models, then one more seed of one of them; the report holds
+    each model once (mean over its seeds), the card figures, and the index rule row."""
+    import csv
+
+    out, _ = weak_dataset
+    ckpt = tmp_path / "suite"
+    common = ["train-suite", "--data-dir", str(out), "--out", str(ckpt), "--prefix", "t",
+              "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "2", "--threads", "2",
+              "--no-timing", "--no-progress"]
+    assert main(common + ["--models", "unet-mobilenet_v2,deeplabv3plus-resnet34", "--seeds", "0"]) == 0
+    first = (ckpt / "t-unet-mobilenet_v2-s0.safetensors").stat().st_mtime_ns
+    assert main(common + ["--models", "unet-mobilenet_v2", "--seeds", "0,1"]) == 0
+    # seed 0 was not trained again
+    assert (ckpt / "t-unet-mobilenet_v2-s0.safetensors").stat().st_mtime_ns == first
+    assert (ckpt / "t-unet-mobilenet_v2-s1.json").exists()
+    rows = {r["model"]: r for r in csv.DictReader(open(ckpt / "suite.csv"))}
+    assert set(rows) == {"unet-mobilenet_v2", "deeplabv3plus-resnet34", "index rule (traditional)"}
+    assert rows["unet-mobilenet_v2"]["seeds"] == "2" and rows["deeplabv3plus-resnet34"]["seeds"] == "1"
+    cards = [load_checkpoint(ckpt / f"t-unet-mobilenet_v2-s{s}.json")[1] for s in (0, 1)]
+    f1s = [c.metrics["val_weak_labels"]["f1"] for c in cards]
+    assert float(rows["unet-mobilenet_v2"]["val_weak_labels_f1"]) == pytest.approx(np.mean(f1s), abs=1e-4)
+    assert float(rows["unet-mobilenet_v2"]["val_weak_labels_f1_std"]) == pytest.approx(
+        np.std(f1s, ddof=1), abs=1e-4)
+    # the rule scores on the weak labels are exactly the `evaluate --checkpoint index` ones
+    rule = evaluate_checkpoint(str(out / "val_reference"), "index", device="cpu")
+    assert float(rows["index rule (traditional)"]["val_reference_predictions_iou"]) == pytest.approx(
+        rule["iou"], abs=1e-4)
+    md = (ckpt / "suite.md").read_text()
+    assert "| unet-mobilenet_v2 | 2 |" in md and "±" in md
+    assert (ckpt / "suite.png").stat().st_size > 1000
+
+
+def test_train_suite_refuses_unknown_models_and_bad_seeds(weak_dataset, tmp_path, capsys):
+    out, _ = weak_dataset
+    base = ["train-suite", "--data-dir", str(out), "--out", str(tmp_path / "s")]
+    assert main(base + ["--models", "unet-nonesuch"]) != 0
+    assert "nonesuch" in capsys.readouterr().err
+    assert main(base + ["--seeds", "0,0"]) != 0
+    assert "distinct" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
