@@ -37,7 +37,8 @@ real service sends it and as sentinelhub-py's ``RateLimit`` reads it; ``set("500
 
 Run by hand::
 
-    python -m tests.servers.sentinelhub_server --port 8083 --client-id test-id --client-secret test-secret
+    landslide dev-server sentinelhub --port 8083
+    python -m devservers.sentinelhub_server --port 8083 --client-id test-id --client-secret test-secret
 """
 
 from __future__ import annotations
@@ -67,8 +68,8 @@ from rasterio.warp import reproject, transform_bounds
 
 import http.server
 
-from tests.servers.stac_server import S2_JP2_DIR, SCENES
-from tests.servers.static_files import BackgroundServer, FaultControl, RequestRecord, serve_until_interrupted
+from devservers.stac_server import S2_JP2_DIR, SCENES
+from devservers.static_files import BackgroundServer, FaultControl, RequestRecord, serve_until_interrupted
 
 LOGGER = logging.getLogger(__name__)
 

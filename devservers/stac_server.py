@@ -1,6 +1,6 @@
 """A local STAC API (``rustac serve``) over COGs cut from the real T18SVG bands and GLO-30 tile.
 
-What it builds (in a work folder, served by :class:`~tests.servers.static_files.StaticFileServer`):
+What it builds (in a work folder, served by :class:`~devservers.static_files.StaticFileServer`):
 
 - ``sentinel-2-l1c`` items shaped like Earth Search v1's: asset keys ``coastal, blue, green, red,
   rededge1-3, nir, nir08, nir09, cirrus, swir16, swir22`` (B01..B12 incl. B8A and B10), each asset a
@@ -22,7 +22,8 @@ paging; no ``query``/CQL2, so filter ``eo:cloud_cover`` on the client side).
 
 Run by hand (Ctrl-C stops both servers)::
 
-    python -m tests.servers.stac_server --port 8081 --static-port 8082 --dir /tmp/stac-test
+    landslide dev-server stac --port 8081 --static-port 8082 --dir /tmp/stac-test
+    python -m devservers.stac_server --port 8081 --static-port 8082 --dir /tmp/stac-test   # servers only
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import shutil
 import sys
 import socket
@@ -45,11 +47,13 @@ import rasterio
 from rasterio.warp import transform_bounds, transform_geom
 from rasterio.windows import from_bounds
 
-from tests.servers.static_files import FaultControl, StaticFileServer, serve_until_interrupted
+from devservers.static_files import FaultControl, StaticFileServer, serve_until_interrupted
 
 LOGGER = logging.getLogger(__name__)
 
-SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+SHARED_DATA_ENV = "LANDSLIDE_SHARED_DATA"
+# ../shared/data beside the repository (DESIGN.md section 8); $LANDSLIDE_SHARED_DATA points elsewhere
+SHARED_DATA = Path(os.environ.get(SHARED_DATA_ENV) or Path(__file__).resolve().parents[2] / "shared" / "data")
 S2_JP2_DIR = SHARED_DATA / "s2_l1c_t18svg_20160112" / "jp2"
 GLO30_TIF = SHARED_DATA / "cop_dem_glo30_n00e006" / "Copernicus_DSM_COG_10_N00_00_E006_00_DEM.tif"
 

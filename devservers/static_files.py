@@ -10,7 +10,7 @@ assert what the client really did (e.g. only ranged reads, one 429 served).
 
 Run by hand::
 
-    python -m tests.servers.static_files --dir /some/folder --port 8082
+    python -m devservers.static_files --dir /some/folder --port 8082
 """
 
 from __future__ import annotations
@@ -298,11 +298,12 @@ class BackgroundServer:
         self.stop()
 
 
-def serve_until_interrupted() -> None:
-    """Block the main thread (servers run in threads) until Ctrl-C."""
+def serve_until_interrupted(stop: threading.Event | None = None) -> None:
+    """Block the calling thread (servers run in threads) until Ctrl-C or until ``stop`` is set."""
+    stop = stop or threading.Event()
     try:
-        while True:
-            time.sleep(3600)
+        while not stop.wait(0.5):  # short waits: Ctrl-C is only seen between them
+            pass
     except KeyboardInterrupt:
         pass
 

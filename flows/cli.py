@@ -5,6 +5,7 @@
     landslide models
     landslide train ...      (see `landslide train --help`)
     landslide evaluate ...   (see `landslide evaluate --help`)
+    landslide dev-server stac|sentinelhub   (local test servers; see `landslide dev-server --help`)
 
 User mistakes print one line ``error: ...`` on stderr and exit with status 2; no traceback.
 """
@@ -114,9 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
                                           "models/checkpoints.")
     models_p.add_argument("--json", action="store_true")
 
-    from flows import train_cli
+    from flows import dev_server_cli, train_cli
 
     train_cli.add_subcommands(sub)
+    dev_server_cli.add_subcommands(sub)
     return parser
 
 
@@ -229,9 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     from tasks.errors import LandslideError
 
     handlers = {"scan": cmd_scan, "regions": cmd_regions, "models": cmd_models}
-    from flows import train_cli
+    from flows import dev_server_cli, train_cli
 
     handlers.update(train_cli.HANDLERS)
+    handlers.update(dev_server_cli.HANDLERS)
     try:
         return handlers[args.command](args)
     except LandslideError as exc:

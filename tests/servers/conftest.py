@@ -1,6 +1,6 @@
 """Fixtures that start the local STAC and Sentinel Hub test servers (127.0.0.1 only).
 
-- ``stac_api`` -> :class:`tests.servers.stac_server.StacApi`: ``url`` (STAC API root for
+- ``stac_api`` -> :class:`devservers.stac_server.StacApi`: ``url`` (STAC API root for
   pystac-client), ``static_url`` (COG file server), ``faults`` (fault script + request log of the COG
   server), ``items`` (served item dicts), ``cog_paths[item_id][asset_key]`` (local copy of each served
   COG), ``scenes``. The servers live for the session; faults and the log are reset around each test.
@@ -19,9 +19,9 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.servers.sentinelhub_server import SentinelHubTestServer
-from tests.servers.stac_server import StacApi, run_stac_api
-from tests.servers.static_files import FaultControl
+from devservers.sentinelhub_server import SentinelHubTestServer
+from devservers.stac_server import StacApi, run_stac_api
+from devservers.static_files import FaultControl
 
 
 @pytest.fixture(scope="session")

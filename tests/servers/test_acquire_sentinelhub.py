@@ -1,6 +1,6 @@
 """The ``sentinelhub`` source (tasks/acquire_sentinelhub.py) against the local Sentinel Hub server.
 
-The unmodified sentinelhub client talks to ``tests/servers/sentinelhub_server.py`` over HTTP: OAuth,
+The unmodified sentinelhub client talks to ``devservers/sentinelhub_server.py`` over HTTP: OAuth,
 Catalog search, Process API (real T18SVG pixels), scripted faults.
 """
 
@@ -22,7 +22,7 @@ from tasks.bands import SPECTRAL_BAND_NAMES
 from tasks.catalog import SentinelHubSource
 from tasks.errors import InputError, SourceError
 from tasks.grid import make_grid
-from tests.servers.stac_server import S2_JP2_DIR
+from devservers.stac_server import S2_JP2_DIR
 
 pytest.importorskip("sentinelhub")
 

@@ -17,7 +17,7 @@ from tasks.acquire_stac import (Candidate, choose_item, datetime_range, fetch_de
                                 http_status)
 from tasks.catalog import StacSource
 from tasks.errors import InputError, SourceError
-from tests.servers.stac_server import BASELINE_OFFSET_DN, DEM_CROP_BOUNDS, DEM_ITEM_ID, GLO30_TIF
+from devservers.stac_server import BASELINE_OFFSET_DN, DEM_CROP_BOUNDS, DEM_ITEM_ID, GLO30_TIF
 
 pytest.importorskip("pystac_client")
 

@@ -7,7 +7,7 @@ import pytest
 import rasterio
 from rasterio.windows import from_bounds
 
-from tests.servers.stac_server import S2_CROP_BOUNDS, S2_JP2_DIR
+from devservers.stac_server import S2_CROP_BOUNDS, S2_JP2_DIR
 
 sentinelhub = pytest.importorskip("sentinelhub")
 from sentinelhub import (  # noqa: E402

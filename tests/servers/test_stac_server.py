@@ -10,7 +10,7 @@ import rasterio
 import requests
 from rasterio.windows import Window
 
-from tests.servers.stac_server import BASELINE_OFFSET_DN, DEM_ITEM_ID, GLO30_TIF, S2_ASSETS
+from devservers.stac_server import BASELINE_OFFSET_DN, DEM_ITEM_ID, GLO30_TIF, S2_ASSETS
 
 pystac_client = pytest.importorskip("pystac_client")
 
