@@ -121,6 +121,9 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
                    help="Gaussian-noise augmentation, normalized units (0.03)")
     p.add_argument("--spectral-jitter", type=float, default=0.0,
                    help="per-band gain 1 +- J on the spectral bands (default: 0, off)")
+    p.add_argument("--pca", type=int, metavar="K", help="replace the spectral bands by their first K "
+                   "principal components (whitened, fitted on the training split only, stored in "
+                   "the card; default: off)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--patience", type=int, help="early stop after N epochs without a better "
                        "validation F1 (default: run all epochs)")
@@ -147,12 +150,22 @@ def _config_from_args(args: argparse.Namespace) -> dict:
             raise InputError(f"--scale-range wants MIN,MAX (e.g. 0.8,1.25), got {args.scale_range!r}")
     AugmentConfig(scale_range=scale_range, rotate_deg=args.rotate_deg, noise_std=args.noise_std,
                   spectral_jitter=args.spectral_jitter, spectral_bands=(0,))
+    if args.pca is not None:
+        from tasks.bands import SPECTRAL_BAND_NAMES
+
+        n_spectral = sum(b in SPECTRAL_BAND_NAMES for b in validate_bands(bands))
+        if not 1 <= args.pca <= n_spectral or n_spectral < 2:
+            raise InputError(f"--pca {args.pca}: the bands hold {n_spectral} spectral band(s); "
+                             f"choose 1..{n_spectral} components (PCA needs at least 2)")
+        if args.spectral_jitter:
+            raise InputError("--spectral-jitter does not apply with --pca (the spectral bands "
+                             "become principal components)")
     return {"bands": validate_bands(bands), "epochs": args.epochs,
             "steps_per_epoch": args.steps_per_epoch, "batch_size": args.batch_size,
             "lr": args.lr, "save_dtype": args.dtype, "patience": args.patience,
             "loss": args.loss, "scale_range": scale_range, "rotate_deg": args.rotate_deg,
             "noise_std": args.noise_std, "spectral_jitter": args.spectral_jitter,
-            "threads": args.threads}
+            "threads": args.threads, "pca_components": args.pca}
 
 
 def cmd_train_suite(args: argparse.Namespace) -> int:

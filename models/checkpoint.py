@@ -82,19 +82,45 @@ class _Strict(BaseModel):
             raise InputError(f"invalid {type(self).__name__}: {_summarize_validation(exc)}") from exc
 
 
+class PCAProjection(_Strict):
+    """Principal components of some standardized channels, fitted on the training split only.
+
+    ``bands`` are indices into the card's band list (the spectral bands); ``components`` is a
+    k x len(bands) matrix applied to those standardized channels (each row already divided by the
+    square root of its eigenvalue, so the k outputs have unit variance on the training pixels).
+    """
+
+    bands: list[int] = Field(min_length=2)
+    components: list[list[FiniteFloat]] = Field(min_length=1)
+    explained_variance_ratio: list[FiniteFloat] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check(self) -> "PCAProjection":
+        if len(set(self.bands)) != len(self.bands) or min(self.bands) < 0:
+            raise InputError(f"pca.bands must be distinct band indices >= 0, got {self.bands}")
+        if any(len(row) != len(self.bands) for row in self.components):
+            raise InputError(f"pca.components rows need {len(self.bands)} values (one per pca band)")
+        if len(self.components) > len(self.bands):
+            raise InputError(f"pca keeps {len(self.components)} components of {len(self.bands)} bands")
+        return self
+
+
 class InputTransform(_Strict):
     """Per-channel map from physical units to the network input.
 
     ``input = ((physical * scale + offset) - mean) / std``, one value per band of the card, in the
     card's band order. ``scale``/``offset`` bring physical units into the units the statistics were
     computed in (e.g. ``scale = 1 / L4S_SCALE`` for statistics of Landslide4Sense h5 values);
-    ``mean``/``std`` standardize.
+    ``mean``/``std`` standardize. With ``pca``, the standardized channels listed in ``pca.bands``
+    are replaced by their principal components: the network sees the k components first, then the
+    other bands in card order (:attr:`n_outputs` channels).
     """
 
     scale: list[FiniteFloat]
     offset: list[FiniteFloat]
     mean: list[FiniteFloat]
     std: list[FiniteFloat]
+    pca: PCAProjection | None = None
 
     @model_validator(mode="after")
     def _check(self) -> "InputTransform":
@@ -106,12 +132,32 @@ class InputTransform(_Strict):
             raise InputError(f"std values must be > 0, got {self.std}")
         if any(s == 0 for s in self.scale):
             raise InputError(f"scale values must be non-zero, got {self.scale}")
+        if self.pca is not None and max(self.pca.bands) >= len(self.scale):
+            raise InputError(f"pca.bands {self.pca.bands} name bands beyond the {len(self.scale)} "
+                             "of the transform")
         return self
 
     @property
     def n_bands(self) -> int:
         """Number of channels the transform applies to."""
         return len(self.scale)
+
+    @property
+    def n_outputs(self) -> int:
+        """Number of network input channels it produces (fewer than bands with ``pca``)."""
+        if self.pca is None:
+            return self.n_bands
+        return self.n_bands - len(self.pca.bands) + len(self.pca.components)
+
+    def output_index(self, band_index: int) -> int | None:
+        """Where band ``band_index`` (of the card's list) lands in the network input; None if it
+        is folded into the principal components."""
+        if self.pca is None:
+            return band_index
+        if band_index in self.pca.bands:
+            return None
+        kept = [i for i in range(self.n_bands) if i not in self.pca.bands]
+        return len(self.pca.components) + kept.index(band_index)
 
     @classmethod
     def from_stats(cls, means: Sequence[float], stds: Sequence[float]) -> "InputTransform":
@@ -172,7 +218,14 @@ class InputTransform(_Strict):
         out = x * col(self.scale) + col(self.offset)
         out -= col(self.mean)
         out /= col(self.std)
-        return out.astype(np.float32, copy=False)
+        out = out.astype(np.float32, copy=False)
+        if self.pca is None:
+            return out
+        comps = np.asarray(self.pca.components, dtype=np.float32)  # (k, n_pca)
+        pca_idx = list(self.pca.bands)
+        kept = [i for i in range(self.n_bands) if i not in pca_idx]
+        projected = np.einsum("kc,...chw->...khw", comps, out[..., pca_idx, :, :])
+        return np.concatenate([projected, out[..., kept, :, :]], axis=-3).astype(np.float32)
 
 
 class TrainedOn(_Strict):
@@ -277,8 +330,8 @@ class ModelCard(_Strict):
 
     @property
     def in_channels(self) -> int:
-        """Number of input channels of the network (one per band)."""
-        return len(self.bands)
+        """Number of input channels of the network (one per band, fewer with PCA)."""
+        return self.input_transform.n_outputs
 
     @property
     def model_ref(self) -> str:

@@ -56,6 +56,7 @@ class TrainConfig:
     scale_range: tuple[float, float] | None = None  # zoom (min, max), e.g. (0.8, 1.25); None: off
     rotate_deg: float = 0.0  # arbitrary rotation +- this angle (corners ignored); 0: off
     spectral_jitter: float = 0.0  # per-band gain 1 +- j on the spectral bands; 0: off
+    pca_components: int | None = None  # replace the spectral bands by this many principal components
     dem_jitter_m: float = 50.0  # random elevation offset per crop: the model must not memorize altitude
     min_labelled_fraction: float = 0.3
     threads: int | None = None
@@ -88,8 +89,12 @@ class _InMemoryDetector:
 
 def augment_config(cfg: TrainConfig, bands: tuple[str, ...],
                    mean_over_std: np.ndarray) -> AugmentConfig:
-    """The per-patch augmentation a training config asks for (brightness and DEM offset aside)."""
+    """The per-patch augmentation a training config asks for (brightness and DEM offset aside).
+
+    With PCA the spectral bands are gone from the network input, so no per-band gain applies."""
     spectral = tuple(i for i, b in enumerate(bands) if b in SPECTRAL_BAND_NAMES)
+    if cfg.pca_components:
+        spectral = ()
     return AugmentConfig(
         flip=True, rot90=True,
         scale_range=tuple(cfg.scale_range) if cfg.scale_range else None,
@@ -98,6 +103,38 @@ def augment_config(cfg: TrainConfig, bands: tuple[str, ...],
         spectral_bands=spectral if cfg.spectral_jitter else (),
         spectral_mean_over_std=(tuple(float(mean_over_std[i]) for i in spectral)
                                 if cfg.spectral_jitter and spectral else ()))
+
+
+def fit_pca(transform: InputTransform, data: SceneData, bands: tuple[str, ...],
+            n_components: int, max_pixels: int = 2_000_000, seed: int = 0) -> InputTransform:
+    """``transform`` plus a whitened PCA of its standardized spectral bands, fitted on the labelled,
+    finite pixels of ``data`` (the training split only)."""
+    from models.checkpoint import PCAProjection
+
+    spectral = [i for i, b in enumerate(bands) if b in SPECTRAL_BAND_NAMES]
+    if len(spectral) < 2:
+        raise InputError(f"PCA needs at least 2 spectral bands, got {[bands[i] for i in spectral]}")
+    if not 1 <= n_components <= len(spectral):
+        raise InputError(f"--pca {n_components}: choose 1..{len(spectral)} components for the "
+                         f"{len(spectral)} spectral bands")
+    idx = [BAND_NAMES.index(bands[i]) for i in spectral]
+    values = transform.apply(data.image[[BAND_NAMES.index(b) for b in bands]])[spectral]
+    values = values.reshape(len(spectral), -1)
+    labelled = (data.labels != IGNORE).reshape(-1) if data.labels is not None else True
+    keep = labelled & np.isfinite(values).all(axis=0) & np.isfinite(data.image[idx]).all(axis=0).reshape(-1)
+    samples = values[:, keep].T.astype(np.float64)
+    if samples.shape[0] > max_pixels:
+        samples = samples[np.random.default_rng(seed).choice(samples.shape[0], max_pixels, replace=False)]
+    if samples.shape[0] < 10 * len(spectral):
+        raise InputError(f"too few labelled pixels ({samples.shape[0]}) to fit a PCA")
+    samples -= samples.mean(axis=0)
+    eigval, eigvec = np.linalg.eigh(np.cov(samples, rowvar=False))
+    order = np.argsort(eigval)[::-1][:n_components]
+    eigval, eigvec = np.maximum(eigval[order], 1e-12), eigvec[:, order]
+    components = (eigvec / np.sqrt(eigval)).T  # whitened: unit variance on the training pixels
+    pca = PCAProjection(bands=spectral, components=components.tolist(),
+                        explained_variance_ratio=(eigval / np.cov(samples, rowvar=False).trace()).tolist())
+    return transform.model_copy(update={"pca": pca})
 
 
 def band_stats(data: SceneData, bands: tuple[str, ...]) -> tuple[list[float], list[float]]:
@@ -216,6 +253,8 @@ def train_scene_model(train_dir: str | Path, val_dir: str | Path, out_dir: str |
     idx = [BAND_NAMES.index(b) for b in bands]
     means, stds = band_stats(train, bands)
     transform = InputTransform.from_stats(means, stds)
+    if cfg.pca_components:
+        transform = fit_pca(transform, train, bands, cfg.pca_components, seed=cfg.seed)
     image_norm = transform.apply_filled(train.image[idx])
     n_pos = int(np.sum(train.labels == 1))
     n_neg = int(np.sum(train.labels == 0))
@@ -225,13 +264,15 @@ def train_scene_model(train_dir: str | Path, val_dir: str | Path, out_dir: str |
     pos_weight = (cfg.pos_weight if cfg.pos_weight is not None
                   else class_weights(train.labels)["pos_weight"])
     loss_fn = build_loss(cfg.loss, pos_weight=pos_weight)
-    spectral_idx = [i for i, b in enumerate(bands) if b in SPECTRAL_BAND_NAMES]
-    dem_idx = bands.index("DEM") if "DEM" in bands else None
-    dem_std = stds[dem_idx] if dem_idx is not None else 1.0
+    # channel positions in the network input (PCA folds the spectral bands into components)
+    spectral_idx = [transform.output_index(i) for i, b in enumerate(bands) if b in SPECTRAL_BAND_NAMES]
+    spectral_idx = [i for i in spectral_idx if i is not None]
+    dem_idx = transform.output_index(bands.index("DEM")) if "DEM" in bands else None
+    dem_std = stds[bands.index("DEM")] if dem_idx is not None else 1.0
     mean_over_std = np.asarray(means, np.float32) / np.asarray(stds, np.float32)
     aug = augment_config(cfg, bands, mean_over_std)
 
-    model = build_model(spec.arch, spec.encoder, in_channels=len(bands))
+    model = build_model(spec.arch, spec.encoder, in_channels=transform.n_outputs)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr,
                                                 total_steps=cfg.epochs * cfg.steps_per_epoch)

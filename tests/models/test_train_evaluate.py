@@ -171,3 +171,41 @@ def test_train_suite_refuses_unknown_models_and_bad_seeds(weak_dataset, tmp_path
     assert main(base + ["--seeds", "0,0"]) != 0
     assert "distinct" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+def test_train_with_pca_stores_the_projection_and_predicts(weak_dataset, tmp_path):
+    """--pca 2 on B02,B03,B04: the card carries a whitened projection fitted on the training split,
+    the network takes 2 + 2 channels, and the detector still takes the five physical bands."""
+    from tasks.inference import load_detector
+
+    out, _ = weak_dataset
+    cfg = TrainConfig(epochs=1, steps_per_epoch=1, batch_size=2, threads=2, pca_components=2)
+    card_path = train_scene_model(out / "train", out / "val", tmp_path, "pca", cfg, progress=False)
+    model, card = load_checkpoint(card_path)
+    pca = card.input_transform.pca
+    assert pca is not None and pca.bands == [0, 1, 2] and len(pca.components) == 2
+    assert card.in_channels == 4
+    first_conv = next(m for m in model.modules() if isinstance(m, __import__("torch").nn.Conv2d))
+    assert first_conv.in_channels == 4
+    assert 0.5 < sum(pca.explained_variance_ratio) <= 1.0 + 1e-6
+    # whitened: the components have unit variance on the training pixels they were fitted on
+    with rasterio.open(out / "train" / "image.tif") as src, rasterio.open(out / "train" / "labels.tif") as lab:
+        image = src.read([2, 3, 4, 13, 14]).astype(np.float32)
+        labelled = lab.read(1) != IGNORE
+    z = card.input_transform.apply(image)
+    assert z.shape[0] == 4
+    ok = labelled & np.isfinite(z).all(axis=0)
+    assert np.allclose(z[:2][:, ok].std(axis=1), 1.0, atol=0.05)
+    det = load_detector(str(card_path), "cpu")
+    prob = det.predict(image[None, :, :128, :128], np.ones((1, 128, 128), bool))
+    assert prob.shape == (1, 128, 128) and np.isfinite(prob).all()
+
+
+def test_pca_is_refused_where_it_cannot_apply(weak_dataset, tmp_path, capsys):
+    out, _ = weak_dataset
+    base = ["train", "--data-dir", str(out), "--name", "x", "--out", str(tmp_path / "o")]
+    assert main(base + ["--pca", "4"]) != 0
+    assert "3 spectral band(s)" in capsys.readouterr().err
+    assert main(base + ["--pca", "2", "--spectral-jitter", "0.1"]) != 0
+    assert "--spectral-jitter" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
