@@ -72,6 +72,23 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     suite.add_argument("--no-progress", action="store_true")
     _add_config_options(suite)
 
+    ens = sub.add_parser(
+        "ensemble", help="write an ensemble card over member checkpoints (mean, majority, weighted)",
+        description="Write OUT/NAME.json listing the member cards and the rule; with --score-dir the "
+                    "ensemble is scored there and the figures go into the card. A scan with "
+                    "--checkpoint NAME writes the members' disagreement as uncertainty.tif.")
+    ens.add_argument("--members", nargs="+", required=True, metavar="NAME|PATH")
+    ens.add_argument("--name", required=True)
+    ens.add_argument("--out", default="models/checkpoints")
+    ens.add_argument("--rule", choices=["mean", "weighted", "majority"], default="mean")
+    ens.add_argument("--weights-from", metavar="KEY", help="rule weighted: the member-card metrics "
+                     "key whose F1 is the weight (e.g. val_weak_labels)")
+    ens.add_argument("--threshold", type=float, default=0.5)
+    ens.add_argument("--score-dir", action="append", default=[], metavar="KEY=DIR",
+                     help="score the ensemble on a labelled scene-layout folder, stored as "
+                          "metrics[KEY] (repeatable)")
+    ens.add_argument("--description", default="")
+
     ev = sub.add_parser(
         "evaluate", help="precision/recall/F1/IoU/AUC of a checkpoint on a labelled dataset",
         description="Predict a scene-layout dataset (DIR/image.tif) the way a scan does (tiled, "
@@ -186,6 +203,24 @@ def cmd_train_suite(args: argparse.Namespace) -> int:
                               args.report_dir or args.out, args.title, args.notes,
                               not args.no_progress, not args.no_timing, args.report_only)
     print(Path(result["paths"]["md"]).read_text())
+    return 0
+
+
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from models.datasets import load_scene_dataset
+    from models.ensemble import build_ensemble
+    from tasks.errors import InputError
+
+    score_dirs = {}
+    for item in args.score_dir:
+        key, sep, folder = item.partition("=")
+        if not sep or not key or not folder:
+            raise InputError(f"--score-dir wants KEY=DIR, got {item!r}")
+        load_scene_dataset(folder)  # bad folders fail before any card is written
+        score_dirs[key] = folder
+    path = build_ensemble(args.members, args.name, args.out, args.rule, args.weights_from,
+                          args.threshold, score_dirs, args.description)
+    print(path.read_text())
     return 0
 
 
@@ -328,4 +363,5 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 HANDLERS = {"weak-labels": cmd_weak_labels, "train": cmd_train, "train-suite": cmd_train_suite,
+            "ensemble": cmd_ensemble,
             "evaluate": cmd_evaluate, "compare": cmd_compare}

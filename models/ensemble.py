@@ -69,7 +69,14 @@ def member_refs(card: EnsembleCard, card_path: str | Path) -> list[str]:
     out = []
     for m in card.members:
         p = Path(m)
-        out.append(str(p if p.is_absolute() or not (base / p).exists() else base / p))
+        if p.is_absolute():
+            out.append(str(p))
+        elif (base / p).exists():
+            out.append(str(base / p))
+        elif (base / f"{m}.json").exists():  # a member named as a card beside the ensemble
+            out.append(str(base / f"{m}.json"))
+        else:
+            out.append(m)  # a shipped checkpoint name
     return out
 
 
@@ -80,4 +87,59 @@ def save_ensemble(card: EnsembleCard, directory: str | Path) -> Path:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(card.model_dump_json(indent=2) + "\n")
     os.replace(tmp, path)
+    return path
+
+
+def build_ensemble(members: list[str], name: str, out_dir: str | Path, rule: str = "mean",
+                   weights_from: str | None = None, threshold: float = 0.5,
+                   score_dirs: dict[str, str | Path] | None = None, description: str = "") -> Path:
+    """Write an ensemble card over member checkpoints, then score it on ``score_dirs``.
+
+    Members are card names/paths; a member in ``out_dir`` is listed by its name, so the ensemble
+    and its members move together. ``weights_from`` (rule ``weighted``) names the member-card
+    metrics key whose F1 becomes each member's weight, e.g. ``val_weak_labels``: a validation
+    split, never the data the ensemble is scored on afterwards if that score is to be unbiased.
+    """
+    import datetime as dt
+
+    from models.checkpoint import read_card, resolve_checkpoint
+
+    out_dir = Path(out_dir)
+    if len(members) < 2:
+        raise CheckpointError("an ensemble needs at least 2 members")
+    paths = [resolve_checkpoint(m) for m in members]
+    cards = [read_card(p) for p in paths]
+    if len({c.patch_size for c in cards}) != 1:
+        raise CheckpointError(f"members use different patch sizes: {[c.patch_size for c in cards]}")
+    weights = None
+    if rule == "weighted":
+        if not weights_from:
+            raise CheckpointError("rule 'weighted' needs weights_from: a metrics key of the member "
+                                  "cards (e.g. val_weak_labels) whose F1 becomes the weight")
+        missing = [c.name for c in cards if "f1" not in c.metrics.get(weights_from, {})]
+        if missing:
+            raise CheckpointError(f"member card(s) {missing} have no metrics[{weights_from!r}].f1")
+        weights = [round(float(c.metrics[weights_from]["f1"]), 4) for c in cards]
+    listed = [p.stem if p.parent.resolve() == out_dir.resolve() else str(m)
+              for p, m in zip(paths, members)]
+    card = EnsembleCard(
+        name=name, members=listed, rule=rule, weights=weights, threshold=threshold,
+        description=description or (f"{rule} of {len(listed)} members"
+                                    + (f", weights = member F1 on {weights_from}" if weights else "")),
+        created=dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat())
+    path = save_ensemble(card, out_dir)
+    if score_dirs:
+        from flows.train_cli import evaluate_checkpoint
+
+        try:
+            metrics = {}
+            for key, folder in score_dirs.items():
+                m = evaluate_checkpoint(str(folder), str(path), device="cpu")
+                metrics[key] = {k: round(float(m[k]), 4) for k in
+                                ("precision", "recall", "f1", "iou", "dice", "auc")
+                                if m.get(k) is not None}
+        except BaseException:
+            path.unlink(missing_ok=True)  # no card without the figures it was asked to carry
+            raise
+        path = save_ensemble(card.model_copy(update={"metrics": metrics}), out_dir)
     return path

@@ -88,3 +88,49 @@ def test_scan_with_an_ensemble_writes_member_disagreement(members, tmp_path, pre
     gdf = gpd.read_file(out / "landslides.gpkg", layer="landslides")
     if len(gdf):
         assert gdf["uncertainty"].notna().all() and (gdf["uncertainty"] <= 0.5).all()
+
+
+def _labelled_scene(folder):
+    from rasterio.transform import from_origin
+
+    from tasks.bands import BAND_NAMES
+
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    image = np.full((14, 140, 150), np.nan, np.float32)
+    image[1:4] = rng.normal(1000, 300, size=(3, 140, 150))
+    image[12] = rng.uniform(0, 40, size=(140, 150))
+    labels = (rng.random((140, 150)) < 0.2).astype(np.uint8)
+    labels[:10] = 255
+    prof = dict(driver="GTiff", width=150, height=140, crs="EPSG:32654",
+                transform=from_origin(500000, 4700000, 10, 10))
+    with rasterio.open(folder / "image.tif", "w", count=14, dtype="float32", **prof) as dst:
+        dst.write(image)
+        dst.descriptions = BAND_NAMES
+    with rasterio.open(folder / "labels.tif", "w", count=1, dtype="uint8", **prof) as dst:
+        dst.write(labels, 1)
+    return folder
+
+
+def test_landslide_ensemble_writes_a_scored_card(members, tmp_path, capsys):
+    folder, cards = members
+    scene = _labelled_scene(tmp_path / "val")
+    code = main(["ensemble", "--members", *map(str, cards), "--name", "ens", "--out", str(folder),
+                 "--rule", "mean", "--score-dir", f"val_random={scene}"])
+    assert code == 0
+    card = json.loads((folder / "ens.json").read_text())
+    assert card["members"] == ["m0", "m1", "m2"]  # members beside the card are listed by name
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(folder / "ens.json"), "--data-dir", str(scene),
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert card["metrics"]["val_random"]["f1"] == pytest.approx(result["f1"], abs=1e-4)
+
+
+def test_landslide_ensemble_weighted_needs_member_metrics(members, tmp_path, capsys):
+    folder, cards = members
+    code = main(["ensemble", "--members", *map(str, cards), "--name", "w", "--out", str(tmp_path),
+                 "--rule", "weighted", "--weights-from", "val_weak_labels"])
+    assert code != 0
+    assert "metrics['val_weak_labels']" in capsys.readouterr().err
+    assert not (tmp_path / "w.json").exists()
