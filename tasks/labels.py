@@ -136,8 +136,43 @@ def build_iburi_weak_dataset(out_dir: str | Path, catalog_path: str | None = Non
                                      "ignored_px": int((ref_labels == IGNORE).sum())}}
     summary["val_reference"] = ref_summary["val_reference"]
     (d / "dataset.json").write_text(json.dumps(ref_summary, indent=2))
+    summary["east_rule"] = _write_east_rule(inputs, overlap, out_dir / "east_rule", work)
     (out_dir / "dataset.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _write_east_rule(inputs, overlap, d: Path, work: Path) -> dict:
+    """The part east of the reference's coverage, same latitudes, "labelled" by the index rule.
+
+    Nobody labelled it: scores here are agreement with the rule (the traditional method), the only
+    yardstick available east of 141.93 E, never accuracy."""
+    e = inputs.extent_lonlat
+    east = box(REFERENCE_PROCESSED_LONLAT[2], overlap.bounds[1], e[2], overlap.bounds[3])
+    grid = make_grid(east)
+    stack = build_stack(inputs, grid, work / "east", required_bands=("B02", "B03", "B04", "SLOPE", "DEM"),
+                        roi_grid_crs=roi_in_grid_crs(east, grid))
+    with rasterio.open(stack.stack_path) as src:
+        image = src.read().astype(np.float32)
+        profile = src.profile.copy()
+    with rasterio.open(stack.valid_path) as src:
+        valid = src.read(1).astype(bool)
+    blue, green, red, slope = (image[BAND_NAMES.index(b)] for b in ("B02", "B03", "B04", "SLOPE"))
+    rule = scar_rule(red, green, blue, slope)
+    labels = np.where(valid & np.isfinite(slope), rule.astype(np.uint8), IGNORE).astype(np.uint8)
+    d.mkdir(parents=True, exist_ok=True)
+    _write(d / "image.tif", image, profile, BAND_NAMES)
+    _write(d / "labels.tif", labels[None], {**profile, "count": 1, "dtype": "uint8", "nodata": None},
+           ("index rule: 1 bare-soil scar, 0 not, 255 nodata (NOT a label)",))
+    counts = {"landslide_px": int((labels == 1).sum()), "background_px": int((labels == 0).sum()),
+              "ignored_px": int((labels == IGNORE).sum())}
+    (d / "dataset.json").write_text(json.dumps({
+        "name": "iburi-2018-east-rule", "this_split": "east_rule",
+        "summary": "Iburi 2018 east of the published predictions' coverage (lon %.4f-%.4f, "
+                   "lat %.4f-%.4f), where no labels exist." % (*east.bounds[::2], *east.bounds[1::2]),
+        "labels": "the index rule tasks.weak_labels.scar_rule (the traditional method), NOT labels: "
+                  "scores on this folder are agreement with the rule, not accuracy",
+        "grid": grid.to_dict(), "east_rule": counts}, indent=2))
+    return counts
 
 
 def _write(path: Path, data: np.ndarray, profile: dict, descriptions: tuple[str, ...]) -> None:

@@ -39,6 +39,14 @@ def test_weak_dataset_layout_and_split(weak_dataset):
     frac = s["landslide_px"] / (s["landslide_px"] + s["background_px"])
     assert 0.03 < frac < 0.15  # measured 0.069 (docs/weak_labels.md: 0.073 on the source grid)
     assert summary["val_reference"]["landslide_px"] > summary["val"]["landslide_px"]
+    # east of the reference's coverage, same latitudes: the index rule as the only yardstick
+    with rasterio.open(out / "train" / "labels.tif") as tr, rasterio.open(out / "east_rule" / "labels.tif") as ea:
+        # (the lon 141.93 meridian is skewed on the UTM grid: the bounding grids overlap by < 100 m)
+        assert ea.bounds.left >= tr.bounds.right - 100 and ea.width > tr.width
+        assert abs(ea.bounds.top - tr.bounds.top) <= 110
+    assert "NOT labels" in json.loads((out / "east_rule" / "dataset.json").read_text())["labels"]
+    e = summary["east_rule"]
+    assert 0.1 < e["landslide_px"] / (e["landslide_px"] + e["background_px"]) < 0.3  # measured 0.19
 
 
 def test_train_few_steps_then_evaluate(weak_dataset, tmp_path, capsys):
