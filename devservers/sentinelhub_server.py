@@ -24,6 +24,9 @@ Simplifications (documented, on purpose):
 - The evalscript is not executed. Only the band list of its ``setup()`` ``input`` is read (either
   ``input: ["B02", ...]`` or ``input: [{bands: ["B02", ...], ...}]``) and those bands are returned
   as UINT16 DN, in that order, in every tiff response. ``dataMask`` and unknown bands are zeros.
+- ``CLM`` (Sentinel Hub's cloud mask) is a deterministic stand-in, not a cloud detector: on a 60 m
+  grid, 1 where the mean B02 DN of the cell exceeds 1250, 0 elsewhere, 255 where B02 is all 0;
+  rendered with nearest neighbour (``BandStore._clm``).
 - There is one real acquisition (2016-01-12); the catalog lists the same scenes as the STAC server
   (2016-01-12 cloud 2.5 %, 2016-02-01 cloud 71.3 %), both rendered from the same real pixels. If no
   scene matches timeRange / maxCloudCoverage the image is all zeros (Sentinel Hub's "no data").
@@ -80,6 +83,7 @@ L1C_COLLECTION = "sentinel-2-l1c"
 L1C_TYPES = {"sentinel-2-l1c", "S2L1C"}
 ALL_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12")
 TOKEN_LIFETIME_S = 3600
+CLM_B02_THRESHOLD_DN = 1250  # stand-in CLM: cloud where a 60 m cell's mean B02 DN is above this
 _RESAMPLING = {"NEAREST": Resampling.nearest, "BILINEAR": Resampling.bilinear, "BICUBIC": Resampling.cubic}
 _CLOUD_FILTER_RE = re.compile(r"eo:cloud_cover\s*(<=|>=|<|>|=)\s*([0-9.]+)")
 
@@ -185,11 +189,31 @@ class BandStore:
         self._lock = threading.Lock()
 
     def get(self, band: str) -> _Band:
+        if band == "CLM":
+            return self._clm()
         with self._lock:
             if band not in self._bands:
                 with rasterio.open(self.jp2_dir / f"s2_{band}.jp2") as src:
                     self._bands[band] = _Band(src.read(1), src.transform, src.crs)
             return self._bands[band]
+
+    def _clm(self) -> _Band:
+        """A stand-in for Sentinel Hub's CLM cloud mask (0 clear, 1 cloud, 255 no data) on a 60 m grid.
+
+        Test assignment, not a cloud detector: a 60 m cell is "cloud" where the mean B02 DN of its
+        6 x 6 10 m pixels exceeds ``CLM_B02_THRESHOLD_DN`` (bright surfaces: 4 to 15 % of the cells
+        in the test ROIs), 255 where all its B02 pixels are 0 (no data). Deterministic, so tests can
+        compute the expected mask.
+        """
+        blue = self.get("B02")
+        with self._lock:
+            if "CLM" not in self._bands:
+                h, w = (blue.data.shape[0] // 6) * 6, (blue.data.shape[1] // 6) * 6
+                cells = blue.data[:h, :w].astype(np.float64).reshape(h // 6, 6, w // 6, 6)
+                mean, empty = cells.mean(axis=(1, 3)), (cells == 0).all(axis=(1, 3))
+                clm = np.where(empty, 255, mean > CLM_B02_THRESHOLD_DN).astype(np.uint16)
+                self._bands["CLM"] = _Band(clm, blue.transform * rasterio.Affine.scale(6), blue.crs)
+            return self._bands["CLM"]
 
     def footprint_wgs84(self) -> tuple[float, float, float, float]:
         with rasterio.open(self.jp2_dir / "s2_B02.jp2") as src:
@@ -463,7 +487,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         transform = transform_from_bounds(west, south, east, north, width, height)
         stack = np.zeros((len(bands), height, width), dtype=np.uint16)
         for i, band in enumerate(bands):
-            if scenes and band in ALL_BANDS:
+            if scenes and band == "CLM":  # a mask: never interpolated here
+                stack[i] = store.render(band, crs, transform, (height, width), Resampling.nearest)
+            elif scenes and band in ALL_BANDS:
                 # Sentinel Hub: upsampling applies where the output is finer than the source, else downsampling.
                 src_res = abs(store.get(band).transform.a)
                 out_res_m = abs(transform.a) if crs.is_projected else abs(transform.a) * 111_320

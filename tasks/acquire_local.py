@@ -43,6 +43,8 @@ class SceneInputs:
     processing_baseline: str | None
     extent_lonlat: tuple[float, float, float, float]
     notes: list[str] = field(default_factory=list)
+    # the source's cloud mask (tasks.cloud: path + cloud_values or cloud_range + origin), None = none
+    cloud_mask: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

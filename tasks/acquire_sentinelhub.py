@@ -12,7 +12,9 @@ What it does, in order (``fetch_sentinelhub_inputs``):
    baseline), bilinear up/downsampling (the band contract's resampling); the grid is cut into pieces of
    at most 2500 x 2500 px (the API's limit) and reassembled;
 4. the DEM collection (FLOAT32, metres) on the same grid, when the source names one;
-5. one GeoTIFF per band in a cache folder keyed by a hash of the request, written to a temporary folder
+5. the CLM cloud mask (``cloud_mask: true``, the default) as one more output band of the same
+   requests; alignment drops its cloud pixels from the analysed area (``tasks.cloud``);
+6. one GeoTIFF per band in a cache folder keyed by a hash of the request, written to a temporary folder
    and renamed into place, so a rerun makes no request and a failure leaves nothing under a cache name.
 
 Pure helpers (``plan_pieces``, ``build_evalscript``, ``choose_scene``, ``scene_baseline``,
@@ -44,6 +46,7 @@ from rasterio.windows import Window
 from tasks.acquire_local import SceneInputs, harmonization_offset
 from tasks.bands import SPECTRAL_BAND_NAMES, spectral_request
 from tasks.catalog import SentinelHubSource
+from tasks.cloud import SH_CLM_BAND, SH_CLM_CLOUD_RANGE, SH_CLM_ORIGIN
 from tasks.errors import InputError, SourceError
 from tasks.grid import AnalysisGrid, make_grid
 
@@ -411,21 +414,30 @@ def fetch_sentinelhub_inputs(source: SentinelHubSource, source_name: str, spectr
     requests_made = 0
 
     band_paths: dict[str, str] = {}
+    cloud_mask: dict | None = None
     if wanted:
+        # the cloud mask rides in the same request as the bands (one more output band, no more requests)
+        requested = wanted + ((SH_CLM_BAND,) if source.cloud_mask else ())
         key = request_key(kind="bands", base=base, collection=source.collection, scene=scene_id,
-                          day=acquired.date(), maxcc=source.max_cloud_pct, bands=wanted, harmonize=False,
+                          day=acquired.date(), maxcc=source.max_cloud_pct, bands=requested, harmonize=False,
                           **grid_desc)
-        evalscript = build_evalscript(wanted, "UINT16")
+        evalscript = build_evalscript(requested, "UINT16")
 
         def get_bands(tmp: Path) -> None:
             nonlocal requests_made
             with _translated(f"Process API ({source.collection} {scene_id})", source, creds):
                 requests_made += _download_grid(
-                    config, collection, evalscript, grid, wanted, "uint16", 0, time_range,
+                    config, collection, evalscript, grid, requested, "uint16", 0, time_range,
                     source.max_cloud_pct, tmp, max_px, {"processing": {"harmonizeValues": False}})
 
         entry, fresh = _cached_fetch(cache_dir / "bands" / key, get_bands)
         band_paths = {b: str(entry / f"{b}.tif") for b in wanted}
+        if source.cloud_mask:
+            cloud_mask = {"path": str(entry / f"{SH_CLM_BAND}.tif"), "cloud_range": list(SH_CLM_CLOUD_RANGE),
+                          "origin": SH_CLM_ORIGIN}
+            notes.append(f"cloud mask: {SH_CLM_ORIGIN}; cloud pixels are not analysed")
+        else:
+            notes.append("cloud mask disabled (cloud_mask: false): cloudy pixels are analysed")
         if not fresh:
             notes.append("bands from the download cache (no request)")
 
@@ -460,6 +472,7 @@ def fetch_sentinelhub_inputs(source: SentinelHubSource, source_name: str, spectr
         processing_baseline=baseline,
         extent_lonlat=tuple(transform_bounds(grid.crs, "EPSG:4326", *grid.bounds, densify_pts=21)),
         notes=notes,
+        cloud_mask=cloud_mask,
     )
 
 

@@ -12,7 +12,10 @@ What it does, in order (``fetch_stac_inputs``):
    GeoTIFF into a cache folder keyed by a hash of (item id, asset href, ROI bounds);
 3. the DEM collection (``dem_collection`` at ``dem_url`` or ``url``): the ROI window of every
    intersecting item, mosaicked with ``rasterio.merge`` into one cached GeoTIFF;
-4. ``s2:processing_baseline`` -> ``offset_dn`` (1000 from 04.00 on), recorded in the notes.
+4. ``s2:processing_baseline`` -> ``offset_dn`` (1000 from 04.00 on), recorded in the notes;
+5. the cloud mask asset (``cloud_mask_asset``, e.g. ``scl`` of an L2A collection, with
+   ``cloud_mask_values``) read like a band; alignment drops its cloud pixels. Without one (Earth
+   Search's ``sentinel-2-l1c`` has none) no cloud mask is applied and a note says so.
 
 Cached files are written under a temporary name and renamed into place (``os.replace``), so a failed
 or interrupted read never leaves a partial file under a cache name, and a rerun makes no new HTTP
@@ -381,6 +384,23 @@ def fetch_stac_inputs(source: StacSource, source_name: str, spectral_bands: tupl
         band_paths[band] = str(path)
     log.info("stac source %r: %s, %d band(s) in %s", source_name, item.id, len(band_paths), scene_dir)
 
+    cloud_mask = None
+    if not source.cloud_mask_asset:
+        notes.append(f"no cloud mask: source {source_name!r} maps no cloud_mask_asset (Earth Search's "
+                     "sentinel-2-l1c has none): cloudy pixels are analysed")
+    elif source.cloud_mask_asset not in item.assets:
+        notes.append(f"no cloud mask: item {item.id} has no asset {source.cloud_mask_asset!r}: cloudy "
+                     "pixels are analysed")
+    else:
+        key = source.cloud_mask_asset
+        href = item.assets[key].href
+        path = fetch_window(href, roi_bounds, source,
+                            scene_dir / f"cloudmask_{_safe(key)}_{cache_key(item.id, href, roi_bounds, MARGIN_PX)}.tif",
+                            f"cloud mask (asset {key!r}) of {item.id}")
+        cloud_mask = {"path": str(path), "cloud_values": list(source.cloud_mask_values),
+                      "origin": f"STAC asset {key!r} of {item.id}, cloud = {list(source.cloud_mask_values)}"}
+        notes.append(f"cloud mask: asset {key!r}, values {list(source.cloud_mask_values)} are not analysed")
+
     dem_path, dem_nodata = fetch_dem(source, roi_lonlat, roi_bounds, cache_dir, notes)
 
     baseline = item.properties.get("s2:processing_baseline")
@@ -405,6 +425,7 @@ def fetch_stac_inputs(source: StacSource, source_name: str, spectral_bands: tupl
         processing_baseline=baseline,
         extent_lonlat=raster_extent_lonlat(first) if first else roi_bounds,  # type: ignore[arg-type]
         notes=notes,
+        cloud_mask=cloud_mask,
     )
 
 

@@ -7,7 +7,9 @@ resamples each onto the grid (bilinear for reflectance and terrain, DESIGN.md se
 computed on the DEM in a metric CRS at the DEM's own resolution first, then resampled.
 
 Output: ``stack.tif`` (float32, 14 bands in contract order, physical units, NaN = nodata; channels the
-source does not provide are all-NaN) and ``valid.tif`` (uint8 1 = analysed).
+source does not provide are all-NaN) and ``valid.tif`` (uint8 1 = analysed). Where the source gives a
+cloud mask (``inputs.cloud_mask``, see ``tasks.cloud``) cloud pixels are not valid; ``cloud_mask.json``
+records how many were masked.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from tqdm.auto import tqdm
 
 from tasks.acquire_local import SceneInputs
 from tasks.bands import BAND_NAMES, get_band
+from tasks.cloud import check_cloud_mask, cloud_pixels
+from tasks.cloud import write_record as write_cloud_record
 from tasks.errors import InputError
 from tasks.grid import AnalysisGrid
 from tasks.terrain import compute_slope_raster
@@ -48,6 +52,7 @@ class StackResult:
     valid_path: str
     band_stats: dict  # band -> {"valid_fraction": f, "nan_pixels_in_source": n}
     valid_fraction: float
+    cloud_masked_px: int = 0  # pixels otherwise analysed that the source's cloud mask removed
 
 
 def _warped_layer(path: str, grid: AnalysisGrid, resampling: Resampling, src_nodata: float | None,
@@ -124,6 +129,12 @@ def build_stack(inputs: SceneInputs, grid: AnalysisGrid, work_dir: str | Path,
     inside = da.from_array(roi_mask(roi_grid_crs, grid), chunks=(chunk_px, chunk_px))
     idx = [BAND_NAMES.index(b) for b in required_bands]
     valid = da.isfinite(stack[idx]).all(axis=0) & (inside > 0)
+    cloud_spec = check_cloud_mask(inputs.cloud_mask)
+    cloudy = da.zeros(grid.shape, dtype=bool, chunks=(chunk_px, chunk_px))
+    if cloud_spec is not None:
+        mask = _warped_mask(cloud_spec["path"], grid, chunk_px)
+        cloudy = valid & da.map_blocks(cloud_pixels, mask, spec=cloud_spec, dtype=bool)
+        valid = valid & ~cloudy  # cloud pixels leave the footprint and get no polygons
     stack = da.where(valid[None], stack, np.nan).astype("float32")
 
     stack_path = work_dir / "stack.tif"
@@ -142,10 +153,13 @@ def build_stack(inputs: SceneInputs, grid: AnalysisGrid, work_dir: str | Path,
                        predictor=3, interleave="band", **common) as dst, \
             rasterio.open(tmp_valid, "w", count=1, dtype="uint8", **common) as vdst, \
             dask.config.set(scheduler="threads"):
+        n_cloudy = 0
         for win in tqdm(windows, desc="align", unit="window", disable=not progress, mininterval=1.0):
             r0, c0 = int(win.row_off), int(win.col_off)
             r1, c1 = r0 + int(win.height), c0 + int(win.width)
-            block, ok = dask.compute(stack[:, r0:r1, c0:c1], valid[r0:r1, c0:c1])
+            block, ok, cloud_n = dask.compute(stack[:, r0:r1, c0:c1], valid[r0:r1, c0:c1],
+                                              cloudy[r0:r1, c0:c1].sum())
+            n_cloudy += int(cloud_n)
             dst.write(block, window=win)
             vdst.write(ok.astype(np.uint8), 1, window=win)
     with rasterio.open(tmp_stack, "r+") as dst:
@@ -156,9 +170,21 @@ def build_stack(inputs: SceneInputs, grid: AnalysisGrid, work_dir: str | Path,
     os.replace(tmp_stack, stack_path)
     os.replace(tmp_valid, valid_path)
     (work_dir / "stack_stats.json").write_text(json.dumps(stats, indent=2))
-    log.info("stack: %dx%d px on %s, %.1f%% valid", grid.width, grid.height, grid.crs,
-             100 * valid_fraction)
-    return StackResult(str(stack_path), str(valid_path), stats, valid_fraction)
+    write_cloud_record(work_dir, inputs.scene_id, cloud_spec, n_cloudy, grid.width * grid.height)
+    log.info("stack: %dx%d px on %s, %.1f%% valid, %d px cloud-masked", grid.width, grid.height, grid.crs,
+             100 * valid_fraction, n_cloudy)
+    return StackResult(str(stack_path), str(valid_path), stats, valid_fraction, n_cloudy)
+
+
+def _warped_mask(path: str, grid: AnalysisGrid, chunk_px: int) -> da.Array:
+    """A lazy (H, W) view of a categorical mask on ``grid`` (nearest; raw values, no nodata masking)."""
+    src = rasterio.open(path)
+    if src.crs is None:
+        raise InputError(f"cloud mask {path} has no CRS; set one with gdal_edit.py -a_srs EPSG:XXXX")
+    vrt = WarpedVRT(src, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
+                    resampling=Resampling.nearest)
+    arr = rioxarray.open_rasterio(vrt, chunks={"band": 1, "y": chunk_px, "x": chunk_px}, lock=False)
+    return arr.isel(band=0).data
 
 
 def _count_source_nan(path: str) -> int:

@@ -138,6 +138,11 @@ class StacSource(_Strict):
     dem_collection: str | None = "cop-dem-glo-30"
     dem_asset: str = "data"
     max_cloud_pct: float = Field(default=30.0, ge=0, le=100)
+    cloud_mask_asset: str | None = Field(
+        default=None, description="asset key of a per-pixel cloud mask of the collection (e.g. 'scl' "
+                                  "of Earth Search sentinel-2-l2a); None: no cloud mask is applied")
+    cloud_mask_values: tuple[int, ...] = Field(
+        default=(), description="values of that asset that are cloud (SCL: 3, 8, 9, 10)")
     timeout_s: float = Field(default=60.0, gt=0)
     max_retries: int = Field(default=4, ge=0)
 
@@ -151,6 +156,12 @@ class StacSource(_Strict):
                 raise ValueError(f"{band!r} is not a Sentinel-2 band of the contract")
             out[name] = key
         return out
+
+    @model_validator(mode="after")
+    def _cloud_mask(self) -> "StacSource":
+        if bool(self.cloud_mask_asset) != bool(self.cloud_mask_values):
+            raise ValueError("cloud_mask_asset and cloud_mask_values go together (e.g. scl with [3, 8, 9, 10])")
+        return self
 
 
 class SentinelHubSource(_Strict):
@@ -170,6 +181,8 @@ class SentinelHubSource(_Strict):
     client_id_env: str = "SH_CLIENT_ID"
     client_secret_env: str = "SH_CLIENT_SECRET"
     secret_block: str | None = Field(default=None, description="Prefect Secret block 'id:secret'")
+    cloud_mask: bool = Field(default=True, description="request the CLM cloud mask with the bands; "
+                                                       "cloud pixels are not analysed")
     max_retries: int = Field(default=4, ge=0)
     timeout_s: float = Field(default=120.0, gt=0)
 

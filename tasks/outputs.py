@@ -197,10 +197,20 @@ def package_versions() -> dict[str, str]:
 
 
 def write_manifest(path: str | Path, content: dict) -> Path:
-    """Write ``manifest.json`` (sorted keys, UTC timestamps)."""
+    """Write ``manifest.json`` (sorted keys, UTC timestamps).
+
+    A run's manifest (``path`` in ``OUT/.staging``) also gets ``inputs.cloud_mask``: the record
+    alignment left in ``OUT/.work`` (per scene, the pixels the source's cloud mask removed).
+    """
+    from tasks.cloud import read_record
+
     path = Path(path)
     content = {"manifest_version": 1, "written_at": utc_now_iso(), **content,
                "versions": package_versions()}
+    if path.parent.name == STAGING and isinstance(content.get("inputs"), dict):
+        cloud = read_record(path.parent.parent / WORK)
+        if cloud is not None:
+            content["inputs"] = {**content["inputs"], "cloud_mask": cloud}
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(content, indent=2, sort_keys=False, default=str))
     os.replace(tmp, path)

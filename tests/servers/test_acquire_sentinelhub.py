@@ -219,11 +219,49 @@ def test_scan_end_to_end_matches_the_local_source(creds_env, prefect_harness, tm
     with rasterio.open(out_sh / ".work" / "stack.tif") as a, rasterio.open(out_local / ".work" / "stack.tif") as b:
         assert a.crs == b.crs and a.transform == b.transform and a.shape == b.shape
         sh, local = a.read(list(range(1, 13))), b.read(list(range(1, 13)))
+    (clm_path,) = (tmp_path / "cache" / "sentinelhub" / "bands").glob("*/CLM.tif")
+    with rasterio.open(clm_path) as src:
+        cloud = (src.read(1) >= 1) & (src.read(1) <= 254)
     both = np.isfinite(sh) & np.isfinite(local)
-    assert both.mean() > 0.95
+    assert (both | cloud).mean() > 0.95  # cloud pixels are masked in the Sentinel Hub run only
     for i, band in enumerate(SPECTRAL_BAND_NAMES):  # same pixels; allow 1 DN of resampling rounding
         diff = np.abs(sh[i] - local[i])[both[i]]
         assert diff.max() <= 1.0, band  # measured: identical (both bilinear from the same native pixels)
+    _check_cloud_masking(api, manifest, out_sh, out_local, clm_path)
+
+
+def _check_cloud_masking(api, manifest, out_sh, out_local, clm_path):
+    """CLM cloud pixels (the server's stand-in) are not analysed: out of valid.tif and the footprint,
+    nodata in the COGs (so no polygon), and counted in the manifest; the local source has no mask."""
+    import geopandas as gpd
+    import shapely
+
+    assert "CLM" in api.server.last_process_request["evalscript"]
+    with rasterio.open(clm_path) as src, rasterio.open(out_sh / ".work" / "valid.tif") as v_sh, \
+            rasterio.open(out_local / ".work" / "valid.tif") as v_local:
+        assert src.transform == v_sh.transform and src.shape == v_sh.shape
+        cloud = (src.read(1) >= 1) & (src.read(1) <= 254)
+        valid_sh, valid_local, transform = v_sh.read(1) == 1, v_local.read(1) == 1, v_sh.transform
+    cloudy_analysable = cloud & valid_local
+    assert cloudy_analysable.sum() > 20  # the stand-in marks bright cells in this ROI
+    assert not (valid_sh & cloud).any()
+    np.testing.assert_array_equal(valid_sh, valid_local & ~cloud)  # nothing else changed
+    record = manifest["inputs"]["cloud_mask"]
+    assert record["applied"] and record["rule"] == {"cloud_range": [1, 254]}
+    assert record["scenes"][L1C_0112]["cloud_masked_px"] == int(cloudy_analysable.sum())
+    for name in ("probability.tif", "mask.tif"):  # 255 = not analysed: no detection, no polygon there
+        with rasterio.open(out_sh / name) as src:
+            assert (src.read(1)[cloudy_analysable] == 255).all(), name
+    footprint = gpd.read_file(out_sh / "landslides.gpkg", layer="footprint").geometry.union_all()
+    rows, cols = np.nonzero(cloudy_analysable)
+    xs, ys = rasterio.transform.xy(transform, rows, cols)
+    assert not shapely.contains_xy(footprint, np.asarray(xs), np.asarray(ys)).any()
+    assert footprint.area == pytest.approx(valid_sh.sum() * abs(transform.a * transform.e))
+    polygons = gpd.read_file(out_sh / "landslides.gpkg", layer="landslides").geometry
+    if len(polygons):
+        assert not shapely.contains_xy(polygons.union_all(), np.asarray(xs), np.asarray(ys)).any()
+    local_record = json.loads((out_local / "manifest.json").read_text())["inputs"]["cloud_mask"]
+    assert local_record["applied"] is False
 
 
 def _twelve_band_checkpoint(folder):

@@ -306,3 +306,43 @@ def test_scan_through_stac_matches_local_source(stac_api, prefect_harness, tmp_p
         assert both.mean() > 0.95
         np.testing.assert_allclose(a[both], b[both], rtol=0, atol=1.0)
     assert list(Path(tmp_path / "cache" / "stac").iterdir())  # downloads went to --cache-dir
+
+
+# ---------------------------------------------------------------------------------- cloud mask
+
+def test_cloud_mask_asset_is_read_like_a_band(stac_api, tmp_path):
+    """A mapped cloud-mask asset is fetched over the ROI window and handed to alignment with its values.
+
+    The served L1C items have no mask asset (as Earth Search's); the cirrus band stands in for one here
+    (a mechanics test of the mapping, not a cloud rule)."""
+    from tasks.cloud import cloud_pixels
+
+    source = _source(stac_api, cloud_mask_asset="cirrus", cloud_mask_values=(20, 21, 22))
+    inputs = fetch_stac_inputs(source, "stac-test", ("B02",), ROI, *Y2016, tmp_path)
+    spec = inputs.cloud_mask
+    assert spec is not None and spec["cloud_values"] == [20, 21, 22] and "cirrus" in spec["origin"]
+    mask = _read(spec["path"])
+    np.testing.assert_array_equal(mask, _served_window(stac_api.cog_paths[CLEAR]["cirrus"], spec["path"]))
+    assert 0 < cloud_pixels(mask, spec).sum() < mask.size
+    # no mapping, or an item without the asset: no mask, and the notes say so
+    plain = fetch_stac_inputs(_source(stac_api), "stac-test", ("B02",), ROI, *Y2016, tmp_path)
+    assert plain.cloud_mask is None and any("no cloud mask" in n for n in plain.notes)
+    absent = fetch_stac_inputs(_source(stac_api, cloud_mask_asset="scl", cloud_mask_values=(8, 9)),
+                               "stac-test", ("B02",), ROI, *Y2016, tmp_path)
+    assert absent.cloud_mask is None and any("no asset 'scl'" in n for n in absent.notes)
+    with pytest.raises(ValueError, match="go together"):
+        _source(stac_api, cloud_mask_asset="scl")
+
+
+def test_cloud_rules():
+    from tasks.cloud import check_cloud_mask, cloud_pixels
+
+    values = np.array([[0, 1, 3], [8, 128, 255]])
+    np.testing.assert_array_equal(cloud_pixels(values, {"cloud_values": [3, 8]}),
+                                  [[False, False, True], [True, False, False]])
+    np.testing.assert_array_equal(cloud_pixels(values, {"cloud_range": [1, 254]}),
+                                  [[False, True, True], [True, True, False]])
+    with pytest.raises(InputError, match="exactly one"):
+        check_cloud_mask({"path": "m.tif", "cloud_values": [1], "cloud_range": [1, 2]})
+    with pytest.raises(InputError, match="no 'path'"):
+        check_cloud_mask({"cloud_values": [1]})
