@@ -19,7 +19,9 @@ What it does, in order (``fetch_stac_inputs``):
 
 Cached files are written under a temporary name and renamed into place (``os.replace``), so a failed
 or interrupted read never leaves a partial file under a cache name, and a rerun makes no new HTTP
-requests for the pixels (the search is repeated: it is small and sees newly published scenes).
+requests for the pixels. Search answers are cached too (``<cache>/search/``) when the date window has
+ended, and always for the DEM collection, so such a rerun makes no request at all; a window that is
+still open is searched again, so newly published scenes are seen.
 
 Pure helpers (``datetime_range``, ``choose_item``, ``cache_key``, ``pixel_window``,
 ``http_status``) hold the decisions; the rest is I/O through pystac-client and rasterio.
@@ -204,21 +206,42 @@ def _api_error(exc: Exception, what: str, url: str, retries: int) -> SourceError
                        "or check 'url' in data_catalog.yaml")
 
 
+def search_cache_path(cache_dir: Path, url: str, collection: str, bbox: tuple[float, ...],
+                      datetime: str | None) -> Path:
+    """Where the answer of one search is kept: keyed by API URL, collection, bbox and datetime."""
+    key = cache_key("search", url.rstrip("/"), collection, [round(v, 6) for v in bbox], datetime)
+    return Path(cache_dir) / "search" / f"{_safe(collection)}_{key}.json"
+
+
 def search_items(source: StacSource, url: str, collection: str, bbox: tuple[float, ...],
-                 datetime: str | None) -> list[Any]:
+                 datetime: str | None, cache_path: Path | None = None) -> list[Any]:
     """All items of ``collection`` intersecting ``bbox`` in ``datetime`` (pystac ``Item`` objects).
+
+    With ``cache_path``, a stored answer is returned without any request, and a fresh answer is
+    stored there (written to a temporary name, then renamed).
 
     Raises:
         SourceError: the API is unreachable, refuses (401/403) or keeps failing after retries.
     """
+    import pystac
     from pystac_client import Client
     from pystac_client.exceptions import APIError
 
+    if cache_path is not None and cache_path.exists():
+        stored = json.loads(cache_path.read_text())
+        return [pystac.Item.from_dict(d) for d in stored["features"]]
     what = f"STAC search of {collection!r}"
     try:
         client = Client.open(url, stac_io=_stac_io(source), timeout=source.timeout_s)
         search = client.search(collections=[collection], bbox=list(bbox), datetime=datetime, limit=100)
-        return list(search.items())
+        items = list(search.items())
+        if cache_path is not None:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_path.with_name(f".{cache_path.name}.tmp-{os.getpid()}")
+            tmp.write_text(json.dumps({"url": url, "collection": collection, "bbox": list(bbox),
+                                       "datetime": datetime, "features": [i.to_dict() for i in items]}))
+            os.replace(tmp, cache_path)
+        return items
     except (APIError, OSError) as exc:
         raise _api_error(exc, what, url, source.max_retries) from None
     except (ValueError, KeyError, TypeError) as exc:  # not a STAC API, or malformed answers
@@ -345,7 +368,12 @@ def fetch_stac_inputs(source: StacSource, source_name: str, spectral_bands: tupl
     roi_bounds = tuple(float(v) for v in roi_lonlat.bounds)
     cache_dir = Path(cache_dir)
 
-    items = search_items(source, source.url, source.collection, roi_bounds, when)
+    # a window that has ended gets no new scenes: its answer is cached like the pixels (as the
+    # Sentinel Hub source does); an open window (no end, or ending today or later) is searched again
+    closed = end is not None and end < dt.datetime.now(dt.timezone.utc).date()
+    items = search_items(source, source.url, source.collection, roi_bounds, when,
+                         search_cache_path(cache_dir, source.url, source.collection, roi_bounds, when)
+                         if closed else None)
     by_id = {item.id: item for item in items}
     candidates = [Candidate(item.id, _cloud(item), _acquired(item), cover_fraction(item.geometry, roi_lonlat))
                   for item in items]
@@ -436,7 +464,10 @@ def fetch_dem(source: StacSource, roi_lonlat: shapely.Geometry, roi_bounds: tupl
         notes.append("source has no DEM collection: SLOPE and DEM channels and terrain attributes are nodata")
         return None, None
     url = source.dem_url or source.url
-    items = [i for i in search_items(source, url, source.dem_collection, roi_bounds, None)
+    # DEM collections are static products: their search answer is cached like their pixels
+    found = search_items(source, url, source.dem_collection, roi_bounds, None,
+                         search_cache_path(cache_dir, url, source.dem_collection, roi_bounds, None))
+    items = [i for i in found
              if cover_fraction(i.geometry, roi_lonlat) > 0 or i.geometry is None]
     with_asset = [i for i in items if source.dem_asset in i.assets]
     if not with_asset:

@@ -346,3 +346,67 @@ def test_cloud_rules():
         check_cloud_mask({"path": "m.tif", "cloud_values": [1], "cloud_range": [1, 2]})
     with pytest.raises(InputError, match="no 'path'"):
         check_cloud_mask({"cloud_values": [1]})
+
+
+# ---------------------------------------------------------------------------------- search cache
+
+@pytest.fixture
+def counting_api(stac_api):
+    """A pass-through proxy in front of rustac that logs every request (links rewritten to itself,
+    so pagination and the search link come back through it too)."""
+    import http.server
+    import threading
+
+    import requests
+
+    seen: list[tuple[str, str]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):  # quiet
+            pass
+
+        def _forward(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else None
+            seen.append((self.command, self.path.split("?", 1)[0]))
+            upstream = requests.request(self.command, stac_api.url + self.path, data=body, timeout=10,
+                                        headers={"Content-Type": self.headers.get("Content-Type", "application/json")})
+            payload = upstream.content.replace(stac_api.url.encode(), own_url.encode())
+            self.send_response(upstream.status_code)
+            self.send_header("Content-Type", upstream.headers.get("Content-Type", "application/json"))
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        do_GET = do_POST = _forward  # noqa: N815
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    own_url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield own_url, seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_rerun_of_a_closed_window_makes_no_search_request(stac_api, counting_api, tmp_path):
+    url, seen = counting_api
+    source = StacSource(kind="stac", url=url, max_retries=2, timeout_s=5, max_cloud_pct=80)
+    first = fetch_stac_inputs(source, "stac-test", ("B02",), ROI, *Y2016, tmp_path)
+    assert ("POST", "/search") in seen or ("GET", "/search") in seen  # the proxy saw the searches
+    searches = [r for r in seen if r[1] == "/search"]
+    assert len(searches) == 2  # scenes and DEM
+    stac_api.faults.clear_log()
+    seen.clear()
+    again = fetch_stac_inputs(source, "stac-test", ("B02",), ROI, *Y2016, tmp_path)
+    assert again == first and seen == [] and stac_api.faults.records == []  # no API, no COG request
+    # another date window is another request: one scene search (the DEM answer is reused)
+    fetch_stac_inputs(source, "stac-test", ("B02",), ROI, dt.date(2016, 1, 1), dt.date(2016, 1, 31), tmp_path)
+    assert [r for r in seen if r[1] == "/search"] == [searches[0]]
+    # a window still open is searched again (new scenes may appear)
+    seen.clear()
+    for _ in range(2):
+        fetch_stac_inputs(source, "stac-test", ("B02",), ROI, dt.date(2016, 1, 1), None, tmp_path)
+    assert len([r for r in seen if r[1] == "/search"]) == 2
