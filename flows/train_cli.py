@@ -89,6 +89,17 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                           "metrics[KEY] (repeatable)")
     ens.add_argument("--description", default="")
 
+    exp = sub.add_parser(
+        "export", help="export a checkpoint to ONNX (float32, optionally static int8) for CPU scans",
+        description="Write an ONNX model carrying its card; `landslide scan --checkpoint FILE.onnx` "
+                    "runs it with ONNX Runtime. --int8 also writes FILE.int8.onnx, quantized with "
+                    "activations calibrated on --calibration-dir (a training split, never the data "
+                    "you score it on). Needs the optional packages: pip install -e '.[onnx]'.")
+    exp.add_argument("--checkpoint", help="card name/path (default: the shipped model)")
+    exp.add_argument("--out", required=True, help="output .onnx path")
+    exp.add_argument("--int8", action="store_true", help="also write the static int8 model")
+    exp.add_argument("--calibration-dir", help="scene-layout folder for int8 calibration")
+
     ev = sub.add_parser(
         "evaluate", help="precision/recall/F1/IoU/AUC of a checkpoint on a labelled dataset",
         description="Predict a scene-layout dataset (DIR/image.tif) the way a scan does (tiled, "
@@ -221,6 +232,29 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     path = build_ensemble(args.members, args.name, args.out, args.rule, args.weights_from,
                           args.threshold, score_dirs, args.description)
     print(path.read_text())
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from models.export import export_onnx, quantize_int8
+    from tasks.errors import InputError
+    from tasks.inference import DEFAULT_CHECKPOINT
+
+    out = Path(args.out)
+    if out.suffix != ".onnx":
+        raise InputError(f"--out must end in .onnx, got {out}")
+    if args.int8 and not args.calibration_dir:
+        raise InputError("--int8 needs --calibration-dir (e.g. build/iburi_weak/train)")
+    if args.calibration_dir:
+        from models.datasets import load_scene_dataset
+
+        load_scene_dataset(args.calibration_dir, require_labels=False)
+    path = export_onnx(args.checkpoint or DEFAULT_CHECKPOINT, out)
+    print(f"onnx: {path}")
+    if args.int8:
+        print(f"int8: {quantize_int8(path, out.with_suffix('.int8.onnx'), args.calibration_dir)}")
     return 0
 
 
@@ -363,5 +397,5 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 HANDLERS = {"weak-labels": cmd_weak_labels, "train": cmd_train, "train-suite": cmd_train_suite,
-            "ensemble": cmd_ensemble,
+            "ensemble": cmd_ensemble, "export": cmd_export,
             "evaluate": cmd_evaluate, "compare": cmd_compare}

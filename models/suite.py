@@ -141,8 +141,11 @@ def write_suite_report(rows: list[dict], splits: list[str], out_dir: str | Path,
             return "n/a"
         return f"{mean:.3f}" + ("" if math.isnan(std) else f" ± {std:.3f}")
 
-    head = ["model", "seeds"] + [f"{s} {m.upper()}" for s in splits for m in ("f1", "iou")]
-    head += ["AUC " + splits[-1], "selected epoch", "train min", "params (M)", "ms / patch"]
+    short = {"val_weak_labels": "weak val", "val_reference_predictions": "ref val",
+             "east_rule": "east rule"}
+    head = ["model", "seeds"] + [f"{m.upper()} {short.get(s, s)}" for s in splits for m in ("f1", "iou")]
+    head += [f"AUC {short.get(splits[-1], splits[-1])}", "selected epoch", "train min",
+             "params (M)", "ms / patch"]
     lines = [f"# {title}", "", notes.strip(), "", "| " + " | ".join(head) + " |",
              "|" + "|".join("---" for _ in head) + "|"]
     for r in rows:

@@ -216,10 +216,15 @@ class EnsembleDetector:
 
 
 def load_detector(spec: str | None, device: str = "auto") -> Detector:
-    """``index`` -> the rule; None -> the shipped default checkpoint; else a checkpoint name/path
-    (a model card, or an ensemble card listing member cards)."""
+    """``index`` -> the rule; None -> the shipped default checkpoint; a ``.onnx`` path -> an ONNX
+    Runtime export (``landslide export``); else a checkpoint name/path (a model card, or an
+    ensemble card listing member cards)."""
     if spec == INDEX_DETECTOR:
         return IndexDetector()
+    if spec is not None and str(spec).endswith(".onnx"):  # an export of `landslide export`
+        from models.export import load_onnx_detector
+
+        return load_onnx_detector(spec)
     from models.checkpoint import load_checkpoint, resolve_checkpoint
     from models.ensemble import is_ensemble_card, member_refs, read_ensemble
 

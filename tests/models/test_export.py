@@ -116,3 +116,19 @@ def test_pruning_zeroes_whole_output_channels():
     assert min(zero_rows) >= 0.25 and max(zero_rows) <= 0.35
     with pytest.raises(InputError):
         prune_channels(model, 1.5)
+
+
+def test_cli_export_then_scan_detector_from_the_onnx_file(checkpoint, scene_dir, tmp_path, capsys):
+    from flows.cli import main
+
+    out = tmp_path / "exp" / "model.onnx"
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(out), "--int8",
+                 "--calibration-dir", str(scene_dir)]) == 0
+    assert out.exists() and out.with_suffix(".int8.onnx").exists()
+    det = load_detector(str(out.with_suffix(".int8.onnx")))  # what `scan --checkpoint X.onnx` loads
+    assert det.describe()["kind"] == "onnx" and det.bands == tuple(BANDS)
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "m.pt")]) != 0
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "m.onnx"),
+                 "--int8"]) != 0
+    assert "--calibration-dir" in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()
