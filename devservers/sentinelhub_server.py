@@ -31,6 +31,9 @@ Simplifications (documented, on purpose):
   (2016-01-12 cloud 2.5 %, 2016-02-01 cloud 71.3 %), both rendered from the same real pixels. If no
   scene matches timeRange / maxCloudCoverage the image is all zeros (Sentinel Hub's "no data").
 - Pixels outside the real 19 km x 19 km subset are 0 (nodata), as for a real tile edge.
+- DEM: ``type: dem`` with ``demInstance: COPERNICUS_30`` renders the real GLO-30 tile N00E006 (Sao Tome)
+  as FLOAT32 metres with the request's resampling, 0 outside it (the service's answer over the sea);
+  other DEM instances get 400.
 - Bands are reprojected with rasterio from the native 10/20/60 m grids (nearest by default, like
   Sentinel Hub's default up/downsampling).
 
@@ -71,7 +74,7 @@ from rasterio.warp import reproject, transform_bounds
 
 import http.server
 
-from devservers.stac_server import S2_JP2_DIR, SCENES
+from devservers.stac_server import GLO30_TIF, S2_JP2_DIR, SCENES
 from devservers.static_files import BackgroundServer, FaultControl, RequestRecord, serve_until_interrupted
 
 LOGGER = logging.getLogger(__name__)
@@ -446,6 +449,27 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                           "body": {"next": next_index}, "merge": True})
         return {"type": "FeatureCollection", "features": page, "links": links, "context": context}
 
+    def _process_dem(self, request: dict, data: dict, crs: CRS, bounds: tuple[float, float, float, float],
+                     width: int, height: int, out: dict, truncate: bool) -> None:
+        """``type: dem`` with ``demInstance: COPERNICUS_30``: the real GLO-30 tile, FLOAT32 metres,
+        0 outside it (as the service answers over the sea). Other instances: 400 (not served here)."""
+        instance = (data.get("dataFilter") or {}).get("demInstance", "MAPZEN")
+        if instance != "COPERNICUS_30":
+            raise ApiError(400, f"demInstance {instance!r} is not served by this test server (COPERNICUS_30 is)")
+        bands = parse_evalscript_bands(request.get("evalscript") or "")
+        transform = transform_from_bounds(*bounds, width, height)
+        processing = data.get("processing") or {}
+        key = processing.get("upsampling") or processing.get("downsampling") or "NEAREST"
+        dem = self.server.dem()
+        stack = np.zeros((len(bands), height, width), dtype=np.float32)
+        for i, band in enumerate(bands):
+            if band == "DEM":
+                reproject(dem.data, stack[i], src_transform=dem.transform, src_crs=dem.crs,
+                          dst_transform=transform, dst_crs=crs, dst_nodata=0,
+                          resampling=_RESAMPLING.get(key, Resampling.nearest))
+        self.server.last_process_request = request
+        self._send(200, _encode_tiff(stack, crs, transform), "image/tiff", truncate=truncate)
+
     def _process(self, body: bytes, truncate: bool) -> None:
         try:
             request = json.loads(body)
@@ -474,6 +498,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if not data_list:
             raise ApiError(400, "input.data is empty")
         data = data_list[0]
+        if data.get("type") == "dem":
+            self._process_dem(request, data, crs, (west, south, east, north), width, height, out, truncate)
+            return
         if data.get("type") not in L1C_TYPES:
             raise ApiError(400, f"Unsupported data type {data.get('type')!r}; this server serves sentinel-2-l1c")
         dfilter = data.get("dataFilter") or {}
@@ -510,7 +537,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 def _encode_tiff(stack: np.ndarray, crs: CRS, transform: rasterio.Affine) -> bytes:
     count, height, width = stack.shape
     with MemoryFile() as mem:
-        with mem.open(driver="GTiff", width=width, height=height, count=count, dtype="uint16", crs=crs,
+        with mem.open(driver="GTiff", width=width, height=height, count=count, dtype=stack.dtype.name, crs=crs,
                       transform=transform, compress="deflate") as dst:
             dst.write(stack)
         return mem.read()
@@ -547,10 +574,22 @@ class _Server(http.server.ThreadingHTTPServer):
         self._tokens: dict[str, float] = {}
         self._lock = threading.Lock()
         self.last_process_request: dict | None = None
+        self._dem: _Band | None = None
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def dem(self) -> _Band:
+        """The real GLO-30 tile (N00 E006), read once."""
+        with self._lock:
+            if self._dem is None:
+                with rasterio.open(GLO30_TIF) as src:
+                    data = src.read(1).astype(np.float32)
+                    if src.nodata is not None:
+                        data[data == src.nodata] = 0
+                    self._dem = _Band(data, src.transform, src.crs)
+            return self._dem
 
     def issue_token(self, client_id: str) -> str:
         token = _fake_jwt(client_id)

@@ -76,12 +76,12 @@ def test_plan_pieces_cover_the_grid_once():
 
 def test_fetch_all_twelve_bands(creds_env, tmp_path):
     api = creds_env
-    inputs = _fetch(api, tmp_path)
+    inputs = _fetch(api, tmp_path, dem_collection="MAPZEN")
     grid = make_grid(ROI)
     assert inputs.scene_id == L1C_0112 and inputs.acquired.startswith("2016-01-12T16:00")
     assert list(inputs.band_paths) == list(SPECTRAL_BAND_NAMES)
     assert inputs.processing_baseline == "02.01" and inputs.offset_dn == 0
-    assert inputs.dem_path is None and any("no DEM" in n for n in inputs.notes)  # server: 400 for DEM
+    assert inputs.dem_path is None and any("no DEM" in n for n in inputs.notes)  # server: 400 for MAPZEN
     for band, path in inputs.band_paths.items():
         with rasterio.open(path) as src:
             assert src.crs.to_string() == grid.crs and src.transform == grid.transform
@@ -200,7 +200,8 @@ def test_scan_end_to_end_matches_the_local_source(creds_env, prefect_harness, tm
     catalog.write_text(
         "version: 1\nsources:\n  sh-local:\n    kind: sentinelhub\n"
         f"    base_url: {api.base_url}\n    token_url: {api.token_url}\n"
-        "    secret_block: sh-e2e-creds\n    max_retries: 2\n    timeout_s: 30\n")
+        "    secret_block: sh-e2e-creds\n    max_retries: 2\n    timeout_s: 30\n"
+        "    dem_collection: null\n")  # the served DEM (Sao Tome) is elsewhere
     ckpt = _twelve_band_checkpoint(tmp_path / "ckpt")
     common = ["--bbox", BBOX, "--checkpoint", str(ckpt), "--keep-work", "--no-progress",
               "--start", "2016-01-01", "--end", "2016-03-01"]
@@ -281,3 +282,34 @@ def _twelve_band_checkpoint(folder):
         training={"epochs": 0, "loss": "none", "seed": 0}, description="random weights; not a detector")
     folder.mkdir(parents=True, exist_ok=True)
     return save_checkpoint(model, card, folder)[1]
+
+
+def test_dem_collection_copernicus_30(creds_env, tmp_path):
+    """The DEM path: Process API with ``type: dem`` / ``demInstance: COPERNICUS_30`` over Sao Tome (the
+    served real GLO-30 tile), FLOAT32 metres on the analysis grid, cached; equals the tile warped locally."""
+    from tasks.acquire_sentinelhub import _config, _fetch_dem, resolve_credentials
+
+    from devservers.stac_server import GLO30_TIF
+
+    api = creds_env
+    source = _source(api)  # dem_collection defaults to COPERNICUS_30
+    creds = resolve_credentials(source)
+    grid = make_grid(box(6.55, 0.25, 6.57, 0.27))  # ~2.2 km, steep terrain of Sao Tome
+    desc = {"crs": grid.crs, "bounds": grid.bounds, "size": (grid.width, grid.height)}
+    path, note, made = _fetch_dem(source, _config(source, creds, 0.05), creds, grid, desc, tmp_path, 100)
+    assert note is None and made == 9  # 223 x 221 px in pieces of at most 100 px
+    sent = api.server.last_process_request["input"]["data"][0]
+    assert sent["type"] == "dem" and sent["dataFilter"]["demInstance"] == "COPERNICUS_30"
+    expected = np.zeros(grid.shape, dtype=np.float32)
+    with rasterio.open(GLO30_TIF) as src:
+        reproject(src.read(1), expected, src_transform=src.transform, src_crs=src.crs,
+                  dst_transform=grid.transform, dst_crs=grid.crs, resampling=Resampling.bilinear)
+    with rasterio.open(path) as got:
+        assert got.dtypes[0] == "float32" and got.transform == grid.transform and got.crs.to_string() == grid.crs
+        dem = got.read(1)
+    assert dem.max() > 100  # real relief in metres, not an empty answer
+    # pieces are warped separately; bilinear weights at piece borders can differ by rounding only
+    np.testing.assert_allclose(dem, expected, atol=0.01)
+    api.faults.clear_log()
+    again = _fetch_dem(source, _config(source, creds, 0.05), creds, grid, desc, tmp_path, 100)
+    assert again[0] == path and again[2] == 0 and api.faults.records == []  # from the cache
