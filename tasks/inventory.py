@@ -102,6 +102,16 @@ def match_polygons(known: gpd.GeoSeries, detected: gpd.GeoSeries,
     return out
 
 
+def _ns_utc(df: pd.DataFrame) -> pd.DataFrame:
+    """Every datetime column as datetime64[ns, UTC] (GeoPackages read back as ms or naive)."""
+    for col in df.columns:
+        if col != "geometry" and (pd.api.types.is_datetime64_any_dtype(df[col])
+                                  or col in ("first_seen", "last_seen", "acquired",
+                                             "detected_at", "merged_at")):
+            df[col] = pd.to_datetime(df[col], utc=True).astype("datetime64[ns, UTC]")
+    return df
+
+
 def _utc(value) -> pd.Timestamp:
     ts = pd.Timestamp(value)
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
@@ -129,7 +139,7 @@ def merge_run(inventory_path: str | Path, run_gpkg: str | Path, run_id: str, sce
     footprint = _read_layer(run_gpkg, FOOTPRINT_LAYER)
     crs = landslides.crs if landslides is not None else detected.crs
     detected = detected.to_crs(crs) if detected.crs != crs else detected
-    detected = detected.reset_index(drop=True)
+    detected = _ns_utc(detected.reset_index(drop=True))
 
     if landslides is None:
         landslides = gpd.GeoDataFrame(
@@ -138,10 +148,7 @@ def merge_run(inventory_path: str | Path, run_gpkg: str | Path, run_id: str, sce
                                                 ("last_seen", "datetime64[ns, UTC]"),
                                                 ("detections", "int64"), ("status", "object"))},
             geometry=gpd.GeoSeries([], crs=crs), crs=crs)
-    landslides = landslides.reset_index(drop=True)
-    for col in ("first_seen", "last_seen", "acquired", "detected_at"):
-        if col in landslides:
-            landslides[col] = pd.to_datetime(landslides[col], utc=True)
+    landslides = _ns_utc(landslides.reset_index(drop=True))
     landslides["status"] = STATUS_KNOWN
     matches = match_polygons(landslides.geometry, detected.geometry, iou_threshold)
     attrs = [c for c in LANDSLIDE_COLUMN_NAMES if c in detected.columns]
@@ -170,9 +177,7 @@ def merge_run(inventory_path: str | Path, run_gpkg: str | Path, run_id: str, sce
     landslides = landslides[[*INVENTORY_COLUMNS, *attrs, "geometry"]]
     for col in ("inventory_id", "detections"):
         landslides[col] = landslides[col].astype("int64")
-    for col in ("first_seen", "last_seen", "acquired", "detected_at"):
-        if col in landslides:
-            landslides[col] = pd.to_datetime(landslides[col], utc=True)
+    landslides = _ns_utc(landslides)
 
     fp_geom = unary_union(list(footprint.to_crs(crs).geometry)) if footprint is not None and len(footprint) else None
     if fp_geom is not None and fp_geom.geom_type == "Polygon":
@@ -183,12 +188,10 @@ def merge_run(inventory_path: str | Path, run_gpkg: str | Path, run_id: str, sce
         "run_id": run_id, "scenes": ",".join(scenes), "acquired": acquired, "model": model,
         "detections": len(detected), "new": len(rows_new), "known": len(matches),
         "merged_at": _utc(now), "geometry": fp_geom}], geometry="geometry", crs=crs)
+    scan_row = _ns_utc(scan_row)
     if scans is not None:
-        scans = scans.to_crs(crs) if scans.crs != crs else scans
-        for col in ("acquired", "merged_at"):
-            scans[col] = pd.to_datetime(scans[col], utc=True)
+        scans = _ns_utc(scans.to_crs(crs) if scans.crs != crs else scans)
         scan_row = pd.concat([scans, scan_row], ignore_index=True)
-    scan_row["acquired"] = pd.to_datetime(scan_row["acquired"], utc=True)
 
     _write_atomic(inventory_path, landslides, gpd.GeoDataFrame(scan_row, geometry="geometry", crs=crs))
     new_area = float(sum(r["geometry"].area for r in rows_new))

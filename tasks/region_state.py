@@ -137,6 +137,10 @@ class RegionState:
         self.db.execute("UPDATE runs SET status = ?, updated_at = ?, message = ? WHERE run_id = ?",
                         (status, _now(), message, run_id))
 
+    def forget(self, run_id: str) -> None:
+        """Drop a run that never published: its scenes stay unprocessed."""
+        self.db.execute("DELETE FROM runs WHERE run_id = ? AND status = 'running'", (run_id,))
+
     def mark_merged(self, run_id: str, scenes: list[tuple[str, str | None]], model: str) -> None:
         """In one transaction: the run is merged and its scenes count as processed."""
         now = _now()

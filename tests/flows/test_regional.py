@@ -1,0 +1,98 @@
+"""Incremental regional scans into one inventory (Prefect ephemeral mode, the bundled Iburi pair).
+
+Run 1 knows only the pre-event scene; run 2 finds the post-event scene added to the catalog and
+processes only it; run 3 has nothing new. A merge killed after the run folder was published is
+completed by the next run without duplicates; a second run of the region at once is refused.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.regional import regional_scan_flow
+from tasks import inventory as inventory_mod
+from tasks.inventory import read_inventory
+from tasks.region_state import RegionBusyError, RegionState, region_lock
+
+REPO = Path(__file__).resolve().parents[2]
+BBOX = [141.95, 42.72, 141.965, 42.735]
+
+
+def _catalog(tmp_path: Path, scene_ids: list[str]) -> str:
+    cat = yaml.safe_load((REPO / "data_catalog.yaml").read_text())
+    src = copy.deepcopy(cat["sources"]["iburi-2018-local"])
+    src["dem"] = str(REPO / src["dem"])
+    src["scenes"] = [dict(s, band_template=str(REPO / s["band_template"]))
+                     for s in src["scenes"] if s["scene_id"] in scene_ids]
+    path = tmp_path / f"catalog-{len(scene_ids)}.yaml"
+    path.write_text(yaml.safe_dump({"version": 1, "sources": {"iburi": src},
+                                    "regions": {"atsuma": {"source": "iburi", "bbox": BBOX}}}))
+    return str(path)
+
+
+PRE, POST = "iburi-2018-pre-s2-mosaic", "iburi-2018-post-s2-mosaic"
+
+
+def test_incremental_runs_recovery_and_lock(prefect_harness, tmp_path, monkeypatch):
+    state, runs = tmp_path / "state", tmp_path / "runs"
+    kw = dict(state_dir=str(state), runs_dir=str(runs), detector="index")
+
+    first = regional_scan_flow("atsuma", catalog=_catalog(tmp_path, [PRE]), **kw)
+    assert [r["scene_id"] for r in first["runs"]] == [PRE]
+    land, scans = read_inventory(first["inventory"])
+    n_pre = len(land)
+    assert n_pre > 0 and set(land["status"]) == {"new"} and set(land["detections"]) == {1}
+    assert first["runs"][0]["new"] == n_pre
+
+    # run 2 is killed after publishing its folder, before the inventory update
+    real_merge = inventory_mod.merge_run
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed between publishing and the inventory update (simulated)")
+
+    monkeypatch.setattr("flows.regional.merge_run", killed)
+    both = _catalog(tmp_path, [PRE, POST])
+    with pytest.raises(BaseException, match="simulated"):
+        regional_scan_flow("atsuma", catalog=both, **kw)
+    monkeypatch.setattr("flows.regional.merge_run", real_merge)
+    with RegionState(state / "atsuma") as st:
+        assert [r.status for r in st.runs()] == ["merged", "published"]
+        assert st.processed(first["model"]) == {PRE}
+    published = [p for p in runs.iterdir() if p.name != first["runs"][0]["run_id"]]
+    assert len(published) == 1 and (published[0] / "landslides.gpkg").exists()
+
+    # run 3 completes the interrupted merge and finds nothing else new: the post scene is not rescanned
+    third = regional_scan_flow("atsuma", catalog=both, **kw)
+    assert third["recovered"] == [published[0].name] and third["runs"] == []
+    assert "Nothing new" in third["summary"]
+    land, scans = read_inventory(third["inventory"])
+    assert list(scans["run_id"]) == [first["runs"][0]["run_id"], published[0].name]
+    assert len(list(runs.iterdir())) == 2
+    post_new = int(scans["new"].iloc[1])
+    post_known = int(scans["known"].iloc[1])
+    assert len(land) == n_pre + post_new  # nothing duplicated
+    assert (land["status"] == "new").sum() == post_new
+    assert (land["detections"] == 2).sum() == post_known
+    with RegionState(state / "atsuma") as st:
+        assert st.processed(first["model"]) == {PRE, POST} and st.unmerged_runs() == []
+
+    # a second run of the region while one holds the lock is refused, and changes nothing
+    before = Path(third["inventory"]).read_bytes()
+    with region_lock(state / "atsuma"):
+        with pytest.raises(RegionBusyError, match="another run of this region"):
+            regional_scan_flow("atsuma", catalog=both, **kw)
+    assert Path(third["inventory"]).read_bytes() == before
+
+
+def test_unknown_region_changes_no_state(prefect_harness, tmp_path):
+    from tasks.errors import InputError
+
+    with pytest.raises(InputError, match="nowhere"):
+        regional_scan_flow("nowhere", state_dir=str(tmp_path / "state"), runs_dir=str(tmp_path / "r"),
+                           catalog=_catalog(tmp_path, [PRE]), detector="index")
+    assert not (tmp_path / "state" / "nowhere" / "state.sqlite").exists()
+    assert not (tmp_path / "r").exists()
