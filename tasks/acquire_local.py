@@ -45,6 +45,20 @@ class SceneInputs:
     notes: list[str] = field(default_factory=list)
     # the source's cloud mask (tasks.cloud: path + cloud_values or cloud_range + origin), None = none
     cloud_mask: dict | None = None
+    cloud_pct: float | None = None  # the scene's cloud cover (eo:cloud_cover) when the source gives it
+    # a per-pixel mosaic (tasks.mosaic): the scenes best first, each a dict with scene_id, acquired,
+    # cloud_pct, processing_baseline, offset_dn, band_paths, band_nodata, cloud_mask; None = the one
+    # scene described by the fields above
+    mosaic: list[dict] | None = None
+
+    def scenes(self) -> list[dict]:
+        """The scenes alignment reads, best first (one entry for a single-scene input)."""
+        if self.mosaic:
+            return [dict(m) for m in self.mosaic]
+        return [{"scene_id": self.scene_id, "acquired": self.acquired, "cloud_pct": self.cloud_pct,
+                 "processing_baseline": self.processing_baseline, "offset_dn": self.offset_dn,
+                 "band_paths": dict(self.band_paths), "band_nodata": self.band_nodata,
+                 "cloud_mask": self.cloud_mask}]
 
     def to_dict(self) -> dict:
         return asdict(self)

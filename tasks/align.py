@@ -9,7 +9,9 @@ computed on the DEM in a metric CRS at the DEM's own resolution first, then resa
 Output: ``stack.tif`` (float32, 14 bands in contract order, physical units, NaN = nodata; channels the
 source does not provide are all-NaN) and ``valid.tif`` (uint8 1 = analysed). Where the source gives a
 cloud mask (``inputs.cloud_mask``, see ``tasks.cloud``) cloud pixels are not valid; ``cloud_mask.json``
-records how many were masked.
+records how many were masked. ``scene_index.tif`` (uint8, 0 = no scene, k = entry k of ``scenes.json``)
+says which scene every analysed pixel comes from: with a per-pixel mosaic (``inputs.mosaic``, see
+``tasks.mosaic``) the first-ranked scene with data and no cloud there; with one scene, that scene.
 """
 
 from __future__ import annotations
@@ -34,11 +36,12 @@ from rasterio.windows import Window
 from tqdm.auto import tqdm
 
 from tasks.acquire_local import SceneInputs
-from tasks.bands import BAND_NAMES, get_band
-from tasks.cloud import check_cloud_mask, cloud_pixels
-from tasks.cloud import write_record as write_cloud_record
+from tasks.bands import BAND_NAMES, SPECTRAL_BAND_NAMES, get_band
+from tasks.cloud import check_cloud_mask, cloud_pixels, write_records as write_cloud_records
 from tasks.errors import InputError
 from tasks.grid import AnalysisGrid
+from tasks.mosaic import MAX_SCENES, SCENE_INDEX_NAME, SCENES_NAME, scene_entry, write_scenes
+from tasks.mosaic import RULE as MOSAIC_RULE
 from tasks.terrain import compute_slope_raster
 
 log = logging.getLogger(__name__)
@@ -88,91 +91,159 @@ def roi_mask(roi_grid_crs: shapely.Geometry | None, grid: AnalysisGrid) -> np.nd
     return inside.astype(np.uint8)
 
 
+def _scene_layers(scene: dict, grid: AnalysisGrid, chunk_px: int) -> dict[str, da.Array]:
+    """Lazy (H, W) views of one scene's spectral bands on ``grid``, harmonized, NaN = nodata."""
+    layers = {}
+    for name, path in scene["band_paths"].items():
+        data = _warped_layer(path, grid, Resampling[get_band(name).resampling], scene.get("band_nodata"),
+                             chunk_px).data[0]
+        if scene.get("offset_dn"):
+            data = da.maximum(data - scene["offset_dn"], 0.0)
+        layers[name] = data.rechunk((chunk_px, chunk_px))
+    return layers
+
+
 def build_stack(inputs: SceneInputs, grid: AnalysisGrid, work_dir: str | Path,
                 required_bands: tuple[str, ...], roi_grid_crs: shapely.Geometry | None = None,
                 chunk_px: int = DEFAULT_CHUNK_PX, progress: bool = False) -> StackResult:
-    """Warp the scene's bands and the terrain layers onto ``grid``; write stack.tif and valid.tif.
+    """Warp the scenes' bands and the terrain layers onto ``grid``; write stack.tif, valid.tif,
+    scene_index.tif and scenes.json.
+
+    With several scenes (``inputs.mosaic``, best first) every pixel takes its spectral bands from the
+    first scene that has data in every required spectral band there and is not cloud in its own mask
+    (``tasks.mosaic``); a single scene is the same rule with one scene.
 
     Args:
-        inputs: the scene (band paths, DEM path, nodata, harmonization offset).
+        inputs: the scene(s) (band paths, DEM path, nodata, harmonization offset, cloud mask).
         grid: the analysis grid.
         work_dir: folder for the stack, the valid mask and the metric-CRS slope.
         required_bands: channels the detector consumes: a pixel is valid only where all are finite.
         roi_grid_crs: ROI polygon in the grid CRS; pixels outside it are not analysed.
-        chunk_px: dask chunk side (bounded memory: a few chunks of 14 bands at a time).
+        chunk_px: dask chunk side (bounded memory: a few chunks of 14 bands a scene at a time).
         progress: show a progress bar (stderr) while the stack is computed and written.
     """
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    layers: list[da.Array] = []
+    scenes = inputs.scenes()
+    if len(scenes) > MAX_SCENES:
+        raise InputError(f"a mosaic of {len(scenes)} scenes exceeds {MAX_SCENES} (scene_index.tif is uint8)")
     nan_in_source: dict[str, int] = {}
-    for name in BAND_NAMES:
-        band = get_band(name)
-        resampling = Resampling[band.resampling]
-        if name in inputs.band_paths:
-            arr = _warped_layer(inputs.band_paths[name], grid, resampling, inputs.band_nodata, chunk_px)
-            data = arr.data
-            if inputs.offset_dn:
-                data = da.maximum(data - inputs.offset_dn, 0.0)
-            nan_in_source[name] = _count_source_nan(inputs.band_paths[name])
-        elif name == "DEM" and inputs.dem_path:
-            data = _warped_layer(inputs.dem_path, grid, resampling, inputs.dem_nodata, chunk_px).data
-        elif name == "SLOPE" and inputs.dem_path:
+    for scene in scenes:
+        for name, path in scene["band_paths"].items():
+            nan_in_source[name] = nan_in_source.get(name, 0) + _count_source_nan(path)
+    empty = _empty_layer(grid, chunk_px)[0]
+    inside = da.from_array(roi_mask(roi_grid_crs, grid), chunks=(chunk_px, chunk_px)) > 0
+    spectral_required = [b for b in required_bands if b in SPECTRAL_BAND_NAMES]
+    terrain: dict[str, da.Array] = {}
+    for name in ("SLOPE", "DEM"):
+        if not inputs.dem_path:
+            terrain[name] = empty
+        elif name == "DEM":
+            terrain[name] = _warped_layer(inputs.dem_path, grid, Resampling[get_band(name).resampling],
+                                          inputs.dem_nodata, chunk_px).data[0].rechunk((chunk_px, chunk_px))
+        else:
             slope_path = work_dir / "slope_metric.tif"
             if not slope_path.exists():
                 compute_slope_raster(inputs.dem_path, slope_path, dst_crs=grid.crs)
-            data = _warped_layer(str(slope_path), grid, resampling, None, chunk_px).data
-        else:
-            data = _empty_layer(grid, chunk_px)
-        layers.append(data.rechunk((1, chunk_px, chunk_px)))
-    stack = da.concatenate(layers, axis=0)
-    inside = da.from_array(roi_mask(roi_grid_crs, grid), chunks=(chunk_px, chunk_px))
-    idx = [BAND_NAMES.index(b) for b in required_bands]
-    valid = da.isfinite(stack[idx]).all(axis=0) & (inside > 0)
-    cloud_spec = check_cloud_mask(inputs.cloud_mask)
-    cloudy = da.zeros(grid.shape, dtype=bool, chunks=(chunk_px, chunk_px))
-    if cloud_spec is not None:
-        mask = _warped_mask(cloud_spec["path"], grid, chunk_px)
-        cloudy = valid & da.map_blocks(cloud_pixels, mask, spec=cloud_spec, dtype=bool)
-        valid = valid & ~cloudy  # cloud pixels leave the footprint and get no polygons
-    stack = da.where(valid[None], stack, np.nan).astype("float32")
+            terrain[name] = _warped_layer(str(slope_path), grid, Resampling[get_band(name).resampling], None,
+                                          chunk_px).data[0].rechunk((chunk_px, chunk_px))
+    base_ok = inside
+    for name in required_bands:
+        if name in terrain:
+            base_ok = base_ok & da.isfinite(terrain[name])
+
+    # per scene: data in every required spectral band, and its cloud flags (False without a mask)
+    per_scene, specs = [], []
+    for scene in scenes:
+        layers = _scene_layers(scene, grid, chunk_px)
+        has_data = da.ones(grid.shape, dtype=bool, chunks=(chunk_px, chunk_px))
+        for name in spectral_required:
+            has_data = has_data & (da.isfinite(layers[name]) if name in layers else False)
+        spec = check_cloud_mask(scene.get("cloud_mask"))
+        cloud = da.zeros(grid.shape, dtype=bool, chunks=(chunk_px, chunk_px))
+        if spec is not None:
+            cloud = da.map_blocks(cloud_pixels, _warped_mask(spec["path"], grid, chunk_px), spec=spec, dtype=bool)
+        per_scene.append((layers, has_data, cloud))
+        specs.append(spec)
+    # first scene (best first) with data and no cloud; counts of pixels each scene gives / loses to cloud
+    index = da.zeros(grid.shape, dtype=np.uint8, chunks=(chunk_px, chunk_px))
+    cloud_lost = []
+    for k, (_, has_data, cloud) in enumerate(per_scene, start=1):
+        open_px = (index == 0) & base_ok
+        cloud_lost.append(open_px & has_data & cloud)
+        index = da.where(open_px & has_data & ~cloud, np.uint8(k), index)
+    valid = index > 0
+    # pixels that would have been analysed without the cloud masks but are not
+    cloudy = ~valid & base_ok & da.stack([h & c for _, h, c in per_scene]).any(axis=0)
+    channels = []
+    for name in BAND_NAMES:
+        if name in terrain:
+            channels.append(terrain[name])
+            continue
+        data = empty
+        for k, (layers, _, _) in enumerate(per_scene, start=1):
+            if name in layers:
+                data = da.where(index == k, layers[name], data)
+        channels.append(data)
+    stack = da.where(valid[None], da.stack(channels), np.nan).astype("float32")
 
     stack_path = work_dir / "stack.tif"
     valid_path = work_dir / "valid.tif"
+    index_path = work_dir / SCENE_INDEX_NAME
     tmp_stack, tmp_valid = stack_path.with_suffix(".tmp.tif"), valid_path.with_suffix(".tmp.tif")
+    tmp_index = index_path.with_suffix(".tmp.tif")
     common = dict(driver="GTiff", width=grid.width, height=grid.height, crs=grid.crs,
                   transform=grid.transform, tiled=True, blockxsize=256, blockysize=256,
                   compress="deflate", BIGTIFF="IF_SAFER")
-    # One chunk-sized window at a time: a single dask.compute evaluates the stack and the valid mask
-    # of that window together (each warp runs once) and the result is written before the next window
-    # starts, so memory holds one window of 14 bands however large the scene is. Band interleave:
-    # with pixel interleave every band write would recompress the tiles of all bands.
+    # One chunk-sized window at a time: a single dask.compute evaluates the stack, the valid mask and
+    # the scene index of that window together (each warp runs once) and the result is written before
+    # the next window starts, so memory holds one window of 14 bands per scene however large the grid
+    # is. Band interleave: with pixel interleave every band write would recompress all bands' tiles.
     windows = [Window(c, r, min(chunk_px, grid.width - c), min(chunk_px, grid.height - r))
                for r in range(0, grid.height, chunk_px) for c in range(0, grid.width, chunk_px)]
+    n_scenes = len(scenes)
     with rasterio.open(tmp_stack, "w", count=len(BAND_NAMES), dtype="float32", nodata=np.nan,
                        predictor=3, interleave="band", **common) as dst, \
             rasterio.open(tmp_valid, "w", count=1, dtype="uint8", **common) as vdst, \
+            rasterio.open(tmp_index, "w", count=1, dtype="uint8", **common) as idst, \
             dask.config.set(scheduler="threads"):
         n_cloudy = 0
+        taken = np.zeros(n_scenes + 1, dtype=np.int64)
+        lost = np.zeros(n_scenes, dtype=np.int64)
         for win in tqdm(windows, desc="align", unit="window", disable=not progress, mininterval=1.0):
             r0, c0 = int(win.row_off), int(win.col_off)
             r1, c1 = r0 + int(win.height), c0 + int(win.width)
-            block, ok, cloud_n = dask.compute(stack[:, r0:r1, c0:c1], valid[r0:r1, c0:c1],
-                                              cloudy[r0:r1, c0:c1].sum())
+            block, idx, cloud_n, *lost_n = dask.compute(
+                stack[:, r0:r1, c0:c1], index[r0:r1, c0:c1], cloudy[r0:r1, c0:c1].sum(),
+                *[c[r0:r1, c0:c1].sum() for c in cloud_lost])
             n_cloudy += int(cloud_n)
+            lost += np.asarray(lost_n, dtype=np.int64)
+            taken += np.bincount(idx.ravel(), minlength=n_scenes + 1)
             dst.write(block, window=win)
-            vdst.write(ok.astype(np.uint8), 1, window=win)
+            vdst.write((idx > 0).astype(np.uint8), 1, window=win)
+            idst.write(idx, 1, window=win)
     with rasterio.open(tmp_stack, "r+") as dst:
         dst.descriptions = BAND_NAMES
         for i, name in enumerate(BAND_NAMES, start=1):
             dst.update_tags(i, unit=get_band(name).unit)
+    with rasterio.open(tmp_index, "r+") as idst:
+        idst.set_band_description(1, "source scene: 0 none, k = entry k of scenes.json")
+        idst.update_tags(scenes=SCENES_NAME, rule=MOSAIC_RULE)
     stats, valid_fraction = _stack_stats(tmp_stack, tmp_valid, nan_in_source)
+    grid_px = grid.width * grid.height
+    entries = [scene_entry(k, s["scene_id"], s.get("acquired"), s.get("cloud_pct"), s.get("processing_baseline"),
+                           float(s.get("offset_dn") or 0.0), int(taken[k]), int(lost[k - 1]))
+               for k, s in enumerate(scenes, start=1)]
     os.replace(tmp_stack, stack_path)
     os.replace(tmp_valid, valid_path)
+    os.replace(tmp_index, index_path)
+    write_scenes(work_dir, entries, grid_px, int(taken[1:].sum()))
     (work_dir / "stack_stats.json").write_text(json.dumps(stats, indent=2))
-    write_cloud_record(work_dir, inputs.scene_id, cloud_spec, n_cloudy, grid.width * grid.height)
-    log.info("stack: %dx%d px on %s, %.1f%% valid, %d px cloud-masked", grid.width, grid.height, grid.crs,
-             100 * valid_fraction, n_cloudy)
+    write_cloud_records(work_dir, [(s["scene_id"], spec, int(lost[k])) for k, (s, spec) in enumerate(zip(scenes, specs))],
+                        grid_px)
+    log.info("stack: %dx%d px on %s from %d scene(s) (%s px), %.1f%% valid, %d px cloud-masked", grid.width,
+             grid.height, grid.crs, n_scenes, "/".join(str(int(t)) for t in taken[1:]), 100 * valid_fraction,
+             n_cloudy)
     return StackResult(str(stack_path), str(valid_path), stats, valid_fraction, n_cloudy)
 
 

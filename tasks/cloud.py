@@ -79,6 +79,37 @@ def write_record(work_dir: str | Path, scene_id: str, spec: dict | None, cloud_m
     return record
 
 
+def write_records(work_dir: str | Path, scenes: list[tuple[str, dict | None, int]], grid_px: int) -> dict:
+    """``cloud_mask.json`` for one or more scenes (a mosaic): ``(scene_id, spec or None, cloud_masked_px)``.
+
+    A scene's ``cloud_masked_px`` counts the pixels that scene would have given (no better-ranked scene
+    had data and no cloud there, it had data) but its mask marked cloud. One scene: the same file as
+    ``write_record``.
+    """
+    if len(scenes) == 1:
+        scene_id, spec, n = scenes[0]
+        return write_record(work_dir, scene_id, spec, n, grid_px)
+    applied = [spec for _, spec, _ in scenes if spec is not None]
+    record: dict = {"applied": bool(applied), "scenes": {}}
+    if applied:
+        record["origin"] = "; ".join(dict.fromkeys(spec.get("origin", "") for spec in applied))
+        first = applied[0]
+        record["rule"] = ({"cloud_values": list(first["cloud_values"])} if first.get("cloud_values")
+                          else {"cloud_range": list(first["cloud_range"])})
+    else:
+        record["note"] = "the sources provide no cloud mask: no pixel was cloud-masked"
+    for scene_id, spec, n in scenes:
+        entry = {"cloud_masked_px": int(n) if spec is not None else 0, "mask": spec is not None}
+        if spec is not None:
+            entry["cloud_masked_fraction_of_grid"] = round(n / max(grid_px, 1), 6)
+        record["scenes"][scene_id] = entry
+    path = Path(work_dir) / RECORD_NAME
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    tmp.replace(path)
+    return record
+
+
 def read_record(work_dir: str | Path) -> dict | None:
     """The ``cloud_mask.json`` of a work folder, or None if alignment wrote none."""
     path = Path(work_dir) / RECORD_NAME
