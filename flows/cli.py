@@ -115,10 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
                                           "models/checkpoints.")
     models_p.add_argument("--json", action="store_true")
 
-    from flows import dev_server_cli, train_cli
+    from flows import dev_server_cli, regional_cli, train_cli
 
     train_cli.add_subcommands(sub)
     dev_server_cli.add_subcommands(sub)
+    regional_cli.add_subcommands(sub)
     return parser
 
 
@@ -231,10 +232,11 @@ def main(argv: list[str] | None = None) -> int:
     from tasks.errors import LandslideError
 
     handlers = {"scan": cmd_scan, "regions": cmd_regions, "models": cmd_models}
-    from flows import dev_server_cli, train_cli
+    from flows import dev_server_cli, regional_cli, train_cli
 
     handlers.update(train_cli.HANDLERS)
     handlers.update(dev_server_cli.HANDLERS)
+    handlers.update(regional_cli.HANDLERS)
     try:
         return handlers[args.command](args)
     except LandslideError as exc:

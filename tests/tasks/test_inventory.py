@@ -131,3 +131,23 @@ def test_state_ledger_counts_scenes_only_once_merged(tmp_path):
         assert st.last_acquired("m@abc") == "2024-05-01T10:00:00+00:00"
     with RegionState(tmp_path) as st:  # persisted
         assert [r.status for r in st.runs()] == ["merged"]
+
+
+def test_change_drops_scars_already_there_before(tmp_path, capsys):
+    from flows.cli import main
+
+    pre = _run_gpkg(tmp_path / "pre.gpkg", [box(0, 0, 100, 100), box(600, 0, 640, 80)], "2018-07-01", "pre")
+    # post: A grew a little (pre covers 0.83: dropped), C is new (pre covers 0.4: kept), D is new
+    post = _run_gpkg(tmp_path / "post.gpkg", [box(0, 0, 100, 120), C, box(300, 300, 400, 420)],
+                     "2018-09-10", "post")
+    out = tmp_path / "new.gpkg"
+    assert main(["change", "--post", str(post), "--pre", str(pre), "--out", str(out)]) == 0
+    assert "kept 2 polygons" in capsys.readouterr().out
+    kept = gpd.read_file(out, layer=LANDSLIDES_LAYER)
+    assert sorted(kept["landslide_id"]) == [2, 3]
+    assert kept.set_index("landslide_id").loc[2, "pre_overlap"] == pytest.approx(0.4)
+    assert set(kept["pre_looked"]) == {1.0}  # the synthetic pre footprint covers all of them
+    assert len(gpd.read_file(out, layer=FOOTPRINT_LAYER)) == 1
+    assert main(["change", "--post", str(post), "--pre", str(tmp_path / "missing"), "--out",
+                 str(tmp_path / "x.gpkg")]) != 0
+    assert not (tmp_path / "x.gpkg").exists()

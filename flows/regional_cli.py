@@ -1,0 +1,70 @@
+"""CLI for scheduled-style regional scans and their inventory.
+
+    landslide regional-scan --region iburi-2018 --state-dir state --runs-dir runs/iburi-2018
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_subcommands(sub: argparse._SubParsersAction) -> None:
+    add_change(sub)
+    reg = sub.add_parser(
+        "regional-scan", help="scan a region's scenes not processed yet and update its inventory",
+        description="Under the region's lock: merge what an interrupted run left, scan each scene of "
+                    "the region not yet processed with this detector (oldest first) into "
+                    "RUNS_DIR/<run_id>/, and merge its landslides into STATE_DIR/REGION/inventory.gpkg "
+                    "(layers landslides: first_seen, last_seen, detections, status new|known; scans). "
+                    "With nothing new it returns at once. The Prefect deployments in prefect.yaml "
+                    "run the same flow on a schedule.")
+    reg.add_argument("--region", required=True, help="a region of the catalog")
+    reg.add_argument("--state-dir", default="state", help="per-region state and inventory (state)")
+    reg.add_argument("--runs-dir", default="runs", help="where run folders go (runs)")
+    reg.add_argument("--catalog", help="catalog file (default: data_catalog.yaml)")
+    reg.add_argument("--checkpoint", "--detector", dest="detector",
+                     help="card name/path, 'index', or an ensemble card (default: the shipped model)")
+    reg.add_argument("--iou-threshold", type=float, default=0.3,
+                     help="IoU at which a detection updates a known landslide (0.3)")
+    reg.add_argument("--lock-wait-s", type=float, default=0.0,
+                     help="wait this long for another run of the region before refusing (0)")
+
+
+def add_change(sub: argparse._SubParsersAction) -> None:
+    ch = sub.add_parser(
+        "change", help="keep only post-event landslides not already detected before the event",
+        description="Drop post-event polygons of which at least --max-pre-overlap of the area was "
+                    "already detected on a pre-event scene of the same place (same detector), and "
+                    "write the rest, with their pre_overlap fraction, to --out.")
+    ch.add_argument("--post", required=True, help="post-event run folder (or its landslides.gpkg)")
+    ch.add_argument("--pre", required=True, help="pre-event run folder (or its landslides.gpkg)")
+    ch.add_argument("--out", required=True, help="GeoPackage to write")
+    ch.add_argument("--max-pre-overlap", type=float, default=0.5,
+                    help="drop a polygon at or above this covered fraction (0.5)")
+
+
+def cmd_change(args: argparse.Namespace) -> int:
+    from tasks.change import new_since_pre
+
+    r = new_since_pre(args.post, args.pre, args.out, args.max_pre_overlap)
+    print(f"kept {r.kept} polygons ({r.kept_area_m2 / 1e6:.3f} km2), removed {r.removed} already "
+          f"present before the event ({r.removed_area_m2 / 1e6:.3f} km2) -> {r.out}")
+    return 0
+
+
+def cmd_regional_scan(args: argparse.Namespace) -> int:
+    from flows.regional import regional_scan_flow, region_scenes
+    from tasks.errors import InputError
+    from tasks.inference import load_detector
+
+    if not 0 < args.iou_threshold <= 1:
+        raise InputError(f"--iou-threshold must be in (0, 1], got {args.iou_threshold}")
+    region_scenes(args.catalog, args.region)  # unknown regions / sources fail before Prefect starts
+    load_detector(args.detector, "cpu")
+    result = regional_scan_flow(args.region, args.state_dir, args.runs_dir, args.detector,
+                                args.catalog, args.iou_threshold, args.lock_wait_s)
+    print(result["summary"])
+    return 0
+
+
+HANDLERS = {"regional-scan": cmd_regional_scan, "change": cmd_change}
