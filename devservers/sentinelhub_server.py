@@ -245,8 +245,8 @@ def catalog_features(store: BandStore, base_url: str) -> list[dict]:
     left, bottom, right, top = bbox
     features = []
     for scene in SCENES:
-        if scene.offset_dn:  # Sentinel Hub harmonizes baseline-04 values by default; only serve the 2016 ones
-            continue
+        if scene.offset_dn or scene.footprint_x:  # Sentinel Hub harmonizes baseline-04 values by default;
+            continue  # the partial (mosaic) scenes are STAC-only: serve the full 2016 ones
         features.append({
             "stac_version": "1.0.0",
             "stac_extensions": ["https://stac-extensions.github.io/eo/v1.0.0/schema.json",
@@ -507,7 +507,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         time_range = dfilter.get("timeRange") or {}
         start, end = _parse_time(time_range.get("from")), _parse_time(time_range.get("to"))
         max_cc = float(dfilter.get("maxCloudCoverage", 100))
-        scenes = [s for s in SCENES if not s.offset_dn and s.cloud_cover <= max_cc
+        scenes = [s for s in SCENES if not s.offset_dn and not s.footprint_x and s.cloud_cover <= max_cc
                   and _in_interval(_parse_time(s.datetime), start, end)]
         processing = data.get("processing") or {}
         bands = parse_evalscript_bands(request.get("evalscript") or "")

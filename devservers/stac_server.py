@@ -13,6 +13,10 @@ What it builds (in a work folder, served by :class:`~devservers.static_files.Sta
   02.01, cloud 71.3) and ``S2B_18SVG_20220125_0_L1C`` (baseline 04.00, cloud 8.4) whose COG values carry
   the +1000 DN radiometric offset of baseline >= 04.00 (nonzero pixels only, 0 stays nodata). Dates,
   cloud covers and the third scene are test assignments, not real metadata.
+  Two more, for per-pixel mosaics: ``S2A_18SVG_20170110_0_L1C`` (cloud 3.1, baseline 02.04) with data
+  and footprint only in the west 2.1 km of the crop, and ``S2B_18SVG_20170120_0_L1C`` (cloud 5.6,
+  baseline 04.00: +1000) only in the east 2.1 km, its DN shifted by +37 so that the source of each
+  mosaic pixel can be told from its value; they overlap over x = 439020..440220 (EPSG:32618).
 - one ``cop-dem-glo-30`` item ``Copernicus_DSM_COG_10_N00_00_E006_00_DEM`` (asset ``data``, float32),
   a crop over Sao Tome of the real GLO-30 tile, with the crop's real bbox.
 
@@ -65,6 +69,11 @@ S2_CROP_BOUNDS = (438120.0, 4174080.0, 441120.0, 4177080.0)  # left, bottom, rig
 # GLO-30 crop over Sao Tome island (steep volcanic terrain), in degrees.
 DEM_CROP_BOUNDS = (6.50, 0.20, 6.70, 0.40)
 BASELINE_OFFSET_DN = 1000  # radiometric offset added to L1C DN from processing baseline 04.00
+# The split scenes' footprints (EPSG:32618 x ranges; 60 m multiples from the crop's left edge, so every
+# band's pixels fall wholly inside or outside) and the DN shift that makes the east one distinguishable.
+SPLIT_WEST_X = (438120.0, 440220.0)
+SPLIT_EAST_X = (439020.0, 441120.0)
+SPLIT_EAST_DN_DELTA = 37
 
 # Earth Search v1 asset key, band name, title, centre wavelength (um), FWHM (um), gsd (m).
 S2_ASSETS: tuple[tuple[str, str, str, float, float, int], ...] = (
@@ -94,6 +103,17 @@ class Scene:
     cloud_cover: float
     processing_baseline: str
     platform: str
+    # a partial footprint: [x0, x1) in EPSG:32618 inside the crop (pixels outside are 0 = no data, and
+    # the item's geometry is that strip); None = the whole crop
+    footprint_x: tuple[float, float] | None = None
+    dn_delta: int = 0  # added to every nonzero DN (before the baseline offset), to tell scenes apart
+
+    @property
+    def footprint_bounds(self) -> tuple[float, float, float, float]:
+        left, bottom, right, top = S2_CROP_BOUNDS
+        if self.footprint_x is None:
+            return S2_CROP_BOUNDS
+        return (max(left, self.footprint_x[0]), bottom, min(right, self.footprint_x[1]), top)
 
     @property
     def offset_dn(self) -> int:
@@ -104,6 +124,12 @@ SCENES: tuple[Scene, ...] = (
     Scene("S2A_18SVG_20160112_0_L1C", "2016-01-12T16:00:32Z", 2.5, "02.01", "sentinel-2a"),
     Scene("S2A_18SVG_20160201_0_L1C", "2016-02-01T16:00:42Z", 71.3, "02.01", "sentinel-2a"),
     Scene("S2B_18SVG_20220125_0_L1C", "2022-01-25T16:04:19Z", 8.4, "04.00", "sentinel-2b"),
+    # two overlapping partial scenes (the per-pixel mosaic case): no item of January 2017 covers a ROI
+    # crossing x = 439020..440220, where both have data; the west one is less cloudy
+    Scene("S2A_18SVG_20170110_0_L1C", "2017-01-10T16:00:22Z", 3.1, "02.04", "sentinel-2a",
+          footprint_x=SPLIT_WEST_X),
+    Scene("S2B_18SVG_20170120_0_L1C", "2017-01-20T16:00:35Z", 5.6, "04.00", "sentinel-2b",
+          footprint_x=SPLIT_EAST_X, dn_delta=SPLIT_EAST_DN_DELTA),
 )
 DEM_ITEM_ID = "Copernicus_DSM_COG_10_N00_00_E006_00_DEM"
 
@@ -143,8 +169,10 @@ def build_cogs(out_dir: Path) -> dict[str, dict[str, Path]]:
         for scene in SCENES:
             folder = out_dir / "sentinel-s2-l1c-cogs" / "18" / "S" / "VG" / scene.item_id
             values = data
+            if scene.footprint_x is not None:
+                values = _footprint_values(data, profile["transform"], scene)
             if scene.offset_dn:
-                values = np.where(data > 0, data.astype(np.uint32) + scene.offset_dn, 0)
+                values = np.where(values > 0, values.astype(np.uint32) + scene.offset_dn, 0)
                 values = np.minimum(values, np.iinfo(np.uint16).max).astype(np.uint16)
             path = folder / f"{band}.tif"
             _write_cog(path, values, profile)
@@ -157,6 +185,16 @@ def build_cogs(out_dir: Path) -> dict[str, dict[str, Path]]:
     _write_cog(dem_path, dem, profile)
     paths[DEM_ITEM_ID] = {"data": dem_path}
     return paths
+
+
+def _footprint_values(data: np.ndarray, transform: rasterio.Affine, scene: Scene) -> np.ndarray:
+    """``data`` + ``scene.dn_delta`` where nonzero, 0 (no data) for pixels centred outside the footprint."""
+    x0, _, x1, _ = scene.footprint_bounds
+    centres = transform.c + (np.arange(data.shape[1]) + 0.5) * transform.a
+    inside = (centres >= x0) & (centres < x1)
+    shifted = np.where(data > 0, data.astype(np.int32) + scene.dn_delta, 0)
+    shifted = np.where(inside[None, :], shifted, 0)
+    return np.clip(shifted, 0, np.iinfo(np.uint16).max).astype(np.uint16)
 
 
 def _footprint(bounds: tuple[float, float, float, float], crs: str) -> tuple[dict, list[float]]:
@@ -174,7 +212,7 @@ def _raster_info(path: Path) -> tuple[list[int], list[float]]:
 
 def s2_item(scene: Scene, hrefs: dict[str, str], paths: dict[str, Path]) -> dict:
     """A sentinel-2-l1c item dict shaped like Earth Search v1's, assets pointing at ``hrefs``."""
-    geometry, bbox = _footprint(S2_CROP_BOUNDS, f"EPSG:{S2_EPSG}")
+    geometry, bbox = _footprint(scene.footprint_bounds, f"EPSG:{S2_EPSG}")
     date = scene.datetime[:10].replace("-", "")
     baseline = scene.processing_baseline.replace(".", "")
     product_uri = f"S2{scene.platform[-1].upper()}_MSIL1C_{date}T155612_N{baseline}_R097_T18SVG_{date}T160000.SAFE"

@@ -5,8 +5,9 @@ What it does, in order (``fetch_stac_inputs``):
 1. pystac-client search of the source's collection over the ROI's bbox and the date window; the
    ``eo:cloud_cover`` limit is applied on the client (many APIs, rustac's among them, lack the
    ``query`` extension); the least-cloudy item whose footprint covers the ROI wins (ties: the most
-   recent). If none covers the ROI fully, the one covering most is used and a note says so (per-pixel
-   mosaics of several scenes are not done yet);
+   recent). If none covers the ROI fully, a per-pixel mosaic (``tasks.mosaic``): the ranked items that
+   each add footprint over the ROI, up to ``max_mosaic_scenes``, are all read, and alignment takes
+   every pixel from the first of them with data (and no cloud) there (``SceneInputs.mosaic``);
 2. for each wanted band, the asset named in ``source.assets`` is read over HTTP (GDAL ``/vsicurl``
    range requests) in the ROI's window only, at its native resolution and CRS, and written as a
    GeoTIFF into a cache folder keyed by a hash of (item id, asset href, ROI bounds);
@@ -53,6 +54,7 @@ from tasks.acquire_local import SceneInputs, harmonization_offset, raster_extent
 from tasks.bands import SPECTRAL_BAND_NAMES, spectral_request
 from tasks.catalog import StacSource
 from tasks.errors import InputError, SourceError
+from tasks.mosaic import SceneCandidate, choose_mosaic, window_end
 
 log = logging.getLogger(__name__)
 
@@ -385,15 +387,71 @@ def fetch_stac_inputs(source: StacSource, source_name: str, spectral_bands: tupl
             f"bbox {bbox_text}, dates {when or 'any'} with eo:cloud_cover <= {source.max_cloud_pct:g}% "
             f"({len(items)} found, {dropped} over the cloud limit); widen --start/--end or raise "
             "max_cloud_pct")
+    notes: list[str] = []
+    chosen = [best]
+    if best.cover_fraction < 0.999 and source.max_mosaic_scenes > 1:
+        pool = [SceneCandidate(c.item_id, c.cloud_pct, c.acquired,
+                               shapely.geometry.shape(by_id[c.item_id].geometry) if by_id[c.item_id].geometry else None)
+                for c in candidates if c.cloud_pct is None or c.cloud_pct <= source.max_cloud_pct]
+        picked, covered = choose_mosaic(pool, roi_lonlat, window_end(end), source.max_mosaic_scenes)
+        if len(picked) > 1:
+            by_cand = {c.item_id: c for c in candidates}
+            chosen = [by_cand[p.scene_id] for p in picked]
+            notes.append(f"STAC {source.url} collection {source.collection}: no item of {len(items)} covers the "
+                         f"ROI; per-pixel mosaic of {len(chosen)} (best first: "
+                         f"{', '.join(f'{c.item_id} ({c.cloud_pct}%)' for c in chosen)}), footprints cover "
+                         f"{covered:.1%} of the ROI; {dropped} over the {source.max_cloud_pct:g}% cloud limit")
+    if len(chosen) == 1:
+        notes.append(f"STAC {source.url} collection {source.collection}: chose {best.item_id} "
+                     f"(eo:cloud_cover {best.cloud_pct}) of {len(items)} item(s), {dropped} over "
+                     f"the {source.max_cloud_pct:g}% cloud limit")
+        if best.cover_fraction < 0.999:
+            notes.append(f"scene {best.item_id} covers only {best.cover_fraction:.0%} of the ROI and no other "
+                         "scene under the cloud limit adds to it: the rest is nodata")
+    scenes = [_fetch_item(by_id[c.item_id], c, source, source_name, wanted, roi_bounds, cache_dir, notes)
+              for c in chosen]
+    dem_path, dem_nodata = fetch_dem(source, roi_lonlat, roi_bounds, cache_dir, notes)
+    first_scene = scenes[0]
     item = by_id[best.item_id]
-    notes: list[str] = [f"STAC {source.url} collection {source.collection}: chose {item.id} "
-                        f"(eo:cloud_cover {best.cloud_pct}) of {len(items)} item(s), {dropped} over "
-                        f"the {source.max_cloud_pct:g}% cloud limit"]
-    if best.cover_fraction < 0.999:
-        notes.append(f"scene {item.id} covers only {best.cover_fraction:.0%} of the ROI (no scene covers "
-                     "it fully; per-pixel mosaics are not supported): the rest is nodata")
+    available = tuple(b for b in SPECTRAL_BAND_NAMES
+                      if all(source.assets.get(b) in by_id[c.item_id].assets for c in chosen))
+    paths = [Path(p) for s in scenes for p in s["band_paths"].values()]
+    if paths:
+        extents = [raster_extent_lonlat(p) for p in paths]
+        extent = (min(e[0] for e in extents), min(e[1] for e in extents),
+                  max(e[2] for e in extents), max(e[3] for e in extents))
+    else:
+        extent = raster_extent_lonlat(Path(dem_path)) if dem_path else roi_bounds
+    if len(scenes) > 1:
+        days = sorted(s["acquired"][:10] for s in scenes if s["acquired"])
+        return SceneInputs(
+            source=source_name, scene_id="+".join(s["scene_id"] for s in scenes), acquired=None,
+            acquired_range=(days[0], days[-1]) if days else None,
+            band_paths=first_scene["band_paths"], available_bands=available, dem_path=dem_path,
+            band_nodata=S2_NODATA, dem_nodata=dem_nodata, offset_dn=0.0, processing_baseline=None,
+            extent_lonlat=extent, notes=notes, cloud_mask=None, cloud_pct=None, mosaic=scenes)
+    return SceneInputs(
+        source=source_name,
+        scene_id=item.id,
+        acquired=best.acquired,
+        acquired_range=None,
+        band_paths=first_scene["band_paths"],
+        available_bands=available,
+        dem_path=dem_path,
+        band_nodata=S2_NODATA,
+        dem_nodata=dem_nodata,
+        offset_dn=first_scene["offset_dn"],
+        processing_baseline=first_scene["processing_baseline"],
+        extent_lonlat=extent,  # type: ignore[arg-type]
+        notes=notes,
+        cloud_mask=first_scene["cloud_mask"],
+        cloud_pct=best.cloud_pct,
+    )
 
-    available = tuple(b for b in SPECTRAL_BAND_NAMES if source.assets.get(b) in item.assets)
+
+def _fetch_item(item: Any, cand: Candidate, source: StacSource, source_name: str, wanted: tuple[str, ...],
+                roi_bounds: tuple[float, float, float, float], cache_dir: Path, notes: list[str]) -> dict:
+    """Download the ROI windows of one item's bands (and cloud mask); a ``SceneInputs.mosaic`` entry."""
     missing = [b for b in wanted if source.assets[b] not in item.assets]
     if missing:
         raise InputError(
@@ -414,8 +472,10 @@ def fetch_stac_inputs(source: StacSource, source_name: str, spectral_bands: tupl
 
     cloud_mask = None
     if not source.cloud_mask_asset:
-        notes.append(f"no cloud mask: source {source_name!r} maps no cloud_mask_asset (Earth Search's "
-                     "sentinel-2-l1c has none): cloudy pixels are analysed")
+        note = (f"no cloud mask: source {source_name!r} maps no cloud_mask_asset (Earth Search's "
+                "sentinel-2-l1c has none): cloudy pixels are analysed")
+        if note not in notes:
+            notes.append(note)
     elif source.cloud_mask_asset not in item.assets:
         notes.append(f"no cloud mask: item {item.id} has no asset {source.cloud_mask_asset!r}: cloudy "
                      "pixels are analysed")
@@ -427,34 +487,19 @@ def fetch_stac_inputs(source: StacSource, source_name: str, spectral_bands: tupl
                             f"cloud mask (asset {key!r}) of {item.id}")
         cloud_mask = {"path": str(path), "cloud_values": list(source.cloud_mask_values),
                       "origin": f"STAC asset {key!r} of {item.id}, cloud = {list(source.cloud_mask_values)}"}
-        notes.append(f"cloud mask: asset {key!r}, values {list(source.cloud_mask_values)} are not analysed")
-
-    dem_path, dem_nodata = fetch_dem(source, roi_lonlat, roi_bounds, cache_dir, notes)
+        notes.append(f"cloud mask: asset {key!r} of {item.id}, values {list(source.cloud_mask_values)} are not "
+                     "analysed")
 
     baseline = item.properties.get("s2:processing_baseline")
     baseline = str(baseline) if baseline is not None else None
     offset = harmonization_offset(baseline)
     if offset:
-        notes.append(f"processing baseline {baseline} >= 04.00: {offset:g} DN offset removed")
+        notes.append(f"{item.id}: processing baseline {baseline} >= 04.00: {offset:g} DN offset removed")
     elif baseline is None:
         notes.append(f"item {item.id} has no s2:processing_baseline: no harmonization offset applied")
-    first = Path(next(iter(band_paths.values()))) if band_paths else (Path(dem_path) if dem_path else None)
-    return SceneInputs(
-        source=source_name,
-        scene_id=item.id,
-        acquired=best.acquired,
-        acquired_range=None,
-        band_paths=band_paths,
-        available_bands=available,
-        dem_path=dem_path,
-        band_nodata=S2_NODATA,
-        dem_nodata=dem_nodata,
-        offset_dn=offset,
-        processing_baseline=baseline,
-        extent_lonlat=raster_extent_lonlat(first) if first else roi_bounds,  # type: ignore[arg-type]
-        notes=notes,
-        cloud_mask=cloud_mask,
-    )
+    return {"scene_id": item.id, "acquired": cand.acquired, "cloud_pct": cand.cloud_pct,
+            "processing_baseline": baseline, "offset_dn": offset, "band_paths": band_paths,
+            "band_nodata": S2_NODATA, "cloud_mask": cloud_mask}
 
 
 def fetch_dem(source: StacSource, roi_lonlat: shapely.Geometry, roi_bounds: tuple[float, ...],

@@ -145,6 +145,9 @@ class StacSource(_Strict):
         default=(), description="values of that asset that are cloud (SCL: 3, 8, 9, 10)")
     timeout_s: float = Field(default=60.0, gt=0)
     max_retries: int = Field(default=4, ge=0)
+    max_mosaic_scenes: int = Field(
+        default=6, ge=1, le=255, description="most scenes of a per-pixel mosaic when no single scene "
+                                             "covers the ROI (tasks.mosaic); 1 = never mosaic")
 
     @field_validator("assets")
     @classmethod
@@ -185,6 +188,9 @@ class SentinelHubSource(_Strict):
                                                        "cloud pixels are not analysed")
     max_retries: int = Field(default=4, ge=0)
     timeout_s: float = Field(default=120.0, gt=0)
+    max_mosaic_scenes: int = Field(
+        default=6, ge=1, le=255, description="most scenes of a per-pixel mosaic when no single scene "
+                                             "covers the ROI (tasks.mosaic); 1 = never mosaic")
 
 
 # Earth Search v1 `sentinel-2-l1c` asset keys (see ../shared/data/api_fixtures/stac)

@@ -10,6 +10,7 @@ import pytest
 import rasterio
 import shapely
 import yaml
+from rasterio.warp import transform_bounds
 from rasterio.windows import from_bounds
 
 import tasks.acquire_stac as acquire_stac
@@ -17,7 +18,9 @@ from tasks.acquire_stac import (Candidate, choose_item, datetime_range, fetch_de
                                 http_status)
 from tasks.catalog import StacSource
 from tasks.errors import InputError, SourceError
-from devservers.stac_server import BASELINE_OFFSET_DN, DEM_CROP_BOUNDS, DEM_ITEM_ID, GLO30_TIF
+from devservers.stac_server import (ASSET_KEY_BY_BAND, BASELINE_OFFSET_DN, DEM_CROP_BOUNDS, DEM_ITEM_ID, GLO30_TIF,
+                                   SPLIT_EAST_DN_DELTA)
+from tasks.bands import BAND_NAMES
 
 pytest.importorskip("pystac_client")
 
@@ -410,3 +413,95 @@ def test_rerun_of_a_closed_window_makes_no_search_request(stac_api, counting_api
     for _ in range(2):
         fetch_stac_inputs(source, "stac-test", ("B02",), ROI, dt.date(2016, 1, 1), None, tmp_path)
     assert len([r for r in seen if r[1] == "/search"]) == 2
+
+
+# ---------------------------------------------------------------------------------- per-pixel mosaic
+
+WEST, EAST = "S2A_18SVG_20170110_0_L1C", "S2B_18SVG_20170120_0_L1C"
+JAN2017 = (dt.date(2017, 1, 1), dt.date(2017, 1, 31))
+# 2.1 x 1.6 km crossing both partial footprints (west x < 440220, east x >= 439020, EPSG:32618)
+SPLIT_ROI = shapely.box(*transform_bounds("EPSG:32618", "EPSG:4326", 438620, 4174880, 440720, 4176480))
+RGB = ("B02", "B03", "B04")
+
+
+def _on_grid(cog: Path, grid) -> np.ndarray:
+    """A served 10 m COG's pixels on the (10 m-aligned) analysis grid."""
+    with rasterio.open(cog) as src:
+        win = from_bounds(*grid.bounds, transform=src.transform).round_offsets().round_lengths()
+        data = src.read(1, window=win)
+    assert data.shape == grid.shape
+    return data
+
+
+def test_partial_scenes_make_a_per_pixel_mosaic(stac_api, tmp_path):
+    """No item covers the ROI: the west (less cloudy) and east items are both read, and each grid pixel
+    takes the first-ranked one with data there; values are each scene's own (harmonized) values."""
+    from tasks.align import build_stack, roi_mask
+    from tasks.grid import make_grid, roi_in_grid_crs
+    from tasks.mosaic import read_scenes
+
+    inputs = fetch_stac_inputs(_source(stac_api), "stac-test", RGB, SPLIT_ROI, *JAN2017, tmp_path / "cache")
+    assert [m["scene_id"] for m in inputs.mosaic] == [WEST, EAST]
+    assert [m["offset_dn"] for m in inputs.mosaic] == [0.0, BASELINE_OFFSET_DN]
+    assert [m["cloud_pct"] for m in inputs.mosaic] == [3.1, 5.6]
+    assert inputs.scene_id == f"{WEST}+{EAST}" and inputs.acquired is None
+    assert inputs.acquired_range == ("2017-01-10", "2017-01-20")
+    assert any("per-pixel mosaic of 2" in n for n in inputs.notes)
+    grid = make_grid(SPLIT_ROI)
+    roi_grid = roi_in_grid_crs(SPLIT_ROI, grid)
+    res = build_stack(inputs, grid, tmp_path / "work", RGB, roi_grid)
+    with rasterio.open(tmp_path / "work" / "scene_index.tif") as src:
+        index = src.read(1)
+    with rasterio.open(res.stack_path) as src:
+        stack = src.read()
+    with rasterio.open(res.valid_path) as src:
+        valid = src.read(1).astype(bool)
+
+    inside = roi_mask(roi_grid, grid) > 0
+    west = {b: _on_grid(stac_api.cog_paths[WEST][ASSET_KEY_BY_BAND[b]], grid).astype(np.float32) for b in RGB}
+    east = {b: _on_grid(stac_api.cog_paths[EAST][ASSET_KEY_BY_BAND[b]], grid).astype(np.float32) for b in RGB}
+    has_west = np.all([west[b] > 0 for b in RGB], axis=0)
+    has_east = np.all([east[b] > 0 for b in RGB], axis=0)
+    expected = np.where(inside & has_west, 1, np.where(inside & has_east, 2, 0))
+    np.testing.assert_array_equal(index, expected)
+    np.testing.assert_array_equal(valid, index > 0)
+    # the footprints decide: west of x = 440220 the west scene, east of it the east scene
+    xs = np.broadcast_to(grid.xmin + (np.arange(grid.width) + 0.5) * grid.res_m, grid.shape)
+    assert (index[inside & (xs < 440220)] == 1).mean() > 0.99
+    assert (index[inside & (xs >= 440220)] == 2).mean() > 0.99
+    overlap = inside & (xs >= 439020) & (xs < 440220)
+    assert overlap.sum() > 10_000 and (index[overlap] == 1).all()  # both have data; the less cloudy wins
+    for b in RGB:
+        got = stack[BAND_NAMES.index(b)]
+        np.testing.assert_array_equal(got[index == 1], west[b][index == 1])
+        np.testing.assert_array_equal(got[index == 2], east[b][index == 2] - BASELINE_OFFSET_DN)
+        # the east scene's own values differ (+37 DN): the overlap really came from the west scene
+        assert (east[b][overlap] - BASELINE_OFFSET_DN - got[overlap] == SPLIT_EAST_DN_DELTA).mean() > 0.99
+    record = read_scenes(tmp_path / "work")
+    assert record["mosaic"] is True
+    assert [(e["index"], e["scene_id"], e["acquired"][:10]) for e in record["scenes"]] == [
+        (1, WEST, "2017-01-10"), (2, EAST, "2017-01-20")]
+    assert [e["pixels"] for e in record["scenes"]] == [int((index == 1).sum()), int((index == 2).sum())]
+    assert record["analysed_px"] == int(valid.sum()) == sum(e["pixels"] for e in record["scenes"])
+    assert record["analysed_px"] + record["no_scene_px"] == grid.width * grid.height
+    assert [e["offset_removed_dn"] for e in record["scenes"]] == [0.0, BASELINE_OFFSET_DN]
+
+
+def test_mosaic_limit_and_single_scene_record(stac_api, tmp_path):
+    """max_mosaic_scenes: 1 keeps the old rule (the scene covering most; the rest nodata); a covered ROI
+    reads one scene and still writes a one-entry scenes.json."""
+    from tasks.align import build_stack
+    from tasks.grid import make_grid, roi_in_grid_crs
+    from tasks.mosaic import read_scenes
+
+    single = fetch_stac_inputs(_source(stac_api, max_mosaic_scenes=1), "stac-test", ("B02",), SPLIT_ROI,
+                               *JAN2017, tmp_path / "cache")
+    assert single.mosaic is None and single.scene_id == EAST  # 1.7 of the 2.1 km (west: 1.6)
+    assert any("covers only" in n for n in single.notes)
+    covered = fetch_stac_inputs(_source(stac_api), "stac-test", ("B02",), SPLIT_ROI, *Y2016, tmp_path / "cache")
+    assert covered.mosaic is None and covered.scene_id == CLEAR and covered.cloud_pct == 2.5
+    grid = make_grid(SPLIT_ROI)
+    build_stack(covered, grid, tmp_path / "work", ("B02",), roi_in_grid_crs(SPLIT_ROI, grid))
+    record = read_scenes(tmp_path / "work")
+    assert record["mosaic"] is False and [e["scene_id"] for e in record["scenes"]] == [CLEAR]
+    assert record["scenes"][0]["pixels"] == record["analysed_px"] > 0
