@@ -505,3 +505,30 @@ def test_mosaic_limit_and_single_scene_record(stac_api, tmp_path):
     record = read_scenes(tmp_path / "work")
     assert record["mosaic"] is False and [e["scene_id"] for e in record["scenes"]] == [CLEAR]
     assert record["scenes"][0]["pixels"] == record["analysed_px"] > 0
+
+
+@pytest.mark.slow
+def test_scan_over_partial_scenes_runs_on_the_mosaic(stac_api, prefect_harness, tmp_path, rgb_checkpoint):
+    """The whole scan over the split ROI: the plan carries the mosaic, alignment writes scene_index.tif and
+    scenes.json in the work folder, and the footprint is what both scenes cover."""
+    from flows.cli import main
+    from tasks.mosaic import read_scenes
+
+    catalog_path = tmp_path / "data_catalog.yaml"
+    catalog_path.write_text(yaml.safe_dump({"version": 1, "sources": {
+        "split": {"kind": "stac", "url": stac_api.url, "max_retries": 2, "timeout_s": 10}}}))
+    out = tmp_path / "run"
+    bbox = ",".join(f"{v:.6f}" for v in SPLIT_ROI.bounds)
+    code = main(["scan", "--source", "split", f"--bbox={bbox}", "--start", "2017-01-01", "--end", "2017-01-31",
+                 "--detector", str(rgb_checkpoint), "--catalog", str(catalog_path), "--cache-dir",
+                 str(tmp_path / "cache"), "--out", str(out), "--keep-work", "--no-progress"])
+    assert code == 0
+    record = read_scenes(out / ".work")
+    assert [e["scene_id"] for e in record["scenes"]] == [WEST, EAST] and all(e["pixels"] > 0 for e in record["scenes"])
+    with rasterio.open(out / ".work" / "scene_index.tif") as src, rasterio.open(out / ".work" / "valid.tif") as v:
+        index, valid = src.read(1), v.read(1)
+    np.testing.assert_array_equal(index > 0, valid > 0)
+    assert record["analysed_px"] == int(valid.sum())
+    manifest = yaml.safe_load((out / "manifest.json").read_text())
+    assert manifest["inputs"]["acquired_range"] == ["2017-01-10", "2017-01-20"]
+    assert any("per-pixel mosaic of 2" in n for n in manifest["inputs"]["notes"])
