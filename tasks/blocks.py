@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -139,7 +140,11 @@ def run_block(job: BlockJob) -> dict:
         profile = stack.profile.copy()
     blocks_dir = Path(job.blocks_dir)
     tif = blocks_dir / f"{job.stem}.tif"
-    tmp = blocks_dir / f".{job.stem}.tmp.tif"
+    # Dask may run one block twice at once (a worker it declared dead still running it): each
+    # attempt writes its own temporary file and renames it, so no attempt writes into another's.
+    # A killed attempt's temporary file stays in .work, which publishing removes.
+    attempt = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = blocks_dir / f".{job.stem}.{attempt}.tmp.tif"
     profile.update(count=2, dtype="float32", nodata=np.nan, width=int(block.width),
                    height=int(block.height), transform=rasterio.windows.transform(block, profile["transform"]),
                    tiled=False, compress="deflate", predictor=3, interleave="band")
@@ -153,7 +158,7 @@ def run_block(job: BlockJob) -> dict:
               "patches": sorted(predicted), "forward_passes": n_forward,
               "model_forward_s": detector.forward_s - forward_before,
               "seconds": time.perf_counter() - t0, "worker_pid": os.getpid()}
-    rec_tmp = blocks_dir / f".{job.stem}.json.tmp"
+    rec_tmp = blocks_dir / f".{job.stem}.{attempt}.json.tmp"
     rec_tmp.write_text(json.dumps(record))
     os.replace(rec_tmp, blocks_dir / f"{job.stem}.json")  # written last: the block is complete
     return {**record, "skipped": False}
@@ -175,24 +180,55 @@ def make_jobs(stack_path: str, valid_path: str, detector: str | None, device: st
 
 
 def run_jobs(jobs: list[BlockJob], client=None, progress: bool = True) -> list[dict]:
-    """Run block jobs here (``client`` None) or on a dask.distributed cluster; records in job order."""
+    """Run block jobs here (``client`` None) or on a dask.distributed cluster; records in job order.
+
+    Blocks whose completion record matches (a resumed run) are not submitted; their records come
+    back with ``skipped`` True. A block whose worker dies (killed, out of memory) is run again on
+    another worker by the scheduler, up to ``distributed.scheduler.allowed-failures`` times; the
+    outputs do not depend on which worker ran a block.
+
+    Raises:
+        LandslideError: a block killed its worker more often than the scheduler allows.
+    """
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(jobs), desc="blocks", unit="block", disable=not progress, mininterval=1.0)
     records: dict[str, dict] = {}
+    pending: list[BlockJob] = []
+    for job in jobs:
+        done = block_record(job)
+        if done is not None:
+            records[job.stem] = {**done, "skipped": True}
+            bar.update(1)
+        else:
+            pending.append(job)
     if client is None:
-        for job in jobs:
+        for job in pending:
             records[job.stem] = run_block(job)
             bar.update(1)
-    else:
-        from distributed import as_completed
+    elif pending:
+        from distributed import KilledWorker, as_completed
 
-        futures = client.map(run_block, jobs, pure=False, retries=2,
-                             key=[f"block-{job.fingerprint[:8]}-{job.stem}" for job in jobs])
-        by_key = {f.key: job.stem for f, job in zip(futures, jobs)}
-        for future in as_completed(futures):
-            records[by_key[future.key]] = future.result()
-            bar.update(1)
+        futures = client.map(run_block, pending, pure=False, retries=2,
+                             key=[f"block-{job.fingerprint[:8]}-{job.stem}" for job in pending])
+        by_key = {f.key: job.stem for f, job in zip(futures, pending)}
+        completed = as_completed(futures)
+        del futures  # as_completed holds them; each is released once its record is in hand
+        try:
+            for future in completed:
+                # A retry of a block another attempt of this run finished reports it as skipped;
+                # it was still computed by this run, not resumed from an earlier one.
+                records[by_key[future.key]] = {**future.result(), "skipped": False}
+                future.release()
+                bar.update(1)
+        except KilledWorker as exc:
+            from tasks.errors import LandslideError
+
+            raise LandslideError(
+                f"block {by_key.get(exc.task, exc.task)}: every Dask worker that ran it died "
+                f"({exc.allowed_failures + 1} tries; out of memory?): use a smaller --block-px or "
+                f"workers with more memory; the same command then resumes from the finished "
+                f"blocks") from exc
     bar.close()
     return [records[job.stem] for job in jobs]
 
