@@ -6,8 +6,9 @@
    refuses with a clear message), so the inventory is never written by two runs;
 2. finishes what a killed run left: a run whose folder was published but not merged is merged now
    (merging is idempotent by run id), a run that never published is forgotten;
-3. lists the region's scenes (local sources: the catalog's scenes inside the region's window)
-   and keeps those not yet processed with this detector; none: it returns at once, "nothing new";
+3. lists the region's scenes (local sources: the catalog's scenes inside the region's window; STAC
+   sources: a search after the last processed acquisition) and keeps those not yet processed
+   with this detector; none: it returns at once, "nothing new";
 4. scans each new scene, oldest first, as the one-off scan flow does (``<runs_dir>/<run_id>/``),
    merges its polygons into ``<state_dir>/<region>/inventory.gpkg`` (:mod:`tasks.inventory`) and
    records the scene as processed (:mod:`tasks.region_state`);
@@ -26,7 +27,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from tasks.catalog import LocalSource, load_catalog
+from tasks.catalog import LocalSource, StacSource, load_catalog
 from tasks.errors import InputError
 from tasks.inventory import DEFAULT_IOU_THRESHOLD, merge_run, read_inventory
 from tasks.plan import new_run_id
@@ -43,28 +44,54 @@ class SceneRef:
     acquired: str  # ISO UTC: the acquisition time, or the last date of a composite
 
 
-def region_scenes(catalog_path: str | None, region: str) -> tuple[list[SceneRef], str]:
-    """The region's scenes inside its date window, oldest first, and the source name.
+def region_scenes(catalog_path: str | None, region: str,
+                  after: dt.date | None = None) -> tuple[list[SceneRef], str]:
+    """The region's scenes inside its date window (and after ``after``), oldest first, and the
+    source name. Local sources: the catalog's scenes. STAC sources: a search of the region's bbox
+    (items within ``max_cloud_pct``), one scene per item.
 
     Raises:
         InputError: unknown region, or a source kind incremental scans cannot list yet.
+        SourceError: the STAC API is unreachable or refuses.
     """
     catalog = load_catalog(catalog_path)
     reg = catalog.region(region)
     source = catalog.source(reg.source)
-    if not isinstance(source, LocalSource):
-        raise InputError(f"region {region!r}: incremental scans list scenes of local sources; source "
-                         f"{reg.source!r} is of kind {source.kind!r} (scan it with `landslide scan "
-                         "--start/--end` for now)")
+    start = max(d for d in (reg.start, after) if d) if (reg.start or after) else None
     scenes = []
-    for s in source.scenes:
-        first, last = s.date_span
-        if (reg.start and last < reg.start) or (reg.end and first > reg.end):
-            continue
-        acquired = (s.acquired.astimezone(dt.timezone.utc).isoformat() if s.acquired
-                    else dt.datetime.combine(last, dt.time(), dt.timezone.utc).isoformat())
-        scenes.append(SceneRef(s.scene_id, first, last, acquired))
+    if isinstance(source, LocalSource):
+        for s in source.scenes:
+            first, last = s.date_span
+            if (start and last < start) or (reg.end and first > reg.end):
+                continue
+            acquired = (s.acquired.astimezone(dt.timezone.utc).isoformat() if s.acquired
+                        else dt.datetime.combine(last, dt.time(), dt.timezone.utc).isoformat())
+            scenes.append(SceneRef(s.scene_id, first, last, acquired))
+    elif isinstance(source, StacSource):
+        from tasks.acquire_stac import datetime_range, search_items
+
+        bbox = _region_bbox(catalog, reg)
+        for item in search_items(source, source.url, source.collection, bbox,
+                                 datetime_range(start, reg.end)):
+            cloud = item.properties.get("eo:cloud_cover")
+            if cloud is not None and cloud > source.max_cloud_pct:
+                continue
+            when = item.datetime or dt.datetime.fromisoformat(item.properties["start_datetime"])
+            when = when.astimezone(dt.timezone.utc)
+            scenes.append(SceneRef(item.id, when.date(), when.date(), when.isoformat()))
+    else:
+        raise InputError(f"region {region!r}: incremental scans list scenes of local and STAC "
+                         f"sources; source {reg.source!r} is of kind {source.kind!r} (scan it with "
+                         "`landslide scan --start/--end` for now)")
     return sorted(scenes, key=lambda s: (s.last, s.first, s.scene_id)), reg.source
+
+
+def _region_bbox(catalog, reg) -> tuple[float, float, float, float]:
+    if reg.bbox is not None:
+        return tuple(float(v) for v in reg.bbox)
+    from tasks.grid import read_aoi
+
+    return tuple(float(v) for v in read_aoi(catalog.resolve(reg.aoi)).bounds)
 
 
 def detector_ref(detector: str | None) -> str:
@@ -74,12 +101,11 @@ def detector_ref(detector: str | None) -> str:
     return load_detector(detector, "cpu").ref
 
 
-def _manifest_scene(run_dir: Path) -> str | None:
+def _manifest_scenes(run_dir: Path) -> list[str]:
     manifest = run_dir / "manifest.json"
     if not manifest.exists():
-        return None
-    ids = json.loads(manifest.read_text()).get("inputs", {}).get("scene_ids") or []
-    return ids[0] if len(ids) == 1 else ",".join(ids) or None
+        return []
+    return list(json.loads(manifest.read_text()).get("inputs", {}).get("scene_ids") or [])
 
 
 def recover(state: RegionState, inventory: Path, iou_threshold: float) -> list[str]:
@@ -143,10 +169,16 @@ def regional_scan_flow(region: str, state_dir: str = "state", runs_dir: str = "r
     folder = region_dir(state_dir, region)
     inventory = folder / "inventory.gpkg"
     results = []
+    cat = load_catalog(catalog)
+    remote = not isinstance(cat.source(cat.region(region).source), LocalSource)  # unknown: fails here
+    model = detector_ref(detector)
     with region_lock(folder, wait_s=lock_wait_s):
-        scenes, source = region_scenes(catalog, region)  # an unknown region fails before any state
-        model = detector_ref(detector)
         with RegionState(folder) as state:
+            last = state.last_acquired(model)
+            after = dt.date.fromisoformat(last[:10]) if last else None
+            # local sources list every scene (a scene added later with an older date counts too);
+            # remote sources are searched only after the last processed acquisition
+            scenes, source = region_scenes(catalog, region, after if remote else None)
             recovered = recover(state, inventory, iou_threshold)
             if recovered:
                 logger.info("merged %d run(s) an interrupted run had left: %s", len(recovered),
@@ -155,6 +187,8 @@ def regional_scan_flow(region: str, state_dir: str = "state", runs_dir: str = "r
             todo = [s for s in scenes if s.scene_id not in processed]
             logger.info("%s: %d scene(s), %d new for %s", region, len(scenes), len(todo), model)
             for scene in todo:
+                if scene.scene_id in processed:  # an earlier run of this loop mosaicked it in
+                    continue
                 run_id = new_run_id()
                 run_dir = Path(runs_dir) / run_id
                 state.start_run(run_id, [scene.scene_id], model, str(run_dir))
@@ -163,18 +197,19 @@ def regional_scan_flow(region: str, state_dir: str = "state", runs_dir: str = "r
                               end=scene.last.isoformat(), detector=detector,
                               options={**(options or {}), "run_id": run_id, "catalog": catalog,
                                        "progress": False})
-                    got = _manifest_scene(run_dir)
-                    if got != scene.scene_id:
-                        raise InputError(f"run {run_id} scanned scene {got!r}, not {scene.scene_id!r}: "
-                                         "scenes in the catalog overlap in time")
+                    got = _manifest_scenes(run_dir)
+                    if scene.scene_id not in got:
+                        raise InputError(f"run {run_id} scanned scene(s) {got}, not {scene.scene_id!r}: "
+                                         "scenes of the source overlap in time")
                 except BaseException:
                     state.forget(run_id)  # the scene stays unprocessed; a later run retries it
                     raise
                 state.set_status(run_id, "published")
                 merged = task(merge_run, name="merge-into-inventory")(
-                    inventory, run_dir / "landslides.gpkg", run_id, [scene.scene_id], model,
-                    iou_threshold)
-                state.mark_merged(run_id, [(scene.scene_id, scene.acquired)], model)
+                    inventory, run_dir / "landslides.gpkg", run_id, got, model, iou_threshold)
+                acquired = {s.scene_id: s.acquired for s in scenes}
+                state.mark_merged(run_id, [(g, acquired.get(g)) for g in got], model)
+                processed.update(got)
                 results.append({"run_id": run_id, "scene_id": scene.scene_id, "new": merged.new,
                                 "known": merged.known_updated, "new_area_m2": merged.new_area_m2,
                                 "run_dir": str(run_dir)})

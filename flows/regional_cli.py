@@ -53,13 +53,14 @@ def cmd_change(args: argparse.Namespace) -> int:
 
 
 def cmd_regional_scan(args: argparse.Namespace) -> int:
-    from flows.regional import regional_scan_flow, region_scenes
+    from flows.regional import regional_scan_flow
+    from tasks.catalog import load_catalog
     from tasks.errors import InputError
     from tasks.inference import load_detector
 
     if not 0 < args.iou_threshold <= 1:
         raise InputError(f"--iou-threshold must be in (0, 1], got {args.iou_threshold}")
-    region_scenes(args.catalog, args.region)  # unknown regions / sources fail before Prefect starts
+    load_catalog(args.catalog).region(args.region)  # unknown regions fail before Prefect starts
     load_detector(args.detector, "cpu")
     result = regional_scan_flow(args.region, args.state_dir, args.runs_dir, args.detector,
                                 args.catalog, args.iou_threshold, args.lock_wait_s)
