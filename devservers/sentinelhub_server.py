@@ -23,14 +23,23 @@ Simplifications (documented, on purpose):
 
 - The evalscript is not executed. Only the band list of its ``setup()`` ``input`` is read (either
   ``input: ["B02", ...]`` or ``input: [{bands: ["B02", ...], ...}]``) and those bands are returned
-  as UINT16 DN, in that order, in every tiff response. ``dataMask`` and unknown bands are zeros.
+  as UINT16 DN, in that order, in every tiff response. ``dataMask`` is 1 where the rendered scene has
+  data, unknown bands are zeros.
 - ``CLM`` (Sentinel Hub's cloud mask) is a deterministic stand-in, not a cloud detector: on a 60 m
   grid, 1 where the mean B02 DN of the cell exceeds 1250, 0 elsewhere, 255 where B02 is all 0;
   rendered with nearest neighbour (``BandStore._clm``).
 - There is one real acquisition (2016-01-12); the catalog lists the same scenes as the STAC server
-  (2016-01-12 cloud 2.5 %, 2016-02-01 cloud 71.3 %), both rendered from the same real pixels. If no
-  scene matches timeRange / maxCloudCoverage the image is all zeros (Sentinel Hub's "no data").
-- Pixels outside the real 19 km x 19 km subset are 0 (nodata), as for a real tile edge.
+  (``devservers.stac_server.SCENES``: 2016-01-12 cloud 2.5 %, 2016-02-01 cloud 71.3 %, 2022-01-25
+  cloud 8.4 % baseline 04.00, and the two partial January 2017 scenes), all rendered from the same real
+  pixels. The full scenes cover the whole real 19 km x 19 km subset; the partial ones only their
+  footprint (the STAC server's strips of its 3 km crop: west x < 440220, east x >= 439020 in
+  EPSG:32618), and the east one's DN carry the same +37 as on the STAC server. Outside a scene's
+  footprint (or the subset) its pixels are 0 with ``dataMask`` 0 (Sentinel Hub's "no data").
+- Several scenes in ``timeRange`` (under ``maxCloudCoverage``) are mosaicked per pixel as Sentinel Hub
+  does (``mosaickingOrder``: ``mostRecent`` (default), ``leastRecent``, ``leastCC``): each pixel from
+  the first scene in that order with ``dataMask`` 1 there. No scene -> all zeros.
+- ``processing.harmonizeValues`` (default true, as on Sentinel Hub) removes the +1000 DN of processing
+  baseline >= 04.00; ``false`` returns the raw DN (what the pipeline requests).
 - DEM: ``type: dem`` with ``demInstance: COPERNICUS_30`` renders the real GLO-30 tile N00E006 (Sao Tome)
   as FLOAT32 metres with the request's resampling, 0 outside it (the service's answer over the sea);
   other DEM instances get 400.
@@ -70,11 +79,11 @@ from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.io import MemoryFile
 from rasterio.transform import from_bounds as transform_from_bounds
-from rasterio.warp import reproject, transform_bounds
+from rasterio.warp import reproject, transform_bounds, transform_geom
 
 import http.server
 
-from devservers.stac_server import GLO30_TIF, S2_JP2_DIR, SCENES
+from devservers.stac_server import GLO30_TIF, S2_EPSG, S2_JP2_DIR, SCENES, Scene
 from devservers.static_files import BackgroundServer, FaultControl, RequestRecord, serve_until_interrupted
 
 LOGGER = logging.getLogger(__name__)
@@ -89,6 +98,8 @@ TOKEN_LIFETIME_S = 3600
 CLM_B02_THRESHOLD_DN = 1250  # stand-in CLM: cloud where a 60 m cell's mean B02 DN is above this
 _RESAMPLING = {"NEAREST": Resampling.nearest, "BILINEAR": Resampling.bilinear, "BICUBIC": Resampling.cubic}
 _CLOUD_FILTER_RE = re.compile(r"eo:cloud_cover\s*(<=|>=|<|>|=)\s*([0-9.]+)")
+CLM_NO_DATA = 255
+MOSAICKING_ORDERS = ("mostRecent", "leastRecent", "leastCC")
 
 
 class ApiError(Exception):
@@ -189,6 +200,7 @@ class BandStore:
     def __init__(self, jp2_dir: Path = S2_JP2_DIR) -> None:
         self.jp2_dir = jp2_dir
         self._bands: dict[str, _Band] = {}
+        self._scene_bands: dict[tuple[str, str, bool], _Band] = {}
         self._lock = threading.Lock()
 
     def get(self, band: str) -> _Band:
@@ -222,40 +234,89 @@ class BandStore:
         with rasterio.open(self.jp2_dir / "s2_B02.jp2") as src:
             return transform_bounds(src.crs, "EPSG:4326", *src.bounds, densify_pts=21)
 
-    def render(self, band: str, dst_crs: CRS, dst_transform: rasterio.Affine, shape: tuple[int, int],
-               resampling: Resampling) -> np.ndarray:
-        """One band on the requested grid, uint16, 0 outside the served subset."""
-        src = self.get(band)
+    def scene_band(self, scene: Scene, band: str, harmonize: bool) -> _Band:
+        """One band of one served scene at its native resolution.
+
+        The real pixels where their centres lie inside the scene's footprint (the whole subset for a
+        full scene), plus the scene's test DN shift and, unless ``harmonize``, the +1000 DN of baseline
+        >= 04.00 (nonzero pixels only); 0 outside (``CLM``: 255, its no-data value, and never shifted).
+        """
+        shift = 0 if band == "CLM" else scene.dn_delta + (0 if harmonize else scene.offset_dn)
+        base = self.get(band)
+        if scene.footprint_x is None and shift == 0:
+            return base
+        key = (scene.item_id, band, harmonize)
+        with self._lock:
+            if key not in self._scene_bands:
+                data = base.data
+                if scene.footprint_x is not None:
+                    x0, y0, x1, y1 = scene.footprint_bounds
+                    rows, cols = np.arange(data.shape[0]) + 0.5, np.arange(data.shape[1]) + 0.5
+                    xs = base.transform.c + cols * base.transform.a
+                    ys = base.transform.f + rows * base.transform.e
+                    inside = ((ys >= y0) & (ys < y1))[:, None] & ((xs >= x0) & (xs < x1))[None, :]
+                else:
+                    inside = np.ones(data.shape, dtype=bool)
+                if band == "CLM":
+                    values = np.where(inside, data, CLM_NO_DATA)
+                else:
+                    values = np.where(inside & (data > 0), data.astype(np.int64) + shift, 0)
+                values = np.clip(values, 0, np.iinfo(np.uint16).max).astype(np.uint16)
+                self._scene_bands[key] = _Band(values, base.transform, base.crs)
+            return self._scene_bands[key]
+
+    def render_scene(self, scene: Scene, band: str, harmonize: bool, dst_crs: CRS,
+                     dst_transform: rasterio.Affine, shape: tuple[int, int], resampling: Resampling) -> np.ndarray:
+        """One band of one scene on the requested grid, uint16, 0 where the scene has no data."""
+        src = self.scene_band(scene, band, harmonize)
         out = np.zeros(shape, dtype=np.uint16)
         reproject(src.data, out, src_transform=src.transform, src_crs=src.crs, src_nodata=0,
                   dst_transform=dst_transform, dst_crs=dst_crs, dst_nodata=0, resampling=resampling)
         return out
 
+    def data_mask(self, scene: Scene, dst_crs: CRS, dst_transform: rasterio.Affine,
+                  shape: tuple[int, int]) -> np.ndarray:
+        """Boolean ``dataMask`` of one scene on the requested grid: its 10 m B02 has data (nearest)."""
+        return self.render_scene(scene, "B02", True, dst_crs, dst_transform, shape, Resampling.nearest) > 0
 
-def _catalog_id(scene) -> str:
+
+def catalog_id(scene: Scene) -> str:
     """Sentinel Hub catalog id style: S2A_MSIL1C_20160112T155612_N0201_R097_T18SVG_20160112T160000."""
     date = scene.datetime[:10].replace("-", "")
     baseline = scene.processing_baseline.replace(".", "")
     return f"S2{scene.platform[-1].upper()}_MSIL1C_{date}T155612_N{baseline}_R097_T18SVG_{date}T160000"
 
 
+def scene_footprint(store: BandStore, scene: Scene) -> tuple[dict, list[float]]:
+    """(GeoJSON geometry in WGS84, bbox) of a served scene: the real subset, or the partial scene's strip."""
+    if scene.footprint_x is None:
+        left, bottom, right, top = store.footprint_wgs84()
+        ring = [[left, bottom], [right, bottom], [right, top], [left, top], [left, bottom]]
+        return {"type": "MultiPolygon", "coordinates": [[ring]]}, [left, bottom, right, top]
+    left, bottom, right, top = scene.footprint_bounds
+    ring = [[left, bottom], [right, bottom], [right, top], [left, top], [left, bottom]]
+    geom = transform_geom(f"EPSG:{S2_EPSG}", "EPSG:4326", {"type": "Polygon", "coordinates": [ring]})
+    bbox = list(transform_bounds(f"EPSG:{S2_EPSG}", "EPSG:4326", *scene.footprint_bounds, densify_pts=21))
+    return {"type": "MultiPolygon", "coordinates": [geom["coordinates"]]}, bbox
+
+
 def catalog_features(store: BandStore, base_url: str) -> list[dict]:
-    """STAC features of the served scenes, shaped like the Catalog API's sentinel-2-l1c features."""
-    bbox = list(store.footprint_wgs84())
-    left, bottom, right, top = bbox
+    """STAC features of the served scenes, shaped like the Catalog API's sentinel-2-l1c features.
+
+    The same scenes as the STAC server (``devservers.stac_server.SCENES``), with Sentinel Hub style ids
+    (``catalog_id``) and footprints (``scene_footprint``).
+    """
     features = []
     for scene in SCENES:
-        if scene.offset_dn or scene.footprint_x:  # Sentinel Hub harmonizes baseline-04 values by default;
-            continue  # the partial (mosaic) scenes are STAC-only: serve the full 2016 ones
+        geometry, bbox = scene_footprint(store, scene)
         features.append({
             "stac_version": "1.0.0",
             "stac_extensions": ["https://stac-extensions.github.io/eo/v1.0.0/schema.json",
                                 "https://stac-extensions.github.io/projection/v1.0.0/schema.json"],
-            "id": _catalog_id(scene),
+            "id": catalog_id(scene),
             "type": "Feature",
-            "geometry": {"type": "MultiPolygon", "crs": {"type": "name", "properties": {
-                "name": "urn:ogc:def:crs:OGC::CRS84"}},
-                "coordinates": [[[[left, bottom], [right, bottom], [right, top], [left, top], [left, bottom]]]]},
+            "geometry": {**geometry, "crs": {"type": "name", "properties": {
+                "name": "urn:ogc:def:crs:OGC::CRS84"}}},
             "bbox": bbox,
             "properties": {
                 "datetime": scene.datetime,
@@ -507,21 +568,37 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         time_range = dfilter.get("timeRange") or {}
         start, end = _parse_time(time_range.get("from")), _parse_time(time_range.get("to"))
         max_cc = float(dfilter.get("maxCloudCoverage", 100))
-        scenes = [s for s in SCENES if not s.offset_dn and not s.footprint_x and s.cloud_cover <= max_cc
-                  and _in_interval(_parse_time(s.datetime), start, end)]
+        scenes = order_scenes([s for s in SCENES if s.cloud_cover <= max_cc
+                               and _in_interval(_parse_time(s.datetime), start, end)],
+                              dfilter.get("mosaickingOrder") or "mostRecent")
         processing = data.get("processing") or {}
+        harmonize = bool(processing.get("harmonizeValues", True))
         bands = parse_evalscript_bands(request.get("evalscript") or "")
         transform = transform_from_bounds(west, south, east, north, width, height)
+        shape = (height, width)
+        # per pixel, the first scene (in mosaicking order) with data there; 0 = none
+        index = np.zeros(shape, dtype=np.uint8)
+        for k, scene in enumerate(scenes, start=1):
+            index[(index == 0) & store.data_mask(scene, crs, transform, shape)] = k
+        used = [(k, scene) for k, scene in enumerate(scenes, start=1) if (index == k).any()]
         stack = np.zeros((len(bands), height, width), dtype=np.uint16)
         for i, band in enumerate(bands):
-            if scenes and band == "CLM":  # a mask: never interpolated here
-                stack[i] = store.render(band, crs, transform, (height, width), Resampling.nearest)
-            elif scenes and band in ALL_BANDS:
+            if band == "dataMask":
+                stack[i] = index > 0
+                continue
+            if band == "CLM":  # a mask: never interpolated here
+                resampling = Resampling.nearest
+            elif band in ALL_BANDS:
                 # Sentinel Hub: upsampling applies where the output is finer than the source, else downsampling.
                 src_res = abs(store.get(band).transform.a)
                 out_res_m = abs(transform.a) if crs.is_projected else abs(transform.a) * 111_320
                 key = processing.get("upsampling" if out_res_m < src_res else "downsampling", "NEAREST")
-                stack[i] = store.render(band, crs, transform, (height, width), _RESAMPLING.get(key, Resampling.nearest))
+                resampling = _RESAMPLING.get(key, Resampling.nearest)
+            else:
+                continue
+            for k, scene in used:
+                rendered = store.render_scene(scene, band, harmonize, crs, transform, shape, resampling)
+                stack[i][index == k] = rendered[index == k]
         tiff = _encode_tiff(stack, crs, transform)
         responses = out.get("responses") or [{"identifier": "default", "format": {"type": "image/tiff"}}]
         self.server.last_process_request = request
@@ -532,6 +609,22 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send(200, tiff, "image/tiff", truncate=truncate)
             return
         self._send(200, _encode_tar(responses, tiff, scenes), "application/x-tar", truncate=truncate)
+
+
+def order_scenes(scenes: list[Scene], order: str) -> list[Scene]:
+    """Scenes in Sentinel Hub's ``mosaickingOrder`` (``leastCC`` ties: the most recent first).
+
+    Raises:
+        ApiError: an unknown order (400, as the service answers).
+    """
+    if order not in MOSAICKING_ORDERS:
+        raise ApiError(400, f"mosaickingOrder {order!r} is not one of {', '.join(MOSAICKING_ORDERS)}")
+    newest_first = sorted(scenes, key=lambda s: s.datetime, reverse=True)
+    if order == "mostRecent":
+        return newest_first
+    if order == "leastRecent":
+        return newest_first[::-1]
+    return sorted(newest_first, key=lambda s: s.cloud_cover)
 
 
 def _encode_tiff(stack: np.ndarray, crs: CRS, transform: rasterio.Affine) -> bytes:

@@ -14,6 +14,7 @@ from sentinelhub import (  # noqa: E402
     BBox,
     CRS,
     MimeType,
+    MosaickingOrder,
     SentinelHubCatalog,
     SentinelHubRequest,
     SentinelHubSession,
@@ -147,3 +148,86 @@ def test_fault_truncated_body_and_timeout_are_retried(sentinelhub_api):
     config = sentinelhub_api.config(download_timeout_seconds=0.4)
     data = _request(sentinelhub_api, config, size=(30, 30), bands=("B02",)).get_data()[0]
     assert data.any()
+
+
+# ---------------------------------------------------------------- the partial January 2017 scenes
+
+from devservers.sentinelhub_server import catalog_id  # noqa: E402
+from devservers.stac_server import (  # noqa: E402
+    BASELINE_OFFSET_DN,
+    SCENES,
+    SPLIT_EAST_DN_DELTA,
+    SPLIT_EAST_X,
+    SPLIT_WEST_X,
+)
+
+WEST_SCENE, EAST_SCENE = (s for s in SCENES if s.footprint_x is not None)
+WEST_DAY, EAST_DAY = ("2017-01-10", "2017-01-11"), ("2017-01-20", "2017-01-21")
+
+
+def _crop_xs() -> np.ndarray:
+    """x of the pixel centres of the 300 px (10 m) columns of BBOX, broadcast to (300, 300)."""
+    return np.broadcast_to(S2_CROP_BOUNDS[0] + (np.arange(300) + 0.5) * 10.0, (300, 300))
+
+
+def _mask_request(api, time, harmonize=None, order=None):
+    other = {"processing": {"harmonizeValues": harmonize}} if harmonize is not None else None
+    return SentinelHubRequest(
+        evalscript=_evalscript(("B02", "B05", "dataMask")),
+        input_data=[SentinelHubRequest.input_data(
+            api.collection, time_interval=time, mosaicking_order=MosaickingOrder(order) if order else None,
+            other_args=other)],
+        responses=[SentinelHubRequest.output_response("default", MimeType.TIFF)],
+        bbox=BBOX, size=(300, 300), config=api.config(),
+    ).get_data()[0]
+
+
+def test_catalog_lists_the_partial_scenes_with_their_footprints(sentinelhub_api):
+    import shapely
+    from rasterio.warp import transform_geom
+
+    catalog = SentinelHubCatalog(config=sentinelhub_api.config())
+    found = list(catalog.search(sentinelhub_api.collection, bbox=BBOX, time=("2017-01-01", "2017-01-31")))
+    assert [f["id"] for f in found] == [catalog_id(WEST_SCENE), catalog_id(EAST_SCENE)]
+    assert [f["properties"]["eo:cloud_cover"] for f in found] == [3.1, 5.6]
+    assert "_N0204_" in found[0]["id"] and "_N0400_" in found[1]["id"]  # the baselines, as in the STAC items
+    for feature, (x0, x1) in zip(found, (SPLIT_WEST_X, SPLIT_EAST_X)):
+        strip = shapely.box(x0, S2_CROP_BOUNDS[1], x1, S2_CROP_BOUNDS[3])
+        utm = shapely.geometry.shape(transform_geom("EPSG:4326", "EPSG:32618", feature["geometry"]))
+        assert utm.symmetric_difference(strip).area < 1e-3 * strip.area
+    # a bbox wholly east of the west strip finds only the east scene
+    east_only = BBox((440400.0, 4175000.0, 441000.0, 4176000.0), CRS(32618))
+    found = list(catalog.search(sentinelhub_api.collection, bbox=east_only, time=("2017-01-01", "2017-01-31")))
+    assert [f["id"] for f in found] == [catalog_id(EAST_SCENE)]
+
+
+def test_partial_scene_is_nodata_outside_its_footprint(sentinelhub_api):
+    xs, b02 = _crop_xs(), _local("B02", 1).astype(np.int64)
+    west = _mask_request(sentinelhub_api, WEST_DAY)
+    inside = (xs >= SPLIT_WEST_X[0]) & (xs < SPLIT_WEST_X[1])
+    np.testing.assert_array_equal(west[..., 2], inside.astype(np.uint16))  # dataMask
+    np.testing.assert_array_equal(west[..., 0], np.where(inside, b02, 0))
+    np.testing.assert_array_equal(west[..., 1], np.where(inside, _local("B05", 2), 0))  # 20 m, nearest
+    # the east scene: +37 DN; baseline 04.00 adds +1000 unless harmonized (Sentinel Hub's default)
+    inside = (xs >= SPLIT_EAST_X[0]) & (xs < SPLIT_EAST_X[1])
+    harmonized = _mask_request(sentinelhub_api, EAST_DAY)
+    raw = _mask_request(sentinelhub_api, EAST_DAY, harmonize=False)
+    np.testing.assert_array_equal(harmonized[..., 2], inside.astype(np.uint16))
+    np.testing.assert_array_equal(harmonized[..., 0], np.where(inside, b02 + SPLIT_EAST_DN_DELTA, 0))
+    np.testing.assert_array_equal(raw[..., 0], np.where(inside, b02 + SPLIT_EAST_DN_DELTA + BASELINE_OFFSET_DN, 0))
+    assert inside.any() and (~inside).any()
+
+
+def test_time_range_with_both_scenes_is_mosaicked_in_order(sentinelhub_api):
+    xs, b02 = _crop_xs(), _local("B02", 1).astype(np.int64)
+    overlap = (xs >= SPLIT_EAST_X[0]) & (xs < SPLIT_WEST_X[1])
+    month = ("2017-01-01", "2017-01-31")
+    least_cc = _mask_request(sentinelhub_api, month, order="leastCC")[..., 0].astype(np.int64)
+    recent = _mask_request(sentinelhub_api, month, order="mostRecent")[..., 0].astype(np.int64)
+    assert (least_cc > 0).all() and (recent > 0).all()  # together they cover the crop
+    np.testing.assert_array_equal(least_cc[overlap], b02[overlap])  # west (3.1 %) first
+    np.testing.assert_array_equal(recent[overlap], b02[overlap] + SPLIT_EAST_DN_DELTA)  # east (01-20) first
+    west_only, east_only = xs < SPLIT_EAST_X[0], xs >= SPLIT_WEST_X[1]
+    for got in (least_cc, recent):
+        np.testing.assert_array_equal(got[west_only], b02[west_only])
+        np.testing.assert_array_equal(got[east_only], b02[east_only] + SPLIT_EAST_DN_DELTA)
