@@ -1,13 +1,17 @@
-"""The ``sentinelhub`` source: Catalog API search + Process API download of one scene over the ROI.
+"""The ``sentinelhub`` source: Catalog API search + Process API download of the scenes over the ROI.
 
 What it does, in order (``fetch_sentinelhub_inputs``):
 
 1. credentials from the environment (``SH_CLIENT_ID`` / ``SH_CLIENT_SECRET``, names configurable) or a
    Prefect Secret block holding ``id:secret``; the secret goes to ``SHConfig`` and nowhere else;
 2. Catalog API search over the ROI's bbox and the date window with ``eo:cloud_cover <= max_cloud_pct``;
-   the least-cloudy scene wins (ties: the most recent);
-3. Process API requests of the wanted bands as UINT16 DN on the analysis grid (``tasks.grid.make_grid``:
-   UTM of the ROI, 10 m, snapped outward), time range = that scene's day, ``leastCC`` mosaicking,
+   scene choice as for the ``stac`` source (``tasks.mosaic.choose_mosaic``): the least-cloudy scene
+   whose footprint covers the ROI alone (ties: the most recent), else a per-pixel mosaic of the ranked
+   scenes that each add footprint, up to ``max_mosaic_scenes`` (``SceneInputs.mosaic``; alignment takes
+   every pixel from the first of them with data and no cloud there);
+3. per chosen scene, Process API requests of the wanted bands as UINT16 DN on the analysis grid
+   (``tasks.grid.make_grid``: UTM of the ROI, 10 m, snapped outward), time range = that scene's UTC
+   day (so Sentinel Hub renders that acquisition; ``leastCC`` only orders the tiles of that day),
    ``harmonizeValues: false`` (raw DN; the pipeline subtracts ``offset_dn`` from the processing
    baseline), bilinear up/downsampling (the band contract's resampling); the grid is cut into pieces of
    at most 2500 x 2500 px (the API's limit) and reassembled;
@@ -17,7 +21,7 @@ What it does, in order (``fetch_sentinelhub_inputs``):
 6. one GeoTIFF per band in a cache folder keyed by a hash of the request, written to a temporary folder
    and renamed into place, so a rerun makes no request and a failure leaves nothing under a cache name.
 
-Pure helpers (``plan_pieces``, ``build_evalscript``, ``choose_scene``, ``scene_baseline``,
+Pure helpers (``plan_pieces``, ``build_evalscript``, ``scene_candidates``, ``choose_scenes``, ``scene_baseline``,
 ``request_key``) hold the decisions; the rest is I/O through the unmodified ``sentinelhub`` client.
 """
 
@@ -49,6 +53,7 @@ from tasks.catalog import SentinelHubSource
 from tasks.cloud import SH_CLM_BAND, SH_CLM_CLOUD_RANGE, SH_CLM_ORIGIN
 from tasks.errors import InputError, SourceError
 from tasks.grid import AnalysisGrid, make_grid
+from tasks.mosaic import FULL_COVER, SceneCandidate, choose_mosaic, window_end
 
 log = logging.getLogger(__name__)
 
@@ -107,21 +112,53 @@ def build_evalscript(bands: tuple[str, ...], sample_type: str = "UINT16") -> str
         f"function evaluatePixel(s) {{ return [{values}]; }}\n")
 
 
-def choose_scene(features: list[dict], max_cloud_pct: float) -> dict | None:
-    """The least-cloudy feature under the limit (ties: the most recent); None if there is none."""
-    ok = [f for f in features
-          if f.get("properties", {}).get("eo:cloud_cover") is not None
-          and float(f["properties"]["eo:cloud_cover"]) <= max_cloud_pct]
-    if not ok:
-        return None
-    return min(ok, key=lambda f: (float(f["properties"]["eo:cloud_cover"]),
-                                  _neg_time(f["properties"].get("datetime"))))
+def scene_candidates(features: list[dict], max_cloud_pct: float) -> list[SceneCandidate]:
+    """Catalog features with a known ``eo:cloud_cover`` within the limit, as ``tasks.mosaic`` candidates.
+
+    The footprint is the feature's geometry (WGS84, as the Catalog API answers); None (no geometry)
+    counts as covering everything.
+    """
+    out = []
+    for feat in features:
+        props = feat.get("properties", {})
+        cloud = props.get("eo:cloud_cover")
+        if cloud is None or float(cloud) > max_cloud_pct:
+            continue
+        geom = feat.get("geometry")
+        footprint = shapely.geometry.shape({k: geom[k] for k in ("type", "coordinates")}) if geom else None
+        out.append(SceneCandidate(feat["id"], float(cloud), _utc_iso(props.get("datetime")), footprint))
+    return out
 
 
-def _neg_time(value: str | None) -> float:
+def choose_scenes(features: list[dict], roi_lonlat: shapely.Geometry, max_cloud_pct: float, end: dt.datetime,
+                  max_scenes: int) -> tuple[list[dict], float]:
+    """The features to render, best first, and the share of the ROI their footprints cover.
+
+    The ``stac`` source's rule (``tasks.mosaic.choose_mosaic``): the best-ranked feature covering the ROI
+    alone, else the ranked features (cloud cover, closeness to ``end``, id) that each add footprint, up
+    to ``max_scenes`` (with 1: the best-ranked feature meeting the ROI). Features under the limit on the
+    same UTC day as a better one are dropped: that day's request (``leastCC`` within the day) already
+    renders them. Empty when no feature under the limit meets the ROI.
+    """
+    by_id = {f["id"]: f for f in features}
+    picked, covered = choose_mosaic(scene_candidates(features, max_cloud_pct), roi_lonlat, end, max_scenes)
+    chosen, days = [], set()
+    for cand in picked:
+        day = cand.acquired[:10]
+        if day and day in days:
+            continue
+        days.add(day)
+        chosen.append(by_id[cand.scene_id])
+    return chosen, covered
+
+
+def _utc_iso(value: str | None) -> str:
     if not value:
-        return 0.0
-    return -dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        return ""
+    when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return when.astimezone(dt.timezone.utc).isoformat()
 
 
 def scene_baseline(item: dict) -> str | None:
@@ -254,30 +291,26 @@ def _clean(text: str, creds: Credentials) -> str:
 
 
 def _search(source: SentinelHubSource, config: Any, collection: Any, roi: shapely.Geometry,
-            first: dt.date, last: dt.date, cache_dir: Path, creds: Credentials) -> dict:
+            first: dt.date, last: dt.date, cache_dir: Path, creds: Credentials) -> list[dict]:
+    """Every catalog feature over the ROI's bbox in the window under the cloud limit (id, properties,
+    geometry); cached when the window has ended."""
     from sentinelhub import CRS, BBox, SentinelHubCatalog
 
     bbox = tuple(round(v, 6) for v in roi.bounds)
-    key = request_key(kind="search", base=source.base_url, collection=source.collection, bbox=bbox,
+    key = request_key(kind="search-features", base=source.base_url, collection=source.collection, bbox=bbox,
                       first=first, last=last, max_cloud=source.max_cloud_pct)
     cached = cache_dir / "search" / f"{key}.json"
     if cached.exists():
-        return json.loads(cached.read_text())
+        return json.loads(cached.read_text())["features"]
     with _translated("catalog search", source, creds):
         catalog = SentinelHubCatalog(config=config)
         features = list(catalog.search(
             collection, bbox=BBox(bbox, CRS.WGS84), time=(first.isoformat(), last.isoformat()),
             filter=f"eo:cloud_cover <= {source.max_cloud_pct:g}", limit=100))
-    item = choose_scene(features, source.max_cloud_pct)
-    if item is None:
-        raise SourceError(
-            f"Sentinel Hub: no {source.collection} scene with eo:cloud_cover <= {source.max_cloud_pct:g}% "
-            f"over bbox {','.join(f'{v:.4f}' for v in bbox)} between {first} and {last}; widen "
-            "--start/--end, move the ROI, or raise max_cloud_pct in data_catalog.yaml")
-    slim = {"id": item["id"], "properties": item.get("properties", {}), "bbox": item.get("bbox"),
-            "candidates": len(features)}
+    slim = [{"id": f["id"], "properties": f.get("properties", {}), "geometry": f.get("geometry")}
+            for f in features]
     if last < dt.datetime.now(dt.timezone.utc).date():  # an open window may still gain scenes
-        _write_json_atomic(cached, slim)
+        _write_json_atomic(cached, {"features": slim})
     return slim
 
 
@@ -358,7 +391,7 @@ def fetch_sentinelhub_inputs(source: SentinelHubSource, source_name: str, spectr
                              roi_lonlat: shapely.Geometry, start: dt.date | None, end: dt.date | None,
                              cache_dir: Path, *, max_px: int = MAX_PX, res_m: float = 10.0,
                              retry_sleep_s: float = 5.0) -> SceneInputs:
-    """Search the least-cloudy scene, download its bands (and the DEM) over the ROI, return local paths.
+    """Search the scenes, choose one (or a per-pixel mosaic), download their bands and the DEM over the ROI.
 
     Args:
         source: the catalog entry (kind ``sentinelhub``).
@@ -372,7 +405,9 @@ def fetch_sentinelhub_inputs(source: SentinelHubSource, source_name: str, spectr
         retry_sleep_s: first back-off sleep after a 5xx/timeout (then x3 per attempt).
 
     Returns:
-        ``SceneInputs`` whose band and DEM paths are GeoTIFFs on the analysis grid in the cache.
+        ``SceneInputs`` whose band and DEM paths are GeoTIFFs on the analysis grid in the cache; for a
+        mosaic, ``mosaic`` lists the scenes best first (each with its own band paths, offset and cloud
+        mask), ``scene_id`` joins their ids with ``+`` and ``acquired_range`` spans their days.
 
     Raises:
         InputError: missing credentials, an unknown collection, a band the collection lacks, a bad window.
@@ -401,18 +436,100 @@ def fetch_sentinelhub_inputs(source: SentinelHubSource, source_name: str, spectr
     collection = _collection(attr, base)
     grid = make_grid(roi_lonlat, res_m=res_m)
 
-    item = _search(source, config, collection, roi_lonlat, first, last, cache_dir, creds)
+    features = _search(source, config, collection, roi_lonlat, first, last, cache_dir, creds)
+    chosen, covered = choose_scenes(features, roi_lonlat, source.max_cloud_pct, window_end(end),
+                                    source.max_mosaic_scenes)
+    if not chosen:
+        raise SourceError(
+            f"Sentinel Hub: no {source.collection} scene with eo:cloud_cover <= {source.max_cloud_pct:g}% "
+            f"over bbox {','.join(f'{v:.4f}' for v in roi_lonlat.bounds)} between {first} and {last} "
+            f"({len(features)} found); widen --start/--end, move the ROI, or raise max_cloud_pct in "
+            "data_catalog.yaml")
+    if not wanted:
+        chosen = chosen[:1]  # nothing to render per scene: the DEM alone
+    notes: list[str] = []
+    if len(chosen) > 1:
+        ranked = ", ".join(f"{f['id']} ({f['properties'].get('eo:cloud_cover')}%)" for f in chosen)
+        notes.append(f"Sentinel Hub {source.collection}: no scene of {len(features)} <= "
+                     f"{source.max_cloud_pct:g}% cloud covers the ROI; per-pixel mosaic of {len(chosen)} "
+                     f"(best first: {ranked}), footprints cover {covered:.1%} of the ROI")
+    else:
+        item = chosen[0]
+        notes.append(f"Sentinel Hub {source.collection}: least-cloudy of {len(features)} scene(s) "
+                     f"<= {source.max_cloud_pct:g}% cloud: {item['id']} ({item['properties'].get('eo:cloud_cover')}%)")
+        if covered < FULL_COVER:
+            notes.append(f"scene {item['id']} covers only {covered:.0%} of the ROI and no other scene under the "
+                         "cloud limit is taken: the rest is nodata unless other tiles of its day fill it")
+    grid_desc = {"crs": grid.crs, "bounds": grid.bounds, "size": (grid.width, grid.height)}
+    requests_made = 0
+    scenes = []
+    for item in chosen:
+        scene, made = _fetch_scene(item, source, config, collection, creds, wanted, grid, grid_desc, cache_dir,
+                                   max_px, notes)
+        scenes.append(scene)
+        requests_made += made
+    if wanted:
+        if source.cloud_mask:
+            notes.append(f"cloud mask: {SH_CLM_ORIGIN}; cloud pixels are not analysed")
+        else:
+            notes.append("cloud mask disabled (cloud_mask: false): cloudy pixels are analysed")
+
+    dem_path, dem_note = None, None
+    if source.dem_collection:
+        dem_path, dem_note, made = _fetch_dem(source, config, creds, grid, grid_desc, cache_dir, max_px)
+        requests_made += made
+    if dem_note:
+        notes.append(dem_note)
+
+    log.info("sentinelhub %s: %s, %d x %d px, %d band(s), %d Process API request(s)", source_name,
+             "+".join(s["scene_id"] for s in scenes), grid.width, grid.height, len(wanted), requests_made)
+    extent = tuple(transform_bounds(grid.crs, "EPSG:4326", *grid.bounds, densify_pts=21))
+    first_scene = scenes[0]
+    if len(scenes) > 1:
+        days = sorted(s["acquired"][:10] for s in scenes)
+        return SceneInputs(
+            source=source_name, scene_id="+".join(s["scene_id"] for s in scenes), acquired=None,
+            acquired_range=(days[0], days[-1]), band_paths=first_scene["band_paths"], available_bands=has,
+            dem_path=dem_path, band_nodata=0.0, dem_nodata=None, offset_dn=0.0, processing_baseline=None,
+            extent_lonlat=extent, notes=notes, cloud_mask=None, cloud_pct=None, mosaic=scenes)
+    return SceneInputs(
+        source=source_name,
+        scene_id=first_scene["scene_id"],
+        acquired=first_scene["acquired"],
+        acquired_range=None,
+        band_paths=first_scene["band_paths"],
+        available_bands=has,
+        dem_path=dem_path,
+        band_nodata=0.0,  # Sentinel Hub returns 0 where the scene has no data
+        dem_nodata=None,
+        offset_dn=first_scene["offset_dn"],
+        processing_baseline=first_scene["processing_baseline"],
+        extent_lonlat=extent,  # type: ignore[arg-type]
+        notes=notes,
+        cloud_mask=first_scene["cloud_mask"],
+        cloud_pct=first_scene["cloud_pct"],
+    )
+
+
+def _fetch_scene(item: dict, source: SentinelHubSource, config: Any, collection: Any, creds: Credentials,
+                 wanted: tuple[str, ...], grid: AnalysisGrid, grid_desc: dict, cache_dir: Path, max_px: int,
+                 notes: list[str]) -> tuple[dict, int]:
+    """Render one catalog scene's bands (and CLM) on the grid; a ``SceneInputs.mosaic`` entry.
+
+    The time range is the scene's UTC day, so Sentinel Hub renders that acquisition (``leastCC`` orders
+    the tiles of that day, all under the cloud limit). Cached per (scene, day, bands, grid).
+
+    Returns:
+        (the entry: scene_id, acquired, cloud_pct, processing_baseline, offset_dn, band_paths,
+        band_nodata, cloud_mask; the number of Process API requests made).
+    """
+    base = source.base_url.rstrip("/")
     scene_id = item["id"]
     acquired = dt.datetime.fromisoformat(item["properties"]["datetime"].replace("Z", "+00:00"))
     acquired = acquired.astimezone(dt.timezone.utc)
     day = dt.datetime.combine(acquired.date(), dt.time(0, 0), tzinfo=dt.timezone.utc)
     time_range = (day, day + dt.timedelta(days=1) - dt.timedelta(seconds=1))
-    notes: list[str] = [f"Sentinel Hub {source.collection}: least-cloudy of {item.get('candidates', '?')} "
-                        f"scene(s) <= {source.max_cloud_pct:g}% cloud: {scene_id} "
-                        f"({item['properties'].get('eo:cloud_cover')}%)"]
-    grid_desc = {"crs": grid.crs, "bounds": grid.bounds, "size": (grid.width, grid.height)}
-    requests_made = 0
-
+    made = 0
     band_paths: dict[str, str] = {}
     cloud_mask: dict | None = None
     if wanted:
@@ -424,9 +541,9 @@ def fetch_sentinelhub_inputs(source: SentinelHubSource, source_name: str, spectr
         evalscript = build_evalscript(requested, "UINT16")
 
         def get_bands(tmp: Path) -> None:
-            nonlocal requests_made
+            nonlocal made
             with _translated(f"Process API ({source.collection} {scene_id})", source, creds):
-                requests_made += _download_grid(
+                made += _download_grid(
                     config, collection, evalscript, grid, requested, "uint16", 0, time_range,
                     source.max_cloud_pct, tmp, max_px, {"processing": {"harmonizeValues": False}})
 
@@ -435,45 +552,21 @@ def fetch_sentinelhub_inputs(source: SentinelHubSource, source_name: str, spectr
         if source.cloud_mask:
             cloud_mask = {"path": str(entry / f"{SH_CLM_BAND}.tif"), "cloud_range": list(SH_CLM_CLOUD_RANGE),
                           "origin": SH_CLM_ORIGIN}
-            notes.append(f"cloud mask: {SH_CLM_ORIGIN}; cloud pixels are not analysed")
-        else:
-            notes.append("cloud mask disabled (cloud_mask: false): cloudy pixels are analysed")
         if not fresh:
-            notes.append("bands from the download cache (no request)")
-
-    dem_path, dem_note = None, None
-    if source.dem_collection:
-        dem_path, dem_note, made = _fetch_dem(source, config, creds, grid, grid_desc, cache_dir, max_px)
-        requests_made += made
-    if dem_note:
-        notes.append(dem_note)
+            notes.append(f"{scene_id}: bands from the download cache (no request)")
 
     baseline = scene_baseline(item)
     offset = harmonization_offset(baseline)
     if baseline is None and acquired.date() >= dt.date(2022, 1, 25):
         offset = harmonization_offset("04.00")  # all products since 25 Jan 2022 use baseline >= 04.00
-        notes.append("processing baseline unknown; acquired after 2022-01-25, assumed >= 04.00")
+        notes.append(f"{scene_id}: processing baseline unknown; acquired after 2022-01-25, assumed >= 04.00")
     if offset:
-        notes.append(f"processing baseline {baseline or '>= 04.00'}: {offset:g} DN offset removed "
+        notes.append(f"{scene_id}: processing baseline {baseline or '>= 04.00'}: {offset:g} DN offset removed "
                      "(requested with harmonizeValues=false)")
-    log.info("sentinelhub %s: scene %s, %d x %d px, %d band(s), %d Process API request(s)",
-             source_name, scene_id, grid.width, grid.height, len(wanted), requests_made)
-    return SceneInputs(
-        source=source_name,
-        scene_id=scene_id,
-        acquired=acquired.isoformat(),
-        acquired_range=None,
-        band_paths=band_paths,
-        available_bands=has,
-        dem_path=dem_path,
-        band_nodata=0.0,  # Sentinel Hub returns 0 where the scene has no data
-        dem_nodata=None,
-        offset_dn=offset,
-        processing_baseline=baseline,
-        extent_lonlat=tuple(transform_bounds(grid.crs, "EPSG:4326", *grid.bounds, densify_pts=21)),
-        notes=notes,
-        cloud_mask=cloud_mask,
-    )
+    cloud = item["properties"].get("eo:cloud_cover")
+    return {"scene_id": scene_id, "acquired": acquired.isoformat(),
+            "cloud_pct": float(cloud) if cloud is not None else None, "processing_baseline": baseline,
+            "offset_dn": offset, "band_paths": band_paths, "band_nodata": 0.0, "cloud_mask": cloud_mask}, made
 
 
 def _fetch_dem(source: SentinelHubSource, config: Any, creds: Credentials, grid: AnalysisGrid,
