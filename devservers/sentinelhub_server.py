@@ -238,7 +238,7 @@ class BandStore:
         """One band of one served scene at its native resolution.
 
         The real pixels where their centres lie inside the scene's footprint (the whole subset for a
-        full scene), plus the scene's test DN shift and, unless ``harmonize``, the +1000 DN of baseline
+        full scene; ``CLM``: its cells that touch the footprint), plus the scene's test DN shift and, unless ``harmonize``, the +1000 DN of baseline
         >= 04.00 (nonzero pixels only); 0 outside (``CLM``: 255, its no-data value, and never shifted).
         """
         shift = 0 if band == "CLM" else scene.dn_delta + (0 if harmonize else scene.offset_dn)
@@ -251,10 +251,19 @@ class BandStore:
                 data = base.data
                 if scene.footprint_x is not None:
                     x0, y0, x1, y1 = scene.footprint_bounds
-                    rows, cols = np.arange(data.shape[0]) + 0.5, np.arange(data.shape[1]) + 0.5
-                    xs = base.transform.c + cols * base.transform.a
-                    ys = base.transform.f + rows * base.transform.e
-                    inside = ((ys >= y0) & (ys < y1))[:, None] & ((xs >= x0) & (xs < x1))[None, :]
+                    # bands: pixels centred inside; CLM (its 60 m cells are offset by 10 m from the
+                    # footprint's edges): cells that touch the footprint, so that a cloud cell
+                    # straddling an edge is cloud in every scene that has data under it
+                    t = base.transform
+                    left = t.c + np.arange(data.shape[1]) * t.a
+                    top = t.f + np.arange(data.shape[0]) * t.e
+                    if band == "CLM":
+                        in_x = (left < x1) & (left + t.a > x0)
+                        in_y = (top + t.e < y1) & (top > y0)
+                    else:
+                        cx, cy = left + t.a / 2, top + t.e / 2
+                        in_x, in_y = (cx >= x0) & (cx < x1), (cy >= y0) & (cy < y1)
+                    inside = in_y[:, None] & in_x[None, :]
                 else:
                     inside = np.ones(data.shape, dtype=bool)
                 if band == "CLM":

@@ -14,15 +14,23 @@ import numpy as np
 import pytest
 import rasterio
 from rasterio.enums import Resampling
-from rasterio.warp import reproject
+from rasterio.warp import reproject, transform_bounds
 from shapely.geometry import box
 
 from tasks.acquire_sentinelhub import fetch_sentinelhub_inputs, plan_pieces
-from tasks.bands import SPECTRAL_BAND_NAMES
+from tasks.bands import BAND_NAMES, SPECTRAL_BAND_NAMES
 from tasks.catalog import SentinelHubSource
 from tasks.errors import InputError, SourceError
 from tasks.grid import make_grid
-from devservers.stac_server import S2_JP2_DIR
+from devservers.sentinelhub_server import catalog_id
+from devservers.stac_server import (
+    BASELINE_OFFSET_DN,
+    S2_JP2_DIR,
+    SCENES,
+    SPLIT_EAST_DN_DELTA,
+    SPLIT_EAST_X,
+    SPLIT_WEST_X,
+)
 
 pytest.importorskip("sentinelhub")
 
@@ -313,3 +321,129 @@ def test_dem_collection_copernicus_30(creds_env, tmp_path):
     api.faults.clear_log()
     again = _fetch_dem(source, _config(source, creds, 0.05), creds, grid, desc, tmp_path, 100)
     assert again[0] == path and again[2] == 0 and api.faults.records == []  # from the cache
+
+
+# ---------------------------------------------------------------------------------- per-pixel mosaic
+
+# the two partial January 2017 scenes, served like on the STAC server (west 3.1 % cloud, x < 440220;
+# east 5.6 %, baseline 04.00, +37 DN, x >= 439020, EPSG:32618)
+WEST, EAST = (catalog_id(s) for s in SCENES if s.footprint_x is not None)
+JAN2017 = (dt.date(2017, 1, 1), dt.date(2017, 1, 31))
+# 2.1 x 1.6 km crossing both footprints (the ROI of the stac mosaic test)
+SPLIT_ROI = box(*transform_bounds("EPSG:32618", "EPSG:4326", 438620, 4174880, 440720, 4176480))
+RGB = ("B02", "B03", "B04")
+
+
+def _band(path) -> np.ndarray:
+    with rasterio.open(path) as src:
+        return src.read(1).astype(np.float64)
+
+
+def test_partial_scenes_make_a_per_pixel_mosaic(creds_env, tmp_path):
+    """No scene covers the ROI: one request set per scene (its own day), each scene's own pixels inside
+    its footprint; alignment takes each pixel from the first-ranked scene with data and no CLM cloud."""
+    from tasks.align import build_stack, roi_mask
+    from tasks.grid import roi_in_grid_crs
+    from tasks.mosaic import read_scenes
+
+    api = creds_env
+    inputs = _fetch(api, tmp_path / "cache", bands=RGB, window=JAN2017, roi=SPLIT_ROI, dem_collection=None)
+    assert [m["scene_id"] for m in inputs.mosaic] == [WEST, EAST]
+    assert [m["cloud_pct"] for m in inputs.mosaic] == [3.1, 5.6]
+    assert [m["processing_baseline"] for m in inputs.mosaic] == ["02.04", "04.00"]
+    assert [m["offset_dn"] for m in inputs.mosaic] == [0.0, BASELINE_OFFSET_DN]
+    assert inputs.scene_id == f"{WEST}+{EAST}" and inputs.acquired is None
+    assert inputs.acquired_range == ("2017-01-10", "2017-01-20")
+    assert any("per-pixel mosaic of 2" in n for n in inputs.notes)
+    assert api.faults.statuses(PROCESS) == [200, 200]  # one request per scene (the grid fits one piece)
+    sent = api.server.last_process_request["input"]["data"][0]["dataFilter"]
+    assert sent["timeRange"]["from"].startswith("2017-01-20") and sent["timeRange"]["to"].startswith("2017-01-20")
+    assert sent["mosaickingOrder"] == "leastCC"
+
+    grid = make_grid(SPLIT_ROI)
+    xs = np.broadcast_to(grid.xmin + (np.arange(grid.width) + 0.5) * grid.res_m, grid.shape)
+    west = {b: _band(inputs.mosaic[0]["band_paths"][b]) for b in RGB}
+    east = {b: _band(inputs.mosaic[1]["band_paths"][b]) for b in RGB}
+    for b in RGB:  # each scene's own pixels inside its footprint, nodata (0) outside
+        real = _reference(b, grid).astype(np.float64)
+        in_w = (xs >= SPLIT_WEST_X[0]) & (xs < SPLIT_WEST_X[1])
+        in_e = (xs >= SPLIT_EAST_X[0]) & (xs < SPLIT_EAST_X[1])
+        np.testing.assert_array_equal(west[b], np.where(in_w, real, 0), err_msg=b)
+        np.testing.assert_array_equal(east[b], np.where(in_e, real + SPLIT_EAST_DN_DELTA + BASELINE_OFFSET_DN, 0),
+                                      err_msg=b)
+    clouds = []
+    for m in inputs.mosaic:
+        clm = _band(m["cloud_mask"]["path"])
+        clouds.append((clm >= 1) & (clm <= 254))
+
+    roi_grid = roi_in_grid_crs(SPLIT_ROI, grid)
+    res = build_stack(inputs, grid, tmp_path / "work", RGB, roi_grid)
+    with rasterio.open(tmp_path / "work" / "scene_index.tif") as src:
+        index = src.read(1)
+    with rasterio.open(res.stack_path) as src:
+        stack = src.read()
+    with rasterio.open(res.valid_path) as src:
+        valid = src.read(1).astype(bool)
+
+    # the rule, computed here from the downloaded files: first scene with data and no cloud
+    inside = roi_mask(roi_grid, grid) > 0
+    has = [np.all([w[b] > 0 for b in RGB], axis=0) for w in (west, east)]
+    expected = np.zeros(grid.shape, np.uint8)
+    lost = []
+    for k, (data, cloud) in enumerate(zip(has, clouds), start=1):
+        open_px = inside & (expected == 0)
+        lost.append(int((open_px & data & cloud).sum()))
+        expected[open_px & data & ~cloud] = k
+    np.testing.assert_array_equal(index, expected)
+    np.testing.assert_array_equal(valid, index > 0)
+    # the footprints and the ranking decide: only the west scene west of 439020, only the east one east
+    # of 440220, and in the overlap (both have data) the less cloudy west scene, never the east one
+    assert set(np.unique(index[inside & (xs < SPLIT_EAST_X[0])])) <= {0, 1}
+    assert set(np.unique(index[inside & (xs >= SPLIT_WEST_X[1])])) <= {0, 2}
+    overlap = inside & (xs >= SPLIT_EAST_X[0]) & (xs < SPLIT_WEST_X[1])
+    assert overlap.sum() > 10_000 and not (index[overlap] == 2).any() and (index[overlap] == 1).mean() > 0.8
+    assert (index[inside & (xs >= SPLIT_WEST_X[1])] == 2).mean() > 0.8
+    for b in RGB:  # values are each scene's own, harmonized
+        got = stack[BAND_NAMES.index(b)]
+        np.testing.assert_array_equal(got[index == 1], west[b][index == 1])
+        np.testing.assert_array_equal(got[index == 2], east[b][index == 2] - BASELINE_OFFSET_DN)
+        # the east scene's own values differ (+37 DN): the overlap really came from the west scene
+        sel = index == 1
+        assert ((east[b] - BASELINE_OFFSET_DN - got)[sel & overlap] == SPLIT_EAST_DN_DELTA).all()
+    record = read_scenes(tmp_path / "work")
+    assert record["mosaic"] is True
+    assert [(e["index"], e["scene_id"], e["acquired"][:10]) for e in record["scenes"]] == [
+        (1, WEST, "2017-01-10"), (2, EAST, "2017-01-20")]
+    assert [e["pixels"] for e in record["scenes"]] == [int((index == 1).sum()), int((index == 2).sum())]
+    assert [e["cloud_masked_px"] for e in record["scenes"]] == lost and lost[0] > 0
+    assert record["analysed_px"] == int(valid.sum()) == sum(e["pixels"] for e in record["scenes"])
+    assert record["analysed_px"] + record["no_scene_px"] == grid.width * grid.height
+    assert [e["offset_removed_dn"] for e in record["scenes"]] == [0.0, BASELINE_OFFSET_DN]
+
+    api.faults.clear_log()  # a rerun: the search and both scenes come from the cache
+    again = _fetch(api, tmp_path / "cache", bands=RGB, window=JAN2017, roi=SPLIT_ROI, dem_collection=None)
+    assert api.faults.records == []
+    assert again.mosaic == inputs.mosaic
+
+
+def test_mosaic_limit_one_and_a_covering_scene(creds_env, tmp_path):
+    """max_mosaic_scenes: 1 renders only the best-ranked scene meeting the ROI (the less cloudy west one,
+    the rest nodata); a window with a covering scene renders that one alone."""
+    api = creds_env
+    single = _fetch(api, tmp_path, bands=("B02",), window=JAN2017, roi=SPLIT_ROI, dem_collection=None,
+                    max_mosaic_scenes=1)
+    assert single.mosaic is None and single.scene_id == WEST and single.cloud_pct == 3.1
+    assert any("covers only" in n for n in single.notes)
+    assert api.faults.statuses(PROCESS) == [200]
+    grid = make_grid(SPLIT_ROI)
+    xs = np.broadcast_to(grid.xmin + (np.arange(grid.width) + 0.5) * grid.res_m, grid.shape)
+    b02 = _band(single.band_paths["B02"])
+    assert (b02[xs < SPLIT_WEST_X[1]] > 0).all() and not b02[xs >= SPLIT_WEST_X[1]].any()
+    # all of 2017 (the mosaic scenes) plus January 2022, whose scene covers the ROI: that one alone
+    api.faults.clear_log()
+    covered = _fetch(api, tmp_path, bands=("B02",), window=(dt.date(2017, 1, 1), dt.date(2022, 2, 1)),
+                     roi=SPLIT_ROI, dem_collection=None)
+    assert covered.mosaic is None and covered.scene_id == catalog_id(SCENES[2]) and covered.cloud_pct == 8.4
+    assert covered.offset_dn == BASELINE_OFFSET_DN and api.faults.statuses(PROCESS) == [200]
+    np.testing.assert_array_equal(_band(covered.band_paths["B02"]),
+                                  _reference("B02", grid) + BASELINE_OFFSET_DN)
