@@ -24,6 +24,7 @@ import rasterio
 from rasterio.windows import Window
 
 from tasks.bands import BAND_NAMES, validate_bands
+from tasks.outputs import WORK_COMPRESSION
 from tasks.stitch import Stitcher, binary_entropy
 from tasks.tiling import iter_blocks, iter_windows, read_patches, windows_intersect
 
@@ -52,7 +53,9 @@ class BlockJob:
         return f"b_{self.row:04d}_{self.col:04d}"
 
 
-def _detector(spec: str | None, device: str):
+def cached_detector(spec: str | None, device: str):
+    """The detector of ``spec`` on ``device``, loaded once per process (the scan's inference step
+    and every block job it runs here share it)."""
     from tasks.inference import load_detector
 
     key = (spec, device)
@@ -128,7 +131,7 @@ def run_block(job: BlockJob) -> dict:
         import torch
 
         torch.set_num_threads(job.torch_threads)
-    detector = _detector(job.detector, job.device)
+    detector = cached_detector(job.detector, job.device)
     forward_before = detector.forward_s
     block = Window(*job.window)
     from tasks.scan_steps import gdal_env  # the same GDAL cache bound in Dask workers
@@ -147,7 +150,7 @@ def run_block(job: BlockJob) -> dict:
     tmp = blocks_dir / f".{job.stem}.{attempt}.tmp.tif"
     profile.update(count=2, dtype="float32", nodata=np.nan, width=int(block.width),
                    height=int(block.height), transform=rasterio.windows.transform(block, profile["transform"]),
-                   tiled=False, compress="deflate", predictor=3, interleave="band")
+                   tiled=False, predictor=3, interleave="band", **WORK_COMPRESSION)
     profile.pop("blockxsize", None)
     profile.pop("blockysize", None)
     with rasterio.open(tmp, "w", **profile) as dst:
@@ -239,7 +242,7 @@ def assemble(jobs: list[BlockJob], prob_path: str | Path, unc_path: str | Path) 
     with rasterio.open(jobs[0].stack_path) as src:
         profile = src.profile.copy()
     profile.update(count=1, dtype="float32", nodata=np.nan, tiled=True, blockxsize=256,
-                   blockysize=256, compress="deflate", predictor=3, interleave="band")
+                   blockysize=256, predictor=3, interleave="band", **WORK_COMPRESSION)
     tmp_p, tmp_u = prob_path.with_suffix(".tmp.tif"), unc_path.with_suffix(".tmp.tif")
     with rasterio.open(tmp_p, "w", **profile) as dp, rasterio.open(tmp_u, "w", **profile) as du:
         dp.set_band_description(1, "landslide probability")

@@ -212,6 +212,7 @@ def clean_raster(prob_path, valid_path, out_path, res_m: float, params: CleanPar
     import rasterio
     from rasterio.windows import Window
 
+    from tasks.outputs import WORK_COMPRESSION
     from tasks.tiling import iter_blocks
 
     halo = clean_halo_px(params, res_m)
@@ -222,7 +223,7 @@ def clean_raster(prob_path, valid_path, out_path, res_m: float, params: CleanPar
         h, w = prob_src.height, prob_src.width
         profile = prob_src.profile.copy()
         profile.update(dtype="uint8", nodata=None, count=1, tiled=True, blockxsize=256,
-                       blockysize=256, compress="deflate", predictor=1)
+                       blockysize=256, predictor=1, **WORK_COMPRESSION)
         with rasterio.open(tmp, "w", **profile) as dst:
             for block in iter_blocks(h, w, block_px):
                 r, c = int(block.row_off), int(block.col_off)

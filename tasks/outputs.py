@@ -27,6 +27,11 @@ NODATA_U8 = 255
 FINAL_NAMES = ("landslides.gpkg", "probability.tif", "uncertainty.tif", "mask.tif", "manifest.json")
 STAGING = ".staging"
 WORK = ".work"
+# Rasters that stay in the work folder (block results, prob / uncertainty / mask before encoding,
+# the COGs' tiled staging copies) are read back once or twice and then deleted: lossless ZSTD at
+# level 1 writes ~4x and reads ~2x faster than deflate at about the same size (measured on a
+# 2048^2 float32 block). The published COGs keep DEFLATE.
+WORK_COMPRESSION = {"compress": "zstd", "zstd_level": 1}
 
 
 def encode_unit_interval(values: np.ndarray) -> np.ndarray:
@@ -84,7 +89,7 @@ def write_cog_blockwise(src_path: str | Path, path: str | Path, encode, *, descr
     with rasterio.open(src_path) as src:
         profile = dict(driver="GTiff", height=src.height, width=src.width, count=1, dtype="uint8",
                        crs=src.crs, transform=src.transform, nodata=NODATA_U8, tiled=True,
-                       blockxsize=256, blockysize=256, compress="deflate")
+                       blockxsize=256, blockysize=256, **WORK_COMPRESSION)
         valid_src = rasterio.open(valid_path) if valid_path else None
         try:
             with rasterio.open(tmp_tiled, "w", **profile) as dst:

@@ -23,8 +23,7 @@ from tasks.acquire_local import SceneInputs
 from tasks.align import build_stack
 from tasks.bands import BAND_NAMES
 from tasks.clean import CleanParams, clean_raster
-from tasks.blocks import assemble, make_jobs, run_jobs
-from tasks.inference import load_detector
+from tasks.blocks import assemble, cached_detector, make_jobs, run_jobs
 from tasks.outputs import (PROB_SCALE, encode_unit_interval, publish, staging_dir, utc_now_iso,
                            write_cog_blockwise, write_manifest)
 from tasks.plan import ScanRequest, load_plan, plan_grid, plan_roi_grid_crs, plan_scan
@@ -116,7 +115,7 @@ def step_infer(work: str, stack: dict) -> dict:
     req = plan["request"]
     if stack["valid_fraction"] == 0:
         log.warning("no valid pixel in the ROI: nothing to predict")
-    detector = load_detector(req["detector"], req["device"])
+    detector = cached_detector(req["detector"], req["device"])  # the block jobs here reuse it
     distributed = bool(req.get("dask_address")) or req.get("workers", 1) > 1
     jobs = make_jobs(stack["stack_path"], stack["valid_path"], req["detector"], req["device"],
                      req["overlap_px"], req["batch_size"], req["block_px"], Path(work) / "blocks",

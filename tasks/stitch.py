@@ -59,6 +59,17 @@ class Stitcher:
 
 def binary_entropy(prob: np.ndarray) -> np.ndarray:
     """Predictive entropy of a Bernoulli probability, in bits (0 = certain, 1 = p of 0.5); NaN kept."""
-    p = np.clip(prob.astype(np.float64), 1e-7, 1 - 1e-7)
-    h = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
-    return np.where(np.isfinite(prob), h, np.nan).astype(np.float32)
+    # The same float64 operations as -(p log2 p + (1-p) log2 (1-p)), done in place: two float64
+    # arrays instead of six, bit for bit the same result.
+    p = prob.astype(np.float64)
+    np.clip(p, 1e-7, 1 - 1e-7, out=p)
+    q = 1 - p
+    h = np.log2(p)
+    h *= p
+    p = np.log2(q, out=p)
+    p *= q
+    h += p
+    np.negative(h, out=h)
+    out = h.astype(np.float32)
+    out[~np.isfinite(prob)] = np.nan
+    return out

@@ -80,16 +80,48 @@ def pad_to(arr: np.ndarray, size: int) -> np.ndarray:
 
 def read_patches(stack: rasterio.DatasetReader, valid: rasterio.DatasetReader,
                  windows: Sequence[Window], band_indexes: Sequence[int], size: int) -> list[Patch]:
-    """Read windows of the channels ``band_indexes`` (0-based) and the valid mask; skip empty ones."""
-    patches = []
+    """Read windows of the channels ``band_indexes`` (0-based) and the valid mask; skip empty ones.
+
+    Windows of one patch row (same ``row_off`` and height) are read as one strip spanning their
+    columns and cut into patches: neighbouring patches overlap, and one read per strip instead of
+    one per patch decompresses each stored block once instead of up to four times (reads were
+    ~5 % of a 1,000 km2 scan). The values are exactly those of a read per window.
+    """
+    patches: list[Patch] = []
     indexes = [i + 1 for i in band_indexes]
-    for window in windows:
-        ok = valid.read(1, window=window).astype(bool)
-        if not ok.any():
+    for strip in _strips(windows):
+        c0 = min(int(w.col_off) for w in strip)
+        c1 = max(int(w.col_off + w.width) for w in strip)
+        r0, height = int(strip[0].row_off), int(strip[0].height)
+        span = Window(c0, r0, c1 - c0, height)
+        ok_strip = valid.read(1, window=span).astype(bool)
+        if not ok_strip.any():
             continue  # entirely nodata: nothing to predict
-        data = stack.read(indexes, window=window).astype(np.float32, copy=False)
-        patches.append(Patch(window, pad_to(data, size), pad_to(ok, size) & _pad_mask(ok.shape, size)))
+        data_strip = None
+        for window in strip:
+            cols = slice(int(window.col_off) - c0, int(window.col_off + window.width) - c0)
+            ok = ok_strip[:, cols]
+            if not ok.any():
+                continue
+            if data_strip is None:
+                data_strip = stack.read(indexes, window=span).astype(np.float32, copy=False)
+            data = data_strip[:, :, cols]
+            patches.append(Patch(window, pad_to(data, size), pad_to(ok, size) & _pad_mask(ok.shape, size)))
     return patches
+
+
+def _strips(windows: Sequence[Window]) -> list[list[Window]]:
+    """Runs of consecutive windows with the same row offset and height that overlap or touch
+    their predecessor (one patch row of a block), in the given order."""
+    strips: list[list[Window]] = []
+    for window in windows:
+        last = strips[-1][-1] if strips else None
+        if (last is not None and (last.row_off, last.height) == (window.row_off, window.height)
+                and last.col_off <= window.col_off <= last.col_off + last.width):
+            strips[-1].append(window)
+        else:
+            strips.append([window])
+    return strips
 
 
 def _pad_mask(shape: tuple[int, int], size: int) -> np.ndarray:

@@ -376,12 +376,11 @@ class _UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
-def _block_stats(values: np.ndarray | None, labels: np.ndarray, n: int) -> dict[str, np.ndarray]:
-    """Per-label finite sum, finite count and max (index 0 = background, unused)."""
-    if values is None:
+def _block_stats(v: np.ndarray | None, lab: np.ndarray, n: int) -> dict[str, np.ndarray]:
+    """Per-label finite sum, finite count and max (index 0 = background, unused), from the values
+    ``v`` (float64) of the labelled pixels and their labels ``lab``, both in raster order."""
+    if v is None:
         return {"sum": np.zeros(n + 1), "count": np.zeros(n + 1), "max": np.full(n + 1, -np.inf)}
-    sel = labels > 0
-    lab, v = labels[sel], values[sel]
     ok = np.isfinite(v)
     mx = np.full(n + 1, -np.inf)
     np.maximum.at(mx, lab[ok], v[ok])
@@ -434,16 +433,20 @@ def vectorize_raster(mask_path, layers: Mapping[str, tuple[str, int] | None], *,
                 for geom, value in shapes(labels, mask=labels > 0, connectivity=CONNECTIVITY,
                                           transform=t):
                     polys.setdefault((bi, bj, int(value)), []).append(shape(geom))
-                flat = np.arange(labels.size, dtype=np.int64).reshape(labels.shape)
-                first = np.full(n + 1, np.iinfo(np.int64).max)
-                np.minimum.at(first, labels[labels > 0], flat[labels > 0])
+                # Only the labelled pixels are converted to float64 and reduced: a block is mostly
+                # background. idx is in raster order, as a boolean selection would be.
+                idx = np.flatnonzero(labels)
+                lab_px = labels.ravel()[idx]
+                first = np.empty(n + 1, dtype=np.int64)
+                _, first_pos = np.unique(lab_px, return_index=True)  # labels 1..n all occur
+                first[1:] = idx[first_pos]
                 per_layer = {}
                 for k in names:
-                    arr = None
+                    v = None
                     if sources[k] is not None:
                         ds, band = sources[k]
-                        arr = ds.read(band, window=win).astype(np.float64)
-                    per_layer[k] = _block_stats(arr, labels, n)
+                        v = ds.read(band, window=win).ravel()[idx].astype(np.float64)
+                    per_layer[k] = _block_stats(v, lab_px, n)
                 for lab in range(1, n + 1):
                     fr, fc = divmod(int(first[lab]), labels.shape[1])
                     key = (bi, bj, lab)
