@@ -21,8 +21,8 @@ What it does, in order (``fetch_sentinelhub_inputs``):
 6. one GeoTIFF per band in a cache folder keyed by a hash of the request, written to a temporary folder
    and renamed into place, so a rerun makes no request and a failure leaves nothing under a cache name.
 
-Pure helpers (``plan_pieces``, ``build_evalscript``, ``scene_candidates``, ``choose_scenes``, ``scene_baseline``,
-``request_key``) hold the decisions; the rest is I/O through the unmodified ``sentinelhub`` client.
+Pure helpers (``plan_pieces``, ``build_evalscript``, ``scene_candidates``, ``choose_scenes``,
+``scene_baseline``, ``request_key``) hold the decisions; the rest is I/O through the unmodified ``sentinelhub`` client.
 """
 
 from __future__ import annotations

@@ -339,6 +339,29 @@ def _band(path) -> np.ndarray:
         return src.read(1).astype(np.float64)
 
 
+def test_choose_scenes_rule():
+    """Pure: a covering feature wins alone; else the ranked features that add footprint, a same-day one
+    dropped (its day's request renders it), the limit honoured, features over the cloud limit ignored."""
+    from tasks.acquire_sentinelhub import choose_scenes
+
+    def feat(fid, cloud, day, x0, x1):
+        geom = box(x0, 0, x1, 1).__geo_interface__ if x0 is not None else None
+        return {"id": fid, "properties": {"eo:cloud_cover": cloud, "datetime": f"{day}T10:00:00Z"},
+                "geometry": geom}
+
+    roi, end = box(0, 0, 3, 1), dt.datetime(2020, 1, 31, tzinfo=dt.timezone.utc)
+    a, b = feat("a", 1.0, "2020-01-10", 0, 1.5), feat("b", 2.0, "2020-01-20", 1, 3)
+    same_day = feat("c", 1.5, "2020-01-10", 1.4, 2.5)
+    cloudy = feat("d", 50.0, "2020-01-25", 0, 3)
+    chosen, covered = choose_scenes([b, a, same_day, cloudy], roi, 30, end, 6)
+    assert [f["id"] for f in chosen] == ["a", "b"] and covered == pytest.approx(1.0)  # c: a's day
+    assert [f["id"] for f in choose_scenes([b, a], roi, 30, end, 1)[0]] == ["a"]
+    assert [f["id"] for f in choose_scenes([b, a, cloudy], roi, 60, end, 6)[0]] == ["d"]  # covers alone
+    assert [f["id"] for f in choose_scenes([b, feat("e", 9.0, "2020-01-01", None, None)], roi, 30, end, 6)[0]] \
+        == ["e"]  # no geometry: assumed to cover
+    assert choose_scenes([cloudy], roi, 30, end, 6) == ([], 0.0)
+
+
 def test_partial_scenes_make_a_per_pixel_mosaic(creds_env, tmp_path):
     """No scene covers the ROI: one request set per scene (its own day), each scene's own pixels inside
     its footprint; alignment takes each pixel from the first-ranked scene with data and no CLM cloud."""
