@@ -141,6 +141,8 @@ def one_size(size_px: int, workdir: Path, naive: bool, workers: int, block_px: i
         times["inference_s"] = time.perf_counter() - t
         times["model_forward_s"] = infer["model_forward_s"]
         times["patches"] = infer["n_patches"]
+        # patches straddling a block border are predicted once per block they touch
+        times["forward_passes"] = infer["forward_passes"]
         for name, fn in (("clean_s", lambda: scan_steps.step_clean(work, infer)),):
             t = time.perf_counter()
             cleaned = fn()
