@@ -217,3 +217,35 @@ def scene_attrs(scenes: dict, index: int) -> tuple[str | None, str | None]:
     if entry["index"] != index:
         raise ValueError(f"scenes.json is out of order at index {index}")
     return entry["scene_id"], entry["acquired"]
+
+
+def assign_polygon_scenes(polygons, scene_index_path: str | Path, scenes: dict):
+    """Set each polygon's ``scene_id`` / ``acquired`` to the scene most of its pixels came from.
+
+    Reads ``scene_index.tif`` one polygon's bounding window at a time (bounded memory); a polygon
+    whose pixels have no scene keeps its attributes. Returns the same GeoDataFrame, modified.
+    """
+    import pandas as pd
+    import rasterio
+    from rasterio.features import geometry_mask
+    from rasterio.windows import from_bounds
+
+    if not len(polygons):
+        return polygons
+    ids, times = list(polygons["scene_id"]), list(polygons["acquired"])
+    with rasterio.open(scene_index_path) as src:
+        for i, geom in enumerate(polygons.geometry):
+            win = from_bounds(*geom.bounds, transform=src.transform).round_offsets().round_lengths()
+            win = win.intersection(rasterio.windows.Window(0, 0, src.width, src.height))
+            block = src.read(1, window=win)
+            inside = ~geometry_mask([geom], out_shape=block.shape,
+                                    transform=src.window_transform(win), all_touched=False)
+            values, counts = np.unique(block[inside], return_counts=True)
+            k = majority_from_counts({int(v): int(c) for v, c in zip(values, counts)})
+            if k > 0:
+                scene_id, acquired = scene_attrs(scenes, k)
+                ids[i] = scene_id
+                times[i] = pd.Timestamp(acquired) if acquired else pd.NaT
+    polygons["scene_id"] = ids
+    polygons["acquired"] = pd.to_datetime(times, utc=True)
+    return polygons

@@ -150,6 +150,7 @@ def plan_scan(request: ScanRequest) -> dict:
         "request": request.model_dump(mode="json"),
         "catalog_path": str(catalog.root),
         "source": source_name,
+        "source_kind": catalog.source(source_name).kind,
         "region": request.region,
         "window": [start.isoformat() if start else None, end.isoformat() if end else None],
         "inputs": inputs.to_dict(),

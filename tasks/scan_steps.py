@@ -27,6 +27,7 @@ from tasks.blocks import assemble, cached_detector, make_jobs, run_jobs
 from tasks.outputs import (PROB_SCALE, encode_unit_interval, publish, staging_dir, utc_now_iso,
                            write_cog_blockwise, write_manifest)
 from tasks.plan import ScanRequest, load_plan, plan_grid, plan_roi_grid_crs, plan_scan
+from tasks.mosaic import assign_polygon_scenes, read_scenes
 from tasks.vectorize import footprint_raster, vectorize_raster, write_geopackage
 
 log = logging.getLogger(__name__)
@@ -167,6 +168,9 @@ def step_vectorize(work: str, infer: dict, cleaned: dict) -> dict:
               "slope_deg": (stack, BAND_NAMES.index("SLOPE") + 1),
               "elev_m": (stack, BAND_NAMES.index("DEM") + 1)}
     polygons = vectorize_raster(cleaned["mask_path"], layers, static_attrs=static, block_px=block_px)
+    scenes = read_scenes(work)
+    if scenes and scenes.get("mosaic"):  # a per-pixel mosaic: each polygon names its own scene
+        polygons = assign_polygon_scenes(polygons, Path(work) / scenes["scene_index"], scenes)
     footprint = footprint_raster(Path(work) / "valid.tif", block_px=block_px,
                                  attrs={"scene_id": inputs["scene_id"], "run_id": plan["run_id"]})
     path = staging_dir(plan["out"]) / "landslides.gpkg"
@@ -215,6 +219,7 @@ def step_finish(work: str, stack: dict, infer: dict, cleaned: dict, vectors: dic
     """Write the manifest and move every staged file to its final name."""
     plan = load_plan(work)
     inputs = plan["inputs"]
+    scenes = read_scenes(work)
     timings = {"align_s": stack["seconds"], "inference_s": infer["seconds"],
                "model_forward_s": infer["model_forward_s"], "clean_s": cleaned["seconds"],
                "vectorize_s": vectors["seconds"], "rasters_s": rasters["seconds"]}
@@ -224,8 +229,13 @@ def step_finish(work: str, stack: dict, infer: dict, cleaned: dict, vectors: dic
         "finished_at": utc_now_iso(),
         "request": plan["request"],
         "inputs": {
-            "source": plan["source"], "region": plan["region"], "kind": "local",
-            "scene_ids": [inputs["scene_id"]], "acquired": inputs["acquired"],
+            "source": plan["source"], "region": plan["region"],
+            "kind": plan.get("source_kind", "local"),
+            "scene_ids": ([m["scene_id"] for m in scenes["scenes"]] if scenes
+                          else [inputs["scene_id"]]),
+            "scenes": scenes["scenes"] if scenes else None,
+            "mosaic": bool(scenes and scenes.get("mosaic")),
+            "acquired": inputs["acquired"],
             "acquired_range": inputs["acquired_range"], "date_window": plan["window"],
             "band_paths": inputs["band_paths"], "dem_path": inputs["dem_path"],
             "bands_available": inputs["available_bands"],

@@ -532,3 +532,12 @@ def test_scan_over_partial_scenes_runs_on_the_mosaic(stac_api, prefect_harness, 
     manifest = yaml.safe_load((out / "manifest.json").read_text())
     assert manifest["inputs"]["acquired_range"] == ["2017-01-10", "2017-01-20"]
     assert any("per-pixel mosaic of 2" in n for n in manifest["inputs"]["notes"])
+    assert manifest["inputs"]["kind"] == "stac" and manifest["inputs"]["mosaic"] is True
+    assert manifest["inputs"]["scene_ids"] == [WEST, EAST]
+    assert [e["pixels"] for e in manifest["inputs"]["scenes"]] == [e["pixels"] for e in record["scenes"]]
+    # every polygon names the scene most of its pixels came from, never the joined "A+B"
+    import geopandas as gpd
+
+    polygons = gpd.read_file(out / "landslides.gpkg", layer="landslides")
+    assert len(polygons) and set(polygons["scene_id"]) <= {WEST, EAST}
+    assert polygons["acquired"].notna().all()

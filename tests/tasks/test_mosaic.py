@@ -151,3 +151,32 @@ def test_single_scene_writes_one_entry(tmp_path):
     assert record["scenes"][0]["scene_id"] == "S" and record["scenes"][0]["pixels"] == 15 * 20
     with rasterio.open(tmp_path / "work" / "scene_index.tif") as src:
         assert set(np.unique(src.read(1)).tolist()) == {0, 1}
+
+
+def test_assign_polygon_scenes_takes_each_polygons_majority_scene(tmp_path):
+    import geopandas as gpd
+    import pandas as pd
+    import rasterio
+    from rasterio.transform import from_origin
+    from shapely.geometry import box
+
+    from tasks.mosaic import assign_polygon_scenes
+
+    index = np.zeros((20, 30), np.uint8)
+    index[:, :15] = 1
+    index[:, 15:] = 2
+    t = from_origin(1000, 2000, 10, 10)
+    with rasterio.open(tmp_path / "scene_index.tif", "w", driver="GTiff", width=30, height=20, count=1,
+                       dtype="uint8", crs="EPSG:32618", transform=t) as dst:
+        dst.write(index, 1)
+    scenes = {"mosaic": True, "scenes": [
+        {"index": 1, "scene_id": "west", "acquired": "2017-01-03T15:50:00+00:00"},
+        {"index": 2, "scene_id": "east", "acquired": "2017-01-13T15:50:00+00:00"}]}
+    polys = gpd.GeoDataFrame({"scene_id": ["west+east"] * 3, "acquired": [pd.NaT] * 3}, geometry=[
+        box(1000, 1900, 1100, 2000),   # columns 0-9: all west
+        box(1120, 1900, 1200, 2000),   # columns 12-19: 3 west, 5 east -> east
+        box(1140, 1800, 1160, 1900),   # columns 14-15: one each -> the better-ranked, west
+    ], crs="EPSG:32618")
+    out = assign_polygon_scenes(polys, tmp_path / "scene_index.tif", scenes)
+    assert list(out["scene_id"]) == ["west", "east", "west"]
+    assert out["acquired"].iloc[1] == pd.Timestamp("2017-01-13T15:50:00Z")
