@@ -12,8 +12,9 @@
 4. scans each new scene, oldest first, as the one-off scan flow does (``<runs_dir>/<run_id>/``),
    merges its polygons into ``<state_dir>/<region>/inventory.gpkg`` (:mod:`tasks.inventory`) and
    records the scene as processed (:mod:`tasks.region_state`);
-5. publishes a Markdown summary (new landslides, their area, runs) as a Prefect artifact and, if a
-   webhook is configured, posts it there.
+5. publishes a Markdown summary (new landslides, their area, runs) as a Prefect artifact and, if
+   ``webhook_block`` names a saved notification block (``custom-webhook/ops``, ``slack-webhook/...``),
+   sends it there.
 """
 
 from __future__ import annotations
@@ -150,11 +151,10 @@ def _notify(markdown: str, key: str, webhook_block: str | None) -> None:
     from prefect.artifacts import create_markdown_artifact
 
     create_markdown_artifact(markdown=markdown, key=key, description="landslide scan summary")
-    if webhook_block:
-        from prefect.blocks.notifications import AppriseNotificationBlock
+    if webhook_block:  # a saved notification block, "<block-type-slug>/<name>"
+        from prefect.blocks.core import Block
 
-        block = AppriseNotificationBlock.load(webhook_block)
-        block.notify(body=markdown, subject="landslide scan")
+        Block.load(webhook_block).notify(body=markdown, subject="landslide scan")
 
 
 @flow(name="landslide-regional-scan", log_prints=False)

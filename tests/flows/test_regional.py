@@ -96,3 +96,39 @@ def test_unknown_region_changes_no_state(prefect_harness, tmp_path):
                            catalog=_catalog(tmp_path, [PRE]), detector="index")
     assert not (tmp_path / "state" / "nowhere" / "state.sqlite").exists()
     assert not (tmp_path / "r").exists()
+
+
+def test_summary_goes_to_a_webhook_block(prefect_harness, tmp_path):
+    """A CustomWebhookNotificationBlock pointed at a server on 127.0.0.1 receives the summary."""
+    import http.server
+    import json
+    import threading
+
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+    received = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        CustomWebhookNotificationBlock(name="ops", url=f"http://127.0.0.1:{server.server_port}/hook",
+                                       json_data={"text": "{{subject}}: {{body}}"}).save(
+            "landslide-ops", overwrite=True)
+        result = regional_scan_flow("atsuma", state_dir=str(tmp_path / "state"),
+                                    runs_dir=str(tmp_path / "runs"), detector="index",
+                                    catalog=_catalog(tmp_path, [PRE]),
+                                    webhook_block="custom-webhook/landslide-ops")
+    finally:
+        server.shutdown()
+    assert len(received) == 1
+    assert received[0]["text"].startswith("landslide scan: # Landslide scan of atsuma")
+    assert f"**{result['runs'][0]['new']} new landslides" in received[0]["text"]
