@@ -70,7 +70,10 @@ def cmd_dev_server(args: argparse.Namespace, stop: threading.Event | None = None
     work = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix=f"landslide-dev-{args.kind}-"))
     work.mkdir(parents=True, exist_ok=True)
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops children like Ctrl-C
+        # Ctrl-C and SIGTERM both stop the servers and their children, even when this process was
+        # started with SIGINT ignored (a background job of a non-interactive shell inherits that)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     detector = session.write_mechanics_checkpoint(work / "checkpoints")
     catalog = work / "data_catalog.yaml"
     from devservers.static_files import serve_until_interrupted
