@@ -19,7 +19,7 @@ import numpy as np
 from models.datasets import load_scene_dataset
 from models.metrics import best_f1_threshold, evaluate_probabilities
 from tasks.bands import BAND_NAMES
-from tasks.inference import INDEX_DETECTOR, load_detector, predict_array
+from tasks.inference import load_detector, predict_array
 
 COLUMNS = ("detector", "threshold", "precision", "recall", "f1", "iou", "dice", "auc",
            "ms_per_patch", "parameters", "labels")
@@ -45,6 +45,14 @@ def _ms_per_patch(detector, repeats: int = 3, batch: int = 16) -> float:
     return 1000 * float(np.median(times)) / batch
 
 
+def _parameters(detector) -> int:
+    """Parameters of a network, the sum over an ensemble's members, 0 for the rule."""
+    if hasattr(detector, "members"):
+        return sum(_parameters(m) for m in detector.members)
+    model = getattr(detector, "model", None)
+    return sum(p.numel() for p in model.parameters()) if model is not None else 0
+
+
 def compare_detectors(specs: list[str], data_dir: str | Path, calibrate_dir: str | Path | None = None,
                       device: str = "cpu") -> list[dict]:
     """One row per detector spec (checkpoint name/path or ``index``)."""
@@ -57,11 +65,11 @@ def compare_detectors(specs: list[str], data_dir: str | Path, calibrate_dir: str
         if calib is not None:
             threshold, _ = best_f1_threshold(_predict(det, calib), calib.labels)
         m = evaluate_probabilities(_predict(det, data), data.labels, threshold)
-        params = (sum(p.numel() for p in det.model.parameters()) if spec != INDEX_DETECTOR else 0)
+        params = _parameters(det)
         rows.append({"detector": det.ref, "threshold": threshold,
                      **{k: m[k] for k in ("precision", "recall", "f1", "iou", "dice", "auc")},
                      "ms_per_patch": _ms_per_patch(det), "parameters": params,
-                     "labels": data.provenance.get("labels", "unknown")[:60]})
+                     "labels": data.provenance.get("labels", "unknown")})
     return rows
 
 
@@ -82,9 +90,12 @@ def write_report(rows: list[dict], out_dir: str | Path, title: str) -> dict[str,
             return "n/a" if math.isnan(v) else f"{v:.4f}"
         return str(v)
 
-    lines = [f"# {title}", "", "| " + " | ".join(COLUMNS) + " |",
-             "|" + "|".join("---" for _ in COLUMNS) + "|"]
-    lines += ["| " + " | ".join(fmt(r[c]) for c in COLUMNS) + " |" for r in rows]
+    # The labels are the dataset's, the same for every row: said once, above the table.
+    columns = [c for c in COLUMNS if c != "labels"]
+    labels = sorted({str(r["labels"]) for r in rows})
+    lines = [f"# {title}", "", f"Labels: {'; '.join(labels)}", "",
+             "| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(fmt(r[c]) for c in columns) + " |" for r in rows]
     paths["md"].write_text("\n".join(lines) + "\n")
 
     import matplotlib

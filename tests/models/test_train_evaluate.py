@@ -217,3 +217,23 @@ def test_pca_is_refused_where_it_cannot_apply(weak_dataset, tmp_path, capsys):
     assert main(base + ["--pca", "2", "--spectral-jitter", "0.1"]) != 0
     assert "--spectral-jitter" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_committed_comparison_is_reproduced_by_landslide_compare(weak_dataset, repo, tmp_path, capsys):
+    """docs/model_comparison/compare_*.csv come from the committed checkpoints: `landslide compare`
+    on a freshly built weak-label dataset gives the same figures (timings aside)."""
+    import csv
+
+    out, _ = weak_dataset
+    spec = json.loads((repo / "docs" / "model_comparison" / "compare_specs.json").read_text())
+    for split, entry in spec["tables"].items():
+        args = ["compare", "--data-dir", str(out / entry["data_dir"]), "--out", str(tmp_path / split),
+                "--checkpoints", *entry["checkpoints"]] + (["--index"] if entry.get("index") else [])
+        assert main(args) == 0
+        capsys.readouterr()
+        committed = list(csv.DictReader(open(repo / "docs" / "model_comparison" / f"compare_{split}.csv")))
+        fresh = list(csv.DictReader(open(tmp_path / split / "compare.csv")))
+        assert [r["detector"] for r in fresh] == [r["detector"] for r in committed]
+        for a, b in zip(fresh, committed):
+            for key in ("threshold", "precision", "recall", "f1", "iou", "dice", "auc", "parameters"):
+                assert float(a[key]) == pytest.approx(float(b[key]), abs=2e-4), (split, a["detector"], key)
