@@ -36,6 +36,17 @@ def catalog_path() -> Path:
     return REPO / "data_catalog.yaml"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _prefect_logging_on_session_stream():
+    """Configure Prefect's logging once, before any test's ``capsys``: its console handler keeps the
+    ``sys.stderr`` it was built with, and a per-test capture stream is closed after that test, which
+    broke every later flow run in the session ("I/O operation on closed file", then RecursionError)."""
+    from prefect.logging.configuration import setup_logging
+
+    setup_logging()
+    yield
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     from prefect.testing.utilities import prefect_test_harness

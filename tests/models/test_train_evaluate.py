@@ -229,7 +229,8 @@ def test_committed_comparison_is_reproduced_by_landslide_compare(weak_dataset, r
     for split, entry in spec["tables"].items():
         args = ["compare", "--data-dir", str(out / entry["data_dir"]), "--out", str(tmp_path / split),
                 "--checkpoints", *entry["checkpoints"]] + (["--index"] if entry.get("index") else [])
-        assert main(args) == 0
+        code = main(args)
+        assert code == 0, capsys.readouterr().err[-2000:]
         capsys.readouterr()
         committed = list(csv.DictReader(open(repo / "docs" / "model_comparison" / f"compare_{split}.csv")))
         fresh = list(csv.DictReader(open(tmp_path / split / "compare.csv")))
