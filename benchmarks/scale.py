@@ -214,6 +214,71 @@ def model_and_matmul(threads: int | None) -> dict:
             "matmul_gflops": matmul_gflops, "model_vs_matmul": model_gflops / matmul_gflops}
 
 
+def model_variants(threads: int | None, rounds: int = 5) -> list[dict]:
+    """Forward GFLOP/s of the same model under the CPU options the field tries: batch size,
+    channels-last memory format, bfloat16 autocast, torch.compile (inductor). Timed round-robin
+    (one batch of each variant per round, median over rounds) so machine noise hits all alike.
+    GFLOP/s counts the float32 FLOPs of a patch for every variant (the work done, not the
+    arithmetic performed). int8 and ONNX Runtime need calibration data and an accuracy check:
+    ``benchmarks/cpu_inference.py`` measures those on a real checkpoint with their F1 change."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import models  # noqa: F401
+    from models.registry import build_model
+
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = build_model("Unet", "mobilenet_v2", in_channels=12).eval()
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(torch.randn(1, 12, 128, 128))
+    flops_per_patch = counter.get_total_flops()
+    channels_last = build_model("Unet", "mobilenet_v2", in_channels=12).eval()
+    channels_last.load_state_dict(model.state_dict())
+    channels_last = channels_last.to(memory_format=torch.channels_last)
+
+    def bf16(x):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return model(x)
+
+    variants: list[tuple[str, int, object, torch.Tensor]] = []
+    for batch in (4, 16, 64):
+        variants.append((f"float32, batch {batch}", batch, model, torch.randn(batch, 12, 128, 128)))
+    x16 = torch.randn(16, 12, 128, 128)
+    variants.append(("float32 channels-last, batch 16", 16, channels_last,
+                     x16.contiguous(memory_format=torch.channels_last)))
+    variants.append(("bfloat16 autocast, batch 16", 16, bf16, x16))
+    failed: list[dict] = []
+    try:
+        compiled = torch.compile(model)
+        with torch.inference_mode():
+            t = time.perf_counter()
+            compiled(x16)
+            compile_s = time.perf_counter() - t
+        variants.append((f"torch.compile (inductor; compiled in {compile_s:.0f} s), batch 16", 16, compiled, x16))
+    except Exception as exc:  # no C compiler, unsupported platform: say so in the report
+        failed.append({"variant": "torch.compile (inductor), batch 16", "error": f"{type(exc).__name__}: {exc}"[:200]})
+    times: list[list[float]] = [[] for _ in variants]
+    with torch.inference_mode():
+        for _, _, fn, x in variants:
+            fn(x)  # warm-up
+        for _ in range(rounds):
+            for k, (_, _, fn, x) in enumerate(variants):
+                t = time.perf_counter()
+                fn(x)
+                times[k].append(time.perf_counter() - t)
+    rows = []
+    for (name, batch, _, _), ts in zip(variants, times):
+        patches_s = batch / float(np.median(ts))
+        rows.append({"variant": name, "patches_per_s": patches_s,
+                     "gflops": flops_per_patch * patches_s / 1e9})
+    base = next(r for r in rows if r["variant"] == "float32, batch 16")
+    for r in rows:
+        r["speedup"] = r["patches_per_s"] / base["patches_per_s"]
+    return rows + failed
+
+
 def _child(args: list[str]) -> dict:
     out = subprocess.run([sys.executable, "-m", "benchmarks.scale", *args], capture_output=True,
                          text=True, check=True)
@@ -231,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="area at which 1 vs 2 Dask workers and the naive path are compared "
                         "(default: the second size)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--model-only", action="store_true",
+                   help="only the model-alone part: forward GFLOP/s per CPU option vs matmul")
     p.add_argument("--one", type=int, help=argparse.SUPPRESS)
     p.add_argument("--naive", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
@@ -242,6 +309,13 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [FULL_TILE_PX if a < 0 else int(round(np.sqrt(a * 1e6) / 10)) for a in args.sizes_km2]
     common = ["--workdir", str(workdir), "--block-px", str(args.block_px)]
     report = {"machine": {"cpus": os.cpu_count()}, "model": model_and_matmul(None), "runs": []}
+    report["model"]["variants"] = model_variants(None)
+    for row in report["model"]["variants"]:
+        if "gflops" in row:
+            row["vs_matmul"] = row["gflops"] / report["model"]["matmul_gflops"]
+    if args.model_only:
+        _print_variants(report, args.json)
+        return 0
     for size in sizes:
         report["runs"].append(_child(["--one", str(size), *common]))
     cmp_size = (int(round(np.sqrt(args.workers_at_km2 * 1e6) / 10)) if args.workers_at_km2
@@ -268,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"model alone: {m['model_patches_per_s']:.1f} patches/s, {m['model_gflops']:.1f} GFLOP/s "
               f"({m['gflop_per_patch']:.2f} GFLOP/patch) vs matmul {m['matmul_gflops']:.1f} GFLOP/s "
               f"= {100 * m['model_vs_matmul']:.0f}% ({m['torch_threads']} threads)\n")
+        _print_variants(report, False)
         print("| area km2 | mode | total s | s/km2 | align s | inference s | forward s | peak RSS MB |")
         print("|---:|---|---:|---:|---:|---:|---:|---:|")
         for r in report["runs"]:
@@ -279,6 +354,24 @@ def main(argv: list[str] | None = None) -> int:
         for k, v in report["ratios"].items():
             print(f"- {k}: {v if isinstance(v, dict) else round(v, 3)}")
     return 0
+
+
+def _print_variants(report: dict, as_json: bool) -> None:
+    m = report["model"]
+    if as_json:
+        print(json.dumps(m, indent=2))
+        return
+    print(f"CPU options for the model alone (matmul {m['matmul_gflops']:.1f} GFLOP/s, "
+          f"{m['torch_threads']} threads; timed round-robin):\n")
+    print("| variant | patches/s | GFLOP/s | vs matmul | speedup |")
+    print("|---|---:|---:|---:|---:|")
+    for r in m["variants"]:
+        if "error" in r:
+            print(f"| {r['variant']} | failed: {r['error']} | | | |")
+        else:
+            print(f"| {r['variant']} | {r['patches_per_s']:.1f} | {r['gflops']:.1f} | "
+                  f"{100 * r['vs_matmul']:.0f}% | {r['speedup']:.2f}x |")
+    print()
 
 
 if __name__ == "__main__":
