@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.errors import CheckpointError, InputError
+from tasks.inference import CardFields
 
 CARD_KEY = "model_card"
 
@@ -157,7 +158,7 @@ def card_of_onnx(path: str | Path):
 
 
 @dataclass
-class OnnxDetector:
+class OnnxDetector(CardFields):
     """An exported network run by ONNX Runtime on CPU (same interface as ModelDetector)."""
 
     session: object
@@ -166,24 +167,8 @@ class OnnxDetector:
     forward_s: float = 0.0
 
     @property
-    def name(self) -> str:
-        return self.card.name
-
-    @property
     def ref(self) -> str:
         return f"{self.card.model_ref}+onnx:{Path(self.path).name}"
-
-    @property
-    def bands(self) -> tuple[str, ...]:
-        return tuple(self.card.bands)
-
-    @property
-    def threshold(self) -> float:
-        return float(self.card.threshold)
-
-    @property
-    def patch_size(self) -> int:
-        return int(self.card.patch_size)
 
     def predict(self, batch: np.ndarray, valid: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(self.card.input_transform.apply_filled(batch), dtype=np.float32)

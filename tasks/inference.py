@@ -58,15 +58,10 @@ class Detector(Protocol):
         """What the manifest records about this detector."""
 
 
-@dataclass
-class ModelDetector:
-    """A segmentation network loaded from a checkpoint card."""
+class CardFields:
+    """The Detector fields a network's card holds (for detectors with a ``card`` attribute)."""
 
-    model: "torch.nn.Module"  # noqa: F821
     card: "models.checkpoint.ModelCard"  # noqa: F821
-    card_path: str
-    device: "torch.device"  # noqa: F821
-    forward_s: float = 0.0
 
     @property
     def name(self) -> str:
@@ -87,6 +82,17 @@ class ModelDetector:
     @property
     def patch_size(self) -> int:
         return int(self.card.patch_size)
+
+
+@dataclass
+class ModelDetector(CardFields):
+    """A segmentation network loaded from a checkpoint card."""
+
+    model: "torch.nn.Module"  # noqa: F821
+    card: "models.checkpoint.ModelCard"  # noqa: F821
+    card_path: str
+    device: "torch.device"  # noqa: F821
+    forward_s: float = 0.0
 
     def predict(self, batch: np.ndarray, valid: np.ndarray) -> np.ndarray:
         import torch
