@@ -11,7 +11,9 @@ texture repeated, not a new acquisition. The detector is a U-Net MobileNetV2 on 
 bands with random weights (same architecture and cost as the shipped model's encoder, but the scene
 has no DEM): this measures the pipeline, not a detector.
 
-Every size runs in a fresh process (`--one`), so its peak RSS (ru_maxrss) is its own. Ratios, not
+Every size runs in a fresh process (`--one`), so its peak RSS is its own: the kernel's high-water
+mark of that process's memory (VmHWM), not ru_maxrss, which Linux carries over from the parent
+through fork and exec (a child of a 1 GB parent reports at least 1 GB). Ratios, not
 absolute times, are the result: the same run measures the model alone, matmul GFLOP/s on the same
 cores, and the pipeline.
 """
@@ -106,13 +108,18 @@ def random_checkpoint(folder: Path) -> Path:
     return resolve_checkpoint(card_path)
 
 
-def one_size(size_px: int, workdir: Path, naive: bool, workers: int, block_px: int) -> dict:
-    """Scan a mirrored scene of ``size_px`` in this process; report times and peak RSS."""
-    import rasterio
-    from shapely.geometry import box
+def one_size(size_px: int, workdir: Path, naive: bool, dask_workers: int, block_px: int) -> dict:
+    """Scan a mirrored scene of ``size_px``; report times and peak RSS.
 
-    from tasks import scan_steps
-    from tasks.plan import ScanRequest, plan_scan
+    ``dask_workers`` 0: everything in this process (torch on all cores). N > 0: the blocks run on a
+    LocalCluster of N single-thread worker processes started here before the clock starts (its
+    start-up is reported apart as ``cluster_start_s``); peak RSS is then this process's only.
+    """
+    import contextlib
+
+    import rasterio
+
+    from tasks.plan import ScanRequest
 
     catalog = build_scene(workdir / f"scene_{size_px}", size_px)
     ckpt = random_checkpoint(workdir)
@@ -122,44 +129,87 @@ def one_size(size_px: int, workdir: Path, naive: bool, workers: int, block_px: i
         b = src.bounds
         lonlat = transform_bounds(src.crs, "EPSG:4326", b.left + 5, b.top - size_px * 10 + 5,
                                   b.left + size_px * 10 - 5, b.top - 5)
-    out = workdir / f"run_{size_px}_{'naive' if naive else workers}"
-    request = ScanRequest(out=str(out), source="mirror", bbox=tuple(lonlat), catalog=str(catalog),
-                          detector=str(ckpt), overwrite=True, progress=False, workers=workers,
-                          block_px=block_px)
+    mode = "naive" if naive else (f"dask{dask_workers}" if dask_workers else "process")
+    out = workdir / f"run_{size_px}_{mode}"
+    with contextlib.ExitStack() as stack_ctx:
+        address, cluster_start_s = None, None
+        if dask_workers:
+            from distributed import LocalCluster
+
+            t = time.perf_counter()
+            cluster = stack_ctx.enter_context(LocalCluster(
+                n_workers=dask_workers, threads_per_worker=1, processes=True, dashboard_address=None))
+            address, cluster_start_s = cluster.scheduler_address, time.perf_counter() - t
+        request = ScanRequest(out=str(out), source="mirror", bbox=tuple(lonlat), catalog=str(catalog),
+                              detector=str(ckpt), overwrite=True, progress=False, dask_address=address,
+                              block_px=block_px)
+        result = _timed_scan(request, naive)
+    grid = result.pop("grid")
+    area_km2 = grid["width"] * grid["height"] * grid["res_m"] ** 2 / 1e6
+    return {"size_px": size_px, "area_km2": area_km2, "naive": naive, "dask_workers": dask_workers,
+            "mode": mode, "cluster_start_s": cluster_start_s, "block_px": block_px, **result,
+            "s_per_km2": result["total_s"] / area_km2}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB (VmHWM; ru_maxrss where /proc is missing)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _reset_peak_rss() -> bool:
+    """Reset this process's VmHWM to its current RSS (Linux >= 4.0); False where it cannot."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _timed_scan(request, naive: bool) -> dict:
+    """The scan's stages as plain functions, each timed, with each stage's own peak RSS
+    (``stage_peak_rss_mb``, where the kernel lets the high-water mark be reset between stages);
+    ``naive`` replaces the block inference."""
+    from tasks import scan_steps
+    from tasks.plan import plan_scan
+
+    times: dict = {}
+    stage_peaks: dict[str, float] = {}
+    resettable = _reset_peak_rss()
+
+    def timed(name: str, fn):
+        t = time.perf_counter()
+        out = fn()
+        times[f"{name}_s"] = time.perf_counter() - t
+        stage_peaks[name] = peak_rss_mb()
+        _reset_peak_rss()
+        return out
+
     t0 = time.perf_counter()
-    plan = plan_scan(request)
+    plan = timed("plan", lambda: plan_scan(request))
     work = plan["work_dir"]
-    times = {"plan_s": time.perf_counter() - t0}
-    t = time.perf_counter()
-    stack = scan_steps.step_stack(work)
-    times["align_s"] = time.perf_counter() - t
+    stack = timed("align", lambda: scan_steps.step_stack(work))
     if naive:
         times.update(naive_inference(stack, plan))
+        stage_peaks["inference"] = peak_rss_mb()
     else:
-        t = time.perf_counter()
-        infer = scan_steps.step_infer(work, stack)
-        times["inference_s"] = time.perf_counter() - t
+        infer = timed("inference", lambda: scan_steps.step_infer(work, stack))
         times["model_forward_s"] = infer["model_forward_s"]
         times["patches"] = infer["n_patches"]
         # patches straddling a block border are predicted once per block they touch
         times["forward_passes"] = infer["forward_passes"]
-        for name, fn in (("clean_s", lambda: scan_steps.step_clean(work, infer)),):
-            t = time.perf_counter()
-            cleaned = fn()
-            times[name] = time.perf_counter() - t
-        t = time.perf_counter()
-        vec = scan_steps.step_vectorize(work, infer, cleaned)
-        times["vectorize_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        scan_steps.step_rasters(work, infer, cleaned)
-        times["rasters_s"] = time.perf_counter() - t
+        cleaned = timed("clean", lambda: scan_steps.step_clean(work, infer))
+        vec = timed("vectorize", lambda: scan_steps.step_vectorize(work, infer, cleaned))
+        timed("rasters", lambda: scan_steps.step_rasters(work, infer, cleaned))
         times["polygons"] = vec["n_polygons"]
     times["total_s"] = time.perf_counter() - t0
-    grid = plan["grid"]
-    area_km2 = grid["width"] * grid["height"] * grid["res_m"] ** 2 / 1e6
-    return {"size_px": size_px, "area_km2": area_km2, "naive": naive, "workers": workers,
-            "block_px": block_px, **times, "s_per_km2": times["total_s"] / area_km2,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {**times, "stage_peak_rss_mb": stage_peaks if resettable else None,
+            "peak_rss_mb": max(stage_peaks.values()) if resettable else peak_rss_mb(), "grid": plan["grid"]}
 
 
 def naive_inference(stack: dict, plan: dict) -> dict:
@@ -195,17 +245,20 @@ def model_and_matmul(threads: int | None) -> dict:
         with FlopCounterMode(display=False) as counter:
             model(x[:1])
         flops_per_patch = counter.get_total_flops()
-        model(x)  # warm-up
-        reps, t = 5, time.perf_counter()
-        for _ in range(reps):
-            model(x)
-        fwd_s = (time.perf_counter() - t) / reps
         a = torch.randn(2048, 2048)
-        a @ a
-        t = time.perf_counter()
-        for _ in range(5):
+        for _ in range(2):  # warm-up (oneDNN primitives, page faults)
+            model(x)
             a @ a
-        mm_s = (time.perf_counter() - t) / 5
+        # alternate the two so that machine noise hits both alike; medians of 7
+        fwd, mm = [], []
+        for _ in range(7):
+            t = time.perf_counter()
+            model(x)
+            fwd.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            a @ a
+            mm.append(time.perf_counter() - t)
+        fwd_s, mm_s = float(np.median(fwd)), float(np.median(mm))
     patches_s = 16 / fwd_s
     model_gflops = flops_per_patch * patches_s / 1e9
     matmul_gflops = 2 * 2048**3 / mm_s / 1e9
@@ -300,11 +353,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="only the model-alone part: forward GFLOP/s per CPU option vs matmul")
     p.add_argument("--one", type=int, help=argparse.SUPPRESS)
     p.add_argument("--naive", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--dask-workers", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="landslide-scale-"))
     if args.one:
-        print(json.dumps(one_size(args.one, workdir, args.naive, args.workers, args.block_px)))
+        print(json.dumps(one_size(args.one, workdir, args.naive, args.dask_workers, args.block_px)))
         return 0
     sizes = [FULL_TILE_PX if a < 0 else int(round(np.sqrt(a * 1e6) / 10)) for a in args.sizes_km2]
     common = ["--workdir", str(workdir), "--block-px", str(args.block_px)]
@@ -321,20 +374,23 @@ def main(argv: list[str] | None = None) -> int:
     cmp_size = (int(round(np.sqrt(args.workers_at_km2 * 1e6) / 10)) if args.workers_at_km2
                 else sizes[min(1, len(sizes) - 1)])
     base = next(r for r in report["runs"] if r["size_px"] == cmp_size)
-    two = _child(["--one", str(cmp_size), "--workers", "2", *common])
+    one = _child(["--one", str(cmp_size), "--dask-workers", "1", *common])
+    two = _child(["--one", str(cmp_size), "--dask-workers", "2", *common])
     naive = _child(["--one", str(cmp_size), "--naive", *common])
-    report["runs"] += [two, naive]
+    report["runs"] += [one, two, naive]
     m = report["model"]
     report["ratios"] = {
         "overhead_total_over_forward": base["total_s"] / base["model_forward_s"],
         "end_to_end_vs_model_throughput": base["model_forward_s"] / base["total_s"],
-        "speedup_2_workers": base["total_s"] / two["total_s"],
+        "speedup_2_over_1_dask_workers": one["total_s"] / two["total_s"],
+        "inference_speedup_2_over_1_dask_workers": one["inference_s"] / two["inference_s"],
+        "speedup_2_dask_workers_over_1_process": base["total_s"] / two["total_s"],
         "naive_rss_over_blockwise_rss": naive["peak_rss_mb"] / base["peak_rss_mb"],
         "model_gflops_vs_matmul": m["model_vs_matmul"],
         "s_per_km2_by_size": {f"{r['area_km2']:.0f}": r["s_per_km2"]
-                              for r in report["runs"] if not r["naive"] and r["workers"] == 1},
+                              for r in report["runs"] if r["mode"] == "process"},
         "peak_rss_mb_by_size": {f"{r['area_km2']:.0f}": r["peak_rss_mb"]
-                                for r in report["runs"] if not r["naive"] and r["workers"] == 1},
+                                for r in report["runs"] if r["mode"] == "process"},
     }
     if args.json:
         print(json.dumps(report, indent=2))
@@ -346,7 +402,8 @@ def main(argv: list[str] | None = None) -> int:
         print("| area km2 | mode | total s | s/km2 | align s | inference s | forward s | peak RSS MB |")
         print("|---:|---|---:|---:|---:|---:|---:|---:|")
         for r in report["runs"]:
-            mode = "naive (whole scene)" if r["naive"] else f"{r['workers']} worker(s)"
+            mode = {"naive": "naive (whole scene)", "process": "1 process"}.get(
+                r["mode"], f"{r['dask_workers']} Dask worker(s) x 1 thread")
             print(f"| {r['area_km2']:.0f} | {mode} | {r['total_s']:.1f} | {r['s_per_km2']:.3f} | "
                   f"{r['align_s']:.1f} | {r['inference_s']:.1f} | {r['model_forward_s']:.1f} | "
                   f"{r['peak_rss_mb']:.0f} |")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from rasterio.enums import Resampling
 from rasterio.features import geometry_mask
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
+from rasterio.windows import transform as window_transform
 from tqdm.auto import tqdm
 
 from tasks.acquire_local import SceneInputs
@@ -71,9 +73,14 @@ def _warped_layer(path: str, grid: AnalysisGrid, resampling: Resampling, src_nod
     if nodata is not None and not (isinstance(nodata, float) and np.isnan(nodata)):
         vrt_kwargs.update(src_nodata=nodata, nodata=nodata)
     vrt = WarpedVRT(src, **vrt_kwargs)
+    # masked=False, then NaN where the warped value is the nodata value: the same pixels as GDAL's
+    # nodata mask band, but masked=True would read that mask band, which warps every window twice.
+    # lock=False is safe because each window's compute reads one band of a VRT once (build_stack).
     arr = rioxarray.open_rasterio(vrt, chunks={"band": 1, "y": chunk_px, "x": chunk_px},
-                                  masked=True, lock=False)
+                                  masked=False, lock=False)
     arr = arr.isel(band=[0]).astype("float32")
+    if "src_nodata" in vrt_kwargs:
+        arr = arr.where(arr != np.float32(nodata))
     # a file may also hold NaN (float rasters): NaN is nodata either way
     return arr
 
@@ -83,13 +90,26 @@ def _empty_layer(grid: AnalysisGrid, chunk_px: int) -> da.Array:
                    chunks=(1, chunk_px, chunk_px))
 
 
-def roi_mask(roi_grid_crs: shapely.Geometry | None, grid: AnalysisGrid) -> np.ndarray:
-    """uint8 (H, W): 1 inside the ROI polygon (pixel centres), 0 outside."""
+def roi_mask(roi_grid_crs: shapely.Geometry | None, grid: AnalysisGrid,
+             window: Window | None = None) -> np.ndarray:
+    """uint8: 1 inside the ROI polygon (pixel centres), 0 outside; the whole grid (H, W), or ``window``."""
+    window = window or Window(0, 0, grid.width, grid.height)
+    shape = (int(window.height), int(window.width))
     if roi_grid_crs is None:
-        return np.ones(grid.shape, dtype=np.uint8)
-    inside = geometry_mask([roi_grid_crs], out_shape=grid.shape, transform=grid.transform,
-                           invert=True, all_touched=False)
+        return np.ones(shape, dtype=np.uint8)
+    transform = window_transform(window, grid.transform)
+    inside = geometry_mask([roi_grid_crs], out_shape=shape, transform=transform, invert=True,
+                           all_touched=False)
     return inside.astype(np.uint8)
+
+
+def _lazy_roi_inside(roi_grid_crs: shapely.Geometry | None, grid: AnalysisGrid, chunk_px: int) -> da.Array:
+    """bool (H, W), rasterized chunk by chunk: a whole-grid mask would be 120 MB for one S2 tile."""
+    def chunk(template: np.ndarray, block_info=None) -> np.ndarray:
+        (r0, r1), (c0, c1) = block_info[0]["array-location"]
+        return roi_mask(roi_grid_crs, grid, Window(c0, r0, c1 - c0, r1 - r0)) > 0
+
+    return da.zeros(grid.shape, dtype=bool, chunks=(chunk_px, chunk_px)).map_blocks(chunk, dtype=bool)
 
 
 def _scene_layers(scene: dict, grid: AnalysisGrid, chunk_px: int) -> dict[str, da.Array]:
@@ -133,7 +153,7 @@ def build_stack(inputs: SceneInputs, grid: AnalysisGrid, work_dir: str | Path,
         for name, path in scene["band_paths"].items():
             nan_in_source[name] = nan_in_source.get(name, 0) + _count_source_nan(path)
     empty = _empty_layer(grid, chunk_px)[0]
-    inside = da.from_array(roi_mask(roi_grid_crs, grid), chunks=(chunk_px, chunk_px)) > 0
+    inside = _lazy_roi_inside(roi_grid_crs, grid, chunk_px)
     spectral_required = [b for b in required_bands if b in SPECTRAL_BAND_NAMES]
     terrain: dict[str, da.Array] = {}
     for name in ("SLOPE", "DEM"):
@@ -211,18 +231,26 @@ def build_stack(inputs: SceneInputs, grid: AnalysisGrid, work_dir: str | Path,
         n_cloudy = 0
         taken = np.zeros(n_scenes + 1, dtype=np.int64)
         lost = np.zeros(n_scenes, dtype=np.int64)
-        for win in tqdm(windows, desc="align", unit="window", disable=not progress, mininterval=1.0):
-            r0, c0 = int(win.row_off), int(win.col_off)
-            r1, c1 = r0 + int(win.height), c0 + int(win.width)
-            block, idx, cloud_n, *lost_n = dask.compute(
-                stack[:, r0:r1, c0:c1], index[r0:r1, c0:c1], cloudy[r0:r1, c0:c1].sum(),
-                *[c[r0:r1, c0:c1].sum() for c in cloud_lost])
-            n_cloudy += int(cloud_n)
-            lost += np.asarray(lost_n, dtype=np.int64)
-            taken += np.bincount(idx.ravel(), minlength=n_scenes + 1)
-            dst.write(block, window=win)
-            vdst.write((idx > 0).astype(np.uint8), 1, window=win)
-            idst.write(idx, 1, window=win)
+        finite = np.zeros(len(BAND_NAMES), dtype=np.int64)  # per-band statistics, counted as written
+        # window k is compressed and written by one writer thread while window k+1 is computed (GDAL
+        # releases the GIL in both); at most one write is pending, so memory holds two windows.
+        pending = None
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stack-writer") as writer:
+            for win in tqdm(windows, desc="align", unit="window", disable=not progress, mininterval=1.0):
+                r0, c0 = int(win.row_off), int(win.col_off)
+                r1, c1 = r0 + int(win.height), c0 + int(win.width)
+                block, idx, cloud_n, *lost_n = dask.compute(
+                    stack[:, r0:r1, c0:c1], index[r0:r1, c0:c1], cloudy[r0:r1, c0:c1].sum(),
+                    *[c[r0:r1, c0:c1].sum() for c in cloud_lost])
+                n_cloudy += int(cloud_n)
+                lost += np.asarray(lost_n, dtype=np.int64)
+                taken += np.bincount(idx.ravel(), minlength=n_scenes + 1)
+                finite += np.isfinite(block).reshape(len(BAND_NAMES), -1).sum(axis=1)
+                if pending is not None:
+                    pending.result()  # re-raises a failed write here
+                pending = writer.submit(_write_window, (dst, vdst, idst), block, idx, win)
+            if pending is not None:
+                pending.result()
     with rasterio.open(tmp_stack, "r+") as dst:
         dst.descriptions = BAND_NAMES
         for i, name in enumerate(BAND_NAMES, start=1):
@@ -230,8 +258,9 @@ def build_stack(inputs: SceneInputs, grid: AnalysisGrid, work_dir: str | Path,
     with rasterio.open(tmp_index, "r+") as idst:
         idst.set_band_description(1, "source scene: 0 none, k = entry k of scenes.json")
         idst.update_tags(scenes=SCENES_NAME, rule=MOSAIC_RULE)
-    stats, valid_fraction = _stack_stats(tmp_stack, tmp_valid, nan_in_source)
     grid_px = grid.width * grid.height
+    stats = _stack_stats(finite, grid_px, nan_in_source)
+    valid_fraction = int(taken[1:].sum()) / grid_px
     entries = [scene_entry(k, s["scene_id"], s.get("acquired"), s.get("cloud_pct"), s.get("processing_baseline"),
                            float(s.get("offset_dn") or 0.0), int(taken[k]), int(lost[k - 1]))
                for k, s in enumerate(scenes, start=1)]
@@ -246,6 +275,13 @@ def build_stack(inputs: SceneInputs, grid: AnalysisGrid, work_dir: str | Path,
              grid.height, grid.crs, n_scenes, "/".join(str(int(t)) for t in taken[1:]), 100 * valid_fraction,
              n_cloudy)
     return StackResult(str(stack_path), str(valid_path), stats, valid_fraction, n_cloudy)
+
+
+def _write_window(datasets, block: np.ndarray, idx: np.ndarray, win: Window) -> None:
+    stack_dst, valid_dst, index_dst = datasets
+    stack_dst.write(block, window=win)
+    valid_dst.write((idx > 0).astype(np.uint8), 1, window=win)
+    index_dst.write(idx, 1, window=win)
 
 
 def _warped_mask(path: str, grid: AnalysisGrid, chunk_px: int) -> da.Array:
@@ -267,17 +303,8 @@ def _count_source_nan(path: str) -> int:
         return int(sum(np.isnan(src.read(1, window=w)).sum() for _, w in src.block_windows(1)))
 
 
-def _stack_stats(stack_path: Path, valid_path: Path, nan_in_source: dict[str, int]) -> tuple[dict, float]:
-    """Per-band finite fraction over the grid, read window by window."""
-    with rasterio.open(stack_path) as stack, rasterio.open(valid_path) as valid:
-        finite = np.zeros(stack.count, dtype=np.int64)
-        n_valid = 0
-        total = stack.width * stack.height
-        for _, window in stack.block_windows(1):
-            block = stack.read(window=window)
-            finite += np.isfinite(block).reshape(stack.count, -1).sum(axis=1)
-            n_valid += int(valid.read(1, window=window).sum())
-    stats = {name: {"finite_fraction": round(float(finite[i]) / total, 6),
-                    **({"nan_pixels_in_source": nan_in_source[name]} if name in nan_in_source else {})}
-             for i, name in enumerate(BAND_NAMES)}
-    return stats, n_valid / total
+def _stack_stats(finite: np.ndarray, grid_px: int, nan_in_source: dict[str, int]) -> dict:
+    """Per-band finite fraction over the grid, from the finite-pixel counts taken while writing."""
+    return {name: {"finite_fraction": round(float(finite[i]) / grid_px, 6),
+                   **({"nan_pixels_in_source": nan_in_source[name]} if name in nan_in_source else {})}
+            for i, name in enumerate(BAND_NAMES)}

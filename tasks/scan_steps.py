@@ -34,8 +34,10 @@ log = logging.getLogger(__name__)
 
 # GDAL's raster block cache defaults to 5 % of RAM (1.2 GB on a 24 GB machine) and was most of a
 # full tile's peak memory (measured: alignment 3.2 GB -> 1.05 GB with a 128 MB cache). Every step
-# runs under this bound; $LANDSLIDE_GDAL_CACHE_MB overrides it.
-GDAL_CACHE_MB = int(os.environ.get("LANDSLIDE_GDAL_CACHE_MB", "256"))
+# runs under this bound; $LANDSLIDE_GDAL_CACHE_MB overrides it. Each step reads a window or a patch
+# strip once, so the cache has little to reuse: 64 MB against 256 MB took a full tile's peak from
+# 1.75 to 1.36 GB without slowing the 1,000 km2 scan (benchmarks/README.md).
+GDAL_CACHE_MB = int(os.environ.get("LANDSLIDE_GDAL_CACHE_MB", "64"))
 
 
 def gdal_env() -> rasterio.Env:
