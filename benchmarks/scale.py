@@ -134,11 +134,10 @@ def one_size(size_px: int, workdir: Path, naive: bool, dask_workers: int, block_
     with contextlib.ExitStack() as stack_ctx:
         address, cluster_start_s = None, None
         if dask_workers:
-            from distributed import LocalCluster
+            from tasks.scan_steps import local_cluster
 
             t = time.perf_counter()
-            cluster = stack_ctx.enter_context(LocalCluster(
-                n_workers=dask_workers, threads_per_worker=1, processes=True, dashboard_address=None))
+            cluster = stack_ctx.enter_context(local_cluster(dask_workers))
             address, cluster_start_s = cluster.scheduler_address, time.perf_counter() - t
         request = ScanRequest(out=str(out), source="mirror", bbox=tuple(lonlat), catalog=str(catalog),
                               detector=str(ckpt), overwrite=True, progress=False, dask_address=address,
