@@ -256,8 +256,8 @@ def model_and_matmul(threads: int | None) -> dict:
                 times.append(time.perf_counter() - t)
             return float(np.median(times))
 
-        # back to back, as a scan runs batches: a matmul between two forwards evicts the model's
-        # weights from the caches (measured: 51 % of matmul alternated vs 69 % back to back)
+        # back to back, as a scan runs batches (a matmul between two forwards would evict the
+        # model's weights from the caches)
         fwd_s = median_s(lambda: model(x))
         mm_s = median_s(lambda: a @ a)
     patches_s = 16 / fwd_s
@@ -368,9 +368,9 @@ def main(argv: list[str] | None = None) -> int:
     for row in m["variants"]:
         if "gflops" in row:
             row["vs_matmul"] = row["gflops"] / m["matmul_gflops"]
-    # the headline is the scan's configuration (float32, batch 16) from the round-robin timing: the
-    # back-to-back loop above measured 49-65 % of matmul in four fresh processes, the round-robin
-    # median 62-69 % in the same processes
+    # the headline is the scan's configuration (float32, batch 16) from the round-robin timing, so it
+    # shares the machine's load with the options it is compared to; on a shared host both timings
+    # swing (48-69 % of matmul over six fresh processes in one hour, benchmarks/README.md)
     scan_cfg = next(r for r in m["variants"] if r["variant"] == "float32, batch 16")
     m.update(back_to_back_patches_per_s=m.pop("model_patches_per_s"), back_to_back_gflops=m.pop("model_gflops"),
              back_to_back_vs_matmul=m.pop("model_vs_matmul"))
