@@ -241,8 +241,8 @@ def test_committed_comparison_is_reproduced_by_landslide_compare(weak_dataset, r
                 assert float(a[key]) == pytest.approx(float(b[key]), abs=2e-4), (split, a["detector"], key)
 
 
-# All 12 take about 4 minutes on 2 cores: the default suite runs the U-Net and the DeepLabV3+
-# (whose head differs), `-m slow` the other ten encoders.
+# All 12 take 1.5-4 minutes on 2 cores (a quiet or a busy machine): the default suite runs the
+# U-Net and the DeepLabV3+ (whose head differs), `-m slow` the other ten encoders.
 _DEFAULT_ARCHS = {"unet-mobilenet_v2", "deeplabv3plus-resnet34"}
 
 
