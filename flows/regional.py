@@ -28,7 +28,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from tasks.catalog import LocalSource, StacSource, load_catalog
+from tasks.catalog import LocalSource, SentinelHubSource, StacSource, load_catalog
 from tasks.errors import InputError
 from tasks.inventory import DEFAULT_IOU_THRESHOLD, merge_run, read_inventory
 from tasks.plan import new_run_id
@@ -45,15 +45,16 @@ class SceneRef:
     acquired: str  # ISO UTC: the acquisition time, or the last date of a composite
 
 
-def region_scenes(catalog_path: str | None, region: str,
-                  after: dt.date | None = None) -> tuple[list[SceneRef], str]:
+def region_scenes(catalog_path: str | None, region: str, after: dt.date | None = None,
+                  cache_dir: str | None = None) -> tuple[list[SceneRef], str]:
     """The region's scenes inside its date window (and after ``after``), oldest first, and the
-    source name. Local sources: the catalog's scenes. STAC sources: a search of the region's bbox
-    (items within ``max_cloud_pct``), one scene per item.
+    source name. Local sources: the catalog's scenes. STAC and Sentinel Hub sources: a search of the
+    region's bbox (scenes within ``max_cloud_pct``), one scene per item; a Sentinel Hub search of an
+    ended window is cached under ``cache_dir`` (the scan's download cache).
 
     Raises:
-        InputError: unknown region, or a source kind incremental scans cannot list yet.
-        SourceError: the STAC API is unreachable or refuses.
+        InputError: unknown region, or Sentinel Hub credentials missing.
+        SourceError: the STAC API or Sentinel Hub is unreachable or refuses.
     """
     catalog = load_catalog(catalog_path)
     reg = catalog.region(region)
@@ -80,10 +81,22 @@ def region_scenes(catalog_path: str | None, region: str,
             when = item.datetime or dt.datetime.fromisoformat(item.properties["start_datetime"])
             when = when.astimezone(dt.timezone.utc)
             scenes.append(SceneRef(item.id, when.date(), when.date(), when.isoformat()))
+    elif isinstance(source, SentinelHubSource):
+        from shapely.geometry import box
+
+        from tasks.acquire_sentinelhub import list_scenes
+        from tasks.plan import cache_root
+
+        for feature in list_scenes(source, box(*_region_bbox(catalog, reg)), start, reg.end,
+                                   cache_root(cache_dir) / "sentinelhub"):
+            if not feature["properties"].get("datetime"):
+                raise InputError(f"Sentinel Hub scene {feature['id']!r} has no datetime; cannot order it")
+            when = dt.datetime.fromisoformat(feature["properties"]["datetime"].replace("Z", "+00:00"))
+            when = when.astimezone(dt.timezone.utc)
+            scenes.append(SceneRef(feature["id"], when.date(), when.date(), when.isoformat()))
     else:
-        raise InputError(f"region {region!r}: incremental scans list scenes of local and STAC "
-                         f"sources; source {reg.source!r} is of kind {source.kind!r} (scan it with "
-                         "`landslide scan --start/--end` for now)")
+        raise InputError(f"region {region!r}: source {reg.source!r} is of kind {source.kind!r}, which "
+                         "incremental scans cannot list")
     return sorted(scenes, key=lambda s: (s.last, s.first, s.scene_id)), reg.source
 
 
@@ -178,7 +191,8 @@ def regional_scan_flow(region: str, state_dir: str = "state", runs_dir: str = "r
             after = dt.date.fromisoformat(last[:10]) if last else None
             # local sources list every scene (a scene added later with an older date counts too);
             # remote sources are searched only after the last processed acquisition
-            scenes, source = region_scenes(catalog, region, after if remote else None)
+            scenes, source = region_scenes(catalog, region, after if remote else None,
+                                           cache_dir=(options or {}).get("cache_dir"))
             recovered = recover(state, inventory, iou_threshold)
             if recovered:
                 logger.info("merged %d run(s) an interrupted run had left: %s", len(recovered),

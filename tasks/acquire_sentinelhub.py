@@ -387,6 +387,25 @@ def _write_json_atomic(path: Path, obj: dict) -> None:
 # ---------------------------------------------------------------- the source
 
 
+def list_scenes(source: SentinelHubSource, roi_lonlat: shapely.Geometry, start: dt.date | None,
+                end: dt.date | None, cache_dir: Path, *, retry_sleep_s: float = 5.0) -> list[dict]:
+    """The Catalog API's scenes over the ROI's bbox in the window, under the cloud limit (id, properties,
+    geometry), for listing (regional scans); the search is cached like the scan's once the window has ended.
+
+    Raises:
+        InputError: missing credentials or an unsupported collection.
+        SourceError: rejected credentials, or a search that kept failing.
+    """
+    if source.collection not in COLLECTIONS:
+        raise InputError(f"collection {source.collection!r} is not supported; use one of {', '.join(COLLECTIONS)}")
+    first = start or FIRST_S2_DAY
+    last = end or dt.datetime.now(dt.timezone.utc).date()
+    creds = resolve_credentials(source)
+    config = _config(source, creds, retry_sleep_s)
+    collection = _collection(COLLECTIONS[source.collection][0], source.base_url.rstrip("/"))
+    return _search(source, config, collection, roi_lonlat, first, last, Path(cache_dir), creds)
+
+
 def fetch_sentinelhub_inputs(source: SentinelHubSource, source_name: str, spectral_bands: tuple[str, ...],
                              roi_lonlat: shapely.Geometry, start: dt.date | None, end: dt.date | None,
                              cache_dir: Path, *, max_px: int = MAX_PX, res_m: float = 10.0,
