@@ -8,8 +8,8 @@ import yaml
 from devservers.session import write_mechanics_checkpoint
 from flows.regional import region_scenes, regional_scan_flow
 from tasks.errors import InputError
-from tasks.inventory import read_inventory
 from tasks.region_state import RegionState
+from tests.servers.regional_checks import check_scans_new_scenes_once
 
 pytest.importorskip("sentinelhub")
 
@@ -47,18 +47,7 @@ def test_listing_applies_the_window_and_the_cloud_limit(creds_env, tmp_path):
 
 
 def test_sentinelhub_region_scans_new_scenes_once(creds_env, prefect_harness, tmp_path):
-    ckpt = write_mechanics_checkpoint(tmp_path / "ckpt")
-    kw = dict(state_dir=str(tmp_path / "state"), runs_dir=str(tmp_path / "runs"), detector=str(ckpt),
-              catalog=_catalog(tmp_path, creds_env), options={"cache_dir": str(tmp_path / "cache")})
-    first = regional_scan_flow("coast", **kw)
-    # the cloudy February scene is above max_cloud_pct: only the clear January one is scanned
-    assert [r["scene_id"] for r in first["runs"]] == [CLEAR]
-    _, scans = read_inventory(first["inventory"])
-    assert list(scans["scenes"]) == [CLEAR]
-    second = regional_scan_flow("coast", **kw)
-    assert second["runs"] == [] and "Nothing new" in second["summary"]
-    with RegionState(tmp_path / "state" / "coast") as st:
-        assert st.processed(first["model"]) == {CLEAR}
+    check_scans_new_scenes_once(tmp_path, _catalog(tmp_path, creds_env), "coast", CLEAR)
 
 
 def test_missing_credentials_fail_before_any_state(sentinelhub_api, prefect_harness, tmp_path, monkeypatch):

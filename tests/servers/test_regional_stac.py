@@ -8,8 +8,8 @@ import yaml
 from devservers.session import write_mechanics_checkpoint
 from flows.regional import regional_scan_flow
 from tasks.errors import SourceError
-from tasks.inventory import read_inventory
 from tasks.region_state import RegionState
+from tests.servers.regional_checks import check_scans_new_scenes_once
 
 BBOX = [-75.695, 37.718, -75.675, 37.733]
 CLEAR = "S2A_18SVG_20160112_0_L1C"
@@ -25,19 +25,7 @@ def _catalog(tmp_path, url: str) -> str:
 
 
 def test_stac_region_scans_new_scenes_once(stac_api, prefect_harness, tmp_path):
-    ckpt = write_mechanics_checkpoint(tmp_path / "ckpt")
-    kw = dict(state_dir=str(tmp_path / "state"), runs_dir=str(tmp_path / "runs"), detector=str(ckpt),
-              catalog=_catalog(tmp_path, stac_api.url),
-              options={"cache_dir": str(tmp_path / "cache")})
-    first = regional_scan_flow("coast", **kw)
-    # the cloudy February scene is above max_cloud_pct: only the clear January one is scanned
-    assert [r["scene_id"] for r in first["runs"]] == [CLEAR]
-    _, scans = read_inventory(first["inventory"])
-    assert list(scans["scenes"]) == [CLEAR]
-    second = regional_scan_flow("coast", **kw)
-    assert second["runs"] == [] and "Nothing new" in second["summary"]
-    with RegionState(tmp_path / "state" / "coast") as st:
-        assert st.processed(first["model"]) == {CLEAR}
+    check_scans_new_scenes_once(tmp_path, _catalog(tmp_path, stac_api.url), "coast", CLEAR)
 
 
 def test_unreachable_stac_api_fails_clearly_and_changes_no_state(prefect_harness, tmp_path):
