@@ -87,13 +87,12 @@ def region_scenes(catalog_path: str | None, region: str, after: dt.date | None =
         from tasks.acquire_sentinelhub import list_scenes
         from tasks.plan import cache_root
 
-        for feature in list_scenes(source, box(*_region_bbox(catalog, reg)), start, reg.end,
-                                   cache_root(cache_dir) / "sentinelhub"):
-            if not feature["properties"].get("datetime"):
-                raise InputError(f"Sentinel Hub scene {feature['id']!r} has no datetime; cannot order it")
-            when = dt.datetime.fromisoformat(feature["properties"]["datetime"].replace("Z", "+00:00"))
-            when = when.astimezone(dt.timezone.utc)
-            scenes.append(SceneRef(feature["id"], when.date(), when.date(), when.isoformat()))
+        for scene_id, acquired in list_scenes(source, reg.source, box(*_region_bbox(catalog, reg)), start,
+                                              reg.end, cache_root(cache_dir) / "sentinelhub"):
+            if not acquired:
+                raise InputError(f"Sentinel Hub scene {scene_id!r} has no datetime; cannot order it")
+            day = dt.date.fromisoformat(acquired[:10])
+            scenes.append(SceneRef(scene_id, day, day, acquired))
     else:
         raise InputError(f"region {region!r}: source {reg.source!r} is of kind {source.kind!r}, which "
                          "incremental scans cannot list")

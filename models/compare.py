@@ -18,6 +18,7 @@ import numpy as np
 
 from models.datasets import load_scene_dataset
 from models.metrics import best_f1_threshold, evaluate_probabilities
+from models.registry import count_parameters
 from tasks.bands import BAND_NAMES
 from tasks.inference import load_detector, predict_array
 
@@ -50,7 +51,7 @@ def _parameters(detector) -> int:
     if hasattr(detector, "members"):
         return sum(_parameters(m) for m in detector.members)
     model = getattr(detector, "model", None)
-    return sum(p.numel() for p in model.parameters()) if model is not None else 0
+    return count_parameters(model) if model is not None else 0
 
 
 def compare_detectors(specs: list[str], data_dir: str | Path, calibrate_dir: str | Path | None = None,

@@ -387,23 +387,38 @@ def _write_json_atomic(path: Path, obj: dict) -> None:
 # ---------------------------------------------------------------- the source
 
 
-def list_scenes(source: SentinelHubSource, roi_lonlat: shapely.Geometry, start: dt.date | None,
-                end: dt.date | None, cache_dir: Path, *, retry_sleep_s: float = 5.0) -> list[dict]:
-    """The Catalog API's scenes over the ROI's bbox in the window, under the cloud limit (id, properties,
-    geometry), for listing (regional scans); the search is cached like the scan's once the window has ended.
+def _collection_of(source: SentinelHubSource, source_name: str) -> tuple[str, tuple[str, ...]]:
+    """The sentinelhub ``DataCollection`` attribute and the bands of the source's collection."""
+    if source.collection not in COLLECTIONS:
+        raise InputError(f"source {source_name!r}: collection {source.collection!r} is not supported; "
+                         f"use one of {', '.join(COLLECTIONS)}")
+    return COLLECTIONS[source.collection]
+
+
+def _open_search(source: SentinelHubSource, attr: str, start: dt.date | None, end: dt.date | None,
+                 retry_sleep_s: float) -> tuple[Credentials, Any, Any, dt.date, dt.date]:
+    """Credentials, client config and collection for ``source``, and the window with open ends filled."""
+    creds = resolve_credentials(source)
+    config = _config(source, creds, retry_sleep_s)
+    collection = _collection(attr, source.base_url.rstrip("/"))
+    return creds, config, collection, start or FIRST_S2_DAY, end or dt.datetime.now(dt.timezone.utc).date()
+
+
+def list_scenes(source: SentinelHubSource, source_name: str, roi_lonlat: shapely.Geometry,
+                start: dt.date | None, end: dt.date | None, cache_dir: Path, *,
+                retry_sleep_s: float = 5.0) -> list[tuple[str, str]]:
+    """The Catalog API's scenes over the ROI's bbox in the window, under the cloud limit, for listing
+    (regional scans): (scene id, acquisition time in ISO UTC, "" where the catalog gives none). The
+    search is the scan's (``_search``), cached once the window has ended.
 
     Raises:
         InputError: missing credentials or an unsupported collection.
         SourceError: rejected credentials, or a search that kept failing.
     """
-    if source.collection not in COLLECTIONS:
-        raise InputError(f"collection {source.collection!r} is not supported; use one of {', '.join(COLLECTIONS)}")
-    first = start or FIRST_S2_DAY
-    last = end or dt.datetime.now(dt.timezone.utc).date()
-    creds = resolve_credentials(source)
-    config = _config(source, creds, retry_sleep_s)
-    collection = _collection(COLLECTIONS[source.collection][0], source.base_url.rstrip("/"))
-    return _search(source, config, collection, roi_lonlat, first, last, Path(cache_dir), creds)
+    attr, _ = _collection_of(source, source_name)
+    creds, config, collection, first, last = _open_search(source, attr, start, end, retry_sleep_s)
+    features = _search(source, config, collection, roi_lonlat, first, last, Path(cache_dir), creds)
+    return [(f["id"], _utc_iso(f.get("properties", {}).get("datetime"))) for f in features]
 
 
 def fetch_sentinelhub_inputs(source: SentinelHubSource, source_name: str, spectral_bands: tuple[str, ...],
@@ -433,10 +448,7 @@ def fetch_sentinelhub_inputs(source: SentinelHubSource, source_name: str, spectr
         SourceError: no scene under the cloud limit, rejected credentials, or a request that kept failing.
     """
     wanted = spectral_request(spectral_bands)
-    if source.collection not in COLLECTIONS:
-        raise InputError(f"source {source_name!r}: collection {source.collection!r} is not supported; "
-                         f"use one of {', '.join(COLLECTIONS)}")
-    attr, has = COLLECTIONS[source.collection]
+    attr, has = _collection_of(source, source_name)
     missing = [b for b in wanted if b not in has]
     if missing:
         raise InputError(f"source {source_name!r} ({source.collection}) cannot provide band(s) "
@@ -446,13 +458,8 @@ def fetch_sentinelhub_inputs(source: SentinelHubSource, source_name: str, spectr
                          f"use one of {', '.join(DEM_COLLECTIONS)} or null")
     if start and end and start > end:
         raise InputError(f"--start {start} is after --end {end}")
-    first = start or FIRST_S2_DAY
-    last = end or dt.datetime.now(dt.timezone.utc).date()
-    creds = resolve_credentials(source)
-    config = _config(source, creds, retry_sleep_s)
+    creds, config, collection, first, last = _open_search(source, attr, start, end, retry_sleep_s)
     cache_dir = Path(cache_dir)
-    base = source.base_url.rstrip("/")
-    collection = _collection(attr, base)
     grid = make_grid(roi_lonlat, res_m=res_m)
 
     features = _search(source, config, collection, roi_lonlat, first, last, cache_dir, creds)
