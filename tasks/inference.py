@@ -276,7 +276,8 @@ def predict_stack(stack_path: str | Path, valid_path: str | Path, detector: Dete
     patch of the global patch layout that touches it on a canvas just large enough for those
     patches, then writes its core. Because the patch layout is the global one and each pixel sums
     the same patches in the same order, the result is identical to blending the whole scene at
-    once; patches straddling a block border are predicted once per block they touch.
+    once. Blocks run one after another and share the predictions of patches that straddle their
+    borders (:class:`tasks.blocks.BorderPatches`), so each patch is predicted once.
     """
     t_start = time.perf_counter()
     work_dir = Path(work_dir)
@@ -284,7 +285,7 @@ def predict_stack(stack_path: str | Path, valid_path: str | Path, detector: Dete
     detector.forward_s = 0.0
     prob_path, unc_path = work_dir / "prob.tif", work_dir / "uncertainty_raw.tif"
     tmp_prob, tmp_unc = prob_path.with_suffix(".tmp.tif"), unc_path.with_suffix(".tmp.tif")
-    from tasks.blocks import blend_block
+    from tasks.blocks import BorderPatches, blend_block
 
     predicted: set[tuple[int, int]] = set()
     n_forward = 0
@@ -293,6 +294,7 @@ def predict_stack(stack_path: str | Path, valid_path: str | Path, detector: Dete
         windows = list(iter_windows(height, width, size, overlap))
         blocks = iter_blocks(height, width, block_px)
         per_block = [[w for w in windows if windows_intersect(w, b)] for b in blocks]  # for progress
+        border = BorderPatches(windows, blocks)
         profile = stack.profile.copy()
         profile.update(count=1, dtype="float32", nodata=np.nan, tiled=True, blockxsize=256,
                        blockysize=256, compress="deflate", predictor=3, interleave="band")
@@ -304,7 +306,7 @@ def predict_stack(stack_path: str | Path, valid_path: str | Path, detector: Dete
             dst_unc.set_band_description(1, "predictive entropy (bits)")
             for block, sel in zip(blocks, per_block):
                 core, unc_core, done, n_fwd = blend_block(stack, valid, detector, block, windows,
-                                                          overlap, batch_size)
+                                                          overlap, batch_size, border)
                 predicted |= done
                 n_forward += n_fwd
                 bar.update(len(sel))
