@@ -204,8 +204,20 @@ def _timed_scan(request, naive: bool) -> dict:
         # straddling a block border is predicted once per block it touches
         times["forward_passes"] = infer["forward_passes"]
         cleaned = timed("clean", lambda: scan_steps.step_clean(work, infer))
-        vec = timed("vectorize", lambda: scan_steps.step_vectorize(work, infer, cleaned))
-        timed("rasters", lambda: scan_steps.step_rasters(work, infer, cleaned))
+
+        def outputs() -> dict:  # as in the flow: the COGs in a thread while the polygons are built
+            from concurrent.futures import ThreadPoolExecutor
+
+            t = time.perf_counter()
+            with ThreadPoolExecutor(max_workers=1) as side:
+                cogs = side.submit(lambda: (scan_steps.step_rasters(work, infer, cleaned),
+                                            time.perf_counter() - t))
+                vec = scan_steps.step_vectorize(work, infer, cleaned)
+                times["vectorize_s"] = time.perf_counter() - t
+                times["rasters_s"] = cogs.result()[1]
+            return vec
+
+        vec = timed("outputs", outputs)  # outputs_s: vectorize and rasters side by side
         times["polygons"] = vec["n_polygons"]
     times["total_s"] = time.perf_counter() - t0
     return {**times, "stage_peak_rss_mb": stage_peaks if resettable else None,
