@@ -84,7 +84,8 @@ def build_scene(folder: Path, size_px: int) -> Path:
     return path
 
 
-def random_checkpoint(folder: Path) -> Path:
+def random_checkpoint(folder: Path, encoder: str = "mobilenet_v2") -> Path:
+    """A random-weight 12-band U-Net with ``encoder`` (the pipeline's cost, not a detector)."""
     import torch
 
     import models  # noqa: F401
@@ -92,12 +93,13 @@ def random_checkpoint(folder: Path) -> Path:
     from models.registry import build_model
     from tasks.bands import SPECTRAL_BAND_NAMES
 
-    card_path = folder / "bench-random-12band.json"
+    name = "bench-random-12band" + ("" if encoder == "mobilenet_v2" else f"-{encoder}")
+    card_path = folder / f"{name}.json"
     if card_path.exists():
         return card_path
     torch.manual_seed(0)
-    model = build_model("Unet", "mobilenet_v2", in_channels=12)
-    card = ModelCard(name="bench-random-12band", version="0", arch="Unet", encoder="mobilenet_v2",
+    model = build_model("Unet", encoder, in_channels=12)
+    card = ModelCard(name=name, version="0", arch="Unet", encoder=encoder,
                      bands=list(SPECTRAL_BAND_NAMES),
                      input_transform=InputTransform.from_stats([1500.0] * 12, [800.0] * 12),
                      threshold=0.5, trained_on={"dataset": "none: random weights (benchmark)",
@@ -108,7 +110,8 @@ def random_checkpoint(folder: Path) -> Path:
     return resolve_checkpoint(card_path)
 
 
-def one_size(size_px: int, workdir: Path, naive: bool, dask_workers: int, block_px: int) -> dict:
+def one_size(size_px: int, workdir: Path, naive: bool, dask_workers: int, block_px: int,
+             encoder: str = "mobilenet_v2") -> dict:
     """Scan a mirrored scene of ``size_px``; report times and peak RSS.
 
     ``dask_workers`` 0: everything in this process (torch on all cores). N > 0: the blocks run on a
@@ -122,7 +125,7 @@ def one_size(size_px: int, workdir: Path, naive: bool, dask_workers: int, block_
     from tasks.plan import ScanRequest
 
     catalog = build_scene(workdir / f"scene_{size_px}", size_px)
-    ckpt = random_checkpoint(workdir)
+    ckpt = random_checkpoint(workdir, encoder)
     with rasterio.open(workdir / f"scene_{size_px}" / "B02.tif") as src:
         from rasterio.warp import transform_bounds
 
@@ -143,11 +146,39 @@ def one_size(size_px: int, workdir: Path, naive: bool, dask_workers: int, block_
                               detector=str(ckpt), overwrite=True, progress=False, dask_address=address,
                               block_px=block_px)
         result = _timed_scan(request, naive)
+        if not naive and not dask_workers:
+            rate, cpu_per_patch = pure_forward_rate(str(ckpt), min(result["patches"], 400))
+            result.update(pure_forward_patches_per_s=rate, pure_forward_cpu_s_per_patch=cpu_per_patch)
     grid = result.pop("grid")
     area_km2 = grid["width"] * grid["height"] * grid["res_m"] ** 2 / 1e6
     return {"size_px": size_px, "area_km2": area_km2, "naive": naive, "dask_workers": dask_workers,
+            "encoder": encoder,
             "mode": mode, "cluster_start_s": cluster_start_s, "block_px": block_px, **result,
             "s_per_km2": result["total_s"] / area_km2}
+
+
+def pure_forward_rate(spec: str, n_patches: int, batch_size: int = 16) -> tuple[float, float]:
+    """Patches/s and CPU seconds per patch (all threads) of the scan's detector alone, right after
+    the scan in the same process: full batches of random patches through ``Detector.predict`` (the
+    input transform untimed, as in the scan's ``forward_s``). The end-to-end ratio divides by this, not by the forward time measured
+    inside the scan: that one runs slower per patch (3-19 % in four runs at 1,000 km2: the scan's other
+    work evicts the network's weights and activations from the caches, and any thread working beside
+    it takes cores from torch's) and would hide that cost as "forward"."""
+    from tasks.blocks import cached_detector
+
+    det = cached_detector(spec, "cpu")
+    rng = np.random.default_rng(0)
+    x = (rng.random((batch_size, len(det.bands), det.patch_size, det.patch_size)) * 3000).astype(np.float32)
+    ok = np.ones((batch_size, det.patch_size, det.patch_size), dtype=bool)
+    det.predict(x, ok)  # warm-up
+    before = det.forward_s
+    n_batches = max(1, -(-n_patches // batch_size))
+    cpu = resource.getrusage(resource.RUSAGE_SELF)
+    for _ in range(n_batches):
+        det.predict(x, ok)
+    cpu_after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_s = cpu_after.ru_utime - cpu.ru_utime + cpu_after.ru_stime - cpu.ru_stime
+    return n_batches * batch_size / (det.forward_s - before), cpu_s / (n_batches * batch_size)
 
 
 def peak_rss_mb() -> float:
@@ -179,12 +210,18 @@ def _timed_scan(request, naive: bool) -> dict:
 
     times: dict = {}
     stage_peaks: dict[str, float] = {}
+    stage_cpu: dict[str, float] = {}  # CPU seconds of all this process's threads (user + system)
     resettable = _reset_peak_rss()
 
+    def cpu_s() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
     def timed(name: str, fn):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), cpu_s()
         out = fn()
         times[f"{name}_s"] = time.perf_counter() - t
+        stage_cpu[name] = cpu_s() - c
         stage_peaks[name] = peak_rss_mb()
         _reset_peak_rss()
         return out
@@ -220,7 +257,7 @@ def _timed_scan(request, naive: bool) -> dict:
         vec = timed("outputs", outputs)  # outputs_s: vectorize and rasters side by side
         times["polygons"] = vec["n_polygons"]
     times["total_s"] = time.perf_counter() - t0
-    return {**times, "stage_peak_rss_mb": stage_peaks if resettable else None,
+    return {**times, "stage_cpu_s": stage_cpu, "stage_peak_rss_mb": stage_peaks if resettable else None,
             "peak_rss_mb": max(stage_peaks.values()) if resettable else peak_rss_mb(), "grid": plan["grid"]}
 
 
@@ -360,6 +397,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="scene areas in km2 (-1 = one full Sentinel-2 tile)")
     p.add_argument("--workdir", default=None, help="scenes and runs (default: a temp dir)")
     p.add_argument("--block-px", type=int, default=2048)
+    p.add_argument("--encoder", default="mobilenet_v2",
+                   help="encoder of the random-weight 12-band U-Net the scans run (default mobilenet_v2, "
+                        "the shipped model's; resnet34 is the source paper's best); the model-alone "
+                        "part always measures mobilenet_v2")
     p.add_argument("--workers-at-km2", type=float, default=None,
                    help="area at which 1 vs 2 Dask workers and the naive path are compared "
                         "(default: the second size)")
@@ -372,10 +413,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="landslide-scale-"))
     if args.one:
-        print(json.dumps(one_size(args.one, workdir, args.naive, args.dask_workers, args.block_px)))
+        print(json.dumps(one_size(args.one, workdir, args.naive, args.dask_workers, args.block_px,
+                                  args.encoder)))
         return 0
     sizes = [FULL_TILE_PX if a < 0 else int(round(np.sqrt(a * 1e6) / 10)) for a in args.sizes_km2]
-    common = ["--workdir", str(workdir), "--block-px", str(args.block_px)]
+    common = ["--workdir", str(workdir), "--block-px", str(args.block_px), "--encoder", args.encoder]
     report = {"machine": {"cpus": os.cpu_count()}, "model": model_and_matmul(None), "runs": []}
     m = report["model"]
     m["variants"] = model_variants(None)
@@ -400,12 +442,18 @@ def main(argv: list[str] | None = None) -> int:
     two = _child(["--one", str(cmp_size), "--dask-workers", "2", *common])
     naive = _child(["--one", str(cmp_size), "--naive", *common])
     report["runs"] += [one, two, naive]
-    # the forward time of the scene's patches: passes beyond them (short batches padded to the
-    # batch size; on Dask, patches on block borders predicted once per block) count as overhead
-    forward_s = base["model_forward_s"] * base["patches"] / base["forward_passes"]
+    # the model alone on the scene's patches, timed in the same process right after the scan:
+    # padding, duplicate passes and whatever slows the forward inside the scan count as overhead
+    forward_s = base["patches"] / base["pure_forward_patches_per_s"]
+    in_scan_forward_s = base["model_forward_s"] * base["patches"] / base["forward_passes"]
     report["ratios"] = {
         "overhead_total_over_forward": base["total_s"] / forward_s,
         "end_to_end_vs_model_throughput": forward_s / base["total_s"],
+        "overhead_total_over_forward_inside_scan": base["total_s"] / in_scan_forward_s,
+        # the scan's CPU seconds spread perfectly over the cores: the lowest total / forward any
+        # overlap of its stages could reach on this machine without doing less work
+        "cpu_bound_total_over_forward": (sum(base["stage_cpu_s"].values()) / len(os.sched_getaffinity(0))
+                                         / forward_s),
         "speedup_2_over_1_dask_workers": one["total_s"] / two["total_s"],
         "inference_speedup_2_over_1_dask_workers": one["inference_s"] / two["inference_s"],
         "speedup_2_dask_workers_over_1_process": base["total_s"] / two["total_s"],

@@ -126,11 +126,8 @@ def blend_block(stack, valid, detector, block: Window, windows: list[Window], ov
     The uncertainty is the detector's own per-pixel uncertainty blended like the probability when
     it has one (an ensemble: std of member probabilities), else the predictive entropy (bits) of
     the blended probability. ``border`` (blocks run in this process) supplies the patches an earlier
-    block predicted and keeps the ones later blocks need. One reader thread reads the next batch's
-    patches while the network runs on the current one (GDAL and torch release the GIL).
+    block predicted and keeps the ones later blocks need.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     size = detector.patch_size
     band_idx = [BAND_NAMES.index(b) for b in validate_bands(detector.bands)]
     sel = [w for w in windows if windows_intersect(w, block)]
@@ -169,51 +166,41 @@ def blend_block(stack, valid, detector, block: Window, windows: list[Window], ov
             if unc_stitcher is not None:
                 unc_stitcher.add(local, unc, ok)
 
-    next_window = 0  # into to_predict; advanced by the reader thread only
-
-    def read_batch():
-        """The next batch_size non-empty patches (fewer at the block's end) and the windows read."""
-        nonlocal next_window
-        taken: list[Window] = []
-        patches = []
-        while len(patches) < batch_size and next_window < len(to_predict):
-            more = to_predict[next_window:next_window + batch_size - len(patches)]
-            next_window += len(more)
-            taken += more
-            patches += read_patches(stack, valid, more, band_idx, size)
-        if not patches:
-            return taken, patches, None, None
-        # every forward pass gets exactly batch_size patches (a short batch repeats its first
-        # patch): a network's output for a patch depends on the batch size, not on the other
-        # patches in it, so a patch gets the same bits whichever block or batch it falls in
-        rows = [*range(len(patches)), *[0] * (batch_size - len(patches))]
-        return (taken, patches, np.stack([patches[i].data for i in rows]),
-                np.stack([patches[i].valid for i in rows]))
+    def batches():
+        """(windows read, their non-empty patches): batch_size patches each, fewer in the last."""
+        start = 0
+        while start < len(to_predict):
+            taken, patches = [], []
+            while len(patches) < batch_size and start < len(to_predict):
+                more = to_predict[start:start + batch_size - len(patches)]
+                start += len(more)
+                taken += more
+                patches += read_patches(stack, valid, more, band_idx, size)
+            yield taken, patches
 
     n_forward = 0
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="patch-reader") as reader:
-        pending = reader.submit(read_batch)
-        while True:
-            batch_windows, patches, batch, ok = pending.result()
-            if not batch_windows:
-                break
-            pending = reader.submit(read_batch)
-            for w in batch_windows:
-                ready[(int(w.row_off), int(w.col_off))] = None
-            if patches:
-                if own_unc:
-                    prob, unc = detector.predict_with_uncertainty(batch, ok)
-                else:
-                    prob, unc = detector.predict(batch, ok), None
-                n_forward += len(batch)  # padding included: the network ran on it
-                for j, patch in enumerate(patches):
-                    key = (int(patch.window.row_off), int(patch.window.col_off))
-                    entry = (prob[j], None if unc is None else unc[j], patch.valid)
-                    ready[key] = entry
-                    if border is not None and border.shared(key):  # a copy: not the whole batch
-                        border.offer(key, (prob[j].copy(), None if unc is None else unc[j].copy(),
-                                           patch.valid))
-            add_ready()
+    for batch_windows, patches in batches():
+        for w in batch_windows:
+            ready[(int(w.row_off), int(w.col_off))] = None
+        if patches:
+            # every forward pass gets exactly batch_size patches (a short batch repeats its first
+            # patch): a network's output for a patch depends on the batch size, not on the other
+            # patches in it, so a patch gets the same bits whichever block or batch it falls in
+            rows = [*range(len(patches)), *[0] * (batch_size - len(patches))]
+            batch = np.stack([patches[i].data for i in rows])
+            ok = np.stack([patches[i].valid for i in rows])
+            if own_unc:
+                prob, unc = detector.predict_with_uncertainty(batch, ok)
+            else:
+                prob, unc = detector.predict(batch, ok), None
+            n_forward += len(batch)  # padding included: the network ran on it
+            for j, patch in enumerate(patches):
+                key = (int(patch.window.row_off), int(patch.window.col_off))
+                ready[key] = (prob[j], None if unc is None else unc[j], patch.valid)
+                if border is not None and border.shared(key):  # a copy: not the whole batch
+                    border.offer(key, (prob[j].copy(), None if unc is None else unc[j].copy(),
+                                       patch.valid))
+        add_ready()
     add_ready()
     br, bc = int(block.row_off) - r0, int(block.col_off) - c0
     core = stitcher.result()[br:br + int(block.height), bc:bc + int(block.width)]

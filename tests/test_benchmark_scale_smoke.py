@@ -26,6 +26,7 @@ def test_scale_run_and_naive_baseline_agree(tmp_path):
     assert max(run["vectorize_s"], run["rasters_s"]) <= run["outputs_s"] * 1.001
     assert 0 < run["model_forward_s"] <= run["inference_s"]
     assert run["forward_passes"] >= run["patches"] > 0
+    assert run["pure_forward_patches_per_s"] > 0 and "pure_forward_patches_per_s" not in naive
     assert math.isclose(run["s_per_km2"], run["total_s"] / run["area_km2"])
     assert run["peak_rss_mb"] > 0
 
