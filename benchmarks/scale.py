@@ -160,10 +160,11 @@ def one_size(size_px: int, workdir: Path, naive: bool, dask_workers: int, block_
 def pure_forward_rate(spec: str, n_patches: int, batch_size: int = 16) -> tuple[float, float]:
     """Patches/s and CPU seconds per patch (all threads) of the scan's detector alone, right after
     the scan in the same process: full batches of random patches through ``Detector.predict`` (the
-    input transform untimed, as in the scan's ``forward_s``). The end-to-end ratio divides by this, not by the forward time measured
-    inside the scan: that one runs slower per patch (3-19 % in four runs at 1,000 km2: the scan's other
-    work evicts the network's weights and activations from the caches, and any thread working beside
-    it takes cores from torch's) and would hide that cost as "forward"."""
+    input transform untimed, as in the scan's ``forward_s``). The end-to-end ratio divides by this,
+    not by the forward time measured inside the scan: that one runs slower per patch (3-19 % in four
+    runs at 1,000 km2: the scan's other work evicts the network's weights and activations from the
+    caches, and any thread working beside it takes cores from torch's) and would hide that cost as
+    "forward"."""
     from tasks.blocks import cached_detector
 
     det = cached_detector(spec, "cpu")
