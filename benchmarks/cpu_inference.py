@@ -89,7 +89,7 @@ def measure(checkpoint: str, data_dir: str, reference_dir: str | None, calibrati
     from tasks.inference import load_detector
 
     torch.set_num_threads(threads)
-    base = load_detector(checkpoint, "cpu")
+    base = load_detector(checkpoint, "cpu", channels_last=False)  # NCHW: the variants' baseline
     base.model = base.model.float().eval()
     datasets = {"val": load_scene_dataset(data_dir)}
     if reference_dir:
@@ -106,7 +106,8 @@ def measure(checkpoint: str, data_dir: str, reference_dir: str | None, calibrati
 
     variants = [
         ("pytorch float32 (baseline)", base, ""),
-        ("pytorch channels-last", variant(_ChannelsLast(copy.deepcopy(base.model))), ""),
+        ("pytorch channels-last (the scan's default on CPU)",
+         variant(_ChannelsLast(copy.deepcopy(base.model))), ""),
         ("pytorch bfloat16 autocast", variant(_BF16(base.model)), ""),
         ("onnxruntime float32", load_onnx_detector(fp32_path, threads), fp32_path.name),
         ("onnxruntime int8 (static, QDQ)", load_onnx_detector(int8_path, threads), int8_path.name),

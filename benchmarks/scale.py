@@ -320,6 +320,9 @@ def model_and_matmul(threads: int | None) -> dict:
             "matmul_gflops": matmul_gflops, "back_to_back_vs_matmul": model_gflops / matmul_gflops}
 
 
+SCAN_VARIANT = "float32 channels-last, batch 16"  # the scan's configuration on CPU
+
+
 def model_variants(threads: int | None, rounds: int = 5) -> list[dict]:
     """Forward GFLOP/s of the same model under the CPU options the field tries: batch size,
     channels-last memory format, bfloat16 autocast, torch.compile (inductor). Timed round-robin
@@ -425,10 +428,11 @@ def main(argv: list[str] | None = None) -> int:
     for row in m["variants"]:
         if "gflops" in row:
             row["vs_matmul"] = row["gflops"] / m["matmul_gflops"]
-    # the headline is the scan's configuration (float32, batch 16) from the round-robin timing, so it
-    # shares the machine's load with the options it is compared to; on a shared host both timings
-    # swing (48-69 % of matmul over six fresh processes in one hour, benchmarks/README.md)
-    scan_cfg = next(r for r in m["variants"] if r["variant"] == "float32, batch 16")
+    # the headline is the scan's configuration on CPU (float32 channels-last, batch 16: what
+    # tasks.inference.load_detector sets up) from the round-robin timing, so it shares the machine's
+    # load with the options it is compared to; on a shared host every timing swings (NCHW batch 16:
+    # 48-69 % of matmul over seven fresh processes, benchmarks/README.md)
+    scan_cfg = next(r for r in m["variants"] if r["variant"] == SCAN_VARIANT)
     m.update(model_patches_per_s=scan_cfg["patches_per_s"], model_gflops=scan_cfg["gflops"],
              model_vs_matmul=scan_cfg["vs_matmul"])
     if args.model_only:

@@ -138,13 +138,12 @@ def _forward_fn(detector: Any, n_channels: int, size: int) -> Callable[[int], No
     if hasattr(detector, "model"):
         import torch
 
-        device = detector.device
         gen = torch.Generator().manual_seed(0)
         inputs: dict[int, Any] = {}
 
         def forward(b: int) -> None:
             if b not in inputs:
-                inputs[b] = torch.randn(b, n_channels, size, size, generator=gen).to(device)
+                inputs[b] = detector.model_input(torch.randn(b, n_channels, size, size, generator=gen))
             with torch.inference_mode():
                 logits = detector.model(inputs[b])
                 torch.sigmoid(logits[:, 0]).float().cpu().numpy()
