@@ -74,9 +74,9 @@ class BorderPatches:
     batch size (``blend_block`` pads short batches), a network's output for a patch then does not
     depend on the other patches of its batch (checked bitwise in ``tests/tasks/test_blocks_shared.py``;
     it does depend on the batch size), and every block adds its patches in the global layout's order,
-    so outputs do not depend on which block predicted a patch. Memory: the patches along
-    the borders of the blocks still to run (about 20 MB for a full Sentinel-2 tile in 2048 px
-    blocks).
+    so outputs do not depend on which block predicted a patch. Memory: the patches along the
+    borders of the blocks still to run, at most about two patch rows across the grid (an estimated
+    20 MB for a full Sentinel-2 tile).
     """
 
     def __init__(self, windows: list[Window], blocks: list[Window]):
