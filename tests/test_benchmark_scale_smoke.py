@@ -27,6 +27,10 @@ def test_scale_run_and_naive_baseline_agree(tmp_path):
     assert 0 < run["model_forward_s"] <= run["inference_s"]
     assert run["forward_passes"] >= run["patches"] > 0
     assert run["pure_forward_patches_per_s"] > 0 and "pure_forward_patches_per_s" not in naive
+    assert run["pure_forward_cpu_s_per_patch"] > 0
+    cpu = run["stage_cpu_s"]  # CPU seconds per stage, all threads
+    assert set(cpu) == {"plan", "align", "inference", "clean", "outputs"}
+    assert all(v >= 0 for v in cpu.values()) and cpu["inference"] > 0
     assert math.isclose(run["s_per_km2"], run["total_s"] / run["area_km2"])
     assert run["peak_rss_mb"] > 0
 
