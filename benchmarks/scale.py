@@ -159,27 +159,26 @@ def one_size(size_px: int, workdir: Path, naive: bool, dask_workers: int, block_
 
 def pure_forward_rate(spec: str, n_patches: int, batch_size: int = 16) -> tuple[float, float]:
     """Patches/s and CPU seconds per patch (all threads) of the scan's detector alone, right after
-    the scan in the same process: full batches of random patches through ``Detector.predict`` (the
-    input transform untimed, as in the scan's ``forward_s``). The end-to-end ratio divides by this,
-    not by the forward time measured inside the scan: that one runs slower per patch (3-19 % in four
-    runs at 1,000 km2: the scan's other work evicts the network's weights and activations from the
-    caches, and any thread working beside it takes cores from torch's) and would hide that cost as
-    "forward"."""
+    the scan in the same process, on ``n_patches`` rounded up to full batches (the scan pads its
+    batches), with ``benchmarks.scan.forward_fn``: the part ``Detector.predict`` times. The
+    end-to-end ratio divides by this, not by the forward time measured inside the scan: that one
+    runs slower per patch (3-19 % in four runs at 1,000 km2: the scan's other work evicts the
+    network's weights and activations from the caches, and any thread working beside it takes
+    cores from torch's) and would hide that cost as "forward"."""
+    from benchmarks.scan import forward_fn
     from tasks.blocks import cached_detector
 
     det = cached_detector(spec, "cpu")
-    rng = np.random.default_rng(0)
-    x = (rng.random((batch_size, len(det.bands), det.patch_size, det.patch_size)) * 3000).astype(np.float32)
-    ok = np.ones((batch_size, det.patch_size, det.patch_size), dtype=bool)
-    det.predict(x, ok)  # warm-up
-    before = det.forward_s
+    forward = forward_fn(det, len(det.bands), det.patch_size)
     n_batches = max(1, -(-n_patches // batch_size))
-    cpu = resource.getrusage(resource.RUSAGE_SELF)
+    forward(batch_size)  # inputs allocated and the batch shape warmed up outside the timing
+    cpu, t = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     for _ in range(n_batches):
-        det.predict(x, ok)
+        forward(batch_size)
+    seconds = time.perf_counter() - t
     cpu_after = resource.getrusage(resource.RUSAGE_SELF)
     cpu_s = cpu_after.ru_utime - cpu.ru_utime + cpu_after.ru_stime - cpu.ru_stime
-    return n_batches * batch_size / (det.forward_s - before), cpu_s / (n_batches * batch_size)
+    return n_batches * batch_size / seconds, cpu_s / (n_batches * batch_size)
 
 
 def peak_rss_mb() -> float:

@@ -129,7 +129,7 @@ def run_pipeline(request: dict) -> dict:
             "vectors": vectors, "finish": finish}
 
 
-def _forward_fn(detector: Any, n_channels: int, size: int) -> Callable[[int], None]:
+def forward_fn(detector: Any, n_channels: int, size: int) -> Callable[[int], None]:
     """A function running the detector's timed core on ``b`` random patches, inputs prepared ahead.
 
     For a network this is exactly what ``ModelDetector.predict`` times (forward + sigmoid + copy
@@ -236,7 +236,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     detector, load_s = _timed(load_detector, spec, args.device)
     device = str(getattr(detector, "device", "cpu"))
     n_channels, size = len(detector.bands), detector.patch_size
-    forward = _forward_fn(detector, n_channels, size)
+    forward = forward_fn(detector, n_channels, size)
     forward(args.batch_size)
     _sync()
     machine = _machine(threads, device)
