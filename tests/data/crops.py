@@ -76,3 +76,20 @@ def synthetic_dem_like(path: Path, like: Path, seed: int = 0) -> Path:
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(z.astype(np.float32), 1)
     return path
+
+
+def iburi_stack(work_dir: Path, lonlat_box: tuple[float, float, float, float],
+                required_bands=("B02", "B03", "B04", "SLOPE")):
+    """The bundled Iburi sample's RGB + terrain aligned over ``lonlat_box`` (EPSG:4326) in
+    ``work_dir``: (``StackResult``, ``AnalysisGrid``)."""
+    from shapely.geometry import box
+
+    from tasks.acquire_local import resolve_local_inputs
+    from tasks.align import build_stack
+    from tasks.catalog import load_catalog
+    from tasks.grid import make_grid
+
+    cat = load_catalog(IBURI.parents[1] / "data_catalog.yaml")
+    inputs = resolve_local_inputs(cat, "iburi-2018-local", ("B02", "B03", "B04"))
+    grid = make_grid(box(*lonlat_box))
+    return build_stack(inputs, grid, work_dir, tuple(required_bands)), grid

@@ -14,19 +14,11 @@ from tasks.tiling import iter_blocks, iter_windows, read_patches
 
 @pytest.fixture(scope="module")
 def iburi_stack(tmp_path_factory):
-    from shapely.geometry import box
+    from tests.data.crops import iburi_stack as build
 
-    from tasks.acquire_local import resolve_local_inputs
-    from tasks.align import build_stack
-    from tasks.catalog import load_catalog
-    from tasks.grid import make_grid
-    from tests.data.crops import IBURI
-
-    cat = load_catalog(IBURI.parents[1] / "data_catalog.yaml")
-    inputs = resolve_local_inputs(cat, "iburi-2018-local", ("B02", "B03", "B04"))
-    grid = make_grid(box(141.95, 42.72, 141.975, 42.74))  # ~205 x 225 px
-    return build_stack(inputs, grid, tmp_path_factory.mktemp("w"),
-                       ("B02", "B03", "B04", "SLOPE", "DEM"))
+    res, _ = build(tmp_path_factory.mktemp("w"), (141.95, 42.72, 141.975, 42.74),  # ~205 x 225 px
+                   ("B02", "B03", "B04", "SLOPE", "DEM"))
+    return res
 
 
 def test_border_patch_uses_are_counted_and_dropped_after_the_last_block():

@@ -20,20 +20,11 @@ ATTRS = {"scene_id": "s", "acquired": None, "model": "index", "run_id": "r",
 @pytest.fixture(scope="module")
 def iburi_work(tmp_path_factory):
     """prob/valid/stack rasters of an index-rule run over part of the sample (no Prefect)."""
-    from shapely.geometry import box
-
-    from tasks.acquire_local import resolve_local_inputs
-    from tasks.align import build_stack
-    from tasks.catalog import load_catalog
-    from tasks.grid import make_grid
     from tasks.inference import IndexDetector, predict_stack
-    from tests.data.crops import IBURI
+    from tests.data.crops import iburi_stack
 
     work = tmp_path_factory.mktemp("work")
-    cat = load_catalog(IBURI.parents[1] / "data_catalog.yaml")
-    inputs = resolve_local_inputs(cat, "iburi-2018-local", ("B02", "B03", "B04"))
-    grid = make_grid(box(141.94, 42.70, 142.00, 42.75))
-    res = build_stack(inputs, grid, work, ("B02", "B03", "B04", "SLOPE"))
+    res, grid = iburi_stack(work, (141.94, 42.70, 142.00, 42.75))
     inf = predict_stack(res.stack_path, res.valid_path, IndexDetector(), work, progress=False)
     return work, res, inf, grid
 

@@ -145,18 +145,10 @@ def test_entropy_matches_the_direct_formula_bit_for_bit():
 
 def test_blockwise_inference_equals_whole_scene(tmp_path):
     """Blocks much smaller than the scene give bit-identical probabilities (real Iburi stack)."""
-    from shapely.geometry import box
-
-    from tasks.acquire_local import resolve_local_inputs
-    from tasks.align import build_stack
-    from tasks.catalog import load_catalog
-    from tasks.grid import make_grid
     from tasks.inference import IndexDetector, iter_blocks, predict_stack
+    from tests.data.crops import iburi_stack
 
-    cat = load_catalog(IBURI.parents[1] / "data_catalog.yaml")
-    inputs = resolve_local_inputs(cat, "iburi-2018-local", ("B02", "B03", "B04"))
-    grid = make_grid(box(141.95, 42.72, 141.98, 42.74))  # ~250 x 230 px
-    res = build_stack(inputs, grid, tmp_path / "w", ("B02", "B03", "B04", "SLOPE"))
+    res, grid = iburi_stack(tmp_path / "w", (141.95, 42.72, 141.98, 42.74))  # ~250 x 230 px
     assert len(iter_blocks(grid.height, grid.width, 100)) >= 9
 
     def run(block_px, name):
