@@ -270,7 +270,7 @@ def load_detector(spec: str | None, device: str = "auto", channels_last: bool | 
         import torch
 
         model = model.to(memory_format=torch.channels_last)
-    return ModelDetector(model=model, card=card, card_path=str(resolve_checkpoint(ref)), device=dev,
+    return ModelDetector(model=model, card=card, card_path=str(card_path), device=dev,
                          channels_last=channels_last)
 
 
