@@ -82,11 +82,11 @@ def measure(checkpoint: str, data_dir: str, reference_dir: str | None, calibrati
 
     import torch
 
-    from models.compare import _predict
-    from models.datasets import load_scene_dataset
+    from models.data.datasets import load_scene_dataset
+    from models.detectors import load_detector
+    from models.evaluate import predict_dataset
     from models.export import export_onnx, load_onnx_detector, prune_channels, quantize_int8
     from models.metrics import evaluate_probabilities
-    from tasks.inference import load_detector
 
     torch.set_num_threads(threads)
     base = load_detector(checkpoint, "cpu", channels_last=False)  # NCHW: the variants' baseline
@@ -120,7 +120,7 @@ def measure(checkpoint: str, data_dir: str, reference_dir: str | None, calibrati
         row = {"variant": name, "ms_per_patch": ms,
                "file_mb": (work / file).stat().st_size / 2**20 if file else float("nan")}
         for key, data in datasets.items():
-            m = evaluate_probabilities(_predict(det, data), data.labels, det.threshold)
+            m = evaluate_probabilities(predict_dataset(det, data), data.labels, det.threshold)
             row[f"{key}_f1"], row[f"{key}_iou"] = m["f1"], m["iou"]
         rows.append(row)
     for row in rows:
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="folder for cpu_inference.md/.json and the ONNX files")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    from tasks.inference import DEFAULT_CHECKPOINT
+    from models.detectors import DEFAULT_CHECKPOINT
 
     checkpoint = args.checkpoint or DEFAULT_CHECKPOINT
     with tempfile.TemporaryDirectory() as tmp:

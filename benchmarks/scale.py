@@ -67,7 +67,7 @@ def build_scene(folder: Path, size_px: int) -> Path:
     """Mirrored scene of ``size_px`` (10 m) with a catalog; returns the catalog path."""
     import yaml
 
-    from tasks.bands import SPECTRAL_BAND_NAMES, get_band
+    from tasks.core.bands import SPECTRAL_BAND_NAMES, get_band
 
     folder.mkdir(parents=True, exist_ok=True)
     bands = {}
@@ -91,7 +91,7 @@ def random_checkpoint(folder: Path, encoder: str = "mobilenet_v2") -> Path:
     import models  # noqa: F401
     from models.checkpoint import InputTransform, ModelCard, resolve_checkpoint, save_checkpoint
     from models.registry import build_model
-    from tasks.bands import SPECTRAL_BAND_NAMES
+    from tasks.core.bands import SPECTRAL_BAND_NAMES
 
     name = "bench-random-12band" + ("" if encoder == "mobilenet_v2" else f"-{encoder}")
     card_path = folder / f"{name}.json"
@@ -122,7 +122,7 @@ def one_size(size_px: int, workdir: Path, naive: bool, dask_workers: int, block_
 
     import rasterio
 
-    from tasks.plan import ScanRequest
+    from tasks.run.plan import ScanRequest
 
     catalog = build_scene(workdir / f"scene_{size_px}", size_px)
     ckpt = random_checkpoint(workdir, encoder)
@@ -137,7 +137,7 @@ def one_size(size_px: int, workdir: Path, naive: bool, dask_workers: int, block_
     with contextlib.ExitStack() as stack_ctx:
         address, cluster_start_s = None, None
         if dask_workers:
-            from tasks.scan_steps import local_cluster
+            from tasks.predict.cluster import local_cluster
 
             t = time.perf_counter()
             cluster = stack_ctx.enter_context(local_cluster(dask_workers))
@@ -166,7 +166,7 @@ def pure_forward_rate(spec: str, n_patches: int, batch_size: int = 16) -> tuple[
     network's weights and activations from the caches, and any thread working beside it takes
     cores from torch's) and would hide that cost as "forward"."""
     from benchmarks.scan import forward_fn
-    from tasks.blocks import cached_detector
+    from models.detectors import cached_detector
 
     det = cached_detector(spec, "cpu")
     forward = forward_fn(det, len(det.bands), det.patch_size)
@@ -205,8 +205,8 @@ def _timed_scan(request, naive: bool) -> dict:
     """The scan's stages as plain functions, each timed, with each stage's own peak RSS
     (``stage_peak_rss_mb``, where the kernel lets the high-water mark be reset between stages);
     ``naive`` replaces the block inference."""
-    from tasks import scan_steps
-    from tasks.plan import plan_scan
+    from tasks.run import steps
+    from tasks.run.plan import plan_scan
 
     times: dict = {}
     stage_peaks: dict[str, float] = {}
@@ -229,27 +229,27 @@ def _timed_scan(request, naive: bool) -> dict:
     t0 = time.perf_counter()
     plan = timed("plan", lambda: plan_scan(request))
     work = plan["work_dir"]
-    stack = timed("align", lambda: scan_steps.step_stack(work))
+    stack = timed("align", lambda: steps.step_stack(work))
     if naive:
         times.update(naive_inference(stack, plan))
         stage_peaks["inference"] = peak_rss_mb()
     else:
-        infer = timed("inference", lambda: scan_steps.step_infer(work, stack))
+        infer = timed("inference", lambda: steps.step_infer(work, stack))
         times["model_forward_s"] = infer["model_forward_s"]
         times["patches"] = infer["n_patches"]
         # in one process each patch is predicted once and short batches are padded; on Dask a patch
         # straddling a block border is predicted once per block it touches
         times["forward_passes"] = infer["forward_passes"]
-        cleaned = timed("clean", lambda: scan_steps.step_clean(work, infer))
+        cleaned = timed("clean", lambda: steps.step_clean(work, infer))
 
         def outputs() -> dict:  # as in the flow: the COGs in a thread while the polygons are built
             from concurrent.futures import ThreadPoolExecutor
 
             t = time.perf_counter()
             with ThreadPoolExecutor(max_workers=1) as side:
-                cogs = side.submit(lambda: (scan_steps.step_rasters(work, infer, cleaned),
+                cogs = side.submit(lambda: (steps.step_rasters(work, infer, cleaned),
                                             time.perf_counter() - t))
-                vec = scan_steps.step_vectorize(work, infer, cleaned)
+                vec = steps.step_vectorize(work, infer, cleaned)
                 times["vectorize_s"] = time.perf_counter() - t
                 times["rasters_s"] = cogs.result()[1]
             return vec
@@ -265,7 +265,8 @@ def naive_inference(stack: dict, plan: dict) -> dict:
     """The baseline: the whole stack in memory and one full-scene accumulator (no blocks)."""
     import rasterio
 
-    from tasks.inference import load_detector, predict_array
+    from models.detectors import load_detector
+    from tasks.core.blend import predict_array
 
     t = time.perf_counter()
     with rasterio.open(stack["stack_path"]) as src:
@@ -428,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         if "gflops" in row:
             row["vs_matmul"] = row["gflops"] / m["matmul_gflops"]
     # the headline is the scan's configuration on CPU (float32 channels-last, batch 16: what
-    # tasks.inference.load_detector sets up) from the round-robin timing, so it shares the machine's
+    # models.detectors.load_detector sets up) from the round-robin timing, so it shares the machine's
     # load with the options it is compared to; on a shared host every timing swings (NCHW batch 16:
     # 48-69 % of matmul over seven fresh processes, benchmarks/README.md)
     scan_cfg = next(r for r in m["variants"] if r["variant"] == SCAN_VARIANT)

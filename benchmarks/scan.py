@@ -7,7 +7,7 @@
 Everything is measured in one process, so the ratios (total / model forward, inference stage /
 model forward) stay meaningful on a noisy machine even when the absolute seconds do not
 (DESIGN.md section 9: ratios in one run, never timing thresholds). The stages are the plain
-functions of ``tasks.scan_steps`` called directly (the same functions the Prefect flow wraps), so
+functions of ``tasks.run.steps`` called directly (the same functions the Prefect flow wraps), so
 their timings carry no orchestration cost; ``--prefect`` also times the Prefect flow end to end and
 reports its overhead separately.
 
@@ -39,8 +39,8 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 import numpy as np  # noqa: E402
 
 from flows.cli import _bbox  # noqa: E402
-from tasks import scan_steps  # noqa: E402
-from tasks.inference import DEFAULT_CHECKPOINT, INDEX_DETECTOR, load_detector  # noqa: E402
+from models.detectors import DEFAULT_CHECKPOINT, INDEX_DETECTOR, load_detector  # noqa: E402
+from tasks.run import steps  # noqa: E402
 
 STAGES = ("plan", "align", "inference", "clean", "vectorize", "rasters", "finish")
 STAGE_HELP = {
@@ -111,17 +111,17 @@ def run_pipeline(request: dict) -> dict:
     stages: dict[str, float] = {}
     wall_started = time.time()  # step_finish records the manifest's total from this
     t_start = time.perf_counter()
-    work, stages["plan"] = _timed(scan_steps.step_plan, request)
-    stack, stages["align"] = _timed(scan_steps.step_stack, work)
-    infer, stages["inference"] = _timed(scan_steps.step_infer, work, stack)
-    cleaned, stages["clean"] = _timed(scan_steps.step_clean, work, infer)
+    work, stages["plan"] = _timed(steps.step_plan, request)
+    stack, stages["align"] = _timed(steps.step_stack, work)
+    infer, stages["inference"] = _timed(steps.step_infer, work, stack)
+    cleaned, stages["clean"] = _timed(steps.step_clean, work, infer)
     # as in the flow, the COGs are written in a thread while the polygons are built: each stage's
     # time is its own wall clock, the two overlap
     with ThreadPoolExecutor(max_workers=1) as side:
-        rasters_job = side.submit(_timed, scan_steps.step_rasters, work, infer, cleaned)
-        vectors, stages["vectorize"] = _timed(scan_steps.step_vectorize, work, infer, cleaned)
+        rasters_job = side.submit(_timed, steps.step_rasters, work, infer, cleaned)
+        vectors, stages["vectorize"] = _timed(steps.step_vectorize, work, infer, cleaned)
         rasters, stages["rasters"] = rasters_job.result()
-    finish, stages["finish"] = _timed(scan_steps.step_finish, work, stack, infer, cleaned, vectors,
+    finish, stages["finish"] = _timed(steps.step_finish, work, stack, infer, cleaned, vectors,
                                       rasters, wall_started)
     stages["total"] = time.perf_counter() - t_start
     manifest = json.loads((Path(finish["out"]) / "manifest.json").read_text())
@@ -215,7 +215,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     """Run the benchmark described by parsed ``args``; return the report (a JSON-able dict)."""
     import torch
 
-    from tasks.errors import InputError
+    from tasks.core.errors import InputError
 
     if args.repeat < 1:
         raise InputError(f"--repeat must be >= 1, got {args.repeat}")
@@ -415,7 +415,7 @@ def format_markdown(report: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv``, run the benchmark, print the report (Markdown, or JSON with ``--json``)."""
     args = build_parser().parse_args(argv)
-    from tasks.errors import LandslideError
+    from tasks.core.errors import LandslideError
 
     try:
         report = run_benchmark(args)

@@ -61,6 +61,7 @@ from __future__ import annotations
 import argparse
 import base64
 import datetime as dt
+import http.server
 import io
 import json
 import logging
@@ -80,8 +81,6 @@ from rasterio.enums import Resampling
 from rasterio.io import MemoryFile
 from rasterio.transform import from_bounds as transform_from_bounds
 from rasterio.warp import reproject, transform_bounds, transform_geom
-
-import http.server
 
 from devservers.stac_server import GLO30_TIF, S2_EPSG, S2_JP2_DIR, SCENES, Scene
 from devservers.static_files import BackgroundServer, FaultControl, RequestRecord, serve_until_interrupted

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from tasks.errors import InputError
+from tasks.core.errors import InputError
 
 STAC_SOURCE = "dev-stac"
 SENTINELHUB_SOURCE = "dev-sentinelhub"

@@ -38,9 +38,9 @@ import json
 import logging
 import os
 import shutil
-import sys
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -436,9 +436,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dir", default=None, help="work folder for COGs and items.json (default: a temp dir)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    import tempfile
-
     import signal
+    import tempfile
 
     # SIGTERM (e.g. `timeout`, a process manager) must also stop the rustac child: turn it into SystemExit
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(SystemExit(0)))

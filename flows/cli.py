@@ -126,8 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_scan(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from tasks.errors import InputError
-    from tasks.plan import new_run_id, plan_scan
+    from tasks.core.errors import InputError
+    from tasks.run.plan import new_run_id, plan_scan
 
     run_id = new_run_id()
     try:
@@ -143,7 +143,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 def _scan_request(args: argparse.Namespace, run_id: str):
-    from tasks.plan import ScanRequest
+    from tasks.run.plan import ScanRequest
 
     return ScanRequest(
         out=args.out.replace("{run_id}", run_id), region=args.region, source=args.source,
@@ -175,7 +175,7 @@ def _run_scan_flow(args: argparse.Namespace, request) -> int:
 
 
 def cmd_regions(args: argparse.Namespace) -> int:
-    from tasks.catalog import load_catalog
+    from tasks.sources.catalog import load_catalog
 
     catalog = load_catalog(args.catalog)
     print("regions:")
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_INPUT
-    from tasks.errors import LandslideError
+    from tasks.core.errors import LandslideError
 
     handlers = {"scan": cmd_scan, "regions": cmd_regions, "models": cmd_models}
     from flows import dev_server_cli, regional_cli, train_cli

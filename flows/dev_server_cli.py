@@ -42,7 +42,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
 
 def _check_port(port: int, option: str) -> None:
     """Fail early and clearly on a busy port (rustac's health check would find the other server)."""
-    from tasks.errors import InputError
+    from tasks.core.errors import InputError
 
     if port == 0:
         return

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger, task
 
-from models.compare import compare_detectors, write_report
+from models.evaluate import compare_detectors, write_report
 
 compare_task = task(compare_detectors, name="compare")
 report_task = task(write_report, name="write-report")

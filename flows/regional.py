@@ -10,8 +10,8 @@
    sources: a search after the last processed acquisition) and keeps those not yet processed
    with this detector; none: it returns at once, "nothing new";
 4. scans each new scene, oldest first, as the one-off scan flow does (``<runs_dir>/<run_id>/``),
-   merges its polygons into ``<state_dir>/<region>/inventory.gpkg`` (:mod:`tasks.inventory`) and
-   records the scene as processed (:mod:`tasks.region_state`);
+   merges its polygons into ``<state_dir>/<region>/inventory.gpkg`` (:mod:`tasks.inventory.merge`) and
+   records the scene as processed (:mod:`tasks.inventory.region_state`);
 5. publishes a Markdown summary (new landslides, their area, runs) as a Prefect artifact and, if
    ``webhook_block`` names a saved notification block (``custom-webhook/ops``, ``slack-webhook/...``),
    sends it there.
@@ -22,94 +22,24 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from tasks.catalog import LocalSource, SentinelHubSource, StacSource, load_catalog
-from tasks.errors import InputError
-from tasks.inventory import DEFAULT_IOU_THRESHOLD, merge_run, read_inventory
-from tasks.plan import new_run_id
-from tasks.region_state import RegionState, region_dir, region_lock
+from tasks.core.errors import InputError
+from tasks.inventory.merge import DEFAULT_IOU_THRESHOLD, merge_run, read_inventory
+from tasks.inventory.region_state import RegionState, region_dir, region_lock
+from tasks.run.plan import new_run_id
+from tasks.sources.catalog import LocalSource, load_catalog
+from tasks.sources.listing import region_scenes
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class SceneRef:
-    scene_id: str
-    first: dt.date  # first and last acquisition date (equal for a single scene)
-    last: dt.date
-    acquired: str  # ISO UTC: the acquisition time, or the last date of a composite
-
-
-def region_scenes(catalog_path: str | None, region: str, after: dt.date | None = None,
-                  cache_dir: str | None = None) -> tuple[list[SceneRef], str]:
-    """The region's scenes inside its date window (and after ``after``), oldest first, and the
-    source name. Local sources: the catalog's scenes. STAC and Sentinel Hub sources: a search of the
-    region's bbox (scenes within ``max_cloud_pct``), one scene per item; a Sentinel Hub search of an
-    ended window is cached under ``cache_dir`` (the scan's download cache).
-
-    Raises:
-        InputError: unknown region, or Sentinel Hub credentials missing.
-        SourceError: the STAC API or Sentinel Hub is unreachable or refuses.
-    """
-    catalog = load_catalog(catalog_path)
-    reg = catalog.region(region)
-    source = catalog.source(reg.source)
-    start = max(d for d in (reg.start, after) if d) if (reg.start or after) else None
-    scenes = []
-    if isinstance(source, LocalSource):
-        for s in source.scenes:
-            first, last = s.date_span
-            if (start and last < start) or (reg.end and first > reg.end):
-                continue
-            acquired = (s.acquired.astimezone(dt.timezone.utc).isoformat() if s.acquired
-                        else dt.datetime.combine(last, dt.time(), dt.timezone.utc).isoformat())
-            scenes.append(SceneRef(s.scene_id, first, last, acquired))
-    elif isinstance(source, StacSource):
-        from tasks.acquire_stac import datetime_range, search_items
-
-        bbox = _region_bbox(catalog, reg)
-        for item in search_items(source, source.url, source.collection, bbox,
-                                 datetime_range(start, reg.end)):
-            cloud = item.properties.get("eo:cloud_cover")
-            if cloud is not None and cloud > source.max_cloud_pct:
-                continue
-            when = item.datetime or dt.datetime.fromisoformat(item.properties["start_datetime"])
-            when = when.astimezone(dt.timezone.utc)
-            scenes.append(SceneRef(item.id, when.date(), when.date(), when.isoformat()))
-    elif isinstance(source, SentinelHubSource):
-        from shapely.geometry import box
-
-        from tasks.acquire_sentinelhub import list_scenes
-        from tasks.plan import cache_root
-
-        for scene_id, acquired in list_scenes(source, reg.source, box(*_region_bbox(catalog, reg)), start,
-                                              reg.end, cache_root(cache_dir) / "sentinelhub"):
-            if not acquired:
-                raise InputError(f"Sentinel Hub scene {scene_id!r} has no datetime; cannot order it")
-            day = dt.date.fromisoformat(acquired[:10])
-            scenes.append(SceneRef(scene_id, day, day, acquired))
-    else:
-        raise InputError(f"region {region!r}: source {reg.source!r} is of kind {source.kind!r}, which "
-                         "incremental scans cannot list")
-    return sorted(scenes, key=lambda s: (s.last, s.first, s.scene_id)), reg.source
-
-
-def _region_bbox(catalog, reg) -> tuple[float, float, float, float]:
-    if reg.bbox is not None:
-        return tuple(float(v) for v in reg.bbox)
-    from tasks.grid import read_aoi
-
-    return tuple(float(v) for v in read_aoi(catalog.resolve(reg.aoi)).bounds)
-
-
 def detector_ref(detector: str | None) -> str:
     """The ``name@sha`` the ledger records a scene as processed with."""
-    from tasks.inference import load_detector
+    from models.detectors import load_detector
 
     return load_detector(detector, "cpu").ref
 

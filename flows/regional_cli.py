@@ -44,7 +44,7 @@ def add_change(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_change(args: argparse.Namespace) -> int:
-    from tasks.change import new_since_pre
+    from tasks.inventory.change import new_since_pre
 
     r = new_since_pre(args.post, args.pre, args.out, args.max_pre_overlap)
     print(f"kept {r.kept} polygons ({r.kept_area_m2 / 1e6:.3f} km2), removed {r.removed} already "
@@ -54,9 +54,9 @@ def cmd_change(args: argparse.Namespace) -> int:
 
 def cmd_regional_scan(args: argparse.Namespace) -> int:
     from flows.regional import regional_scan_flow
-    from tasks.catalog import load_catalog
-    from tasks.errors import InputError
-    from tasks.inference import load_detector
+    from models.detectors import load_detector
+    from tasks.core.errors import InputError
+    from tasks.sources.catalog import load_catalog
 
     if not 0 < args.iou_threshold <= 1:
         raise InputError(f"--iou-threshold must be in (0, 1], got {args.iou_threshold}")

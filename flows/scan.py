@@ -1,7 +1,7 @@
 """The one-off ROI scan as a Prefect flow: wiring only, paths between tasks.
 
 plan > align > infer (tile + predict + stitch) > clean > vectorize beside rasters > finish
-(manifest, atomic publish). Each task wraps a plain function of ``tasks.scan_steps``; a failure
+(manifest, atomic publish). Each task wraps a plain function of ``tasks.run.steps``; a failure
 removes the staging folder, so no file appears under a final name.
 """
 
@@ -12,17 +12,17 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from tasks import scan_steps
-from tasks.outputs import discard_partial
-from tasks.plan import new_run_id
+from tasks.run import steps
+from tasks.run.outputs import discard_partial
+from tasks.run.plan import new_run_id
 
-plan_task = task(scan_steps.step_plan, name="plan")
-align_task = task(scan_steps.step_stack, name="align")
-infer_task = task(scan_steps.step_infer, name="infer")
-clean_task = task(scan_steps.step_clean, name="clean")
-vectorize_task = task(scan_steps.step_vectorize, name="vectorize")
-rasters_task = task(scan_steps.step_rasters, name="write-rasters")
-finish_task = task(scan_steps.step_finish, name="finish")
+plan_task = task(steps.step_plan, name="plan")
+align_task = task(steps.step_stack, name="align")
+infer_task = task(steps.step_infer, name="infer")
+clean_task = task(steps.step_clean, name="clean")
+vectorize_task = task(steps.step_vectorize, name="vectorize")
+rasters_task = task(steps.step_rasters, name="write-rasters")
+finish_task = task(steps.step_finish, name="finish")
 
 
 @flow(name="landslide-scan", log_prints=False, validate_parameters=True)

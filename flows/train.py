@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from prefect import flow, get_run_logger, task
 
-from models.train import TrainConfig, train_scene_model
+from models.training.train import TrainConfig, train_scene_model
 
 train_task = task(train_scene_model, name="train")
 
@@ -36,7 +36,7 @@ def train_suite_flow(data_dir: str, out_dir: str, prefix: str, models: list[str]
     """
     from pathlib import Path
 
-    from models.suite import run_name, summarize_suite, write_suite_report
+    from models.training.suite import run_name, summarize_suite, write_suite_report
 
     logger = get_run_logger()
     data = Path(data_dir)

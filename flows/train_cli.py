@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
@@ -159,10 +158,10 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
 
 def _config_from_args(args: argparse.Namespace) -> dict:
     """A TrainConfig dict from the shared options; bad values fail here, before Prefect starts."""
-    from models.augment import AugmentConfig
-    from models.losses import build_loss
-    from tasks.bands import validate_bands
-    from tasks.errors import InputError
+    from models.training.augment import AugmentConfig
+    from models.training.losses import build_loss
+    from tasks.core.bands import validate_bands
+    from tasks.core.errors import InputError
 
     bands = tuple(b.strip() for b in args.bands.split(","))
     if validate_bands(bands) != tuple(b.upper() for b in bands):
@@ -179,7 +178,7 @@ def _config_from_args(args: argparse.Namespace) -> dict:
     AugmentConfig(scale_range=scale_range, rotate_deg=args.rotate_deg, noise_std=args.noise_std,
                   spectral_jitter=args.spectral_jitter, spectral_bands=(0,))
     if args.pca is not None:
-        from tasks.bands import SPECTRAL_BAND_NAMES
+        from tasks.core.bands import SPECTRAL_BAND_NAMES
 
         n_spectral = sum(b in SPECTRAL_BAND_NAMES for b in validate_bands(bands))
         if not 1 <= args.pca <= n_spectral or n_spectral < 2:
@@ -200,8 +199,8 @@ def cmd_train_suite(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from flows.train import train_suite_flow
-    from models.suite import parse_models, parse_seeds
-    from tasks.errors import InputError
+    from models.training.suite import parse_models, parse_seeds
+    from tasks.core.errors import InputError
 
     data = Path(args.data_dir)
     for split in ("train", "val"):
@@ -218,9 +217,10 @@ def cmd_train_suite(args: argparse.Namespace) -> int:
 
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
-    from models.datasets import load_scene_dataset
+    from models.data.datasets import load_scene_dataset
     from models.ensemble import build_ensemble
-    from tasks.errors import InputError
+    from models.evaluate import score_ensemble
+    from tasks.core.errors import InputError
 
     score_dirs = {}
     for item in args.score_dir:
@@ -230,7 +230,9 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
         load_scene_dataset(folder)  # bad folders fail before any card is written
         score_dirs[key] = folder
     path = build_ensemble(args.members, args.name, args.out, args.rule, args.weights_from,
-                          args.threshold, score_dirs, args.description)
+                          args.threshold, args.description)
+    if score_dirs:
+        path = score_ensemble(path, score_dirs)
     print(path.read_text())
     return 0
 
@@ -238,9 +240,9 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from models.detectors import DEFAULT_CHECKPOINT
     from models.export import export_onnx, quantize_int8
-    from tasks.errors import InputError
-    from tasks.inference import DEFAULT_CHECKPOINT
+    from tasks.core.errors import InputError
 
     out = Path(args.out)
     if out.suffix != ".onnx":
@@ -248,7 +250,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.int8 and not args.calibration_dir:
         raise InputError("--int8 needs --calibration-dir (e.g. build/iburi_weak/train)")
     if args.calibration_dir:
-        from models.datasets import load_scene_dataset
+        from models.data.datasets import load_scene_dataset
 
         load_scene_dataset(args.calibration_dir, require_labels=False)
     path = export_onnx(args.checkpoint or DEFAULT_CHECKPOINT, out)
@@ -260,17 +262,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from flows.evaluate import compare_flow
-    from models.datasets import load_scene_dataset
+    from models.data.datasets import load_scene_dataset
 
     load_scene_dataset(args.data_dir)  # bad folders fail before Prefect starts
     if args.calibrate_dir:
         load_scene_dataset(args.calibrate_dir)
     specs = list(args.checkpoints) + (["index"] if args.index else [])
     if not specs:
-        from tasks.errors import InputError
+        from tasks.core.errors import InputError
 
         raise InputError("name at least one --checkpoints entry or pass --index")
-    from tasks.inference import load_detector
+    from models.detectors import load_detector
 
     for spec in specs:
         load_detector(spec, "cpu")  # unknown / broken checkpoints fail early, by name
@@ -280,7 +282,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_weak_labels(args: argparse.Namespace) -> int:
-    from tasks.labels import build_iburi_weak_dataset
+    from tasks.datasets.weak_labels import build_iburi_weak_dataset
 
     summary = build_iburi_weak_dataset(args.out, args.catalog)
     for split in ("train", "val"):
@@ -295,7 +297,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from flows.train import train_flow
-    from tasks.errors import InputError
+    from tasks.core.errors import InputError
 
     data = Path(args.data_dir)
     if args.layout == "l4s":
@@ -328,57 +330,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def evaluate_checkpoint(data_dir: str, checkpoint: str | None, threshold: float | None = None,
-                        device: str = "auto", compare_redness: bool = False) -> dict:
-    """Metrics of a detector on a labelled scene-layout dataset (plain function; tests call it)."""
-    import numpy as np
-
-    from models.datasets import load_scene_dataset
-    from models.metrics import evaluate_probabilities
-    from tasks.bands import BAND_NAMES
-    from tasks.errors import InputError
-    from tasks.inference import load_detector, predict_array
-
-    data = load_scene_dataset(data_dir, require_labels=True)
-    detector = load_detector(checkpoint, device)
-    idx = [BAND_NAMES.index(b) for b in detector.bands]
-    missing = [b for b, i in zip(detector.bands, idx) if not np.isfinite(data.image[i]).any()]
-    if missing:
-        raise InputError(f"{data_dir}/image.tif has no data in band(s) {', '.join(missing)} that "
-                         f"{detector.ref} needs")
-    valid = np.isfinite(data.image[idx]).all(axis=0)
-    prob = predict_array(data.image, valid, detector)
-    thr = detector.threshold if threshold is None else threshold
-    m = evaluate_probabilities(prob, data.labels, thr)
-    result = {"checkpoint": detector.ref, "data_dir": str(data_dir),
-              "labels": data.provenance.get("labels", "unknown (no dataset.json)"),
-              **{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in m.items()}}
-    if compare_redness:
-        result["redness_at_same_fraction"] = _redness_at_same_fraction(data, prob, thr)
-    return result
-
-
-def _redness_at_same_fraction(data, prob, threshold: float) -> dict:
-    """Redness (R-B)/(R+B) thresholded to mark as many labelled pixels as the detector does."""
-    import numpy as np
-
-    from models.metrics import IGNORE, confusion, scores_from_confusion
-    from tasks.bands import BAND_NAMES
-    from tasks.weak_labels import redness_index, threshold_at_fraction
-
-    red = data.image[BAND_NAMES.index("B04")]
-    blue = data.image[BAND_NAMES.index("B02")]
-    index = redness_index(red, blue)
-    scored = (data.labels != IGNORE) & np.isfinite(prob) & np.isfinite(index)
-    fraction = float(np.mean(prob[scored] >= threshold))
-    thr = threshold_at_fraction(index, scored, fraction)
-    pred = np.where(scored, index >= thr, False)
-    c = confusion(np.where(scored, pred, np.nan), data.labels)
-    return {"fraction_marked": fraction, "index_threshold": float(thr),
-            **scores_from_confusion(c)}
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from models.evaluate import evaluate_checkpoint
+
     result = evaluate_checkpoint(args.data_dir, args.checkpoint, args.threshold, args.device,
                                  args.compare_redness)
     if args.json:

@@ -9,7 +9,7 @@ A checkpoint is two files side by side::
 Pickle checkpoints (``torch.save``) are never loaded: unpickling runs arbitrary code. A file that is
 not safetensors is recognised from its header and refused with a message saying how to convert it.
 
-The card's ``input_transform`` maps physical units (``tasks.bands``: reflectance x 10000, degrees,
+The card's ``input_transform`` maps physical units (``tasks.core.bands``: reflectance x 10000, degrees,
 metres) to the network input, per channel: ``((physical * scale + offset) - mean) / std``.
 """
 
@@ -26,12 +26,19 @@ from typing import Annotated, Any, Literal, Sequence
 
 import numpy as np
 import torch
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from models.registry import build_model, canonical_arch, check_encoder
-from tasks.bands import BAND_NAMES, normalize_band_name, validate_bands
-from tasks.errors import CheckpointError, InputError
+from tasks.core.bands import BAND_NAMES, normalize_band_name, validate_bands
+from tasks.core.errors import CheckpointError, InputError
 
 CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
 CARD_SUFFIX = ".json"
@@ -195,7 +202,7 @@ class InputTransform(_Strict):
 
         Args:
             x: ``(B, C, H, W)`` or ``(C, H, W)`` array in physical units, C = number of bands.
-                NaN stays NaN: fill nodata before (see ``tasks.inference``).
+                NaN stays NaN: fill nodata before (see ``models.detectors``).
 
         Returns:
             A new float32 array of the same shape.
@@ -659,3 +666,29 @@ __all__ = [
     "save_checkpoint",
     "sha256_file",
 ]
+
+
+class CardFields:
+    """The Detector fields a network's card holds (for detectors with a ``card`` attribute)."""
+
+    card: ModelCard
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    @property
+    def ref(self) -> str:
+        return self.card.model_ref
+
+    @property
+    def bands(self) -> tuple[str, ...]:
+        return tuple(self.card.bands)
+
+    @property
+    def threshold(self) -> float:
+        return float(self.card.threshold)
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.card.patch_size)

@@ -12,13 +12,14 @@ The ensemble's per-pixel uncertainty is the standard deviation of the member pro
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tasks.errors import CheckpointError
+from models.checkpoint import read_card, resolve_checkpoint
+from tasks.core.errors import CheckpointError
+from tasks.core.files import atomic_write_text, utc_now_iso
 
 
 class EnsembleCard(BaseModel):
@@ -83,27 +84,20 @@ def member_refs(card: EnsembleCard, card_path: str | Path) -> list[str]:
 def save_ensemble(card: EnsembleCard, directory: str | Path) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{card.name}.json"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(card.model_dump_json(indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(directory / f"{card.name}.json", card.model_dump_json(indent=2) + "\n")
 
 
 def build_ensemble(members: list[str], name: str, out_dir: str | Path, rule: str = "mean",
                    weights_from: str | None = None, threshold: float = 0.5,
-                   score_dirs: dict[str, str | Path] | None = None, description: str = "") -> Path:
-    """Write an ensemble card over member checkpoints, then score it on ``score_dirs``.
+                   description: str = "") -> Path:
+    """Write an ensemble card over member checkpoints (``models.evaluate.score_ensemble`` then
+    scores it and adds the figures).
 
     Members are card names/paths; a member in ``out_dir`` is listed by its name, so the ensemble
     and its members move together. ``weights_from`` (rule ``weighted``) names the member-card
     metrics key whose F1 becomes each member's weight, e.g. ``val_weak_labels``: a validation
     split, never the data the ensemble is scored on afterwards if that score is to be unbiased.
     """
-    import datetime as dt
-
-    from models.checkpoint import read_card, resolve_checkpoint
-
     out_dir = Path(out_dir)
     if len(members) < 2:
         raise CheckpointError("an ensemble needs at least 2 members")
@@ -126,20 +120,5 @@ def build_ensemble(members: list[str], name: str, out_dir: str | Path, rule: str
         name=name, members=listed, rule=rule, weights=weights, threshold=threshold,
         description=description or (f"{rule} of {len(listed)} members"
                                     + (f", weights = member F1 on {weights_from}" if weights else "")),
-        created=dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat())
-    path = save_ensemble(card, out_dir)
-    if score_dirs:
-        from flows.train_cli import evaluate_checkpoint
-
-        try:
-            metrics = {}
-            for key, folder in score_dirs.items():
-                m = evaluate_checkpoint(str(folder), str(path), device="cpu")
-                metrics[key] = {k: round(float(m[k]), 4) for k in
-                                ("precision", "recall", "f1", "iou", "dice", "auc")
-                                if m.get(k) is not None}
-        except BaseException:
-            path.unlink(missing_ok=True)  # no card without the figures it was asked to carry
-            raise
-        path = save_ensemble(card.model_copy(update={"metrics": metrics}), out_dir)
-    return path
+        created=utc_now_iso())
+    return save_ensemble(card, out_dir)

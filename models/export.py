@@ -1,6 +1,6 @@
 """CPU-speed variants of a checkpoint: ONNX Runtime (float32, static int8) and channel pruning.
 
-Each variant is a detector with the same interface as :class:`tasks.inference.ModelDetector`
+Each variant is a detector with the same interface as :class:`models.detectors.ModelDetector`
 (physical-unit patches in, probabilities out; the card's input transform and nodata fill), so a
 variant is scored by the same tiling/stitching code as a scan. ``benchmarks/cpu_inference.py``
 measures their speed and F1 change against the original.
@@ -24,8 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.errors import CheckpointError, InputError
-from tasks.inference import CardFields
+from models.checkpoint import CardFields, ModelCard, load_checkpoint, resolve_checkpoint
+from models.data.datasets import load_scene_dataset
+from tasks.core.bands import BAND_NAMES
+from tasks.core.errors import CheckpointError, InputError
 
 CARD_KEY = "model_card"
 
@@ -47,8 +49,6 @@ def export_onnx(card_ref: str | Path, out_path: str | Path, batch: int = 16) -> 
     _require_onnx()
     import onnx
     import torch
-
-    from models.checkpoint import load_checkpoint, resolve_checkpoint
 
     model, card = load_checkpoint(card_ref, device="cpu")
     model = model.float().eval()
@@ -81,9 +81,6 @@ class _CalibrationReader:
     """Feeds normalized patches of a scene-layout dataset to ONNX Runtime's calibrator."""
 
     def __init__(self, card, data_dir: str | Path, n_patches: int, batch: int = 8, seed: int = 0):
-        from models.datasets import load_scene_dataset
-        from tasks.bands import BAND_NAMES
-
         data = load_scene_dataset(data_dir, require_labels=False)
         idx = [BAND_NAMES.index(b) for b in card.bands]
         image = data.image[idx]
@@ -140,8 +137,6 @@ def card_of_onnx(path: str | Path):
     """The model card stored in an exported ONNX file."""
     _require_onnx()
     import onnx
-
-    from models.checkpoint import ModelCard
 
     path = Path(path)
     if not path.exists():

@@ -25,8 +25,8 @@ import torch
 # The torchvision shim must run before smp/timm are imported. Imported by its full name (not
 # `import models`): under pytest, tests/models can shadow the package name `models`.
 from models import _torchvision_compat  # noqa: F401,I001
-import segmentation_models_pytorch as smp
-from tasks.errors import InputError
+import segmentation_models_pytorch as smp  # noqa: I001  (after the shim)
+from tasks.core.errors import InputError
 
 ARCHITECTURES: tuple[str, ...] = ("Unet", "DeepLabV3Plus")
 

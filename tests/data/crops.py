@@ -84,12 +84,27 @@ def iburi_stack(work_dir: Path, lonlat_box: tuple[float, float, float, float],
     ``work_dir``: (``StackResult``, ``AnalysisGrid``)."""
     from shapely.geometry import box
 
-    from tasks.acquire_local import resolve_local_inputs
-    from tasks.align import build_stack
-    from tasks.catalog import load_catalog
-    from tasks.grid import make_grid
+    from tasks.core.grid import make_grid
+    from tasks.raster.align import build_stack
+    from tasks.sources.catalog import load_catalog
+    from tasks.sources.local import resolve_local_inputs
 
     cat = load_catalog(IBURI.parents[1] / "data_catalog.yaml")
     inputs = resolve_local_inputs(cat, "iburi-2018-local", ("B02", "B03", "B04"))
     grid = make_grid(box(*lonlat_box))
     return build_stack(inputs, grid, work_dir, tuple(required_bands)), grid
+
+
+def predict_blocks(stack_path, valid_path, work: Path, block_px: int = 2048,
+                   detector: str = "index") -> tuple[Path, Path, int]:
+    """Block-wise inference of an aligned stack the way the scan's infer step runs it (block jobs
+    in this process, then assembled): ``(prob.tif, uncertainty_raw.tif, patches predicted)``."""
+    from tasks.predict.blocks import assemble, make_jobs, run_jobs
+
+    work = Path(work)
+    jobs = make_jobs(str(stack_path), str(valid_path), detector, "cpu", 32, 16, block_px,
+                     work / "blocks", fingerprint="test")
+    records = run_jobs(jobs, progress=False)
+    prob, unc = work / "prob.tif", work / "uncertainty_raw.tif"
+    assemble(jobs, prob, unc)
+    return prob, unc, len({tuple(p) for r in records for p in r["patches"]})

@@ -18,7 +18,7 @@ import geopandas as gpd
 import rasterio
 from rasterio.features import rasterize
 
-from tasks.labels import REFERENCE_DIR, REFERENCE_PRED
+from tasks.datasets.weak_labels import REFERENCE_DIR, REFERENCE_PRED
 
 
 def main(post_gpkg: str = "build/change/post/landslides.gpkg",

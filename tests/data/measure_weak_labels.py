@@ -27,9 +27,16 @@ from rasterio.warp import Resampling, reproject
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tasks.weak_labels import (  # noqa: E402
-    IGNORE, RuleParams, binary_scores, combine_weak_labels, redness_index, scar_rule, scar_score,
-    threshold_at_fraction)
+from models.index_rule import (  # noqa: E402
+    IGNORE,
+    RuleParams,
+    binary_scores,
+    combine_weak_labels,
+    redness_index,
+    scar_rule,
+    scar_score,
+    threshold_at_fraction,
+)
 
 DATA = ROOT.parent / "shared" / "data" / "iburi_2018"
 REF_DIR = DATA / "reference_predictions_west"

@@ -15,9 +15,16 @@ import rasterio
 import yaml
 
 from flows.cli import main
-from tasks.outputs import FINAL_NAMES
-from tests.data.crops import (T18SVG, crop_raster, local_source, lonlat_bounds, synthetic_dem_like,
-                              t18svg_crops, write_catalog)
+from tasks.run.outputs import FINAL_NAMES
+from tests.data.crops import (
+    T18SVG,
+    crop_raster,
+    local_source,
+    lonlat_bounds,
+    synthetic_dem_like,
+    t18svg_crops,
+    write_catalog,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 CATALOG = REPO / "data_catalog.yaml"
@@ -276,7 +283,7 @@ def test_checkpoint_that_is_a_pickle(tmp_path, capsys, rgbn_checkpoint):
 def test_evaluate_without_labels(tmp_path, capsys):
     data = tmp_path / "scene"
     data.mkdir()
-    from tasks.bands import BAND_NAMES
+    from tasks.core.bands import BAND_NAMES
 
     image = np.full((len(BAND_NAMES), 32, 32), np.nan, dtype=np.float32)
     image[:4] = 1000.0

@@ -27,7 +27,7 @@ def test_regional_deployments_load_and_match_the_flow(repo, monkeypatch):
     from prefect.client.schemas.schedules import CronSchedule
     from prefect.flows import load_flow_from_entrypoint
 
-    from tasks.catalog import load_catalog
+    from tasks.sources.catalog import load_catalog
 
     spec = yaml.safe_load((repo / "prefect.yaml").read_text())
     regional = [d for d in spec["deployments"] if d["entrypoint"].endswith(":regional_scan_flow")]

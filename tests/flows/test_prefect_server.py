@@ -20,8 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tasks.inventory import read_inventory
-from tasks.region_state import RegionState
+from tasks.inventory.merge import read_inventory
+from tasks.inventory.region_state import RegionState
 from tests.flows.test_regional import POST, PRE, _catalog
 
 REPO = Path(__file__).resolve().parents[2]

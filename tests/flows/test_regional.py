@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from flows.regional import regional_scan_flow
-from tasks import inventory as inventory_mod
-from tasks.inventory import read_inventory
-from tasks.region_state import RegionBusyError, RegionState, region_lock
+from tasks.inventory import merge as inventory_mod
+from tasks.inventory.merge import read_inventory
+from tasks.inventory.region_state import RegionBusyError, RegionState, region_lock
 
 REPO = Path(__file__).resolve().parents[2]
 BBOX = [141.95, 42.72, 141.965, 42.735]
@@ -89,7 +89,7 @@ def test_incremental_runs_recovery_and_lock(prefect_harness, tmp_path, monkeypat
 
 
 def test_unknown_region_changes_no_state(prefect_harness, tmp_path):
-    from tasks.errors import InputError
+    from tasks.core.errors import InputError
 
     with pytest.raises(InputError, match="nowhere"):
         regional_scan_flow("nowhere", state_dir=str(tmp_path / "state"), runs_dir=str(tmp_path / "r"),

@@ -98,7 +98,7 @@ def test_two_dask_workers_give_the_same_result(reference_run, tmp_path):
 
 
 def test_resume_with_other_settings_is_refused(tmp_path, capsys):
-    from tasks.plan import ScanRequest, plan_scan
+    from tasks.run.plan import ScanRequest, plan_scan
 
     out = tmp_path / "run"
     plan_scan(ScanRequest(out=str(out), region="iburi-2018", bbox=(141.95, 42.72, 141.97, 42.74),

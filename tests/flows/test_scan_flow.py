@@ -24,9 +24,9 @@ from shapely.geometry import box, mapping
 from shapely.ops import transform as shp_transform
 
 from flows.cli import main
-from tasks.outputs import FINAL_NAMES, NODATA_U8, PROB_SCALE
-from tasks.stitch import Stitcher
-from tasks.tiling import iter_windows
+from tasks.core.stitch import Stitcher
+from tasks.core.tiling import iter_windows
+from tasks.run.outputs import FINAL_NAMES, NODATA_U8, PROB_SCALE
 from tests.data.crops import local_source, lonlat_bounds, synthetic_dem_like, t18svg_crops, write_catalog
 
 REPO = Path(__file__).resolve().parents[2]
@@ -213,7 +213,7 @@ def test_manifest(iburi_run, iburi_manifest):
 def seam_ratio(prob: np.ndarray, size: int = 128, overlap: int = 32) -> float:
     """Mean |p difference| across patch borders / that inside patches (columns and rows pooled).
 
-    Patch starts are those of ``tasks.tiling.iter_windows`` (multiples of size - overlap, the
+    Patch starts are those of ``tasks.core.tiling.iter_windows`` (multiples of size - overlap, the
     last one shifted to the edge); a border is where a patch starts or ends.
     """
     border_sum = border_n = inner_sum = inner_n = 0.0
@@ -441,13 +441,13 @@ def assert_nothing_published(out: Path) -> None:
 @pytest.mark.parametrize("step", ["write_geopackage", "write_cog_blockwise", "write_manifest"])
 def test_failure_mid_run_leaves_no_final_files(prefect_harness, tmp_path, monkeypatch, step):
     """A step failing after others have staged their files: the flow raises, nothing is published."""
-    import tasks.scan_steps
+    import tasks.run.steps
     from flows.scan import scan_flow
 
     def boom(*args, **kwargs):
         raise RuntimeError(f"injected failure in {step}")
 
-    monkeypatch.setattr(tasks.scan_steps, step, boom)
+    monkeypatch.setattr(tasks.run.steps, step, boom)
     out = tmp_path / "run"
     with pytest.raises(RuntimeError, match="injected failure"):
         scan_flow(out=str(out), region="iburi-2018", bbox=FAIL_BBOX, detector="index",
@@ -459,12 +459,12 @@ def test_cli_turns_an_internal_failure_into_an_exit_status(prefect_harness, tmp_
                                                            capsys):
     """STYLE.md: ``except Exception`` at the CLI boundary turns a failure into a one-line message
     and an exit code (flows/cli.py defines EXIT_FAILED = 1 for it); nothing is published."""
-    import tasks.scan_steps
+    import tasks.run.steps
 
     def boom(*args, **kwargs):
         raise RuntimeError("injected failure in write_manifest")
 
-    monkeypatch.setattr(tasks.scan_steps, "write_manifest", boom)
+    monkeypatch.setattr(tasks.run.steps, "write_manifest", boom)
     out = tmp_path / "run"
     argv = ["scan", "--catalog", str(CATALOG), "--region", "iburi-2018", "--detector", "index",
             "--bbox", bbox_arg(FAIL_BBOX), "--out", str(out), "--no-progress"]

@@ -18,7 +18,7 @@ import torch
 from flows.cli import main
 from models.checkpoint import InputTransform, ModelCard, save_checkpoint
 from models.registry import build_model
-from tasks.bands import SPECTRAL_BAND_NAMES
+from tasks.core.bands import SPECTRAL_BAND_NAMES
 
 BBOX = "-75.70,37.62,-75.675,37.64"  # ~2.2 x 2.2 km inside the T18SVG subset
 

@@ -1,7 +1,7 @@
 """A Dask worker killed (SIGKILL) while it predicts a block: the block runs again on a live worker
 and the run's outputs equal an undisturbed run's (issue 6, "Bad input and faults").
 
-The scan runs as the plain steps of ``tasks.scan_steps`` (what the Prefect flow wraps), the
+The scan runs as the plain steps of ``tasks.run.steps`` (what the Prefect flow wraps), the
 inference step pointed at a LocalCluster of this test through ``dask_address`` so the test can see
 which worker executes which block and kill that worker's process.
 """
@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from tasks import scan_steps
+from tasks.run import steps
 
 BBOX = (141.93, 42.70, 142.02, 42.76)
 BLOCK_PX = 256  # 3 x 3 blocks of ~20 patches: a block runs long enough to be caught running
@@ -36,16 +36,16 @@ def _request(out: Path, **extra) -> dict:
 def _scan(request: dict, on_infer_start=None) -> Path:
     """All scan steps in order; ``on_infer_start(blocks_dir)`` runs beside the inference step."""
     started = time.time()
-    work = scan_steps.step_plan(request)
-    stack = scan_steps.step_stack(work)
+    work = steps.step_plan(request)
+    stack = steps.step_stack(work)
     if on_infer_start is None:
-        infer = scan_steps.step_infer(work, stack)
+        infer = steps.step_infer(work, stack)
     else:
         result: dict = {}
 
         def infer_in_thread():
             try:
-                result["infer"] = scan_steps.step_infer(work, stack)
+                result["infer"] = steps.step_infer(work, stack)
             except BaseException as exc:  # re-raised in the test's thread
                 result["error"] = exc
 
@@ -57,10 +57,10 @@ def _scan(request: dict, on_infer_start=None) -> Path:
         if "error" in result:
             raise result["error"]
         infer = result["infer"]
-    cleaned = scan_steps.step_clean(work, infer)
-    vectors = scan_steps.step_vectorize(work, infer, cleaned)
-    rasters = scan_steps.step_rasters(work, infer, cleaned)
-    scan_steps.step_finish(work, stack, infer, cleaned, vectors, rasters, started)
+    cleaned = steps.step_clean(work, infer)
+    vectors = steps.step_vectorize(work, infer, cleaned)
+    rasters = steps.step_rasters(work, infer, cleaned)
+    steps.step_finish(work, stack, infer, cleaned, vectors, rasters, started)
     return Path(request["out"])
 
 
@@ -160,7 +160,7 @@ def test_block_killing_its_worker_every_time_is_a_clear_error_then_the_rerun_res
     import dask
     from distributed import Client, LocalCluster
 
-    from tasks.errors import LandslideError
+    from tasks.core.errors import LandslideError
 
     out = tmp_path / "run"
     # no second try: the first kill is final for that block (as a block running out of memory on

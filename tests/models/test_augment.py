@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.augment import AugmentConfig, augment, describe
 from models.metrics import IGNORE
-from tasks.errors import InputError
+from models.training.augment import AugmentConfig, augment, describe
+from tasks.core.errors import InputError
 
 GEOMETRIC_ONLY = AugmentConfig(flip=True, rot90=True, scale_range=None)
 
@@ -165,8 +165,8 @@ def test_describe():
 
 
 def test_trainer_batches_use_the_augmentation_config():
-    """make_batch goes through models.augment: a zoom-out pads labels with IGNORE, never with 0."""
-    from models.train import TrainConfig, augment_config, make_batch
+    """make_batch goes through models.training.augment: a zoom-out pads labels with IGNORE, never with 0."""
+    from models.training.train import TrainConfig, augment_config, make_batch
 
     rng = np.random.default_rng(0)
     image = rng.normal(size=(3, 200, 200)).astype(np.float32)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tasks.inference import DEFAULT_CHECKPOINT, load_detector
+from models.detectors import DEFAULT_CHECKPOINT, load_detector
 
 
 def test_cpu_detector_runs_channels_last_and_matches_nchw():

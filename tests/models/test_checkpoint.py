@@ -23,7 +23,7 @@ from models.checkpoint import (  # noqa: E402
     sha256_file,
 )
 from models.registry import build_model  # noqa: E402
-from tasks.errors import CheckpointError, InputError  # noqa: E402
+from tasks.core.errors import CheckpointError, InputError  # noqa: E402
 
 BANDS = ["B02", "B03", "B04"]
 

@@ -13,11 +13,11 @@ import pytest
 import rasterio
 from rasterio.transform import Affine
 
-from models.chips import ChipDataset
-from models.dataset_api import PatchDataset
+from models.data.chips import ChipDataset
+from models.data.dataset_api import PatchDataset
 from models.metrics import IGNORE
-from tasks.bands import band_index
-from tasks.errors import InputError
+from tasks.core.bands import band_index
+from tasks.core.errors import InputError
 
 PAIRS = ("000000000005", "000000000006", "000000000040", "000000000041")
 

@@ -11,10 +11,10 @@ import torch
 
 from flows.cli import main
 from models.checkpoint import InputTransform, ModelCard, save_checkpoint
+from models.detectors import EnsembleDetector, load_detector
 from models.ensemble import EnsembleCard, save_ensemble
 from models.registry import build_model
-from tasks.errors import CheckpointError
-from tasks.inference import EnsembleDetector, load_detector
+from tasks.core.errors import CheckpointError
 
 BANDS = ["B02", "B03", "B04", "SLOPE"]
 
@@ -93,7 +93,7 @@ def test_scan_with_an_ensemble_writes_member_disagreement(members, tmp_path, pre
 def _labelled_scene(folder):
     from rasterio.transform import from_origin
 
-    from tasks.bands import BAND_NAMES
+    from tasks.core.bands import BAND_NAMES
 
     folder.mkdir()
     rng = np.random.default_rng(5)

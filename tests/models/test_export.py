@@ -10,12 +10,11 @@ from rasterio.transform import from_origin
 pytest.importorskip("onnxruntime", reason="optional: pip install -e '.[onnx]' (CI installs it)")
 
 from models.checkpoint import InputTransform, ModelCard, save_checkpoint  # noqa: E402
-from models.export import (card_of_onnx, export_onnx, load_onnx_detector, prune_channels,  # noqa: E402
-                           quantize_int8)
+from models.detectors import load_detector  # noqa: E402
+from models.export import card_of_onnx, export_onnx, load_onnx_detector, prune_channels, quantize_int8  # noqa: E402
 from models.registry import build_model  # noqa: E402
-from tasks.bands import BAND_NAMES  # noqa: E402
-from tasks.errors import CheckpointError, InputError  # noqa: E402
-from tasks.inference import load_detector  # noqa: E402
+from tasks.core.bands import BAND_NAMES  # noqa: E402
+from tasks.core.errors import CheckpointError, InputError  # noqa: E402
 
 BANDS = ["B02", "B03", "B04", "SLOPE", "DEM"]
 

@@ -14,10 +14,10 @@ import h5py
 import numpy as np
 import pytest
 
-from models.dataset_api import PatchDataset, Sample
-from models.l4s import L4SDataset, mask_path_for, read_split_list
-from tasks.bands import BAND_NAMES, L4S_SCALE, band_index
-from tasks.errors import InputError
+from models.data.dataset_api import PatchDataset, Sample
+from models.data.l4s import L4SDataset, mask_path_for, read_split_list
+from tasks.core.bands import BAND_NAMES, L4S_SCALE, band_index
+from tasks.core.errors import InputError
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.losses import (
+from models.training.losses import (
     build_loss,
     class_weights,
     describe_loss,
@@ -20,7 +20,7 @@ from models.losses import (
     tversky_loss,
     weighted_bce,
 )
-from tasks.errors import InputError
+from tasks.core.errors import InputError
 
 torch.set_num_threads(1)
 

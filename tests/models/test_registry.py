@@ -19,8 +19,8 @@ from models.registry import (  # noqa: E402
     list_models,
     parse_model_name,
 )
-from tasks.bands import BAND_NAMES  # noqa: E402
-from tasks.errors import InputError  # noqa: E402
+from tasks.core.bands import BAND_NAMES  # noqa: E402
+from tasks.core.errors import InputError  # noqa: E402
 
 
 def test_paper_models_are_the_twelve():

@@ -9,12 +9,12 @@ import pytest
 import rasterio
 
 from flows.cli import main
-from flows.train_cli import evaluate_checkpoint
 from models.checkpoint import load_checkpoint
+from models.evaluate import evaluate_checkpoint
 from models.metrics import IGNORE
 from models.registry import PAPER_MODELS
-from models.train import TrainConfig, train_scene_model
-from tasks.labels import build_iburi_weak_dataset
+from models.training.train import TrainConfig, train_scene_model
+from tasks.datasets.weak_labels import build_iburi_weak_dataset
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_index_is_perfect_on_weak_labels_by_construction(weak_dataset):
 
 def test_interrupted_training_resumes_to_the_same_weights(weak_dataset, tmp_path, monkeypatch):
     """Kill a run after epoch 1, start it again: the result equals an uninterrupted run's."""
-    import models.train as train_mod
+    import models.training.train as train_mod
     from models.checkpoint import read_card
 
     out, _ = weak_dataset
@@ -111,7 +111,7 @@ def test_interrupted_training_resumes_to_the_same_weights(weak_dataset, tmp_path
     assert list((tmp_path / "b" / "m.run" / "tensorboard").glob("events.out.tfevents.*"))
 
     # other settings on the same run folder are refused, naming the difference
-    from tasks.errors import InputError
+    from tasks.core.errors import InputError
 
     with pytest.raises(InputError, match="seed"):
         train_scene_model(out / "train", out / "val", tmp_path / "b", "m",
@@ -185,7 +185,7 @@ def test_train_suite_refuses_unknown_models_and_bad_seeds(weak_dataset, tmp_path
 def test_train_with_pca_stores_the_projection_and_predicts(weak_dataset, tmp_path):
     """--pca 2 on B02,B03,B04: the card carries a whitened projection fitted on the training split,
     the network takes 2 + 2 channels, and the detector still takes the five physical bands."""
-    from tasks.inference import load_detector
+    from models.detectors import load_detector
 
     out, _ = weak_dataset
     cfg = TrainConfig(epochs=1, steps_per_epoch=1, batch_size=2, threads=2, pca_components=2)

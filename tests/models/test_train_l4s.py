@@ -15,7 +15,7 @@ import pytest
 
 from flows.cli import main
 from models.checkpoint import read_card
-from tasks.bands import BAND_NAMES, L4S_SCALE
+from tasks.core.bands import BAND_NAMES, L4S_SCALE
 
 
 @pytest.fixture()

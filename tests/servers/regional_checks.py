@@ -6,8 +6,8 @@ from pathlib import Path
 
 from devservers.session import write_mechanics_checkpoint
 from flows.regional import regional_scan_flow
-from tasks.inventory import read_inventory
-from tasks.region_state import RegionState
+from tasks.inventory.merge import read_inventory
+from tasks.inventory.region_state import RegionState
 
 
 def check_scans_new_scenes_once(tmp_path: Path, catalog: str, region: str, clear_scene: str) -> None:

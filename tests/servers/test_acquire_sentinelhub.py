@@ -1,4 +1,4 @@
-"""The ``sentinelhub`` source (tasks/acquire_sentinelhub.py) against the local Sentinel Hub server.
+"""The ``sentinelhub`` source (tasks/sources/sentinelhub.py) against the local Sentinel Hub server.
 
 The unmodified sentinelhub client talks to ``devservers/sentinelhub_server.py`` over HTTP: OAuth,
 Catalog search, Process API (real T18SVG pixels), scripted faults.
@@ -17,11 +17,6 @@ from rasterio.enums import Resampling
 from rasterio.warp import reproject, transform_bounds
 from shapely.geometry import box
 
-from tasks.acquire_sentinelhub import fetch_sentinelhub_inputs, plan_pieces
-from tasks.bands import BAND_NAMES, SPECTRAL_BAND_NAMES
-from tasks.catalog import SentinelHubSource
-from tasks.errors import InputError, SourceError
-from tasks.grid import make_grid
 from devservers.sentinelhub_server import catalog_id
 from devservers.stac_server import (
     BASELINE_OFFSET_DN,
@@ -31,6 +26,11 @@ from devservers.stac_server import (
     SPLIT_EAST_X,
     SPLIT_WEST_X,
 )
+from tasks.core.bands import BAND_NAMES, SPECTRAL_BAND_NAMES
+from tasks.core.errors import InputError, SourceError
+from tasks.core.grid import make_grid
+from tasks.sources.catalog import SentinelHubSource
+from tasks.sources.sentinelhub import fetch_sentinelhub_inputs, plan_pieces
 
 pytest.importorskip("sentinelhub")
 
@@ -295,9 +295,8 @@ def _twelve_band_checkpoint(folder):
 def test_dem_collection_copernicus_30(creds_env, tmp_path):
     """The DEM path: Process API with ``type: dem`` / ``demInstance: COPERNICUS_30`` over Sao Tome (the
     served real GLO-30 tile), FLOAT32 metres on the analysis grid, cached; equals the tile warped locally."""
-    from tasks.acquire_sentinelhub import _config, _fetch_dem, resolve_credentials
-
     from devservers.stac_server import GLO30_TIF
+    from tasks.sources.sentinelhub import _config, _fetch_dem, resolve_credentials
 
     api = creds_env
     source = _source(api)  # dem_collection defaults to COPERNICUS_30
@@ -342,7 +341,7 @@ def _band(path) -> np.ndarray:
 def test_choose_scenes_rule():
     """Pure: a covering feature wins alone; else the ranked features that add footprint, a same-day one
     dropped (its day's request renders it), the limit honoured, features over the cloud limit ignored."""
-    from tasks.acquire_sentinelhub import choose_scenes
+    from tasks.sources.sentinelhub import choose_scenes
 
     def feat(fid, cloud, day, x0, x1):
         geom = box(x0, 0, x1, 1).__geo_interface__ if x0 is not None else None
@@ -365,9 +364,9 @@ def test_choose_scenes_rule():
 def test_partial_scenes_make_a_per_pixel_mosaic(creds_env, tmp_path):
     """No scene covers the ROI: one request set per scene (its own day), each scene's own pixels inside
     its footprint; alignment takes each pixel from the first-ranked scene with data and no CLM cloud."""
-    from tasks.align import build_stack, roi_mask
-    from tasks.grid import roi_in_grid_crs
-    from tasks.mosaic import read_scenes
+    from tasks.core.grid import roi_in_grid_crs
+    from tasks.raster.align import build_stack, roi_mask
+    from tasks.sources.mosaic import read_scenes
 
     api = creds_env
     inputs = _fetch(api, tmp_path / "cache", bands=RGB, window=JAN2017, roi=SPLIT_ROI, dem_collection=None)

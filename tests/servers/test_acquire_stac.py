@@ -13,14 +13,26 @@ import yaml
 from rasterio.warp import transform_bounds
 from rasterio.windows import from_bounds
 
-import tasks.acquire_stac as acquire_stac
-from tasks.acquire_stac import (Candidate, choose_item, datetime_range, fetch_dem, fetch_stac_inputs,
-                                http_status)
-from tasks.catalog import StacSource
-from tasks.errors import InputError, SourceError
-from devservers.stac_server import (ASSET_KEY_BY_BAND, BASELINE_OFFSET_DN, DEM_CROP_BOUNDS, DEM_ITEM_ID, GLO30_TIF,
-                                   SPLIT_EAST_DN_DELTA)
-from tasks.bands import BAND_NAMES
+import tasks.sources.stac as acquire_stac
+from devservers.stac_server import (
+    ASSET_KEY_BY_BAND,
+    BASELINE_OFFSET_DN,
+    DEM_CROP_BOUNDS,
+    DEM_ITEM_ID,
+    GLO30_TIF,
+    SPLIT_EAST_DN_DELTA,
+)
+from tasks.core.bands import BAND_NAMES
+from tasks.core.errors import InputError, SourceError
+from tasks.sources.catalog import StacSource
+from tasks.sources.stac import (
+    Candidate,
+    choose_item,
+    datetime_range,
+    fetch_dem,
+    fetch_stac_inputs,
+    http_status,
+)
 
 pytest.importorskip("pystac_client")
 
@@ -318,7 +330,7 @@ def test_cloud_mask_asset_is_read_like_a_band(stac_api, tmp_path):
 
     The served L1C items have no mask asset (as Earth Search's); the cirrus band stands in for one here
     (a mechanics test of the mapping, not a cloud rule)."""
-    from tasks.cloud import cloud_pixels
+    from tasks.sources.cloud import cloud_pixels
 
     source = _source(stac_api, cloud_mask_asset="cirrus", cloud_mask_values=(20, 21, 22))
     inputs = fetch_stac_inputs(source, "stac-test", ("B02",), ROI, *Y2016, tmp_path)
@@ -338,7 +350,7 @@ def test_cloud_mask_asset_is_read_like_a_band(stac_api, tmp_path):
 
 
 def test_cloud_rules():
-    from tasks.cloud import check_cloud_mask, cloud_pixels
+    from tasks.sources.cloud import check_cloud_mask, cloud_pixels
 
     values = np.array([[0, 1, 3], [8, 128, 255]])
     np.testing.assert_array_equal(cloud_pixels(values, {"cloud_values": [3, 8]}),
@@ -436,9 +448,9 @@ def _on_grid(cog: Path, grid) -> np.ndarray:
 def test_partial_scenes_make_a_per_pixel_mosaic(stac_api, tmp_path):
     """No item covers the ROI: the west (less cloudy) and east items are both read, and each grid pixel
     takes the first-ranked one with data there; values are each scene's own (harmonized) values."""
-    from tasks.align import build_stack, roi_mask
-    from tasks.grid import make_grid, roi_in_grid_crs
-    from tasks.mosaic import read_scenes
+    from tasks.core.grid import make_grid, roi_in_grid_crs
+    from tasks.raster.align import build_stack, roi_mask
+    from tasks.sources.mosaic import read_scenes
 
     inputs = fetch_stac_inputs(_source(stac_api), "stac-test", RGB, SPLIT_ROI, *JAN2017, tmp_path / "cache")
     assert [m["scene_id"] for m in inputs.mosaic] == [WEST, EAST]
@@ -490,9 +502,9 @@ def test_partial_scenes_make_a_per_pixel_mosaic(stac_api, tmp_path):
 def test_mosaic_limit_and_single_scene_record(stac_api, tmp_path):
     """max_mosaic_scenes: 1 keeps the old rule (the scene covering most; the rest nodata); a covered ROI
     reads one scene and still writes a one-entry scenes.json."""
-    from tasks.align import build_stack
-    from tasks.grid import make_grid, roi_in_grid_crs
-    from tasks.mosaic import read_scenes
+    from tasks.core.grid import make_grid, roi_in_grid_crs
+    from tasks.raster.align import build_stack
+    from tasks.sources.mosaic import read_scenes
 
     single = fetch_stac_inputs(_source(stac_api, max_mosaic_scenes=1), "stac-test", ("B02",), SPLIT_ROI,
                                *JAN2017, tmp_path / "cache")
@@ -512,7 +524,7 @@ def test_scan_over_partial_scenes_runs_on_the_mosaic(stac_api, prefect_harness, 
     """The whole scan over the split ROI: the plan carries the mosaic, alignment writes scene_index.tif and
     scenes.json in the work folder, and the footprint is what both scenes cover."""
     from flows.cli import main
-    from tasks.mosaic import read_scenes
+    from tasks.sources.mosaic import read_scenes
 
     catalog_path = tmp_path / "data_catalog.yaml"
     catalog_path.write_text(yaml.safe_dump({"version": 1, "sources": {

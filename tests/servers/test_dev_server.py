@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tasks.catalog import load_catalog
+from tasks.sources.catalog import load_catalog
 
 
 def _landslide() -> list[str]:

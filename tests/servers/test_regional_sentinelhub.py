@@ -6,9 +6,10 @@ import pytest
 import yaml
 
 from devservers.session import write_mechanics_checkpoint
-from flows.regional import region_scenes, regional_scan_flow
-from tasks.errors import InputError
-from tasks.region_state import RegionState
+from flows.regional import regional_scan_flow
+from tasks.core.errors import InputError
+from tasks.inventory.region_state import RegionState
+from tasks.sources.listing import region_scenes
 from tests.servers.regional_checks import check_scans_new_scenes_once
 
 pytest.importorskip("sentinelhub")

@@ -7,8 +7,8 @@ import yaml
 
 from devservers.session import write_mechanics_checkpoint
 from flows.regional import regional_scan_flow
-from tasks.errors import SourceError
-from tasks.region_state import RegionState
+from tasks.core.errors import SourceError
+from tasks.inventory.region_state import RegionState
 from tests.servers.regional_checks import check_scans_new_scenes_once
 
 BBOX = [-75.695, 37.718, -75.675, 37.733]

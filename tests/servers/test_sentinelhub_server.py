@@ -11,8 +11,8 @@ from devservers.stac_server import S2_CROP_BOUNDS, S2_JP2_DIR
 
 sentinelhub = pytest.importorskip("sentinelhub")
 from sentinelhub import (  # noqa: E402
-    BBox,
     CRS,
+    BBox,
     MimeType,
     MosaickingOrder,
     SentinelHubCatalog,

@@ -8,14 +8,13 @@ import rasterio
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 from shapely.geometry import box
 
-from tasks.acquire_local import harmonization_offset, resolve_local_inputs
-from tasks.align import build_stack
-from tasks.bands import BAND_NAMES
-from tasks.catalog import load_catalog
-from tasks.errors import InputError
-from tasks.grid import make_grid, resolve_roi, roi_in_grid_crs, utm_epsg
-from tests.data.crops import (T18SVG, crop_raster, local_source, lonlat_bounds, t18svg_crops,
-                              write_catalog)
+from tasks.core.bands import BAND_NAMES
+from tasks.core.errors import InputError
+from tasks.core.grid import make_grid, resolve_roi, roi_in_grid_crs, utm_epsg
+from tasks.raster.align import build_stack
+from tasks.sources.catalog import load_catalog
+from tasks.sources.local import harmonization_offset, resolve_local_inputs
+from tests.data.crops import T18SVG, crop_raster, local_source, lonlat_bounds, t18svg_crops, write_catalog
 
 
 def test_utm_zone_and_snapping():

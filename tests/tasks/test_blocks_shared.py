@@ -7,9 +7,9 @@ import pytest
 import rasterio
 from rasterio.windows import Window
 
-from tasks.blocks import BorderPatches, assemble, make_jobs, run_block, run_jobs
-from tasks.inference import DEFAULT_CHECKPOINT, load_detector
-from tasks.tiling import iter_blocks, iter_windows, read_patches
+from models.detectors import DEFAULT_CHECKPOINT, load_detector
+from tasks.core.tiling import iter_blocks, iter_windows, read_patches
+from tasks.predict.blocks import BorderPatches, assemble, make_jobs, run_block, run_jobs
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_border_patch_uses_are_counted_and_dropped_after_the_last_block():
 def test_network_output_does_not_depend_on_the_rest_of_its_batch(iburi_stack):
     """What sharing relies on: at the same batch size, a patch gives the same bits whatever else is
     in its batch (the batch size itself changes the last bits: blend_block pads short batches)."""
-    from tasks.bands import BAND_NAMES
+    from tasks.core.bands import BAND_NAMES
 
     det = load_detector(DEFAULT_CHECKPOINT, "cpu")
     with rasterio.open(iburi_stack.stack_path) as stack, rasterio.open(iburi_stack.valid_path) as valid:

@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 import rasterio
 
-from tasks.bands import BAND_NAMES
-from tasks.clean import CleanParams, clean_halo_px, clean_mask, clean_raster
-from tasks.vectorize import (footprint_raster, mask_to_polygons, valid_to_footprint,
-                             vectorize_raster)
+from tasks.core.bands import BAND_NAMES
+from tasks.vector.clean import CleanParams, clean_halo_px, clean_mask, clean_raster
+from tasks.vector.vectorize import footprint_raster, mask_to_polygons, valid_to_footprint, vectorize_raster
 
 ATTRS = {"scene_id": "s", "acquired": None, "model": "index", "run_id": "r",
          "detected_at": dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)}
@@ -20,12 +19,14 @@ ATTRS = {"scene_id": "s", "acquired": None, "model": "index", "run_id": "r",
 @pytest.fixture(scope="module")
 def iburi_work(tmp_path_factory):
     """prob/valid/stack rasters of an index-rule run over part of the sample (no Prefect)."""
-    from tasks.inference import IndexDetector, predict_stack
-    from tests.data.crops import iburi_stack
+    from types import SimpleNamespace
+
+    from tests.data.crops import iburi_stack, predict_blocks
 
     work = tmp_path_factory.mktemp("work")
     res, grid = iburi_stack(work, (141.94, 42.70, 142.00, 42.75))
-    inf = predict_stack(res.stack_path, res.valid_path, IndexDetector(), work, progress=False)
+    prob, unc, _ = predict_blocks(res.stack_path, res.valid_path, work)
+    inf = SimpleNamespace(prob_path=str(prob), uncertainty_path=str(unc))
     return work, res, inf, grid
 
 

@@ -7,9 +7,9 @@ import datetime as dt
 import pytest
 import yaml
 
-from tasks.bands import BAND_NAMES, L4S_SCALE, normalize_band_name, validate_bands
-from tasks.catalog import load_catalog
-from tasks.errors import InputError
+from tasks.core.bands import BAND_NAMES, L4S_SCALE, normalize_band_name, validate_bands
+from tasks.core.errors import InputError
+from tasks.sources.catalog import load_catalog
 
 
 def test_shipped_catalog_has_both_entries(catalog_path):

@@ -7,8 +7,8 @@ import pytest
 import rasterio
 from rasterio.windows import Window
 
-from tasks.clean import CleanParams, clean_mask, label_objects
-from tasks.errors import InputError
+from tasks.core.errors import InputError
+from tasks.vector.clean import CleanParams, clean_mask, label_objects
 
 NO_MORPHOLOGY = dict(opening_radius_px=0, closing_radius_px=0, fill_holes_max_area_m2=0.0)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import threading
 import time
 
@@ -11,10 +10,10 @@ import pandas as pd
 import pytest
 from shapely.geometry import MultiPolygon, box
 
-from tasks.errors import InputError
-from tasks.inventory import SCANS_LAYER, match_polygons, merge_run, read_inventory
-from tasks.region_state import RegionBusyError, RegionState, region_lock
-from tasks.vectorize import FOOTPRINT_LAYER, LANDSLIDES_LAYER
+from tasks.core.errors import InputError
+from tasks.inventory.merge import SCANS_LAYER, match_polygons, merge_run, read_inventory
+from tasks.inventory.region_state import RegionBusyError, RegionState, region_lock
+from tasks.vector.vectorize import FOOTPRINT_LAYER, LANDSLIDES_LAYER
 
 CRS = "EPSG:32654"
 

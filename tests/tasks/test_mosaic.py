@@ -1,4 +1,4 @@
-"""Scene choice, per-pixel mosaics in alignment, and each polygon's majority scene (``tasks.mosaic``)."""
+"""Scene choice, per-pixel mosaics in alignment, and each polygon's majority scene (``tasks.sources.mosaic``)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,21 @@ import rasterio
 import shapely
 from rasterio.transform import from_origin
 
-from tasks.acquire_local import SceneInputs
-from tasks.align import build_stack
-from tasks.bands import BAND_NAMES
-from tasks.grid import AnalysisGrid
-from tasks.mosaic import (SceneCandidate, choose_mosaic, label_scene_counts, majority_from_counts,
-                          majority_scene, rank_candidates, read_scenes, scene_attrs, window_end)
+from tasks.core.bands import BAND_NAMES
+from tasks.core.grid import AnalysisGrid
+from tasks.raster.align import build_stack
+from tasks.sources.local import SceneInputs
+from tasks.sources.mosaic import (
+    SceneCandidate,
+    choose_mosaic,
+    label_scene_counts,
+    majority_from_counts,
+    majority_scene,
+    rank_candidates,
+    read_scenes,
+    scene_attrs,
+    window_end,
+)
 
 END = window_end(dt.date(2017, 1, 31))
 
@@ -160,7 +169,7 @@ def test_assign_polygon_scenes_takes_each_polygons_majority_scene(tmp_path):
     from rasterio.transform import from_origin
     from shapely.geometry import box
 
-    from tasks.mosaic import assign_polygon_scenes
+    from tasks.sources.mosaic import assign_polygon_scenes
 
     index = np.zeros((20, 30), np.uint8)
     index[:, :15] = 1

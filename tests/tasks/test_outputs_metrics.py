@@ -7,9 +7,15 @@ import pytest
 import rasterio
 
 from models.metrics import best_f1_threshold, confusion, evaluate_probabilities, roc_auc
-from tasks.errors import InputError
-from tasks.outputs import (check_output_dir, decode_unit_interval, encode_unit_interval, publish,
-                           staging_dir, write_cog)
+from tasks.core.errors import InputError
+from tasks.run.outputs import (
+    check_output_dir,
+    decode_unit_interval,
+    encode_unit_interval,
+    publish,
+    staging_dir,
+    write_cog,
+)
 
 
 def test_encoding_round_trip():
@@ -66,7 +72,7 @@ def test_full_disk_is_refused_before_work(tmp_path, monkeypatch):
     import shutil
     from collections import namedtuple
 
-    from tasks.outputs import bytes_needed, check_free_space
+    from tasks.run.outputs import bytes_needed, check_free_space
 
     need = bytes_needed(1139, 981)
     assert 60e6 < need < 200e6  # the Iburi sample grid: ~75 MB upper bound

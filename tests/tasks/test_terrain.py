@@ -18,8 +18,8 @@ from rasterio.warp import Resampling, reproject
 from rasterio.windows import Window
 from scipy import ndimage
 
-from tasks.errors import InputError
-from tasks.terrain import compute_slope_raster, dem_metric_grid, slope_deg, utm_crs_for_lonlat
+from tasks.core.errors import InputError
+from tasks.raster.terrain import compute_slope_raster, dem_metric_grid, slope_deg, utm_crs_for_lonlat
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 ECUADOR = "ecuador_andes_dem10m_landslide_points"
@@ -79,7 +79,7 @@ def test_border_has_no_nan_ring():
 
 
 def test_row_blocks_do_not_change_the_result(monkeypatch):
-    import tasks.terrain as terrain
+    import tasks.raster.terrain as terrain
 
     rng = np.random.default_rng(1)
     dem = ndimage.gaussian_filter(rng.normal(0, 80, (53, 41)), 2)

@@ -15,10 +15,16 @@ from pyproj import CRS
 from rasterio.features import rasterize
 from scipy import ndimage
 
-from tasks.clean import label_objects
-from tasks.errors import InputError
-from tasks.vectorize import (LANDSLIDE_COLUMN_NAMES, LANDSLIDE_COLUMNS, STATUS_NO_VALID,
-                             mask_to_polygons, valid_to_footprint, write_geopackage)
+from tasks.core.errors import InputError
+from tasks.vector.clean import label_objects
+from tasks.vector.vectorize import (
+    LANDSLIDE_COLUMN_NAMES,
+    LANDSLIDE_COLUMNS,
+    STATUS_NO_VALID,
+    mask_to_polygons,
+    valid_to_footprint,
+    write_geopackage,
+)
 
 SCARS = "serra_do_mar_relict_landslide_polygons/Cicatrizes_nova_area_inteira_CRS32723.geojson"
 # A 3 km x 3 km box holding 70+ of the 276 scars; 5 m pixels -> 600 x 600.

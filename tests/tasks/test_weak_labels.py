@@ -16,9 +16,17 @@ import rasterio
 from rasterio.warp import Resampling, reproject
 from rasterio.windows import Window
 
-from tasks.errors import InputError
-from tasks.weak_labels import (IGNORE, RuleParams, binary_scores, combine_weak_labels,
-                               redness_index, scar_rule, scar_score, threshold_at_fraction)
+from models.index_rule import (
+    IGNORE,
+    RuleParams,
+    binary_scores,
+    combine_weak_labels,
+    redness_index,
+    scar_rule,
+    scar_score,
+    threshold_at_fraction,
+)
+from tasks.core.errors import InputError
 
 P = RuleParams()
 

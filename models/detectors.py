@@ -1,0 +1,217 @@
+"""Detectors: what maps a batch of patches to landslide probabilities (``tasks.core.blend.Detector``).
+
+Four kinds: a network from a checkpoint (safetensors + model card), an ensemble card over such
+networks, an ONNX Runtime export (``models.export``), and the weights-free spectral index rule
+(``models.index_rule``), the "traditional method". Device choice lives here and nowhere else.
+:func:`load_detector` builds one from a spec; :func:`cached_detector` loads each spec once per
+process (the CLI's checks, the scan's inference step and the block jobs it runs share it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from models.checkpoint import CardFields, ModelCard, load_checkpoint, resolve_checkpoint, sha256_file
+from models.ensemble import EnsembleCard, is_ensemble_card, member_refs, read_ensemble
+from models.export import load_onnx_detector
+from models.index_rule import RuleParams, scar_score
+from tasks.core.bands import validate_bands
+from tasks.core.blend import Detector
+from tasks.core.errors import CheckpointError, InputError
+
+DEFAULT_CHECKPOINT = "iburi2018-weak-unet-mobilenet_v2"
+INDEX_DETECTOR = "index"
+
+
+def select_device(preference: str = "auto") -> "torch.device":  # noqa: F821
+    """``auto``: CUDA when available, else CPU. ``cpu``/``cuda``/``cuda:N`` force a device."""
+    import torch
+
+    if preference == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(preference)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda was requested but no CUDA GPU is available; use --device auto")
+    return device
+
+
+@dataclass
+class ModelDetector(CardFields):
+    """A segmentation network loaded from a checkpoint card."""
+
+    model: "torch.nn.Module"  # noqa: F821
+    card: ModelCard
+    card_path: str
+    device: "torch.device"  # noqa: F821
+    forward_s: float = 0.0
+    channels_last: bool = False  # the model's weights and inputs in NHWC memory order
+
+    def model_input(self, x: "torch.Tensor") -> "torch.Tensor":  # noqa: F821
+        """``x`` (N, C, H, W) on the device, in the memory order the model's weights use."""
+        import torch
+
+        x = x.to(self.device)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def predict(self, batch: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        import torch
+
+        x = self.card.input_transform.apply_filled(batch)  # nodata -> the training mean
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            logits = self.model(self.model_input(torch.from_numpy(np.ascontiguousarray(x))))
+            prob = torch.sigmoid(logits[:, 0]).float().cpu().numpy()
+        self.forward_s += time.perf_counter() - t0
+        return prob
+
+    def describe(self) -> dict:
+        return {"kind": "model", "ref": self.ref, "card_path": self.card_path,
+                "card_sha256": sha256_file(self.card_path), "device": str(self.device),
+                "card": self.card.model_dump(mode="json")}
+
+
+@dataclass
+class IndexDetector:
+    """The weights-free bare-soil rule on RGB + slope (``models.index_rule``)."""
+
+    forward_s: float = 0.0
+    name: str = INDEX_DETECTOR
+    threshold: float = 0.5
+    patch_size: int = 128
+
+    @property
+    def bands(self) -> tuple[str, ...]:
+        return ("B02", "B03", "B04", "SLOPE")
+
+    @property
+    def ref(self) -> str:
+        return f"index-rule@{_params_digest(RuleParams())}"
+
+    def predict(self, batch: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        t0 = time.perf_counter()
+        blue, green, red, slope = (batch[:, i] for i in range(4))
+        score = scar_score(red, green, blue, slope)
+        self.forward_s += time.perf_counter() - t0
+        return np.where(valid, np.nan_to_num(score, nan=0.0), 0.0).astype(np.float32)
+
+    def describe(self) -> dict:
+        return {"kind": "index", "ref": self.ref, "rule": "models.index_rule.scar_score",
+                "params": asdict(RuleParams()), "bands": list(self.bands)}
+
+
+def _params_digest(params: object) -> str:
+    return hashlib.sha256(json.dumps(asdict(params), sort_keys=True).encode()).hexdigest()[:12]
+
+
+@dataclass
+class EnsembleDetector:
+    """Members combined by the ensemble card's rule; uncertainty = std of member probabilities."""
+
+    members: list[ModelDetector]
+    card: EnsembleCard
+    card_path: str
+    forward_s: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    @property
+    def ref(self) -> str:
+        digest = hashlib.sha256("|".join(m.ref for m in self.members).encode()
+                                + self.card.rule.encode()).hexdigest()[:12]
+        return f"{self.card.name}@{digest}"
+
+    @property
+    def bands(self) -> tuple[str, ...]:
+        return validate_bands({b for m in self.members for b in m.bands})
+
+    @property
+    def threshold(self) -> float:
+        return float(self.card.threshold)
+
+    @property
+    def patch_size(self) -> int:
+        return self.members[0].patch_size
+
+    def predict_with_uncertainty(self, batch: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        own = self.bands
+        probs = []
+        t0 = time.perf_counter()
+        for m in self.members:
+            idx = [own.index(b) for b in m.bands]
+            probs.append(m.predict(batch[:, idx], valid))
+        p = np.stack(probs)  # (M, B, H, W)
+        self.forward_s += time.perf_counter() - t0
+        if self.card.rule == "mean":
+            combined = p.mean(axis=0)
+        elif self.card.rule == "weighted":
+            w = np.asarray(self.card.weights, dtype=np.float32)[:, None, None, None]
+            combined = (w * p).sum(axis=0) / w.sum()
+        else:  # majority: the share of members voting landslide at their own thresholds
+            thr = np.asarray([m.threshold for m in self.members], np.float32)[:, None, None, None]
+            combined = (p >= thr).mean(axis=0)
+        return combined.astype(np.float32), p.std(axis=0).astype(np.float32)
+
+    def predict(self, batch: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        return self.predict_with_uncertainty(batch, valid)[0]
+
+    def describe(self) -> dict:
+        return {"kind": "ensemble", "ref": self.ref, "card_path": self.card_path,
+                "rule": self.card.rule, "weights": self.card.weights,
+                "uncertainty": "standard deviation of the member probabilities",
+                "members": [m.describe() for m in self.members],
+                "card": self.card.model_dump(mode="json")}
+
+
+def load_detector(spec: str | None, device: str = "auto", channels_last: bool | None = None) -> Detector:
+    """``index`` -> the rule; None -> the shipped default checkpoint; a ``.onnx`` path -> an ONNX
+    Runtime export (``landslide export``); else a checkpoint name/path (a model card, or an
+    ensemble card listing member cards).
+
+    ``channels_last`` (networks; None = on CPU only): weights and inputs in NHWC memory order.
+    Measured on this project's 2-core CPU: the forward 1.27-1.53x faster (U-Net MobileNetV2,
+    ``benchmarks/scale.py``; 1.33-1.46x for the shipped checkpoint, ``benchmarks/cpu_inference.py``),
+    probabilities within 4e-6 of the NCHW forward and the same F1. Not measured on a GPU, so CUDA
+    keeps NCHW unless asked."""
+    if spec == INDEX_DETECTOR:
+        return IndexDetector()
+    if spec is not None and str(spec).endswith(".onnx"):  # an export of `landslide export`
+        return load_onnx_detector(spec)
+    ref = spec or DEFAULT_CHECKPOINT
+    dev = select_device(device)
+    card_path = resolve_checkpoint(ref)
+    if is_ensemble_card(card_path):
+        ens = read_ensemble(card_path)
+        members = [load_detector(m, device, channels_last) for m in member_refs(ens, card_path)]
+        if any(not isinstance(m, ModelDetector) for m in members):
+            raise CheckpointError(f"{card_path}: ensemble members must be model cards")
+        if len({m.patch_size for m in members}) != 1:
+            raise CheckpointError(f"{card_path}: members use different patch sizes")
+        return EnsembleDetector(members=members, card=ens, card_path=str(card_path))
+    model, card = load_checkpoint(ref, device=str(dev))
+    if channels_last is None:
+        channels_last = dev.type == "cpu"
+    if channels_last:
+        import torch
+
+        model = model.to(memory_format=torch.channels_last)
+    return ModelDetector(model=model, card=card, card_path=str(card_path), device=dev,
+                         channels_last=channels_last)
+
+
+_DETECTORS: dict = {}  # per-process cache: a worker loads each checkpoint once
+
+
+def cached_detector(spec: str | None, device: str = "auto") -> Detector:
+    """The detector of ``spec`` on ``device``, loaded once per process (the plan's checks, the
+    scan's inference step and every block job run here share it)."""
+    key = (spec, device)
+    if key not in _DETECTORS:
+        _DETECTORS[key] = load_detector(spec, device)
+    return _DETECTORS[key]

@@ -1,0 +1,377 @@
+"""The training loop for every dataset layout (scene, L4S, chips).
+
+Random 128 x 128 crops of a labelled scene (or of one patch of a patch mosaic), augmented by
+:mod:`models.training.augment` (flips, 90-degree rotations, optional zoom and rotation, Gaussian noise) plus a
+brightness gain shared by the spectral bands and a DEM offset, a loss from :mod:`models.training.losses`
+(ignore = 255 never counts), validation on a separate split (a strip held out by location, or the
+official validation list) after every epoch, and the checkpoint chosen on the validation F1 only.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from models.checkpoint import InputTransform, ModelCard, PCAProjection, save_checkpoint
+from models.data.datasets import SceneData, file_list_sha256, load_scene_dataset, load_training_data
+from models.metrics import IGNORE, evaluate_probabilities
+from models.registry import build_model, parse_model_name
+from models.training.augment import AugmentConfig, augment
+from models.training.augment import describe as describe_augment
+from models.training.losses import build_loss, class_weights, describe_loss
+from models.training.run_log import RunLog
+from models.training.state import (
+    TrainingState,
+    check_same_config,
+    load_state,
+    numpy_rng_state,
+    restore_numpy_rng,
+    save_state,
+)
+from tasks.core.bands import BAND_NAMES, SPECTRAL_BAND_NAMES, validate_bands
+from tasks.core.blend import predict_array
+from tasks.core.errors import InputError
+from tasks.core.tiling import pad_to
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str = "unet-mobilenet_v2"
+    bands: tuple[str, ...] = ("B02", "B03", "B04", "SLOPE", "DEM")
+    epochs: int = 12
+    steps_per_epoch: int = 50
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    patch_size: int = 128
+    loss: str = "bce+dice"  # models.training.losses spec, e.g. "0.5*bce+dice", "focal+lovasz", "tversky"
+    pos_weight: float | None = None  # None: negatives / positives of the training labels, capped at 10
+    brightness_jitter: float = 0.1  # multiplicative, one gain for all spectral bands
+    noise_std: float = 0.03  # Gaussian noise in normalized units
+    scale_range: tuple[float, float] | None = None  # zoom (min, max), e.g. (0.8, 1.25); None: off
+    rotate_deg: float = 0.0  # arbitrary rotation +- this angle (corners ignored); 0: off
+    spectral_jitter: float = 0.0  # per-band gain 1 +- j on the spectral bands; 0: off
+    pca_components: int | None = None  # replace the spectral bands by this many principal components
+    dem_jitter_m: float = 50.0  # random elevation offset per crop: the model must not memorize altitude
+    min_labelled_fraction: float = 0.3
+    threads: int | None = None
+    save_dtype: str = "float16"
+    threshold: float = 0.5
+    patience: int | None = None  # stop after this many epochs without a better validation F1
+
+
+@dataclass
+class _InMemoryDetector:
+    """Adapter so validation uses the same tiling/stitching code as a scan."""
+
+    model: torch.nn.Module
+    transform: InputTransform
+    bands: tuple[str, ...]
+    patch_size: int = 128
+    threshold: float = 0.5
+    forward_s: float = 0.0
+    name: str = "training"
+    ref: str = "training"
+
+    def predict(self, batch: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        x = self.transform.apply_filled(batch)
+        with torch.inference_mode():
+            return torch.sigmoid(self.model(torch.from_numpy(np.ascontiguousarray(x)))[:, 0]).numpy()
+
+    def describe(self) -> dict:
+        return {}
+
+
+def augment_config(cfg: TrainConfig, bands: tuple[str, ...],
+                   mean_over_std: np.ndarray) -> AugmentConfig:
+    """The per-patch augmentation a training config asks for (brightness and DEM offset aside).
+
+    With PCA the spectral bands are gone from the network input, so no per-band gain applies."""
+    spectral = tuple(i for i, b in enumerate(bands) if b in SPECTRAL_BAND_NAMES)
+    if cfg.pca_components:
+        spectral = ()
+    return AugmentConfig(
+        flip=True, rot90=True,
+        scale_range=tuple(cfg.scale_range) if cfg.scale_range else None,
+        rotate_deg=cfg.rotate_deg, noise_std=cfg.noise_std,
+        spectral_jitter=cfg.spectral_jitter if spectral else 0.0,
+        spectral_bands=spectral if cfg.spectral_jitter else (),
+        spectral_mean_over_std=(tuple(float(mean_over_std[i]) for i in spectral)
+                                if cfg.spectral_jitter and spectral else ()))
+
+
+def fit_pca(transform: InputTransform, data: SceneData, bands: tuple[str, ...],
+            n_components: int, max_pixels: int = 2_000_000, seed: int = 0) -> InputTransform:
+    """``transform`` plus a whitened PCA of its standardized spectral bands, fitted on the labelled,
+    finite pixels of ``data`` (the training split only)."""
+    spectral = [i for i, b in enumerate(bands) if b in SPECTRAL_BAND_NAMES]
+    if len(spectral) < 2:
+        raise InputError(f"PCA needs at least 2 spectral bands, got {[bands[i] for i in spectral]}")
+    if not 1 <= n_components <= len(spectral):
+        raise InputError(f"--pca {n_components}: choose 1..{len(spectral)} components for the "
+                         f"{len(spectral)} spectral bands")
+    idx = [BAND_NAMES.index(bands[i]) for i in spectral]
+    values = transform.apply(data.image[[BAND_NAMES.index(b) for b in bands]])[spectral]
+    values = values.reshape(len(spectral), -1)
+    labelled = (data.labels != IGNORE).reshape(-1) if data.labels is not None else True
+    keep = labelled & np.isfinite(values).all(axis=0) & np.isfinite(data.image[idx]).all(axis=0).reshape(-1)
+    samples = values[:, keep].T.astype(np.float64)
+    if samples.shape[0] > max_pixels:
+        samples = samples[np.random.default_rng(seed).choice(samples.shape[0], max_pixels, replace=False)]
+    if samples.shape[0] < 10 * len(spectral):
+        raise InputError(f"too few labelled pixels ({samples.shape[0]}) to fit a PCA")
+    samples -= samples.mean(axis=0)
+    eigval, eigvec = np.linalg.eigh(np.cov(samples, rowvar=False))
+    order = np.argsort(eigval)[::-1][:n_components]
+    eigval, eigvec = np.maximum(eigval[order], 1e-12), eigvec[:, order]
+    components = (eigvec / np.sqrt(eigval)).T  # whitened: unit variance on the training pixels
+    pca = PCAProjection(bands=spectral, components=components.tolist(),
+                        explained_variance_ratio=(eigval / np.cov(samples, rowvar=False).trace()).tolist())
+    return transform.model_copy(update={"pca": pca})
+
+
+def band_stats(data: SceneData, bands: tuple[str, ...]) -> tuple[list[float], list[float]]:
+    """Per-band mean/std over finite, labelled pixels of the training scene."""
+    means, stds = [], []
+    labelled = data.labels != IGNORE if data.labels is not None else np.ones(data.valid.shape, bool)
+    for b in bands:
+        values = data.image[BAND_NAMES.index(b)][labelled]
+        values = values[np.isfinite(values)]
+        if values.size == 0:
+            raise InputError(f"band {b} has no finite labelled pixel in the training data")
+        means.append(float(values.mean()))
+        stds.append(float(max(values.std(), 1e-3)))
+    return means, stds
+
+
+def _sample_crop(rng: np.random.Generator, labels: np.ndarray, size: int, min_frac: float,
+                 pitch: int | None = None) -> tuple[int, int]:
+    """A crop origin whose window holds at least ``min_frac`` labelled pixels (best of 30 tries).
+
+    With ``pitch`` (a mosaic of independent patches) the crop stays inside one cell."""
+    h, w = labels.shape
+    best, best_frac = (0, 0), -1.0
+    for _ in range(30):
+        if pitch:
+            cell_r = int(rng.integers(0, h // pitch)) * pitch
+            cell_c = int(rng.integers(0, w // pitch)) * pitch
+            r = cell_r + int(rng.integers(0, max(pitch - size, 0) + 1))
+            c = cell_c + int(rng.integers(0, max(pitch - size, 0) + 1))
+        else:
+            r = int(rng.integers(0, max(h - size, 0) + 1))
+            c = int(rng.integers(0, max(w - size, 0) + 1))
+        frac = float(np.mean(labels[r:r + size, c:c + size] != IGNORE))
+        if frac >= min_frac:
+            return r, c
+        if frac > best_frac:
+            best, best_frac = (r, c), frac
+    return best
+
+
+def make_batch(rng: np.random.Generator, image_norm: np.ndarray, labels: np.ndarray,
+               cfg: TrainConfig, spectral_idx: list[int], dem_idx: int | None,
+               dem_std: float, mean_over_std: np.ndarray, aug: AugmentConfig,
+               pitch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One augmented batch: (B, C, S, S) float32 normalized inputs, (B, S, S) uint8 labels."""
+    xs, ys = [], []
+    size = cfg.patch_size
+    for _ in range(cfg.batch_size):
+        r, c = _sample_crop(rng, labels, size, cfg.min_labelled_fraction, pitch)
+        x = pad_to(image_norm[:, r:r + size, c:c + size], size)
+        y = labels[r:r + size, c:c + size]
+        y = np.pad(y, [(0, size - y.shape[0]), (0, size - y.shape[1])], constant_values=IGNORE)
+        x, y = augment(x, y, rng, aug)
+        if spectral_idx and cfg.brightness_jitter:
+            gain = 1.0 + rng.uniform(-cfg.brightness_jitter, cfg.brightness_jitter)
+            # v' = gain * v in physical units is gain * x + (gain - 1) * mean / std once normalized
+            x[spectral_idx] = (x[spectral_idx] * gain
+                               + (gain - 1.0) * mean_over_std[spectral_idx, None, None])
+        if dem_idx is not None and cfg.dem_jitter_m:
+            x[dem_idx] += rng.uniform(-cfg.dem_jitter_m, cfg.dem_jitter_m) / dem_std
+        xs.append(x.astype(np.float32, copy=False))
+        ys.append(y)
+    return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+
+
+def evaluate_model(model: torch.nn.Module, transform: InputTransform, bands: tuple[str, ...],
+                   data: SceneData, threshold: float = 0.5) -> dict[str, float]:
+    """Scan-style (tiled, blended) prediction over a scene and metrics over its labelled pixels."""
+    model.eval()
+    det = _InMemoryDetector(model, transform, bands)
+    # independent patches (data.pitch): each cell is tiled on its own
+    prob = predict_array(data.image, data.valid, det, cell_px=data.pitch or None)
+    return evaluate_probabilities(prob, data.labels, threshold)
+
+
+def train_scene_model(train_dir: str | Path, val_dir: str | Path, out_dir: str | Path, name: str,
+                      cfg: TrainConfig = TrainConfig(), progress: bool = True,
+                      report_dirs: dict[str, str | Path] | None = None,
+                      run_dir: str | Path | None = None, resume: bool = True,
+                      layout: str = "scene", train_list: str | None = None,
+                      val_list: str | None = None) -> Path:
+    """Train, select on validation F1, and save a checkpoint + card. Returns the card path.
+
+    ``report_dirs`` (name -> scene-layout folder) are only scored for the card after training,
+    never used for selection (e.g. the validation strip labelled by the reference alone).
+
+    The run folder (default ``<out_dir>/<name>.run``) receives the per-epoch state (resume: an
+    interrupted run started again with the same settings continues after its last finished
+    epoch), ``metrics.csv``/``metrics.json``, ``curves.png`` and TensorBoard events.
+
+    ``layout`` is ``scene`` (default), ``l4s`` (``train_dir``/``val_dir`` = the download root,
+    ``train_list``/``val_list`` = official split lists) or ``chips``
+    (see :func:`models.data.datasets.load_training_data`).
+    """
+    t_start = time.perf_counter()
+    bands = validate_bands(cfg.bands)
+    if tuple(cfg.bands) != bands:
+        raise InputError(f"--bands must be in contract order: {' '.join(bands)}")
+    spec = parse_model_name(cfg.model)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    train = load_training_data(train_dir, layout, train_list)
+    val = load_training_data(val_dir, layout, val_list)
+    idx = [BAND_NAMES.index(b) for b in bands]
+    means, stds = band_stats(train, bands)
+    transform = InputTransform.from_stats(means, stds)
+    if cfg.pca_components:
+        transform = fit_pca(transform, train, bands, cfg.pca_components, seed=cfg.seed)
+    image_norm = transform.apply_filled(train.image[idx])
+    n_pos = int(np.sum(train.labels == 1))
+    n_neg = int(np.sum(train.labels == 0))
+    if n_pos == 0 or n_neg == 0:
+        raise InputError(f"the training labels in {train_dir} need both classes (landslide: "
+                         f"{n_pos} px, background: {n_neg} px)")
+    pos_weight = (cfg.pos_weight if cfg.pos_weight is not None
+                  else class_weights(train.labels)["pos_weight"])
+    loss_fn = build_loss(cfg.loss, pos_weight=pos_weight)
+    # channel positions in the network input (PCA folds the spectral bands into components)
+    spectral_idx = [transform.output_index(i) for i, b in enumerate(bands) if b in SPECTRAL_BAND_NAMES]
+    spectral_idx = [i for i in spectral_idx if i is not None]
+    dem_idx = transform.output_index(bands.index("DEM")) if "DEM" in bands else None
+    dem_std = stds[bands.index("DEM")] if dem_idx is not None else 1.0
+    mean_over_std = np.asarray(means, np.float32) / np.asarray(stds, np.float32)
+    aug = augment_config(cfg, bands, mean_over_std)
+
+    model = build_model(spec.arch, spec.encoder, in_channels=transform.n_outputs)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr,
+                                                total_steps=cfg.epochs * cfg.steps_per_epoch)
+    run_dir = Path(run_dir) if run_dir is not None else Path(out_dir) / f"{name}.run"
+    run_config = {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+                  "train_dir": str(Path(train_dir).resolve()), "val_dir": str(Path(val_dir).resolve()),
+                  "layout": layout, "train_list": train_list, "val_list": val_list}
+    run_config.pop("threads", None)  # how many cores a run uses does not change its result
+    history: list[dict] = []
+    best_state, best_f1, best_epoch, first_epoch = None, -1.0, -1, 1
+    saved = load_state(run_dir) if resume else None
+    if saved is not None:
+        check_same_config(saved.config, run_config, run_dir)
+        model.load_state_dict(saved.model)
+        opt.load_state_dict(saved.optimizer)
+        sched.load_state_dict(saved.scheduler)
+        rng = restore_numpy_rng(saved.numpy_rng)
+        torch.set_rng_state(saved.torch_rng)
+        history, best_f1, best_epoch = saved.history, saved.best_f1, saved.best_epoch
+        best_state = saved.best_model
+        first_epoch = saved.epoch + 1
+        log.info("resuming %s after epoch %d", run_dir, saved.epoch)
+        if progress:
+            tqdm.write(f"resuming from {run_dir} after epoch {saved.epoch}")
+    run_log = RunLog(run_dir)
+    for epoch in range(first_epoch, cfg.epochs + 1):
+        if cfg.patience is not None and best_epoch > 0 and epoch - best_epoch > cfg.patience:
+            log.info("early stop: no better validation F1 for %d epochs", cfg.patience)
+            break
+        model.train()
+        losses = []
+        bar = tqdm(range(cfg.steps_per_epoch), desc=f"epoch {epoch}/{cfg.epochs}",
+                   disable=not progress, leave=False, mininterval=2.0)
+        for _ in bar:
+            x, y = make_batch(rng, image_norm, train.labels, cfg, spectral_idx, dem_idx, dem_std,
+                              mean_over_std, aug, train.pitch)
+            loss = loss_fn(model(x)[:, 0], y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+        val_metrics = evaluate_model(model, transform, bands, val, cfg.threshold)
+        row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "lr": float(sched.get_last_lr()[0]),
+               **{f"val_{k}": val_metrics[k] for k in ("precision", "recall", "f1", "iou", "auc")}}
+        history.append(row)
+        log.info("epoch %d: loss %.4f val f1 %.3f iou %.3f auc %.3f", epoch, row["train_loss"],
+                 row["val_f1"], row["val_iou"], row["val_auc"])
+        if progress:
+            tqdm.write(f"epoch {epoch}/{cfg.epochs}: loss {row['train_loss']:.4f}  "
+                       f"val f1 {row['val_f1']:.3f}  iou {row['val_iou']:.3f}  auc {row['val_auc']:.3f}")
+        if val_metrics["f1"] > best_f1:
+            best_f1, best_epoch = val_metrics["f1"], epoch
+            best_state = copy.deepcopy(model.state_dict())
+        run_log.write(history)
+        save_state(run_dir, TrainingState(
+            epoch=epoch, model=model.state_dict(), best_model=best_state, optimizer=opt.state_dict(),
+            scheduler=sched.state_dict(), numpy_rng=numpy_rng_state(rng),
+            torch_rng=torch.get_rng_state(), best_f1=best_f1, best_epoch=best_epoch,
+            history=history, config=run_config))
+    run_log.close()
+    if best_state is None:
+        raise InputError(f"{run_dir}: no finished epoch to select a checkpoint from (epochs={cfg.epochs})")
+
+    model.load_state_dict(best_state)  # type: ignore[arg-type]
+    if cfg.save_dtype == "float16":  # report metrics of the weights as shipped
+        model.load_state_dict({k: (v.half().float() if v.is_floating_point() else v)
+                               for k, v in model.state_dict().items()})
+    metrics = {}
+    # metrics are named after what the labels are: weak labels say so in their provenance
+    suffix = "_weak_labels" if "weak" in str(train.provenance.get("labels", "")).lower() else ""
+    reports = [(f"train{suffix}", train), (f"val{suffix}", val)]
+    reports += [(key, load_scene_dataset(d)) for key, d in (report_dirs or {}).items()]
+    for split, data in reports:
+        m = evaluate_model(model, transform, bands, data, cfg.threshold)
+        metrics[split] = {k: round(float(m[k]), 4) for k in
+                          ("precision", "recall", "f1", "iou", "dice", "auc", "labelled_px")}
+    provenance = train.provenance
+    files = [Path(f) for f in (*train.files, *val.files)]
+    card = ModelCard(
+        name=name, version="1", arch=spec.arch, encoder=spec.encoder, bands=list(bands),
+        input_transform=transform,
+        fill={b: "nodata pixels are filled with the band's training mean (0 after normalization)"
+              for b in bands},
+        patch_size=cfg.patch_size, threshold=cfg.threshold,
+        trained_on={"dataset": provenance.get("name", str(train_dir)),
+                    "split": f"train={Path(train_dir).name}, val={Path(val_dir).name} "
+                             f"({provenance.get('split', 'held out by location')})",
+                    "file_list_sha256": file_list_sha256(files),
+                    "labels": provenance.get("labels", "see dataset.json")},
+        metrics=metrics,
+        training={**{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+                  "loss": describe_loss(cfg.loss, pos_weight),
+                  "augmentation": f"random {cfg.patch_size} px crops; {describe_augment(aug)}; "
+                                  f"brightness x(1+-{cfg.brightness_jitter}) shared by the "
+                                  f"spectral bands; DEM offset +-{cfg.dem_jitter_m} m",
+                  "selected_epoch": best_epoch, "selection": "best validation F1 at the threshold",
+                  "run_dir": str(run_dir),
+                  "history": history, "wall_s": round(time.perf_counter() - t_start, 1),
+                  "torch": torch.__version__},
+        created=dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
+        weights_sha256="", weights_dtype=cfg.save_dtype,
+        description=("U-Net trained on WEAK labels (agreement of a published CNN's predictions and "
+                     "a spectral-terrain rule), not on ground truth; metrics are against those weak "
+                     "labels. " + provenance.get("summary", "")),
+    )
+    _, card_path = save_checkpoint(model, card, out_dir, dtype=cfg.save_dtype)
+    return card_path

@@ -1,0 +1,171 @@
+"""The analysis grid: 10 m pixels in the UTM zone of the ROI centroid, origin snapped to the pixel size.
+
+DESIGN.md section 4: ROI bounds are snapped outward to multiples of ``res_m``; every layer is resampled
+onto this one grid.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import shapely
+from affine import Affine
+from pyproj import CRS, Transformer
+from shapely.geometry import box, mapping, shape
+from shapely.ops import transform as shp_transform
+
+from tasks.core.errors import InputError
+
+
+def check_bbox(bbox: tuple[float, float, float, float] | list[float]) -> tuple[float, ...]:
+    """Validate an EPSG:4326 bbox ``(minx, miny, maxx, maxy)``."""
+    if len(bbox) != 4:
+        raise InputError(f"bbox needs 4 numbers minx,miny,maxx,maxy (EPSG:4326), got {bbox!r}")
+    minx, miny, maxx, maxy = (float(v) for v in bbox)
+    if not (-180 <= minx < maxx <= 180 and -90 <= miny < maxy <= 90):
+        raise InputError(
+            f"bbox {minx},{miny},{maxx},{maxy} is not minx,miny,maxx,maxy in degrees "
+            "(EPSG:4326) with min < max; example: --bbox 141.89,42.68,142.02,42.77")
+    return minx, miny, maxx, maxy
+
+
+@dataclass(frozen=True)
+class AnalysisGrid:
+    """A north-up grid: CRS, pixel size, origin and shape."""
+
+    crs: str  # "EPSG:326xx" / "EPSG:327xx"
+    res_m: float
+    xmin: float
+    ymax: float
+    width: int
+    height: int
+
+    @property
+    def transform(self) -> Affine:
+        return Affine(self.res_m, 0.0, self.xmin, 0.0, -self.res_m, self.ymax)
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        return (self.xmin, self.ymax - self.height * self.res_m,
+                self.xmin + self.width * self.res_m, self.ymax)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.height, self.width
+
+    @property
+    def area_km2(self) -> float:
+        return self.width * self.height * self.res_m**2 / 1e6
+
+    def to_dict(self) -> dict:
+        return {"crs": self.crs, "res_m": self.res_m, "xmin": self.xmin, "ymax": self.ymax,
+                "width": self.width, "height": self.height, "bounds": list(self.bounds),
+                "transform": list(self.transform)[:6]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "AnalysisGrid":
+        return cls(crs=data["crs"], res_m=float(data["res_m"]), xmin=float(data["xmin"]),
+                   ymax=float(data["ymax"]), width=int(data["width"]), height=int(data["height"]))
+
+
+def utm_epsg(lon: float, lat: float) -> int:
+    """EPSG code of the UTM zone containing (lon, lat): 326zz north, 327zz south."""
+    zone = int(math.floor((lon + 180.0) / 6.0)) % 60 + 1
+    return (32600 if lat >= 0 else 32700) + zone
+
+
+def read_aoi(path: str | Path) -> shapely.Geometry:
+    """Union of the (Multi)Polygons in a GeoJSON file, in EPSG:4326.
+
+    Raises:
+        InputError: missing file, not GeoJSON, no polygon, or a CRS other than EPSG:4326/CRS84.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"--aoi {path} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"--aoi {path} is not GeoJSON ({exc})") from None
+    crs_name = (data.get("crs") or {}).get("properties", {}).get("name", "")
+    if crs_name and not any(k in crs_name.upper() for k in ("4326", "CRS84")):
+        raise InputError(f"--aoi {path} is in {crs_name}; GeoJSON AOIs must be in EPSG:4326 (lon/lat)")
+    if data.get("type") == "FeatureCollection":
+        geoms = [shape(f["geometry"]) for f in data.get("features", []) if f.get("geometry")]
+    elif data.get("type") == "Feature":
+        geoms = [shape(data["geometry"])]
+    else:
+        try:
+            geoms = [shape(data)]
+        except (KeyError, ValueError, AttributeError):
+            geoms = []
+    polys = [g for g in geoms if g.geom_type in ("Polygon", "MultiPolygon")]
+    if not polys:
+        raise InputError(f"--aoi {path} holds no Polygon or MultiPolygon")
+    geom = shapely.make_valid(shapely.union_all(polys))
+    minx, miny, maxx, maxy = geom.bounds
+    if not (-180 <= minx <= maxx <= 180 and -90 <= miny <= maxy <= 90):
+        raise InputError(f"--aoi {path} coordinates are not lon/lat degrees (bounds {geom.bounds})")
+    return geom
+
+
+def resolve_roi(region_bbox: tuple[float, ...] | None, region_aoi: shapely.Geometry | None,
+                bbox: tuple[float, ...] | None, aoi: shapely.Geometry | None,
+                data_extent: tuple[float, float, float, float]) -> shapely.Geometry:
+    """Intersect the region's area, the user's ``--bbox``/``--aoi`` and the data's extent (EPSG:4326).
+
+    Raises:
+        InputError: the ROI does not intersect the data (the message gives the data's extent).
+    """
+    roi = box(*data_extent)
+    for part in (box(*check_bbox(region_bbox)) if region_bbox else None, region_aoi,
+                 box(*check_bbox(bbox)) if bbox else None, aoi):
+        if part is not None:
+            roi = roi.intersection(part)
+    if roi.is_empty or roi.area == 0:
+        e = data_extent
+        raise InputError(
+            "the ROI does not intersect the data: the source covers lon "
+            f"{e[0]:.4f}..{e[2]:.4f}, lat {e[1]:.4f}..{e[3]:.4f}; choose a --bbox/--aoi inside it")
+    return roi
+
+
+def make_grid(roi_lonlat: shapely.Geometry, res_m: float = 10.0, crs: str | None = None) -> AnalysisGrid:
+    """Snap the ROI's bounds (projected to UTM) outward to ``res_m`` multiples.
+
+    Args:
+        roi_lonlat: ROI geometry in EPSG:4326.
+        res_m: pixel size in metres.
+        crs: override the UTM zone (otherwise that of the ROI centroid).
+    """
+    if res_m <= 0:
+        raise InputError(f"res_m must be positive, got {res_m}")
+    c = roi_lonlat.centroid
+    crs = crs or f"EPSG:{utm_epsg(c.x, c.y)}"
+    to_utm = Transformer.from_crs("EPSG:4326", crs, always_xy=True)
+    roi_utm = shp_transform(to_utm.transform, shapely.segmentize(roi_lonlat, 0.001))
+    minx, miny, maxx, maxy = roi_utm.bounds
+    xmin = math.floor(minx / res_m) * res_m
+    ymin = math.floor(miny / res_m) * res_m
+    xmax = math.ceil(maxx / res_m) * res_m
+    ymax = math.ceil(maxy / res_m) * res_m
+    width, height = int(round((xmax - xmin) / res_m)), int(round((ymax - ymin) / res_m))
+    return AnalysisGrid(crs=crs, res_m=float(res_m), xmin=float(xmin), ymax=float(ymax),
+                        width=max(width, 1), height=max(height, 1))
+
+
+def roi_in_grid_crs(roi_lonlat: shapely.Geometry, grid: AnalysisGrid) -> shapely.Geometry:
+    """The ROI polygon projected to the grid's CRS (for the valid mask)."""
+    to_grid = Transformer.from_crs("EPSG:4326", grid.crs, always_xy=True)
+    return shp_transform(to_grid.transform, shapely.segmentize(roi_lonlat, 0.001))
+
+
+def geometry_to_geojson(geom: shapely.Geometry) -> dict:
+    return mapping(geom)
+
+
+def crs_is_utm(crs: str) -> bool:
+    return CRS.from_user_input(crs).utm_zone is not None

@@ -1,0 +1,311 @@
+"""Bring every layer onto the analysis grid and write the 14-channel stack, lazily and in chunks.
+
+Each band is opened through a GDAL ``WarpedVRT`` onto the analysis grid and wrapped by rioxarray as a
+dask array, so the stack is computed chunk by chunk and streamed to a tiled GeoTIFF: memory depends
+on the chunk size, not the scene size. Bands may come in any CRS and resolution (10/20/60 m): GDAL
+resamples each onto the grid (bilinear for reflectance and terrain, DESIGN.md section 4). Slope is
+computed on the DEM in a metric CRS at the DEM's own resolution first, then resampled.
+
+Output: ``stack.tif`` (float32, 14 bands in contract order, physical units, NaN = nodata; channels the
+source does not provide are all-NaN) and ``valid.tif`` (uint8 1 = analysed). Where the source gives a
+cloud mask (``inputs.cloud_mask``, see ``tasks.sources.cloud``) cloud pixels are not valid; ``cloud_mask.json``
+records how many were masked. ``scene_index.tif`` (uint8, 0 = no scene, k = entry k of ``scenes.json``)
+says which scene every analysed pixel comes from: with a per-pixel mosaic (``inputs.mosaic``, see
+``tasks.sources.mosaic``) the first-ranked scene with data and no cloud there; with one scene, that scene.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import dask
+import dask.array as da
+import numpy as np
+import rasterio
+import rioxarray
+import shapely
+import xarray as xr
+from rasterio.enums import Resampling
+from rasterio.features import geometry_mask
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+from rasterio.windows import transform as window_transform
+from tqdm.auto import tqdm
+
+from tasks.core.bands import BAND_NAMES, SPECTRAL_BAND_NAMES, get_band
+from tasks.core.errors import InputError
+from tasks.core.files import WORK_COMPRESSION
+from tasks.core.grid import AnalysisGrid
+from tasks.raster.terrain import compute_slope_raster
+from tasks.sources.cloud import check_cloud_mask, cloud_pixels
+from tasks.sources.cloud import write_records as write_cloud_records
+from tasks.sources.local import SceneInputs
+from tasks.sources.mosaic import MAX_SCENES, SCENE_INDEX_NAME, SCENES_NAME, scene_entry, write_scenes
+from tasks.sources.mosaic import RULE as MOSAIC_RULE
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHUNK_PX = 1024
+
+
+@dataclass(frozen=True)
+class StackResult:
+    stack_path: str
+    valid_path: str
+    band_stats: dict  # band -> {"valid_fraction": f, "nan_pixels_in_source": n}
+    valid_fraction: float
+    cloud_masked_px: int = 0  # pixels otherwise analysed that the source's cloud mask removed
+
+
+def _warped_layer(path: str, grid: AnalysisGrid, resampling: Resampling, src_nodata: float | None,
+                  chunk_px: int) -> xr.DataArray:
+    """A lazy (1, H, W) float32 view of ``path`` on ``grid`` with NaN for nodata."""
+    src = rasterio.open(path)
+    if src.crs is None:
+        raise InputError(f"{path} has no CRS; set one with gdal_edit.py -a_srs EPSG:XXXX")
+    nodata = src_nodata if src_nodata is not None else src.nodata
+    vrt_kwargs = dict(crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
+                      resampling=resampling)
+    if nodata is not None and not (isinstance(nodata, float) and np.isnan(nodata)):
+        vrt_kwargs.update(src_nodata=nodata, nodata=nodata)
+    vrt = WarpedVRT(src, **vrt_kwargs)
+    # masked=False, then NaN where the warped value is the nodata value: the same pixels as GDAL's
+    # nodata mask band, but masked=True would read that mask band, which warps every window twice.
+    # lock=False is safe because each window's compute reads one band of a VRT once (build_stack).
+    arr = rioxarray.open_rasterio(vrt, chunks={"band": 1, "y": chunk_px, "x": chunk_px},
+                                  masked=False, lock=False)
+    arr = arr.isel(band=[0]).astype("float32")
+    if "src_nodata" in vrt_kwargs:
+        arr = arr.where(arr != np.float32(nodata))
+    # a file may also hold NaN (float rasters): NaN is nodata either way
+    return arr
+
+
+def _empty_layer(grid: AnalysisGrid, chunk_px: int) -> da.Array:
+    return da.full((1, grid.height, grid.width), np.nan, dtype="float32",
+                   chunks=(1, chunk_px, chunk_px))
+
+
+def roi_mask(roi_grid_crs: shapely.Geometry | None, grid: AnalysisGrid,
+             window: Window | None = None) -> np.ndarray:
+    """uint8: 1 inside the ROI polygon (pixel centres), 0 outside; the whole grid (H, W), or ``window``."""
+    window = window or Window(0, 0, grid.width, grid.height)
+    shape = (int(window.height), int(window.width))
+    if roi_grid_crs is None:
+        return np.ones(shape, dtype=np.uint8)
+    transform = window_transform(window, grid.transform)
+    inside = geometry_mask([roi_grid_crs], out_shape=shape, transform=transform, invert=True,
+                           all_touched=False)
+    return inside.astype(np.uint8)
+
+
+def _lazy_roi_inside(roi_grid_crs: shapely.Geometry | None, grid: AnalysisGrid, chunk_px: int) -> da.Array:
+    """bool (H, W), rasterized chunk by chunk: a whole-grid mask would be 120 MB for one S2 tile."""
+    def chunk(template: np.ndarray, block_info=None) -> np.ndarray:
+        (r0, r1), (c0, c1) = block_info[0]["array-location"]
+        return roi_mask(roi_grid_crs, grid, Window(c0, r0, c1 - c0, r1 - r0)) > 0
+
+    return da.zeros(grid.shape, dtype=bool, chunks=(chunk_px, chunk_px)).map_blocks(chunk, dtype=bool)
+
+
+def _scene_layers(scene: dict, grid: AnalysisGrid, chunk_px: int) -> dict[str, da.Array]:
+    """Lazy (H, W) views of one scene's spectral bands on ``grid``, harmonized, NaN = nodata."""
+    layers = {}
+    for name, path in scene["band_paths"].items():
+        data = _warped_layer(path, grid, Resampling[get_band(name).resampling], scene.get("band_nodata"),
+                             chunk_px).data[0]
+        if scene.get("offset_dn"):
+            data = da.maximum(data - scene["offset_dn"], 0.0)
+        layers[name] = data.rechunk((chunk_px, chunk_px))
+    return layers
+
+
+def build_stack(inputs: SceneInputs, grid: AnalysisGrid, work_dir: str | Path,
+                required_bands: tuple[str, ...], roi_grid_crs: shapely.Geometry | None = None,
+                chunk_px: int = DEFAULT_CHUNK_PX, progress: bool = False) -> StackResult:
+    """Warp the scenes' bands and the terrain layers onto ``grid``; write stack.tif, valid.tif,
+    scene_index.tif and scenes.json.
+
+    With several scenes (``inputs.mosaic``, best first) every pixel takes its spectral bands from the
+    first scene that has data in every required spectral band there and is not cloud in its own mask
+    (``tasks.sources.mosaic``); a single scene is the same rule with one scene.
+
+    Args:
+        inputs: the scene(s) (band paths, DEM path, nodata, harmonization offset, cloud mask).
+        grid: the analysis grid.
+        work_dir: folder for the stack, the valid mask and the metric-CRS slope.
+        required_bands: channels the detector consumes: a pixel is valid only where all are finite.
+        roi_grid_crs: ROI polygon in the grid CRS; pixels outside it are not analysed.
+        chunk_px: dask chunk side (bounded memory: a few chunks of 14 bands a scene at a time).
+        progress: show a progress bar (stderr) while the stack is computed and written.
+    """
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    scenes = inputs.scenes()
+    if len(scenes) > MAX_SCENES:
+        raise InputError(f"a mosaic of {len(scenes)} scenes exceeds {MAX_SCENES} (scene_index.tif is uint8)")
+    nan_in_source: dict[str, int] = {}
+    for scene in scenes:
+        for name, path in scene["band_paths"].items():
+            nan_in_source[name] = nan_in_source.get(name, 0) + _count_source_nan(path)
+    empty = _empty_layer(grid, chunk_px)[0]
+    inside = _lazy_roi_inside(roi_grid_crs, grid, chunk_px)
+    spectral_required = [b for b in required_bands if b in SPECTRAL_BAND_NAMES]
+    terrain: dict[str, da.Array] = {}
+    for name in ("SLOPE", "DEM"):
+        if not inputs.dem_path:
+            terrain[name] = empty
+        elif name == "DEM":
+            terrain[name] = _warped_layer(inputs.dem_path, grid, Resampling[get_band(name).resampling],
+                                          inputs.dem_nodata, chunk_px).data[0].rechunk((chunk_px, chunk_px))
+        else:
+            slope_path = work_dir / "slope_metric.tif"
+            if not slope_path.exists():
+                compute_slope_raster(inputs.dem_path, slope_path, dst_crs=grid.crs)
+            terrain[name] = _warped_layer(str(slope_path), grid, Resampling[get_band(name).resampling], None,
+                                          chunk_px).data[0].rechunk((chunk_px, chunk_px))
+    base_ok = inside
+    for name in required_bands:
+        if name in terrain:
+            base_ok = base_ok & da.isfinite(terrain[name])
+
+    # per scene: data in every required spectral band, and its cloud flags (False without a mask)
+    per_scene, specs = [], []
+    for scene in scenes:
+        layers = _scene_layers(scene, grid, chunk_px)
+        has_data = da.ones(grid.shape, dtype=bool, chunks=(chunk_px, chunk_px))
+        for name in spectral_required:
+            has_data = has_data & (da.isfinite(layers[name]) if name in layers else False)
+        spec = check_cloud_mask(scene.get("cloud_mask"))
+        cloud = da.zeros(grid.shape, dtype=bool, chunks=(chunk_px, chunk_px))
+        if spec is not None:
+            cloud = da.map_blocks(cloud_pixels, _warped_mask(spec["path"], grid, chunk_px), spec=spec, dtype=bool)
+        per_scene.append((layers, has_data, cloud))
+        specs.append(spec)
+    # first scene (best first) with data and no cloud; counts of pixels each scene gives / loses to cloud
+    index = da.zeros(grid.shape, dtype=np.uint8, chunks=(chunk_px, chunk_px))
+    cloud_lost = []
+    for k, (_, has_data, cloud) in enumerate(per_scene, start=1):
+        open_px = (index == 0) & base_ok
+        cloud_lost.append(open_px & has_data & cloud)
+        index = da.where(open_px & has_data & ~cloud, np.uint8(k), index)
+    valid = index > 0
+    # pixels that would have been analysed without the cloud masks but are not
+    cloudy = ~valid & base_ok & da.stack([h & c for _, h, c in per_scene]).any(axis=0)
+    channels = []
+    for name in BAND_NAMES:
+        if name in terrain:
+            channels.append(terrain[name])
+            continue
+        data = empty
+        for k, (layers, _, _) in enumerate(per_scene, start=1):
+            if name in layers:
+                data = da.where(index == k, layers[name], data)
+        channels.append(data)
+    stack = da.where(valid[None], da.stack(channels), np.nan).astype("float32")
+
+    stack_path = work_dir / "stack.tif"
+    valid_path = work_dir / "valid.tif"
+    index_path = work_dir / SCENE_INDEX_NAME
+    tmp_stack, tmp_valid = stack_path.with_suffix(".tmp.tif"), valid_path.with_suffix(".tmp.tif")
+    tmp_index = index_path.with_suffix(".tmp.tif")
+    common = dict(driver="GTiff", width=grid.width, height=grid.height, crs=grid.crs,
+                  transform=grid.transform, tiled=True, blockxsize=256, blockysize=256,
+                  BIGTIFF="IF_SAFER", **WORK_COMPRESSION)  # lossless ZSTD-1: ~4x faster than deflate
+    # One chunk-sized window at a time: a single dask.compute evaluates the stack, the valid mask and
+    # the scene index of that window together (each warp runs once) and the result is written before
+    # the next window starts, so memory holds one window of 14 bands per scene however large the grid
+    # is. Band interleave: with pixel interleave every band write would recompress all bands' tiles.
+    windows = [Window(c, r, min(chunk_px, grid.width - c), min(chunk_px, grid.height - r))
+               for r in range(0, grid.height, chunk_px) for c in range(0, grid.width, chunk_px)]
+    n_scenes = len(scenes)
+    with rasterio.open(tmp_stack, "w", count=len(BAND_NAMES), dtype="float32", nodata=np.nan,
+                       predictor=3, interleave="band", **common) as dst, \
+            rasterio.open(tmp_valid, "w", count=1, dtype="uint8", **common) as vdst, \
+            rasterio.open(tmp_index, "w", count=1, dtype="uint8", **common) as idst, \
+            dask.config.set(scheduler="threads"):
+        n_cloudy = 0
+        taken = np.zeros(n_scenes + 1, dtype=np.int64)
+        lost = np.zeros(n_scenes, dtype=np.int64)
+        finite = np.zeros(len(BAND_NAMES), dtype=np.int64)  # per-band statistics, counted as written
+        # window k is compressed and written by one writer thread while window k+1 is computed (GDAL
+        # releases the GIL in both); at most one write is pending, so memory holds two windows.
+        pending = None
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stack-writer") as writer:
+            for win in tqdm(windows, desc="align", unit="window", disable=not progress, mininterval=1.0):
+                r0, c0 = int(win.row_off), int(win.col_off)
+                r1, c1 = r0 + int(win.height), c0 + int(win.width)
+                block, idx, cloud_n, *lost_n = dask.compute(
+                    stack[:, r0:r1, c0:c1], index[r0:r1, c0:c1], cloudy[r0:r1, c0:c1].sum(),
+                    *[c[r0:r1, c0:c1].sum() for c in cloud_lost])
+                n_cloudy += int(cloud_n)
+                lost += np.asarray(lost_n, dtype=np.int64)
+                taken += np.bincount(idx.ravel(), minlength=n_scenes + 1)
+                finite += np.isfinite(block).reshape(len(BAND_NAMES), -1).sum(axis=1)
+                if pending is not None:
+                    pending.result()  # re-raises a failed write here
+                pending = writer.submit(_write_window, (dst, vdst, idst), block, idx, win)
+            if pending is not None:
+                pending.result()
+    with rasterio.open(tmp_stack, "r+") as dst:
+        dst.descriptions = BAND_NAMES
+        for i, name in enumerate(BAND_NAMES, start=1):
+            dst.update_tags(i, unit=get_band(name).unit)
+    with rasterio.open(tmp_index, "r+") as idst:
+        idst.set_band_description(1, "source scene: 0 none, k = entry k of scenes.json")
+        idst.update_tags(scenes=SCENES_NAME, rule=MOSAIC_RULE)
+    grid_px = grid.width * grid.height
+    stats = _stack_stats(finite, grid_px, nan_in_source)
+    valid_fraction = int(taken[1:].sum()) / grid_px
+    entries = [scene_entry(k, s["scene_id"], s.get("acquired"), s.get("cloud_pct"), s.get("processing_baseline"),
+                           float(s.get("offset_dn") or 0.0), int(taken[k]), int(lost[k - 1]))
+               for k, s in enumerate(scenes, start=1)]
+    os.replace(tmp_stack, stack_path)
+    os.replace(tmp_valid, valid_path)
+    os.replace(tmp_index, index_path)
+    write_scenes(work_dir, entries, grid_px, int(taken[1:].sum()))
+    (work_dir / "stack_stats.json").write_text(json.dumps(stats, indent=2))
+    write_cloud_records(work_dir, [(s["scene_id"], spec, int(lost[k])) for k, (s, spec) in enumerate(zip(scenes, specs))],
+                        grid_px)
+    log.info("stack: %dx%d px on %s from %d scene(s) (%s px), %.1f%% valid, %d px cloud-masked", grid.width,
+             grid.height, grid.crs, n_scenes, "/".join(str(int(t)) for t in taken[1:]), 100 * valid_fraction,
+             n_cloudy)
+    return StackResult(str(stack_path), str(valid_path), stats, valid_fraction, n_cloudy)
+
+
+def _write_window(datasets, block: np.ndarray, idx: np.ndarray, win: Window) -> None:
+    stack_dst, valid_dst, index_dst = datasets
+    stack_dst.write(block, window=win)
+    valid_dst.write((idx > 0).astype(np.uint8), 1, window=win)
+    index_dst.write(idx, 1, window=win)
+
+
+def _warped_mask(path: str, grid: AnalysisGrid, chunk_px: int) -> da.Array:
+    """A lazy (H, W) view of a categorical mask on ``grid`` (nearest; raw values, no nodata masking)."""
+    src = rasterio.open(path)
+    if src.crs is None:
+        raise InputError(f"cloud mask {path} has no CRS; set one with gdal_edit.py -a_srs EPSG:XXXX")
+    vrt = WarpedVRT(src, crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
+                    resampling=Resampling.nearest)
+    arr = rioxarray.open_rasterio(vrt, chunks={"band": 1, "y": chunk_px, "x": chunk_px}, lock=False)
+    return arr.isel(band=0).data
+
+
+def _count_source_nan(path: str) -> int:
+    """NaN pixels in a float source raster, block by block (integer rasters hold none)."""
+    with rasterio.open(path) as src:
+        if not np.issubdtype(np.dtype(src.dtypes[0]), np.floating):
+            return 0
+        return int(sum(np.isnan(src.read(1, window=w)).sum() for _, w in src.block_windows(1)))
+
+
+def _stack_stats(finite: np.ndarray, grid_px: int, nan_in_source: dict[str, int]) -> dict:
+    """Per-band finite fraction over the grid, from the finite-pixel counts taken while writing."""
+    return {name: {"finite_fraction": round(float(finite[i]) / grid_px, 6),
+                   **({"nan_pixels_in_source": nan_in_source[name]} if name in nan_in_source else {})}
+            for i, name in enumerate(BAND_NAMES)}

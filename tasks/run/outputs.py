@@ -1,0 +1,218 @@
+"""Run outputs: COGs (probability, uncertainty, mask), manifest.json, and the atomic hand-over.
+
+Every file is written into a staging folder (``<out>/.staging``) and moved into place only when the
+whole run has succeeded, so a reader never sees half a run and a failed run leaves no file under a
+final name (DESIGN.md section 5).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from rasterio.io import MemoryFile
+
+from tasks.core.errors import InputError
+from tasks.core.files import WORK_COMPRESSION, utc_now_iso
+
+PROB_SCALE = 254.0  # value = round(p * 254); 255 = nodata
+NODATA_U8 = 255
+FINAL_NAMES = ("landslides.gpkg", "probability.tif", "uncertainty.tif", "mask.tif", "manifest.json")
+STAGING = ".staging"
+WORK = ".work"
+
+
+def encode_unit_interval(values: np.ndarray) -> np.ndarray:
+    """Float in [0, 1] with NaN -> uint8 ``round(v * 254)``, 255 for NaN."""
+    out = np.full(values.shape, NODATA_U8, dtype=np.uint8)
+    ok = np.isfinite(values)
+    out[ok] = np.rint(np.clip(values[ok], 0.0, 1.0) * PROB_SCALE).astype(np.uint8)
+    return out
+
+
+def decode_unit_interval(encoded: np.ndarray) -> np.ndarray:
+    out = encoded.astype(np.float32) / PROB_SCALE
+    out[encoded == NODATA_U8] = np.nan
+    return out
+
+
+def write_cog(array: np.ndarray, path: str | Path, *, crs: str, transform, description: str,
+              scale: float | None = None, tags: dict | None = None) -> Path:
+    """Write a single-band uint8 array as a Cloud-Optimized GeoTIFF (deflate, overviews, 255 nodata).
+
+    ``scale`` goes into the band's scale metadata, so GDAL/QGIS show physical values.
+    """
+    path = Path(path)
+    h, w = array.shape
+    profile = dict(driver="GTiff", height=h, width=w, count=1, dtype="uint8", crs=crs,
+                   transform=transform, nodata=NODATA_U8)
+    with MemoryFile() as mem:
+        with mem.open(**profile) as tmp:
+            tmp.write(array, 1)
+            tmp.set_band_description(1, description)
+            if scale is not None:
+                tmp.scales = (scale,)
+                tmp.offsets = (0.0,)
+            tmp.update_tags(**(tags or {}))
+        with mem.open() as src:
+            tmp_path = path.with_name(path.name + ".tmp")
+            rasterio.shutil.copy(src, tmp_path, driver="COG", compress="DEFLATE",
+                                 overview_resampling="nearest", blocksize=256)
+    os.replace(tmp_path, path)
+    return path
+
+
+def write_cog_blockwise(src_path: str | Path, path: str | Path, encode, *, description: str,
+                        scale: float | None = None, tags: dict | None = None,
+                        valid_path: str | Path | None = None, block_px: int = 2048) -> Path:
+    """Encode a single-band raster block by block into a tiled GeoTIFF, then copy it to a COG.
+
+    ``encode(values, valid) -> uint8`` turns each block (``valid`` from ``valid_path``, or all True)
+    into the output's values; GDAL's COG driver streams the copy, so memory stays bounded.
+    """
+    from tasks.core.tiling import iter_blocks
+
+    path = Path(path)
+    tmp_tiled = path.with_name(path.name + ".tiled.tmp.tif")
+    with rasterio.open(src_path) as src:
+        profile = dict(driver="GTiff", height=src.height, width=src.width, count=1, dtype="uint8",
+                       crs=src.crs, transform=src.transform, nodata=NODATA_U8, tiled=True,
+                       blockxsize=256, blockysize=256, **WORK_COMPRESSION)
+        valid_src = rasterio.open(valid_path) if valid_path else None
+        try:
+            with rasterio.open(tmp_tiled, "w", **profile) as dst:
+                for win in iter_blocks(src.height, src.width, block_px):
+                    values = src.read(1, window=win)
+                    ok = (valid_src.read(1, window=win).astype(bool) if valid_src
+                          else np.ones(values.shape, bool))
+                    dst.write(encode(values, ok), 1, window=win)
+                dst.set_band_description(1, description)
+                if scale is not None:
+                    dst.scales = (scale,)
+                    dst.offsets = (0.0,)
+                dst.update_tags(**(tags or {}))
+        finally:
+            if valid_src is not None:
+                valid_src.close()
+    tmp_cog = path.with_name(path.name + ".tmp")
+    rasterio.shutil.copy(tmp_tiled, tmp_cog, driver="COG", compress="DEFLATE",
+                         overview_resampling="nearest", blocksize=256)
+    os.replace(tmp_cog, path)
+    tmp_tiled.unlink(missing_ok=True)
+    return path
+
+
+def check_output_dir(out: str | Path, overwrite: bool) -> Path:
+    """Fail early if the run folder cannot be written or already holds a run.
+
+    Raises:
+        InputError: a finished run is there and ``overwrite`` is False, or the folder is not writable.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} exists and is not a folder")
+    existing = [n for n in FINAL_NAMES if (out / n).exists()]
+    if existing and not overwrite:
+        raise InputError(f"--out {out} already holds a run ({', '.join(existing)}); "
+                         "choose another folder or pass --overwrite")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise InputError(f"--out {out} is not writable ({exc.strerror})") from None
+    return out
+
+
+def bytes_needed(width: int, height: int, n_channels: int = 14) -> int:
+    """Upper bound of the disk a run writes: the float32 stack, probability and uncertainty
+    rasters, masks and the uint8 COGs, all uncompressed, plus 20 %."""
+    per_px = n_channels * 4 + 4 + 4 + 1 + 1 + 3
+    return int(width * height * per_px * 1.2) + 10_000_000
+
+
+def check_free_space(out: str | Path, needed: int) -> None:
+    """Raises InputError when the output folder's disk cannot hold ``needed`` bytes."""
+    free = shutil.disk_usage(out).free
+    if free < needed:
+        raise InputError(f"--out {out}: the run needs up to {needed / 1e6:.0f} MB but only "
+                         f"{free / 1e6:.0f} MB are free on that disk; free space or choose "
+                         "another --out")
+
+
+def staging_dir(out: str | Path) -> Path:
+    path = Path(out) / STAGING
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def work_dir(out: str | Path) -> Path:
+    path = Path(out) / WORK
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def publish(out: str | Path, keep_work: bool = False) -> list[str]:
+    """Move every staged file to its final name (manifest last), then drop the staging folder."""
+    out = Path(out)
+    stage = out / STAGING
+    names = sorted(p.name for p in stage.iterdir())
+    missing = [n for n in FINAL_NAMES if n not in names]
+    if missing:
+        raise RuntimeError(f"run incomplete, not publishing: missing {missing}")
+    for name in sorted(names, key=lambda n: n == "manifest.json"):
+        os.replace(stage / name, out / name)
+    stage.rmdir()
+    if not keep_work:
+        shutil.rmtree(out / WORK, ignore_errors=True)
+    return names
+
+
+def discard_partial(out: str | Path) -> None:
+    """Remove the staging folder after a failure (final names are never touched)."""
+    shutil.rmtree(Path(out) / STAGING, ignore_errors=True)
+
+
+def package_versions() -> dict[str, str]:
+    names = ["landslide-pipeline", "torch", "segmentation-models-pytorch", "timm", "rasterio",
+             "rioxarray", "xarray", "dask", "geopandas", "pyogrio", "shapely", "numpy", "scipy",
+             "scikit-image", "prefect", "pydantic", "safetensors"]
+    out = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    out["python"] = platform.python_version()
+    out["gdal"] = rasterio.__gdal_version__
+    return out
+
+
+def write_manifest(path: str | Path, content: dict) -> Path:
+    """Write ``manifest.json`` (sorted keys, UTC timestamps).
+
+    A run's manifest (``path`` in ``OUT/.staging``) also gets ``inputs.cloud_mask``: the record
+    alignment left in ``OUT/.work`` (per scene, the pixels the source's cloud mask removed).
+    """
+    from tasks.sources.cloud import read_record
+
+    path = Path(path)
+    content = {"manifest_version": 1, "written_at": utc_now_iso(), **content,
+               "versions": package_versions()}
+    if path.parent.name == STAGING and isinstance(content.get("inputs"), dict):
+        cloud = read_record(path.parent.parent / WORK)
+        if cloud is not None:
+            content["inputs"] = {**content["inputs"], "cloud_mask": cloud}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(content, indent=2, sort_keys=False, default=str))
+    os.replace(tmp, path)
+    return path
+

@@ -1,0 +1,301 @@
+"""``data_catalog.yaml``: named sources and regions, validated by pydantic (``extra="forbid"``).
+
+A typo in the YAML is an error naming the key and the file, not a silently ignored setting.
+Relative paths in the catalog are relative to the catalog file's folder.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tasks.core.bands import SPECTRAL_BAND_NAMES, normalize_band_name, validate_bands
+from tasks.core.errors import InputError
+from tasks.core.grid import check_bbox
+
+CATALOG_ENV = "LANDSLIDE_CATALOG"
+CATALOG_FILENAME = "data_catalog.yaml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LocalScene(_Strict):
+    """One acquisition (or composite) of a local source.
+
+    Band files are given per band (``bands``) or with a template (``band_template`` containing
+    ``{band}``; ``band_tokens`` maps a contract name such as ``B02`` to the token in the file name,
+    e.g. ``B2``). Bands may have different resolutions and CRSs: they are all warped onto the
+    analysis grid.
+    """
+
+    scene_id: str
+    acquired: dt.datetime | None = Field(
+        default=None, description="acquisition time (UTC) of a single scene")
+    acquired_range: tuple[dt.date, dt.date] | None = Field(
+        default=None, description="first and last date of a composite whose scene dates are unknown")
+    band_template: str | None = None
+    band_tokens: dict[str, str] = Field(default_factory=dict)
+    bands: dict[str, str] = Field(default_factory=dict)
+    available_bands: tuple[str, ...] | None = Field(
+        default=None, description="bands this scene has (required with band_template)")
+    nodata: float | None = Field(default=None, description="overrides the files' nodata value")
+    processing_baseline: str | None = Field(
+        default=None, description="e.g. '02.01'; >= 04.00 means DN carry a +1000 offset")
+
+    @field_validator("acquired")
+    @classmethod
+    def _utc(cls, value: dt.datetime | None) -> dt.datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=dt.timezone.utc)
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> "LocalScene":
+        if (self.acquired is None) == (self.acquired_range is None):
+            raise ValueError("give exactly one of 'acquired' (a date-time) or 'acquired_range' "
+                             "([first, last] dates of a composite)")
+        if self.acquired_range and self.acquired_range[0] > self.acquired_range[1]:
+            raise ValueError("acquired_range must be [first, last]")
+        if not self.bands and not self.band_template:
+            raise ValueError("give 'bands' (band -> path) or 'band_template' (a path with {band})")
+        if self.band_template and "{band}" not in self.band_template:
+            raise ValueError("band_template must contain '{band}'")
+        if self.band_template and not self.available_bands:
+            raise ValueError("band_template needs 'available_bands' (the bands the files exist for)")
+        for name in list(self.bands) + list(self.band_tokens) + list(self.available_bands or ()):
+            if normalize_band_name(name) not in SPECTRAL_BAND_NAMES:
+                raise ValueError(f"{name!r} is not a Sentinel-2 band of the contract")
+        return self
+
+    @property
+    def band_names(self) -> tuple[str, ...]:
+        names = set(self.bands) | set(self.available_bands or ())
+        return validate_bands(names)
+
+    def band_path(self, band: str, root: Path) -> Path:
+        """Path of one band's file (``band`` in contract spelling)."""
+        band = normalize_band_name(band)
+        explicit = {normalize_band_name(k): v for k, v in self.bands.items()}
+        if band in explicit:
+            raw = explicit[band]
+        else:
+            tokens = {normalize_band_name(k): v for k, v in self.band_tokens.items()}
+            raw = self.band_template.format(band=tokens.get(band, band))  # type: ignore[union-attr]
+        path = Path(os.path.expandvars(raw)).expanduser()
+        return path if path.is_absolute() else root / path
+
+    def overlaps(self, start: dt.date | None, end: dt.date | None) -> bool:
+        """Whether the scene falls in the window [start, end] (dates inclusive)."""
+        first, last = self.date_span
+        return (start is None or last >= start) and (end is None or first <= end)
+
+    @property
+    def date_span(self) -> tuple[dt.date, dt.date]:
+        if self.acquired is not None:
+            day = self.acquired.astimezone(dt.timezone.utc).date()
+            return day, day
+        return self.acquired_range  # type: ignore[return-value]
+
+
+class LocalSource(_Strict):
+    """Rasters on disk: per-band files per scene, and a DEM."""
+
+    kind: Literal["local"]
+    description: str = ""
+    scenes: tuple[LocalScene, ...]
+    dem: str | None = Field(default=None, description="DEM raster (metres); SLOPE and DEM come from it")
+    dem_nodata: float | None = None
+    dem_name: str = "DEM"
+
+    @field_validator("scenes")
+    @classmethod
+    def _unique(cls, scenes: tuple[LocalScene, ...]) -> tuple[LocalScene, ...]:
+        ids = [s.scene_id for s in scenes]
+        if not ids:
+            raise ValueError("a local source needs at least one scene")
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"duplicate scene_id in {ids}")
+        return scenes
+
+
+class StacSource(_Strict):
+    """A STAC API (pystac-client search, COG window reads of the assets)."""
+
+    kind: Literal["stac"]
+    description: str = ""
+    url: str = Field(description="STAC API root, e.g. https://earth-search.aws.element84.com/v1")
+    collection: str = "sentinel-2-l1c"
+    assets: dict[str, str] = Field(
+        default_factory=lambda: dict(STAC_EARTH_SEARCH_L1C_ASSETS),
+        description="contract band -> asset key of the collection")
+    dem_url: str | None = Field(default=None, description="STAC API of the DEM (default: url)")
+    dem_collection: str | None = "cop-dem-glo-30"
+    dem_asset: str = "data"
+    max_cloud_pct: float = Field(default=30.0, ge=0, le=100)
+    cloud_mask_asset: str | None = Field(
+        default=None, description="asset key of a per-pixel cloud mask of the collection (e.g. 'scl' "
+                                  "of Earth Search sentinel-2-l2a); None: no cloud mask is applied")
+    cloud_mask_values: tuple[int, ...] = Field(
+        default=(), description="values of that asset that are cloud (SCL: 3, 8, 9, 10)")
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=4, ge=0)
+    max_mosaic_scenes: int = Field(
+        default=6, ge=1, le=255, description="most scenes of a per-pixel mosaic when no single scene "
+                                             "covers the ROI (tasks.sources.mosaic); 1 = never mosaic")
+
+    @field_validator("assets")
+    @classmethod
+    def _bands(cls, assets: dict[str, str]) -> dict[str, str]:
+        out = {}
+        for band, key in assets.items():
+            name = normalize_band_name(band)
+            if name not in SPECTRAL_BAND_NAMES:
+                raise ValueError(f"{band!r} is not a Sentinel-2 band of the contract")
+            out[name] = key
+        return out
+
+    @model_validator(mode="after")
+    def _cloud_mask(self) -> "StacSource":
+        if bool(self.cloud_mask_asset) != bool(self.cloud_mask_values):
+            raise ValueError("cloud_mask_asset and cloud_mask_values go together (e.g. scl with [3, 8, 9, 10])")
+        return self
+
+
+class SentinelHubSource(_Strict):
+    """Sentinel Hub Catalog + Process APIs through the ``sentinelhub`` package.
+
+    Credentials never come from this file: ``SH_CLIENT_ID`` / ``SH_CLIENT_SECRET`` in the
+    environment (names configurable) or a Prefect Secret block holding ``id:secret``.
+    """
+
+    kind: Literal["sentinelhub"]
+    description: str = ""
+    base_url: str = "https://services.sentinel-hub.com"
+    token_url: str | None = None  # default: <base_url>/auth/realms/main/protocol/openid-connect/token
+    collection: str = "sentinel-2-l1c"
+    dem_collection: str | None = "COPERNICUS_30"
+    max_cloud_pct: float = Field(default=30.0, ge=0, le=100)
+    client_id_env: str = "SH_CLIENT_ID"
+    client_secret_env: str = "SH_CLIENT_SECRET"
+    secret_block: str | None = Field(default=None, description="Prefect Secret block 'id:secret'")
+    cloud_mask: bool = Field(default=True, description="request the CLM cloud mask with the bands; "
+                                                       "cloud pixels are not analysed")
+    max_retries: int = Field(default=4, ge=0)
+    timeout_s: float = Field(default=120.0, gt=0)
+    max_mosaic_scenes: int = Field(
+        default=6, ge=1, le=255, description="most scenes of a per-pixel mosaic when no single scene "
+                                             "covers the ROI (tasks.sources.mosaic); 1 = never mosaic")
+
+
+# Earth Search v1 `sentinel-2-l1c` asset keys (see ../shared/data/api_fixtures/stac)
+STAC_EARTH_SEARCH_L1C_ASSETS = {
+    "B01": "coastal", "B02": "blue", "B03": "green", "B04": "red", "B05": "rededge1",
+    "B06": "rededge2", "B07": "rededge3", "B08": "nir", "B09": "nir09", "B10": "cirrus",
+    "B11": "swir16", "B12": "swir22"}
+
+Source = Annotated[Union[LocalSource, StacSource, SentinelHubSource], Field(discriminator="kind")]
+
+
+class Region(_Strict):
+    """A named area: a bbox in EPSG:4326 or a GeoJSON file, and the source that covers it."""
+
+    source: str
+    description: str = ""
+    bbox: tuple[float, float, float, float] | None = None
+    aoi: str | None = None
+    start: dt.date | None = None
+    end: dt.date | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "Region":
+        if self.bbox is not None:
+            check_bbox(self.bbox)
+        return self
+
+
+class Catalog(_Strict):
+    """The whole ``data_catalog.yaml``."""
+
+    version: Literal[1] = 1
+    sources: dict[str, Source]
+    regions: dict[str, Region] = Field(default_factory=dict)
+    root: Path = Field(default=Path("."), exclude=True)
+
+    @model_validator(mode="after")
+    def _refs(self) -> "Catalog":
+        for name, region in self.regions.items():
+            if region.source not in self.sources:
+                raise ValueError(f"region {name!r} names unknown source {region.source!r}; "
+                                 f"sources are {', '.join(sorted(self.sources))}")
+        return self
+
+    def region(self, name: str) -> Region:
+        if name not in self.regions:
+            raise InputError(f"unknown region {name!r}; regions in the catalog: "
+                             f"{', '.join(sorted(self.regions)) or '(none)'} "
+                             f"(add it to data_catalog.yaml under 'regions:')")
+        return self.regions[name]
+
+    def source(self, name: str) -> LocalSource | StacSource | SentinelHubSource:
+        if name not in self.sources:
+            raise InputError(f"unknown source {name!r}; sources in the catalog: "
+                             f"{', '.join(sorted(self.sources))}")
+        return self.sources[name]
+
+    def resolve(self, path: str | None) -> Path | None:
+        if path is None:
+            return None
+        p = Path(os.path.expandvars(path)).expanduser()
+        return p if p.is_absolute() else (self.root / p).resolve()
+
+
+def default_catalog_path() -> Path:
+    """``$LANDSLIDE_CATALOG``, else ``./data_catalog.yaml``, else the one beside the package."""
+    if os.environ.get(CATALOG_ENV):
+        return Path(os.environ[CATALOG_ENV])
+    here = Path.cwd() / CATALOG_FILENAME
+    if here.exists():
+        return here
+    return Path(__file__).resolve().parents[1] / CATALOG_FILENAME
+
+
+def _format_validation_error(err: ValidationError, path: Path) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]
+                   if not str(p).startswith(("LocalSource", "StacSource", "SentinelHubSource"))
+                   and str(p) not in ("local", "stac", "sentinelhub"))
+    if first["type"] == "extra_forbidden":
+        return f"{path}: unknown key '{loc}' (misspelled?); see the documented keys in README.md"
+    if first["type"] == "union_tag_invalid":
+        return f"{path}: '{loc}': source kind must be one of local, sentinelhub, stac"
+    return f"{path}: '{loc}': {first['msg']}"
+
+
+def load_catalog(path: str | Path | None = None) -> Catalog:
+    """Read and validate a catalog file.
+
+    Raises:
+        InputError: the file is missing, not YAML, or does not match the schema (one line naming
+            the offending key).
+    """
+    path = Path(path) if path is not None else default_catalog_path()
+    if not path.exists():
+        raise InputError(f"catalog {path} not found; pass --catalog PATH or set ${CATALOG_ENV}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise InputError(f"{path} must hold a mapping with 'sources:' and 'regions:'")
+    try:
+        catalog = Catalog(**raw, root=path.resolve().parent)
+    except ValidationError as exc:
+        raise InputError(_format_validation_error(exc, path)) from None
+    return catalog

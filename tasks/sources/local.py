@@ -1,0 +1,189 @@
+"""The ``local`` source: pick a scene from the catalog and check that its rasters are usable.
+
+Nothing here reads pixels; alignment does that (``tasks.raster.align``). What this module guarantees is that
+every path it returns exists, opens as a raster and has a CRS, so later stages fail only on bugs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import rasterio
+from rasterio.errors import RasterioIOError
+from rasterio.warp import transform_bounds
+
+from tasks.core.bands import spectral_request
+from tasks.core.errors import InputError
+from tasks.sources.catalog import Catalog, LocalScene, LocalSource
+
+log = logging.getLogger(__name__)
+
+# Processing baseline 04.00 (January 2022) added a +1000 DN offset to L1C/L2A reflectances.
+HARMONIZE_BASELINE = (4, 0)
+HARMONIZE_OFFSET_DN = 1000.0
+
+
+@dataclass(frozen=True)
+class SceneInputs:
+    """Everything the alignment stage needs to read one scene (paths, not arrays)."""
+
+    source: str
+    scene_id: str
+    acquired: str | None  # ISO 8601 UTC, None for composites with unknown dates
+    acquired_range: tuple[str, str] | None
+    band_paths: dict[str, str]  # contract band name -> raster path
+    available_bands: tuple[str, ...]
+    dem_path: str | None
+    band_nodata: float | None
+    dem_nodata: float | None
+    offset_dn: float  # subtracted from every S2 band (harmonization), 0 when not needed
+    processing_baseline: str | None
+    extent_lonlat: tuple[float, float, float, float]
+    notes: list[str] = field(default_factory=list)
+    # the source's cloud mask (tasks.sources.cloud: path + cloud_values or cloud_range + origin), None = none
+    cloud_mask: dict | None = None
+    cloud_pct: float | None = None  # the scene's cloud cover (eo:cloud_cover) when the source gives it
+    # a per-pixel mosaic (tasks.sources.mosaic): the scenes best first, each a dict with scene_id, acquired,
+    # cloud_pct, processing_baseline, offset_dn, band_paths, band_nodata, cloud_mask; None = the one
+    # scene described by the fields above
+    mosaic: list[dict] | None = None
+
+    def scenes(self) -> list[dict]:
+        """The scenes alignment reads, best first (one entry for a single-scene input)."""
+        if self.mosaic:
+            return [dict(m) for m in self.mosaic]
+        return [{"scene_id": self.scene_id, "acquired": self.acquired, "cloud_pct": self.cloud_pct,
+                 "processing_baseline": self.processing_baseline, "offset_dn": self.offset_dn,
+                 "band_paths": dict(self.band_paths), "band_nodata": self.band_nodata,
+                 "cloud_mask": self.cloud_mask}]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SceneInputs":
+        data = dict(data)
+        for key in ("available_bands",):
+            data[key] = tuple(data[key])
+        if data.get("acquired_range"):
+            data["acquired_range"] = tuple(data["acquired_range"])
+        data["extent_lonlat"] = tuple(data["extent_lonlat"])
+        return cls(**data)
+
+
+def harmonization_offset(processing_baseline: str | None) -> float:
+    """DN offset to subtract for a processing baseline (``"04.00"`` and later: 1000)."""
+    if not processing_baseline:
+        return 0.0
+    try:
+        major, minor = (int(p) for p in processing_baseline.split(".")[:2])
+    except ValueError:  # e.g. "02.xx": older than 04.00 by its major number
+        try:
+            major, minor = int(processing_baseline.split(".")[0]), 0
+        except ValueError:
+            return 0.0
+    return HARMONIZE_OFFSET_DN if (major, minor) >= HARMONIZE_BASELINE else 0.0
+
+
+def select_scene(source: LocalSource, start: dt.date | None, end: dt.date | None,
+                 source_name: str = "") -> LocalScene:
+    """The most recent scene whose dates overlap [start, end].
+
+    Raises:
+        InputError: no scene falls in the window (the message lists the scenes and their dates).
+    """
+    if start and end and start > end:
+        raise InputError(f"--start {start} is after --end {end}")
+    hits = [s for s in source.scenes if s.overlaps(start, end)]
+    if not hits:
+        have = "; ".join(f"{s.scene_id} ({s.date_span[0]}..{s.date_span[1]})" for s in source.scenes)
+        raise InputError(f"no scene of source {source_name!r} falls in {start or '...'}..{end or '...'}; "
+                         f"available: {have}")
+    return max(hits, key=lambda s: (s.date_span[1], s.date_span[0]))
+
+
+def check_raster(path: Path, what: str) -> None:
+    """Open ``path`` and require a CRS.
+
+    Raises:
+        InputError: missing file, not a raster, or no CRS.
+    """
+    if not path.exists():
+        raise InputError(f"{what}: file {path} does not exist; fix the path in data_catalog.yaml")
+    try:
+        with rasterio.open(path) as src:
+            crs = src.crs
+    except RasterioIOError as exc:
+        raise InputError(f"{what}: {path} is not a raster GDAL can read ({str(exc).splitlines()[0]})") from None
+    if crs is None:
+        raise InputError(f"{what}: {path} has no CRS; set one (e.g. gdal_edit.py -a_srs EPSG:32654 {path.name})")
+
+
+def raster_extent_lonlat(path: Path) -> tuple[float, float, float, float]:
+    """Bounds of a raster in EPSG:4326."""
+    with rasterio.open(path) as src:
+        return tuple(transform_bounds(src.crs, "EPSG:4326", *src.bounds, densify_pts=21))  # type: ignore[return-value]
+
+
+def resolve_local_inputs(catalog: Catalog, source_name: str, spectral_bands: tuple[str, ...],
+                         start: dt.date | None = None, end: dt.date | None = None) -> SceneInputs:
+    """Choose the scene and check the rasters of ``spectral_bands`` and the DEM.
+
+    Args:
+        catalog: the loaded catalog.
+        source_name: a source of kind ``local``.
+        spectral_bands: Sentinel-2 bands the detector needs (contract names).
+        start, end: date window (inclusive); None means open.
+
+    Raises:
+        InputError: unknown source, a band the source cannot provide, a missing/unreadable raster.
+    """
+    source = catalog.source(source_name)
+    if not isinstance(source, LocalSource):
+        raise InputError(f"source {source_name!r} is of kind {source.kind!r}, not 'local'; remote "
+                         "sources are fetched by tasks.sources.remote.fetch_remote_inputs")
+    scene = select_scene(source, start, end, source_name)
+    wanted = spectral_request(spectral_bands)
+    missing = [b for b in wanted if b not in scene.band_names]
+    if missing:
+        raise InputError(
+            f"source {source_name!r} (scene {scene.scene_id}) cannot provide band(s) "
+            f"{', '.join(missing)}: it has {', '.join(scene.band_names)}; use a model whose card "
+            "lists only those bands, or a source with the missing bands")
+    band_paths: dict[str, str] = {}
+    for band in wanted:
+        path = scene.band_path(band, catalog.root)
+        check_raster(path, f"band {band} of scene {scene.scene_id}")
+        band_paths[band] = str(path)
+    dem_path = catalog.resolve(source.dem)
+    notes: list[str] = []
+    if dem_path is not None:
+        check_raster(dem_path, f"DEM of source {source_name!r}")
+    else:
+        notes.append("source has no DEM: SLOPE and DEM channels and terrain attributes are nodata")
+    first = Path(next(iter(band_paths.values()))) if band_paths else dem_path
+    if first is None:
+        raise InputError(f"source {source_name!r}: nothing to read (no bands requested and no DEM)")
+    offset = harmonization_offset(scene.processing_baseline)
+    if offset:
+        notes.append(f"processing baseline {scene.processing_baseline} >= 04.00: "
+                     f"{offset:g} DN offset removed")
+    return SceneInputs(
+        source=source_name,
+        scene_id=scene.scene_id,
+        acquired=scene.acquired.isoformat() if scene.acquired else None,
+        acquired_range=(tuple(d.isoformat() for d in scene.acquired_range)  # type: ignore[arg-type]
+                        if scene.acquired_range else None),
+        band_paths=band_paths,
+        available_bands=scene.band_names,
+        dem_path=str(dem_path) if dem_path else None,
+        band_nodata=scene.nodata,
+        dem_nodata=source.dem_nodata,
+        offset_dn=offset,
+        processing_baseline=scene.processing_baseline,
+        extent_lonlat=raster_extent_lonlat(first),
+        notes=notes,
+    )

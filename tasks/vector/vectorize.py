@@ -1,0 +1,534 @@
+"""Vectorize the cleaned mask: one Polygon per landslide with attributes, plus the analysed footprint.
+
+DESIGN.md section 5 fixes the schema of ``landslides.gpkg``: layer ``landslides`` (Polygon, the
+analysis CRS, columns :data:`LANDSLIDE_COLUMNS`) and layer ``footprint`` (MultiPolygon: the area that
+was actually analysed; outside it, no polygon means "not looked at", not "no landslide").
+
+A landslide is a 4-connected set of pixels (see tasks.vector.clean): the labelling here and
+``rasterio.features.shapes(connectivity=4)`` agree, so each object becomes exactly one valid
+Polygon (holes kept) and ``landslide_id`` k is the k-th object in raster order of its first pixel.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import shapely
+from pyproj import CRS, Transformer
+from rasterio.features import shapes
+from shapely.geometry import MultiPolygon, Polygon, shape
+
+from tasks.core.errors import InputError
+from tasks.vector.clean import CONNECTIVITY, label_objects
+
+log = logging.getLogger(__name__)
+
+# (name, type) of the landslides layer's attribute columns, in order. Types: "int" -> int64
+# (GPKG INTEGER), "real" -> float64, "text" -> str, "datetime" -> timezone-aware UTC datetime.
+LANDSLIDE_COLUMNS: list[tuple[str, str]] = [
+    ("landslide_id", "int"),
+    ("area_m2", "real"),
+    ("perimeter_m", "real"),
+    ("mean_prob", "real"),
+    ("max_prob", "real"),
+    ("uncertainty", "real"),
+    ("mean_slope_deg", "real"),
+    ("mean_elev_m", "real"),
+    ("centroid_lon", "real"),
+    ("centroid_lat", "real"),
+    ("scene_id", "text"),
+    ("acquired", "datetime"),
+    ("model", "text"),
+    ("run_id", "text"),
+    ("detected_at", "datetime"),
+]
+LANDSLIDE_COLUMN_NAMES: tuple[str, ...] = tuple(name for name, _ in LANDSLIDE_COLUMNS)
+STATIC_ATTRS: tuple[str, ...] = ("scene_id", "acquired", "model", "run_id", "detected_at")
+LANDSLIDES_LAYER = "landslides"
+FOOTPRINT_LAYER = "footprint"
+STATUS_ANALYSED = "analysed"
+STATUS_NO_VALID = "no valid data: all input pixels were nodata or cloud"
+
+_PANDAS_DTYPES = {"int": "int64", "real": "float64", "text": "object",
+                  "datetime": "datetime64[ns, UTC]"}
+
+
+def _to_utc(value: Any, name: str, allow_none: bool) -> pd.Timestamp:
+    """A timezone-aware datetime (or ISO 8601 string with an offset) as a UTC Timestamp."""
+    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NaT:
+        if allow_none:
+            return pd.NaT
+        raise InputError(f"{name} is required (a timezone-aware UTC datetime)")
+    if not isinstance(value, (dt.datetime, pd.Timestamp, str, np.datetime64)):
+        raise InputError(f"{name} must be a timezone-aware datetime, got {type(value).__name__}")
+    try:
+        ts = pd.Timestamp(value)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"{name}={value!r} is not a datetime ({exc})") from None
+    if ts.tzinfo is None:
+        raise InputError(f"{name}={value!r} has no timezone; pass an aware datetime, e.g. "
+                         "datetime(2018, 9, 7, tzinfo=timezone.utc) or '2018-09-07T01:30:00Z'")
+    return ts.tz_convert("UTC")
+
+
+def _check_static_attrs(static_attrs: Mapping[str, Any]) -> dict[str, Any]:
+    if not isinstance(static_attrs, Mapping):
+        raise InputError(f"static_attrs must be a dict with keys {', '.join(STATIC_ATTRS)}")
+    missing = [k for k in STATIC_ATTRS if k not in static_attrs]
+    extra = sorted(set(static_attrs) - set(STATIC_ATTRS))
+    if missing or extra:
+        parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
+            [f"unknown {', '.join(extra)}"] if extra else [])
+        raise InputError(f"static_attrs: {'; '.join(parts)}; expected exactly "
+                         f"{', '.join(STATIC_ATTRS)}")
+    out: dict[str, Any] = {}
+    for key in ("scene_id", "model", "run_id"):
+        v = static_attrs[key]
+        if v is not None and not isinstance(v, str):
+            raise InputError(f"static_attrs[{key!r}] must be text, got {type(v).__name__}")
+        out[key] = v
+    out["acquired"] = _to_utc(static_attrs["acquired"], "acquired", allow_none=True)
+    out["detected_at"] = _to_utc(static_attrs["detected_at"], "detected_at", allow_none=False)
+    return out
+
+
+def _check_layer(arr: np.ndarray | None, name: str, shape2d: tuple[int, int]) -> np.ndarray | None:
+    if arr is None:
+        return None
+    arr = np.asarray(arr)
+    if arr.shape != shape2d:
+        raise InputError(f"{name} has shape {arr.shape}; expected the mask's shape {shape2d}")
+    return arr.astype(np.float64, copy=False)
+
+
+def _check_crs(crs: Any) -> CRS:
+    if crs is None:
+        raise InputError("crs is required (the analysis grid's CRS, e.g. 'EPSG:32654')")
+    try:
+        return CRS.from_user_input(crs)
+    except Exception as exc:  # noqa: BLE001 - pyproj raises CRSError or TypeError
+        raise InputError(f"crs {crs!r} is not a CRS pyproj understands ({exc})") from None
+
+
+def _empty_landslides(crs: CRS) -> gpd.GeoDataFrame:
+    data = {name: pd.Series([], dtype=_PANDAS_DTYPES[kind]) for name, kind in LANDSLIDE_COLUMNS}
+    return gpd.GeoDataFrame(data, geometry=gpd.GeoSeries([], crs=crs), crs=crs)
+
+
+def _per_label_mean(values: np.ndarray | None, labels: np.ndarray, n: int) -> np.ndarray:
+    """NaN-aware mean of ``values`` over each label 1..n (NaN where a label has no finite value)."""
+    if values is None:
+        return np.full(n, np.nan)
+    sel = labels > 0
+    lab, v = labels[sel], values[sel]
+    ok = np.isfinite(v)
+    sums = np.bincount(lab[ok], weights=v[ok], minlength=n + 1)[1:]
+    counts = np.bincount(lab[ok], minlength=n + 1)[1:]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def _per_label_max(values: np.ndarray | None, labels: np.ndarray, n: int) -> np.ndarray:
+    if values is None:
+        return np.full(n, np.nan)
+    sel = labels > 0
+    lab, v = labels[sel], values[sel]
+    ok = np.isfinite(v)
+    out = np.full(n + 1, -np.inf)
+    np.maximum.at(out, lab[ok], v[ok])
+    out = out[1:]
+    out[np.isneginf(out)] = np.nan
+    return out
+
+
+def _one_polygon(parts: list[Polygon], label: int) -> Polygon:
+    """The single valid Polygon of a 4-connected object (shapes() gives one part; be defensive)."""
+    geom = parts[0] if len(parts) == 1 else shapely.union_all(parts)
+    if not geom.is_valid:
+        geom = shapely.make_valid(geom, method="structure")
+    if geom.geom_type != "Polygon":
+        polys = [g for g in getattr(geom, "geoms", [geom]) if g.geom_type == "Polygon"]
+        if len(polys) != 1:
+            # Not reachable for 4-connected pixel sets; refuse rather than silently drop area.
+            raise RuntimeError(f"object {label} vectorized to {geom.geom_type} with "
+                               f"{len(polys)} polygons; expected one Polygon")
+        geom = polys[0]
+    return geom
+
+
+def mask_to_polygons(mask: np.ndarray, transform, crs, *, prob: np.ndarray | None,
+                     uncertainty: np.ndarray | None, slope_deg: np.ndarray | None,
+                     elev_m: np.ndarray | None, static_attrs: Mapping[str, Any],
+                     id_offset: int = 0) -> gpd.GeoDataFrame:
+    """One row per 4-connected object of ``mask``, with the landslides layer's attributes.
+
+    Args:
+        mask: (H, W) bool or 0/1 cleaned mask (tasks.vector.clean.clean_mask).
+        transform: the grid's affine transform (north-up).
+        crs: the analysis CRS (metric: areas and perimeters are in its units).
+        prob: (H, W) probability; ``mean_prob``/``max_prob`` over the object's pixels (NaN-aware).
+        uncertainty: (H, W) per-pixel uncertainty; ``uncertainty`` is its mean over the object.
+        slope_deg: (H, W) slope; ``mean_slope_deg``. None (no DEM) gives NaN.
+        elev_m: (H, W) elevation; ``mean_elev_m``. None (no DEM) gives NaN.
+        static_attrs: ``scene_id``, ``acquired`` (aware datetime or None when unknown), ``model``,
+            ``run_id``, ``detected_at`` (aware datetime): the same for every row; stored in UTC.
+        id_offset: ``landslide_id`` is ``id_offset + 1 .. id_offset + n`` in raster order of each
+            object's first pixel (row, then column).
+
+    Returns:
+        GeoDataFrame with columns ``LANDSLIDE_COLUMN_NAMES`` + ``geometry`` (valid Polygons, CRS
+        ``crs``); empty but fully typed when the mask is empty.
+
+    Raises:
+        InputError: shapes differ, missing CRS, or bad ``static_attrs``.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise InputError(f"mask must be a 2-D (H, W) array, got shape {mask.shape}")
+    crs = _check_crs(crs)
+    attrs = _check_static_attrs(static_attrs)
+    if isinstance(id_offset, bool) or not isinstance(id_offset, (int, np.integer)) or id_offset < 0:
+        raise InputError(f"id_offset must be an integer >= 0, got {id_offset!r}")
+    layers = {name: _check_layer(arr, name, mask.shape) for name, arr in (
+        ("prob", prob), ("uncertainty", uncertainty), ("slope_deg", slope_deg), ("elev_m", elev_m))}
+
+    labels, n = label_objects(mask)
+    if n == 0:
+        return _empty_landslides(crs)
+
+    parts: dict[int, list[Polygon]] = {}
+    for geom, value in shapes(labels, mask=labels > 0, connectivity=CONNECTIVITY,
+                              transform=transform):
+        parts.setdefault(int(value), []).append(shape(geom))
+    if len(parts) != n:
+        raise RuntimeError(f"shapes() returned {len(parts)} objects for {n} labels")
+    geoms = [_one_polygon(parts[k], k) for k in range(1, n + 1)]
+    stats = {
+        "mean_prob": _per_label_mean(layers["prob"], labels, n),
+        "max_prob": _per_label_max(layers["prob"], labels, n),
+        "uncertainty": _per_label_mean(layers["uncertainty"], labels, n),
+        "mean_slope_deg": _per_label_mean(layers["slope_deg"], labels, n),
+        "mean_elev_m": _per_label_mean(layers["elev_m"], labels, n),
+    }
+    return _assemble_landslides(geoms, stats, crs, attrs, id_offset)
+
+
+def _assemble_landslides(geoms: list[Polygon], stats: Mapping[str, np.ndarray], crs, attrs,
+                         id_offset: int) -> gpd.GeoDataFrame:
+    """The typed landslides frame from polygons (in id order) and their per-object statistics."""
+    n = len(geoms)
+    geo = gpd.GeoSeries(geoms, crs=crs)
+    centroids = shapely.centroid(np.asarray(geoms, dtype=object))
+    to_lonlat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    lon, lat = to_lonlat.transform(shapely.get_x(centroids), shapely.get_y(centroids))
+
+    data = {
+        "landslide_id": np.arange(id_offset + 1, id_offset + n + 1, dtype=np.int64),
+        "area_m2": geo.area.to_numpy(dtype=np.float64),
+        "perimeter_m": geo.length.to_numpy(dtype=np.float64),
+        **{k: np.asarray(stats[k], dtype=np.float64) for k in
+           ("mean_prob", "max_prob", "uncertainty", "mean_slope_deg", "mean_elev_m")},
+        "centroid_lon": np.asarray(lon, dtype=np.float64),
+        "centroid_lat": np.asarray(lat, dtype=np.float64),
+    }
+    for key in STATIC_ATTRS:
+        data[key] = [attrs[key]] * n
+    df = pd.DataFrame(data)
+    for name, kind in LANDSLIDE_COLUMNS:
+        if kind == "datetime":  # an all-NaT column (unknown acquisition date) is tz-naive
+            df[name] = pd.to_datetime(df[name], utc=True).astype(_PANDAS_DTYPES[kind])
+        else:
+            df[name] = df[name].astype(_PANDAS_DTYPES[kind])
+    gdf = gpd.GeoDataFrame(df[list(LANDSLIDE_COLUMN_NAMES)], geometry=geo.values, crs=crs)
+    log.info("vectorized %d landslides (%.0f m2 in total)", n, float(gdf["area_m2"].sum()))
+    return gdf
+
+
+def valid_to_footprint(valid: np.ndarray, transform, crs, *,
+                       attrs: Mapping[str, Any]) -> gpd.GeoDataFrame:
+    """The analysed area as a one-row GeoDataFrame (the ``footprint`` layer).
+
+    Args:
+        valid: (H, W) bool or 0/1, True where pixels were analysed (valid, cloud-free).
+        transform: the grid's affine transform.
+        crs: the analysis CRS.
+        attrs: extra columns copied onto the row (``scene_id``, ``run_id``, ...); datetimes must be
+            timezone-aware and are stored in UTC.
+
+    Returns:
+        One row: ``area_m2``, ``status`` (``"analysed"`` or ``"no valid data: all input pixels were
+        nodata or cloud"``), the ``attrs`` columns, and a MultiPolygon geometry (empty when nothing
+        is valid).
+
+    Raises:
+        InputError: ``valid`` not 2-D, missing CRS, or ``attrs`` reusing a reserved column name.
+    """
+    valid = np.asarray(valid)
+    if valid.ndim != 2:
+        raise InputError(f"valid must be a 2-D (H, W) array, got shape {valid.shape}")
+    crs = _check_crs(crs)
+    if not isinstance(attrs, Mapping):
+        raise InputError("attrs must be a dict of column name -> value")
+    reserved = {"area_m2", "status", "geometry"} & set(attrs)
+    if reserved:
+        raise InputError(f"attrs may not set {', '.join(sorted(reserved))}: they are computed")
+    valid = valid.astype(bool, copy=False)
+    polys: list[Polygon] = []
+    if valid.any():
+        polys = [shape(g) for g, _ in shapes(valid.astype(np.uint8), mask=valid,
+                                             connectivity=CONNECTIVITY, transform=transform)]
+    # Parts from shapes() never overlap and touch at most at corners: a valid MultiPolygon as is.
+    geom = MultiPolygon(polys)
+    if not geom.is_valid:
+        geom = shapely.make_valid(shapely.union_all(polys))
+        geom = MultiPolygon([p for g in getattr(geom, "geoms", [geom]) for p in
+                             getattr(g, "geoms", [g]) if p.geom_type == "Polygon"])
+    row: dict[str, Any] = {"area_m2": float(geom.area),
+                           "status": STATUS_ANALYSED if polys else STATUS_NO_VALID}
+    for key, value in attrs.items():
+        if isinstance(value, (dt.datetime, pd.Timestamp)):
+            value = _to_utc(value, key, allow_none=False)
+        row[key] = value
+    gdf = gpd.GeoDataFrame({k: [v] for k, v in row.items()}, geometry=[geom], crs=crs)
+    return gdf
+
+
+def write_geopackage(landslides_gdf: gpd.GeoDataFrame, footprint_gdf: gpd.GeoDataFrame,
+                     path: str | Path) -> Path:
+    """Write the ``landslides`` (Polygon) and ``footprint`` (MultiPolygon) layers to one GeoPackage.
+
+    Written to a temporary name in the same folder and renamed to ``path`` when both layers are
+    complete, so a reader never sees half a file. An empty landslides layer keeps its full schema and
+    its Polygon geometry type.
+
+    Args:
+        landslides_gdf: from :func:`mask_to_polygons` (columns ``LANDSLIDE_COLUMN_NAMES``).
+        footprint_gdf: from :func:`valid_to_footprint`.
+        path: the ``.gpkg`` to write (replaced if it exists).
+
+    Returns:
+        ``path`` as a Path.
+
+    Raises:
+        InputError: wrong columns, CRS missing or different between layers, non-Polygon geometry.
+    """
+    path = Path(path)
+    for name, gdf in (("landslides_gdf", landslides_gdf), ("footprint_gdf", footprint_gdf)):
+        if not isinstance(gdf, gpd.GeoDataFrame):
+            raise InputError(f"{name} must be a GeoDataFrame, got {type(gdf).__name__}")
+        if gdf.crs is None:
+            raise InputError(f"{name} has no CRS; build it with tasks.vector.vectorize functions")
+    if landslides_gdf.crs != footprint_gdf.crs:
+        raise InputError(f"landslides CRS {landslides_gdf.crs} differs from footprint CRS "
+                         f"{footprint_gdf.crs}")
+    cols = [c for c in landslides_gdf.columns if c != landslides_gdf.geometry.name]
+    if tuple(cols) != LANDSLIDE_COLUMN_NAMES:
+        raise InputError(f"landslides columns {cols} differ from the schema "
+                         f"{list(LANDSLIDE_COLUMN_NAMES)} (DESIGN.md section 5)")
+    types = set(landslides_gdf.geom_type.dropna())
+    if types - {"Polygon"}:
+        raise InputError(f"the landslides layer holds Polygons only, got {sorted(types)}")
+    if set(footprint_gdf.geom_type.dropna()) - {"MultiPolygon"}:
+        raise InputError("the footprint layer holds MultiPolygons only")
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.gpkg")
+    try:
+        if tmp.exists():
+            tmp.unlink()
+        landslides_gdf.to_file(tmp, layer=LANDSLIDES_LAYER, driver="GPKG", engine="pyogrio",
+                               geometry_type="Polygon")
+        footprint_gdf.to_file(tmp, layer=FOOTPRINT_LAYER, driver="GPKG", engine="pyogrio",
+                              geometry_type="MultiPolygon")
+        os.replace(tmp, path)
+    finally:
+        for leftover in (tmp, tmp.with_name(tmp.name + "-journal"), tmp.with_name(tmp.name + "-wal"),
+                         tmp.with_name(tmp.name + "-shm")):
+            if leftover.exists():
+                leftover.unlink()
+    log.info("wrote %s: %d landslides", path, len(landslides_gdf))
+    return path
+
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: dict = {}
+
+    def find(self, x):
+        self.parent.setdefault(x, x)
+        root = x
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[x] != root:  # path compression
+            self.parent[x], x = root, self.parent[x]
+        return root
+
+    def union(self, a, b) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def _block_stats(v: np.ndarray | None, lab: np.ndarray, n: int) -> dict[str, np.ndarray]:
+    """Per-label finite sum, finite count and max (index 0 = background, unused), from the values
+    ``v`` (float64) of the labelled pixels and their labels ``lab``, both in raster order."""
+    if v is None:
+        return {"sum": np.zeros(n + 1), "count": np.zeros(n + 1), "max": np.full(n + 1, -np.inf)}
+    ok = np.isfinite(v)
+    mx = np.full(n + 1, -np.inf)
+    np.maximum.at(mx, lab[ok], v[ok])
+    return {"sum": np.bincount(lab[ok], weights=v[ok], minlength=n + 1).astype(np.float64),
+            "count": np.bincount(lab[ok], minlength=n + 1).astype(np.float64), "max": mx}
+
+
+def vectorize_raster(mask_path, layers: Mapping[str, tuple[str, int] | None], *,
+                     static_attrs: Mapping[str, Any], block_px: int = 2048,
+                     id_offset: int = 0) -> gpd.GeoDataFrame:
+    """Block-wise :func:`mask_to_polygons` over rasters, with bounded memory.
+
+    Each block's 4-connected objects are polygonized with partial statistics (finite sums, counts,
+    maxima, first pixel); objects that touch across a block seam (4-adjacent pixels on both sides)
+    are joined with union-find, their polygons unioned and their statistics combined. The result
+    has the same objects, ids (raster order of each object's first pixel), geometries and
+    attributes as vectorizing the whole mask at once (means may differ in the last float bits).
+
+    Args:
+        mask_path: cleaned uint8 mask (1 = landslide) on the analysis grid.
+        layers: ``prob``, ``uncertainty``, ``slope_deg``, ``elev_m`` -> (raster path, 1-based band)
+            on the same grid, or None for a layer that does not exist (NaN attributes).
+        static_attrs: as for :func:`mask_to_polygons`.
+        block_px: block side in pixels.
+    """
+    import rasterio
+
+    from tasks.core.tiling import iter_blocks
+
+    attrs = _check_static_attrs(static_attrs)
+    names = ("prob", "uncertainty", "slope_deg", "elev_m")
+    sources = {k: (rasterio.open(layers[k][0]), layers[k][1]) if layers.get(k) else None for k in names}
+    uf = _UnionFind()
+    polys: dict[tuple, list[Polygon]] = {}
+    stats: dict[tuple, dict] = {}
+    edges: dict[tuple[int, int], dict[str, np.ndarray]] = {}
+    try:
+        with rasterio.open(mask_path) as src:
+            crs = _check_crs(src.crs)
+            h, w = src.height, src.width
+            for win in iter_blocks(h, w, block_px):
+                r, c = int(win.row_off), int(win.col_off)
+                bi, bj = r // block_px, c // block_px
+                labels, n = label_objects(src.read(1, window=win))
+                edges[(bi, bj)] = {"top": labels[0].copy(), "bottom": labels[-1].copy(),
+                                   "left": labels[:, 0].copy(), "right": labels[:, -1].copy()}
+                if n == 0:
+                    continue
+                t = src.window_transform(win)
+                for geom, value in shapes(labels, mask=labels > 0, connectivity=CONNECTIVITY,
+                                          transform=t):
+                    polys.setdefault((bi, bj, int(value)), []).append(shape(geom))
+                # Only the labelled pixels are converted to float64 and reduced: a block is mostly
+                # background. idx is in raster order, as a boolean selection would be.
+                idx = np.flatnonzero(labels)
+                lab_px = labels.ravel()[idx]
+                first = np.empty(n + 1, dtype=np.int64)
+                _, first_pos = np.unique(lab_px, return_index=True)  # labels 1..n all occur
+                first[1:] = idx[first_pos]
+                per_layer = {}
+                for k in names:
+                    v = None
+                    if sources[k] is not None:
+                        ds, band = sources[k]
+                        v = ds.read(band, window=win).ravel()[idx].astype(np.float64)
+                    per_layer[k] = _block_stats(v, lab_px, n)
+                for lab in range(1, n + 1):
+                    fr, fc = divmod(int(first[lab]), labels.shape[1])
+                    key = (bi, bj, lab)
+                    uf.find(key)
+                    stats[key] = {"first": (r + fr, c + fc),
+                                  **{f"{k}_{m}": per_layer[k][m][lab] for k in names
+                                     for m in ("sum", "count", "max")}}
+    finally:
+        for item in sources.values():
+            if item is not None:
+                item[0].close()
+    # join objects across seams: 4-adjacent pixels on the two sides of a block border
+    for (bi, bj), e in edges.items():
+        right = edges.get((bi, bj + 1))
+        if right is not None:
+            for a, b in set(zip(e["right"].tolist(), right["left"].tolist())):
+                if a and b:
+                    uf.union((bi, bj, a), (bi, bj + 1, b))
+        below = edges.get((bi + 1, bj))
+        if below is not None:
+            for a, b in set(zip(e["bottom"].tolist(), below["top"].tolist())):
+                if a and b:
+                    uf.union((bi, bj, a), (bi + 1, bj, b))
+    groups: dict[tuple, list[tuple]] = {}
+    for key in stats:
+        groups.setdefault(uf.find(key), []).append(key)
+    if not groups:
+        with rasterio.open(mask_path) as src:
+            return _empty_landslides(_check_crs(src.crs))
+    merged = []
+    for members in groups.values():
+        parts = [p for m in members for p in polys[m]]
+        geom = _one_polygon(parts if len(parts) == 1 else [shapely.union_all(parts)], 0)
+        s = {k: sum(stats[m][k] for m in members) for k in stats[members[0]] if k.endswith(("_sum", "_count"))}
+        mx = {k: max(stats[m][k] for m in members) for k in stats[members[0]] if k.endswith("_max")}
+        first = min(stats[m]["first"] for m in members)
+        merged.append((first, geom, s, mx))
+    merged.sort(key=lambda item: item[0])
+
+    def mean(s, k):
+        return s[f"{k}_sum"] / s[f"{k}_count"] if s[f"{k}_count"] > 0 else np.nan
+
+    def maximum(mx, k):
+        return mx[f"{k}_max"] if np.isfinite(mx[f"{k}_max"]) else np.nan
+
+    geoms = [g for _, g, _, _ in merged]
+    out_stats = {
+        "mean_prob": np.array([mean(s, "prob") for _, _, s, _ in merged]),
+        "max_prob": np.array([maximum(mx, "prob") for _, _, _, mx in merged]),
+        "uncertainty": np.array([mean(s, "uncertainty") for _, _, s, _ in merged]),
+        "mean_slope_deg": np.array([mean(s, "slope_deg") for _, _, s, _ in merged]),
+        "mean_elev_m": np.array([mean(s, "elev_m") for _, _, s, _ in merged]),
+    }
+    return _assemble_landslides(geoms, out_stats, crs, attrs, id_offset)
+
+
+def footprint_raster(valid_path, *, attrs: Mapping[str, Any], block_px: int = 2048) -> gpd.GeoDataFrame:
+    """Block-wise :func:`valid_to_footprint`: the union of each block's valid-area polygons."""
+    import rasterio
+
+    from tasks.core.tiling import iter_blocks
+
+    parts: list = []
+    with rasterio.open(valid_path) as src:
+        crs = _check_crs(src.crs)
+        h, w = src.height, src.width
+        for win in iter_blocks(h, w, block_px):
+            valid = src.read(1, window=win).astype(bool)
+            if valid.any():
+                parts += [shape(g) for g, _ in shapes(valid.astype(np.uint8), mask=valid,
+                                                      connectivity=CONNECTIVITY,
+                                                      transform=src.window_transform(win))]
+    if not parts:
+        return valid_to_footprint(np.zeros((1, 1), bool), rasterio.Affine.identity(), crs, attrs=attrs)
+    union = shapely.union_all(parts)
+    polys = [g for g in getattr(union, "geoms", [union]) if g.geom_type == "Polygon"]
+    geom = MultiPolygon(polys)
+    if not geom.is_valid:
+        geom = shapely.make_valid(geom)
+        geom = MultiPolygon([p for p in getattr(geom, "geoms", [geom]) if p.geom_type == "Polygon"])
+    gdf = valid_to_footprint(np.zeros((1, 1), bool), rasterio.Affine.identity(), crs, attrs=attrs)
+    gdf = gdf.set_geometry([geom], crs=crs)
+    gdf["area_m2"] = float(geom.area)
+    gdf["status"] = STATUS_ANALYSED
+    return gdf
