@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tasks.core import defaults
+
 T18SVG = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "s2_l1c_t18svg_20160112" / "jp2"
 FULL_TILE_PX = 10980
 
@@ -228,7 +230,7 @@ def _timed_scan(request, naive: bool) -> dict:
 
     t0 = time.perf_counter()
     plan = timed("plan", lambda: plan_scan(request))
-    work = plan["work_dir"]
+    work = str(plan.paths.work)
     stack = timed("align", lambda: steps.step_stack(work))
     if naive:
         times.update(naive_inference(stack, plan))
@@ -258,10 +260,10 @@ def _timed_scan(request, naive: bool) -> dict:
         times["polygons"] = vec["n_polygons"]
     times["total_s"] = time.perf_counter() - t0
     return {**times, "stage_cpu_s": stage_cpu, "stage_peak_rss_mb": stage_peaks if resettable else None,
-            "peak_rss_mb": max(stage_peaks.values()) if resettable else peak_rss_mb(), "grid": plan["grid"]}
+            "peak_rss_mb": max(stage_peaks.values()) if resettable else peak_rss_mb(), "grid": plan.grid}
 
 
-def naive_inference(stack: dict, plan: dict) -> dict:
+def naive_inference(stack: dict, plan) -> dict:
     """The baseline: the whole stack in memory and one full-scene accumulator (no blocks)."""
     import rasterio
 
@@ -273,7 +275,7 @@ def naive_inference(stack: dict, plan: dict) -> dict:
         image = src.read().astype(np.float32)
     with rasterio.open(stack["valid_path"]) as src:
         valid = src.read(1).astype(bool)
-    det = load_detector(plan["request"]["detector"], "cpu")
+    det = load_detector(plan.request.detector, "cpu")
     prob = predict_array(image, valid, det)
     return {"inference_s": time.perf_counter() - t, "model_forward_s": det.forward_s,
             "patches": None, "landslide_px": int(np.nansum(prob >= 0.5))}
@@ -400,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes-km2", type=float, nargs="+", default=[100, 1000, -1],
                    help="scene areas in km2 (-1 = one full Sentinel-2 tile)")
     p.add_argument("--workdir", default=None, help="scenes and runs (default: a temp dir)")
-    p.add_argument("--block-px", type=int, default=2048)
+    p.add_argument("--block-px", type=int, default=defaults.BLOCK_PX)
     p.add_argument("--encoder", default="mobilenet_v2",
                    help="encoder of the random-weight 12-band U-Net the scans run (default mobilenet_v2, "
                         "the shipped model's; resnet34 is the source paper's best); the model-alone "

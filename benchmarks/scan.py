@@ -38,7 +38,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 import numpy as np  # noqa: E402
 
-from flows.cli import _bbox  # noqa: E402
+from flows import options  # noqa: E402
 from models.detectors import DEFAULT_CHECKPOINT, INDEX_DETECTOR, load_detector  # noqa: E402
 from tasks.run import steps  # noqa: E402
 
@@ -60,17 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m benchmarks.scan",
         description="Time one scan stage by stage, the detector alone, and their ratio, in one "
                     "process. Reports medians over --repeat runs.")
-    parser.add_argument("--region", default="iburi-2018", help="region of data_catalog.yaml (iburi-2018)")
-    parser.add_argument("--bbox", metavar="MINX,MINY,MAXX,MAXY", type=_bbox,
-                        help="restrict the region to this EPSG:4326 box")
-    parser.add_argument("--catalog", metavar="PATH", help="catalog file (default: the project's)")
-    parser.add_argument("--detector", metavar="NAME|PATH|index",
-                        help=f"checkpoint card name/path or 'index' (default: {DEFAULT_CHECKPOINT} "
-                             "when its card is in models/checkpoints, else 'index')")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda (auto)")
-    parser.add_argument("--batch-size", type=int, default=16, help="patches per forward pass (16)")
-    parser.add_argument("--overlap", type=int, default=32, dest="overlap_px",
-                        help="patch overlap in pixels (32)")
+    options.add_region(parser, default="iburi-2018", help="region of data_catalog.yaml (iburi-2018)")
+    options.add_bbox(parser, help="restrict the region to this EPSG:4326 box")
+    options.add_catalog(parser)
+    options.add_checkpoint(parser, help=f"checkpoint card name/path or 'index' (default: "
+                                        f"{DEFAULT_CHECKPOINT} when its card is in models/checkpoints, "
+                                        "else 'index')")
+    options.add_device(parser)
+    options.add_batch_size(parser)
+    options.add_overlap(parser)
     parser.add_argument("--repeat", type=int, default=3, help="pipeline runs; medians are reported (3)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: all cores available to the process)")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from devservers.stac_server import GLO30_TIF, S2_JP2_DIR, SHARED_DATA, SHARED_DATA_ENV
 from tasks.core.errors import InputError
 
 STAC_SOURCE = "dev-stac"
@@ -32,8 +33,6 @@ def check_shared_data() -> Path:
     Raises:
         InputError: ``../shared/data`` (or ``$LANDSLIDE_SHARED_DATA``) lacks the T18SVG bands or GLO-30.
     """
-    from devservers.stac_server import GLO30_TIF, S2_JP2_DIR, SHARED_DATA, SHARED_DATA_ENV
-
     for needed in (S2_JP2_DIR / "s2_B02.jp2", GLO30_TIF):
         if not needed.exists():
             raise InputError(f"dev-server: {needed} not found; the servers need the shared test data "

@@ -17,6 +17,9 @@ import json
 import os
 import sys
 
+from flows import options
+from tasks.core import defaults
+
 EXIT_INPUT = 2
 EXIT_FAILED = 1
 
@@ -37,16 +40,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_INPUT, f"error: {message} (see `{self.prog} --help`)\n")
 
 
-def _bbox(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--bbox {text!r}: expected minx,miny,maxx,maxy numbers") from None
-    if len(values) != 4:
-        raise argparse.ArgumentTypeError(f"--bbox {text!r}: expected 4 numbers minx,miny,maxx,maxy")
-    return values
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="landslide",
@@ -57,45 +50,48 @@ def build_parser() -> argparse.ArgumentParser:
 
     scan = sub.add_parser(
         "scan", help="one-off scan of a region/ROI -> run folder with landslides.gpkg",
-        description="Scan a region or ROI: align bands + DEM on a 10 m UTM grid, tile, predict, "
-                    "stitch, clean, vectorize. Writes landslides.gpkg (layers landslides, footprint), "
-                    "probability.tif, uncertainty.tif, mask.tif (COGs) and manifest.json into --out.")
+        description=f"Scan a region or ROI: align bands + DEM on a UTM grid ({defaults.RES_M:g} m unless "
+                    "--res-m), tile, predict, stitch, clean, vectorize. Writes landslides.gpkg (layers "
+                    "landslides, footprint), probability.tif, uncertainty.tif, mask.tif (COGs) and "
+                    "manifest.json into --out.")
     where = scan.add_argument_group("where and when")
-    where.add_argument("--region", help="a region of data_catalog.yaml (see `landslide regions`)")
-    where.add_argument("--source", help="a source of data_catalog.yaml (default: the region's)")
-    where.add_argument("--bbox", type=_bbox, metavar="MINX,MINY,MAXX,MAXY",
-                       help="ROI in EPSG:4326 degrees; restricts the region's area")
+    options.add_region(where)
+    where.add_argument("--source", help="a source of the catalog (default: the region's)")
+    options.add_bbox(where)
     where.add_argument("--aoi", metavar="FILE.geojson", help="ROI polygon(s) in EPSG:4326")
     where.add_argument("--start", metavar="YYYY-MM-DD", help="first acquisition date to consider")
     where.add_argument("--end", metavar="YYYY-MM-DD", help="last acquisition date to consider")
     where.add_argument("--cache-dir", metavar="DIR",
                        help="download cache of remote sources (default $LANDSLIDE_CACHE or "
                             "~/.cache/landslide-pipeline); a rerun makes no new requests")
-    where.add_argument("--catalog", metavar="PATH", help="catalog file (default: ./data_catalog.yaml, "
-                       "$LANDSLIDE_CATALOG, or the one shipped with the package)")
+    options.add_catalog(where)
     what = scan.add_argument_group("detector")
-    what.add_argument("--checkpoint", "--detector", dest="detector", metavar="NAME|PATH|index",
-                      help="model card name in models/checkpoints, a path to a .json card, or "
-                           "'index' for the weights-free bare-soil rule (default: the shipped model)")
-    what.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda")
-    what.add_argument("--batch-size", type=int, default=16, help="patches per forward pass (16)")
-    what.add_argument("--overlap", type=int, default=32, dest="overlap_px",
-                      help="patch overlap in pixels for seam-free blending (32)")
-    what.add_argument("--res-m", type=float, default=10.0, help="analysis grid pixel size in m (10)")
-    what.add_argument("--block-px", type=int, default=2048,
-                      help="block side in pixels: bounds memory, not the result (2048)")
-    what.add_argument("--workers", type=int, default=1,
-                      help="run blocks on a local Dask cluster of N single-thread worker processes")
+    options.add_checkpoint(what)
+    options.add_device(what)
+    options.add_batch_size(what)
+    options.add_overlap(what)
+    # scan-only options below; their defaults are the scan's, from tasks.core.defaults
+    what.add_argument("--res-m", type=float, default=defaults.RES_M,
+                      help=f"analysis grid pixel size in m ({defaults.RES_M:g})")
+    what.add_argument("--block-px", type=int, default=defaults.BLOCK_PX,
+                      help=f"block side in pixels: bounds memory, not the result ({defaults.BLOCK_PX})")
+    what.add_argument("--workers", type=int, default=defaults.WORKERS, metavar="N",
+                      help="run blocks on a local Dask cluster of N single-thread worker processes "
+                           f"({defaults.WORKERS}: no cluster)")
     what.add_argument("--dask-address", metavar="tcp://HOST:PORT",
                       help="run blocks on an existing Dask scheduler (workers must see --out)")
     post = scan.add_argument_group("cleanup")
-    post.add_argument("--threshold", type=float, help="probability threshold (default: the card's)")
-    post.add_argument("--opening-radius-px", type=int, default=1, help="morphological opening radius (1)")
-    post.add_argument("--closing-radius-px", type=int, default=1, help="morphological closing radius (1)")
-    post.add_argument("--fill-holes-max-area-m2", type=float, default=2000.0,
-                      help="fill holes smaller than this inside detections (2000; 0 disables)")
-    post.add_argument("--min-area-m2", type=float, default=500.0,
-                      help="drop detections smaller than this (500 m2 = 5 pixels at 10 m)")
+    options.add_threshold(post)
+    post.add_argument("--opening-radius-px", type=int, default=defaults.OPENING_RADIUS_PX,
+                      help=f"morphological opening radius ({defaults.OPENING_RADIUS_PX})")
+    post.add_argument("--closing-radius-px", type=int, default=defaults.CLOSING_RADIUS_PX,
+                      help=f"morphological closing radius ({defaults.CLOSING_RADIUS_PX})")
+    post.add_argument("--fill-holes-max-area-m2", type=float, default=defaults.FILL_HOLES_MAX_AREA_M2,
+                      help="fill holes smaller than this inside detections "
+                           f"({defaults.FILL_HOLES_MAX_AREA_M2:g}; 0 disables)")
+    post.add_argument("--min-area-m2", type=float, default=defaults.MIN_AREA_M2,
+                      help=f"drop detections smaller than this ({defaults.MIN_AREA_M2:g} m2 = "
+                           f"{defaults.MIN_AREA_M2 / defaults.RES_M ** 2:g} pixels at {defaults.RES_M:g} m)")
     run = scan.add_argument_group("run")
     run.add_argument("--out", default="runs/{run_id}", help="run folder (default runs/<run_id>)")
     run.add_argument("--overwrite", action="store_true",
@@ -103,12 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
                           "(without it, rerunning the same command into --out resumes an "
                           "interrupted run, skipping finished blocks)")
     run.add_argument("--keep-work", action="store_true", help="keep intermediate rasters in --out/.work")
-    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    options.add_no_progress(run)
     run.add_argument("--json", action="store_true", help="print the run summary as JSON")
 
     regions = sub.add_parser("regions", help="list the catalog's regions and sources",
-                             description="List regions and sources of data_catalog.yaml.")
-    regions.add_argument("--catalog", metavar="PATH")
+                             description="List the regions and sources of the catalog.")
+    options.add_catalog(regions)
 
     models_p = sub.add_parser("models", help="list architectures and shipped checkpoints",
                               description="List the 12 registry models and the checkpoints in "
@@ -137,24 +133,19 @@ def cmd_scan(args: argparse.Namespace) -> int:
         field = ".".join(str(p) for p in first["loc"])
         raise InputError(f"--{field.replace('_', '-')}: {first['msg']}") from None
     plan = plan_scan(request)  # every user mistake surfaces here, before Prefect starts
-    if plan.get("resumed"):
-        print(f"resuming the interrupted run {plan['run_id']} in {request.out}", file=sys.stderr)
-    return _run_scan_flow(args, request.model_copy(update={"run_id": plan["run_id"]}))
+    if plan.resumed:
+        print(f"resuming the interrupted run {plan.run_id} in {request.out}", file=sys.stderr)
+    # the flow's plan step finds this plan (same run id) and uses it as it is
+    return _run_scan_flow(args, request.model_copy(update={"run_id": plan.run_id}))
 
 
 def _scan_request(args: argparse.Namespace, run_id: str):
+    """The ScanRequest of the parsed options (each option's ``dest`` is the request field)."""
     from tasks.run.plan import ScanRequest
 
-    return ScanRequest(
-        out=args.out.replace("{run_id}", run_id), region=args.region, source=args.source,
-        bbox=args.bbox, aoi=args.aoi, start=args.start, end=args.end, detector=args.detector,
-        catalog=args.catalog, res_m=args.res_m, overlap_px=args.overlap_px, batch_size=args.batch_size,
-        block_px=args.block_px, workers=args.workers, dask_address=args.dask_address,
-        cache_dir=args.cache_dir,
-        device=args.device, threshold=args.threshold, opening_radius_px=args.opening_radius_px,
-        closing_radius_px=args.closing_radius_px, fill_holes_max_area_m2=args.fill_holes_max_area_m2,
-        min_area_m2=args.min_area_m2, overwrite=args.overwrite, keep_work=args.keep_work,
-        progress=not args.no_progress, run_id=run_id)
+    given = {name: getattr(args, name) for name in ScanRequest.model_fields if hasattr(args, name)}
+    return ScanRequest(**{**given, "out": args.out.replace("{run_id}", run_id),
+                          "progress": not args.no_progress, "run_id": run_id})
 
 
 def _run_scan_flow(args: argparse.Namespace, request) -> int:
@@ -205,27 +196,10 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _join_negative_values(argv: list[str]) -> list[str]:
-    """``--bbox -75.7,37.6,...`` -> ``--bbox=-75.7,37.6,...``: argparse would take a value that
-    starts with '-' (any western or southern coordinate) for an option."""
-    out: list[str] = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        nxt = argv[i + 1] if i + 1 < len(argv) else None
-        if arg == "--bbox" and nxt and nxt.startswith("-") and nxt[1:2].replace(".", "").isdigit():
-            out.append(f"{arg}={nxt}")
-            i += 2
-            continue
-        out.append(arg)
-        i += 1
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     _offline_defaults()
     parser = build_parser()
-    args = parser.parse_args(_join_negative_values(list(sys.argv[1:] if argv is None else argv)))
+    args = parser.parse_args(options.join_negative_values(list(sys.argv[1:] if argv is None else argv)))
     if args.command is None:
         parser.print_help()
         return EXIT_INPUT

@@ -27,6 +27,8 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
+from flows.scan import scan_flow
+from models.detectors import cached_detector
 from tasks.core.errors import InputError
 from tasks.inventory.merge import DEFAULT_IOU_THRESHOLD, merge_run, read_inventory
 from tasks.inventory.region_state import RegionState, region_dir, region_lock
@@ -39,9 +41,7 @@ log = logging.getLogger(__name__)
 
 def detector_ref(detector: str | None) -> str:
     """The ``name@sha`` the ledger records a scene as processed with."""
-    from models.detectors import load_detector
-
-    return load_detector(detector, "cpu").ref
+    return cached_detector(detector, "cpu").ref
 
 
 def _manifest_scenes(run_dir: Path) -> list[str]:
@@ -105,8 +105,6 @@ def regional_scan_flow(region: str, state_dir: str = "state", runs_dir: str = "r
                        iou_threshold: float = DEFAULT_IOU_THRESHOLD, lock_wait_s: float = 0.0,
                        webhook_block: str | None = None, options: dict[str, Any] | None = None) -> dict:
     """Scan the region's scenes not processed yet and merge them into its inventory."""
-    from flows.scan import scan_flow
-
     logger = get_run_logger()
     folder = region_dir(state_dir, region)
     inventory = folder / "inventory.gpkg"

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import argparse
 
+from flows import options
+from tasks.core import defaults
+
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
     add_change(sub)
@@ -18,14 +21,13 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                     "(layers landslides: first_seen, last_seen, detections, status new|known; scans). "
                     "With nothing new it returns at once. The Prefect deployments in prefect.yaml "
                     "run the same flow on a schedule.")
-    reg.add_argument("--region", required=True, help="a region of the catalog")
+    options.add_region(reg, required=True)
     reg.add_argument("--state-dir", default="state", help="per-region state and inventory (state)")
     reg.add_argument("--runs-dir", default="runs", help="where run folders go (runs)")
-    reg.add_argument("--catalog", help="catalog file (default: data_catalog.yaml)")
-    reg.add_argument("--checkpoint", "--detector", dest="detector",
-                     help="card name/path, 'index', or an ensemble card (default: the shipped model)")
-    reg.add_argument("--iou-threshold", type=float, default=0.3,
-                     help="IoU at which a detection updates a known landslide (0.3)")
+    options.add_catalog(reg)
+    options.add_checkpoint(reg)
+    reg.add_argument("--iou-threshold", type=float, default=defaults.IOU_THRESHOLD,
+                     help=f"IoU at which a detection updates a known landslide ({defaults.IOU_THRESHOLD:g})")
     reg.add_argument("--lock-wait-s", type=float, default=0.0,
                      help="wait this long for another run of the region before refusing (0)")
 

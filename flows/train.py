@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 
+from models.training.suite import run_name, summarize_suite, write_suite_report
 from models.training.train import TrainConfig, train_scene_model
 
 train_task = task(train_scene_model, name="train")
@@ -34,9 +36,6 @@ def train_suite_flow(data_dir: str, out_dir: str, prefix: str, models: list[str]
     ``data_dir`` is a scene-layout dataset with train/ and val/ (val_reference/ is scored too when
     present); checkpoints go to ``out_dir`` as ``<prefix>-<model>-s<seed>``.
     """
-    from pathlib import Path
-
-    from models.training.suite import run_name, summarize_suite, write_suite_report
 
     logger = get_run_logger()
     data = Path(data_dir)

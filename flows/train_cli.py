@@ -10,8 +10,20 @@ from __future__ import annotations
 import argparse
 import json
 
+from flows import options
+
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
+    _add_weak_labels(sub)
+    _add_train(sub)
+    _add_train_suite(sub)
+    _add_ensemble(sub)
+    _add_export(sub)
+    _add_evaluate(sub)
+    _add_compare(sub)
+
+
+def _add_weak_labels(sub: argparse._SubParsersAction) -> None:
     weak = sub.add_parser(
         "weak-labels", help="build the Iburi 2018 weak-label dataset (train/val strips)",
         description="Align the bundled Iburi post-event scene and DEM on the 10 m UTM grid over the "
@@ -20,8 +32,10 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                     "255 (ignored) where they disagree. The southern third (by latitude) is the "
                     "validation strip. See docs/weak_labels.md.")
     weak.add_argument("--out", required=True, help="dataset folder to write (train/, val/)")
-    weak.add_argument("--catalog", help="catalog file (default: data_catalog.yaml)")
+    options.add_catalog(weak)
 
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser(
         "train", help="train a segmentation model on a scene-layout dataset",
         description="Train a registry model (see `landslide models`) on DIR/train and select the "
@@ -46,8 +60,10 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                        "(default: OUT/NAME.run); an interrupted run there resumes")
     train.add_argument("--no-resume", action="store_true", help="start over even if --run-dir "
                        "holds an interrupted run")
-    train.add_argument("--no-progress", action="store_true")
+    options.add_no_progress(train)
 
+
+def _add_train_suite(sub: argparse._SubParsersAction) -> None:
     suite = sub.add_parser(
         "train-suite", help="train several registry models x seeds and tabulate them (the paper's "
                             "comparison)",
@@ -68,9 +84,11 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     suite.add_argument("--no-timing", action="store_true", help="skip the ms-per-patch measurement")
     suite.add_argument("--report-only", action="store_true",
                        help="train nothing; tabulate the cards already in --out")
-    suite.add_argument("--no-progress", action="store_true")
+    options.add_no_progress(suite)
     _add_config_options(suite)
 
+
+def _add_ensemble(sub: argparse._SubParsersAction) -> None:
     ens = sub.add_parser(
         "ensemble", help="write an ensemble card over member checkpoints (mean, majority, weighted)",
         description="Write OUT/NAME.json listing the member cards and the rule; with --score-dir the "
@@ -82,31 +100,49 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     ens.add_argument("--rule", choices=["mean", "weighted", "majority"], default="mean")
     ens.add_argument("--weights-from", metavar="KEY", help="rule weighted: the member-card metrics "
                      "key whose F1 is the weight (e.g. val_weak_labels)")
-    ens.add_argument("--threshold", type=float, default=0.5)
+    # not options.add_threshold: this is the threshold written into the new card (the one a scan
+    # or evaluate then uses by default), not an override of a card's threshold
+    ens.add_argument("--threshold", type=float, default=0.5,
+                     help="probability threshold recorded in the card, used when a scan or "
+                          "evaluate gives no --threshold (%(default)s)")
     ens.add_argument("--score-dir", action="append", default=[], metavar="KEY=DIR",
                      help="score the ensemble on a labelled scene-layout folder, stored as "
                           "metrics[KEY] (repeatable)")
     ens.add_argument("--description", default="")
 
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
     exp = sub.add_parser(
         "export", help="export a checkpoint to ONNX (float32, optionally static int8) for CPU scans",
         description="Write an ONNX model carrying its card; `landslide scan --checkpoint FILE.onnx` "
                     "runs it with ONNX Runtime. --int8 also writes FILE.int8.onnx, quantized with "
                     "activations calibrated on --calibration-dir (a training split, never the data "
                     "you score it on). Needs the optional packages: pip install -e '.[onnx]'.")
-    exp.add_argument("--checkpoint", help="card name/path (default: the shipped model)")
+    # a model card only: neither the index rule nor an ensemble nor an .onnx is exported
+    options.add_checkpoint(exp, dest="checkpoint", metavar="NAME|PATH",
+                           help="model card name in models/checkpoints or a path to a .json card "
+                                "(default: the shipped model)")
     exp.add_argument("--out", required=True, help="output .onnx path")
     exp.add_argument("--int8", action="store_true", help="also write the static int8 model")
     exp.add_argument("--calibration-dir", help="scene-layout folder for int8 calibration")
 
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser(
         "evaluate", help="precision/recall/F1/IoU/AUC of a checkpoint on a labelled dataset",
         description="Predict a scene-layout dataset (DIR/image.tif) the way a scan does (tiled, "
                     "blended) and score it against DIR/labels.tif over labelled pixels (255 ignored).")
     ev.add_argument("--data-dir", required=True, help="folder with image.tif and labels.tif")
-    ev.add_argument("--checkpoint", help="card name/path, or 'index' (default: the shipped model)")
-    ev.add_argument("--threshold", type=float, help="probability threshold (default: the card's)")
-    ev.add_argument("--device", default="auto")
+    options.add_checkpoint(ev, dest="checkpoint")
+    options.add_threshold(ev)
+    options.add_device(ev)
+    ev.add_argument("--compare-redness", action="store_true",
+                    help="also score the redness index (R-B)/(R+B) thresholded to mark the same "
+                         "fraction of labelled pixels as the detector (needs B02 and B04)")
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
     cmp_ = sub.add_parser(
         "compare", help="a comparison table of several checkpoints on one labelled dataset",
         description="Score checkpoints (and the index rule) on a scene-layout dataset: precision, "
@@ -120,10 +156,6 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                       "this (validation) dataset instead of using the card's")
     cmp_.add_argument("--out", default="reports/compare", help="report folder (reports/compare)")
     cmp_.add_argument("--title", default="Detector comparison")
-    ev.add_argument("--compare-redness", action="store_true",
-                    help="also score the redness index (R-B)/(R+B) thresholded to mark the same "
-                         "fraction of labelled pixels as the detector (needs B02 and B04)")
-    ev.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def _add_config_options(p: argparse.ArgumentParser) -> None:
@@ -136,7 +168,10 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
                             "bce is weighted by the training split's class balance")
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--steps-per-epoch", type=int, default=50)
-    p.add_argument("--batch-size", type=int, default=8)
+    # not options.add_batch_size: a training batch (patches per optimizer step, default 8) is
+    # another quantity than a scan's patches per forward pass, with its own default
+    p.add_argument("--batch-size", type=int, default=8, metavar="N",
+                   help="training patches per optimizer step (%(default)s)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16",
                        help="weights dtype on disk (metrics are measured with it)")

@@ -19,8 +19,7 @@ import hashlib
 import json
 import os
 import re
-import tempfile
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, Sequence
 
@@ -39,6 +38,7 @@ from pydantic import (
 from models.registry import build_model, canonical_arch, check_encoder
 from tasks.core.bands import BAND_NAMES, normalize_band_name, validate_bands
 from tasks.core.errors import CheckpointError, InputError
+from tasks.core.files import atomic_write, utc_now_iso
 
 CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
 CARD_SUFFIX = ".json"
@@ -255,10 +255,6 @@ class Training(_Strict):
     seed: int
 
 
-def _utc_now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 class ModelCard(_Strict):
     """The model card of one trained network (``<name>.json`` next to ``<name>.safetensors``)."""
 
@@ -275,7 +271,7 @@ class ModelCard(_Strict):
     trained_on: TrainedOn
     metrics: dict[str, dict[str, FiniteFloat]] = Field(default_factory=dict)
     training: Training
-    created: str = Field(default_factory=_utc_now_iso)
+    created: str = Field(default_factory=utc_now_iso)
     weights_sha256: str = Field(default="", pattern=r"^([0-9a-f]{64})?$")
     weights_dtype: Literal["float32", "float16"] = "float32"
     description: str = ""
@@ -551,39 +547,36 @@ def save_checkpoint(
     folder.mkdir(parents=True, exist_ok=True)
     weights_path = folder / f"{card.name}{WEIGHTS_SUFFIX}"
     card_path = folder / f"{card.name}{CARD_SUFFIX}"
-    tmp_paths = []
-    for suffix in (WEIGHTS_SUFFIX, CARD_SUFFIX):
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{card.name}.", suffix=f"{suffix}.tmp")
-        os.close(fd)
-        tmp_paths.append(Path(tmp))
-    tmp_weights, tmp_card = tmp_paths
+    # The weights are renamed into place first and the card last (the outer atomic_write), so a card
+    # is never beside weights it does not describe; when the card's rename fails the new weights go.
+    # Temporary names are hidden and of this process (.NAME.PID-RANDOM.tmp.json): list_checkpoints
+    # skips them, and two processes saving one name never write into the same file.
+    weights_in_place = False
     try:
-        # One metadata entry only: safetensors writes metadata from an unordered map, so several
-        # entries come out in a different order on each save and the file's sha256 would change
-        # with identical weights. The JSON string inside is key-sorted.
-        save_file(state, str(tmp_weights), metadata={"landslide_pipeline": json.dumps(
-            {"format": "pt", "name": card.name, "arch": card.arch, "encoder": card.encoder,
-             "bands": list(card.bands)}, sort_keys=True)})
-        with open(tmp_weights, "rb+") as f:
-            os.fsync(f.fileno())
-        data = card.model_dump(mode="json")
-        data.update(weights_sha256=sha256_file(tmp_weights), weights_dtype=dtype)
-        final_card = ModelCard.model_validate(data)
-        with open(tmp_card, "w", encoding="utf-8") as f:
-            f.write(final_card.model_dump_json(indent=2) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        for tmp in (tmp_weights, tmp_card):  # mkstemp makes 0600 files; checkpoints are shared
-            os.chmod(tmp, 0o644)
-        os.replace(tmp_weights, weights_path)
-        try:
-            os.replace(tmp_card, card_path)
-        except BaseException:
+        with atomic_write(card_path, unique=True) as tmp_card:
+            with atomic_write(weights_path, unique=True) as tmp_weights:
+                # One metadata entry only: safetensors writes metadata from an unordered map, so several
+                # entries come out in a different order on each save and the file's sha256 would change
+                # with identical weights. The JSON string inside is key-sorted.
+                save_file(state, str(tmp_weights), metadata={"landslide_pipeline": json.dumps(
+                    {"format": "pt", "name": card.name, "arch": card.arch, "encoder": card.encoder,
+                     "bands": list(card.bands)}, sort_keys=True)})
+                with open(tmp_weights, "rb+") as f:
+                    os.fsync(f.fileno())
+                data = card.model_dump(mode="json")
+                data.update(weights_sha256=sha256_file(tmp_weights), weights_dtype=dtype)
+                final_card = ModelCard.model_validate(data)
+                with open(tmp_card, "w", encoding="utf-8") as f:
+                    f.write(final_card.model_dump_json(indent=2) + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+                for tmp in (tmp_weights, tmp_card):  # checkpoints are shared: 0644 whatever the umask
+                    os.chmod(tmp, 0o644)
+            weights_in_place = True
+    except BaseException:
+        if weights_in_place:
             weights_path.unlink(missing_ok=True)
-            raise
-    finally:
-        for tmp in tmp_paths:
-            tmp.unlink(missing_ok=True)
+        raise
     return weights_path, card_path
 
 

@@ -175,10 +175,8 @@ def load_detector(spec: str | None, device: str = "auto", channels_last: bool | 
     ensemble card listing member cards).
 
     ``channels_last`` (networks; None = on CPU only): weights and inputs in NHWC memory order.
-    Measured on this project's 2-core CPU: the forward 1.27-1.53x faster (U-Net MobileNetV2,
-    ``benchmarks/scale.py``; 1.33-1.46x for the shipped checkpoint, ``benchmarks/cpu_inference.py``),
-    probabilities within 4e-6 of the NCHW forward and the same F1. Not measured on a GPU, so CUDA
-    keeps NCHW unless asked."""
+    Faster on CPU with probabilities within float rounding of the NCHW forward (measurements:
+    ``benchmarks/README.md``). Not measured on a GPU, so CUDA keeps NCHW unless asked."""
     if spec == INDEX_DETECTOR:
         return IndexDetector()
     if spec is not None and str(spec).endswith(".onnx"):  # an export of `landslide export`

@@ -17,7 +17,6 @@ would leave a convolutional network unchanged.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from models.checkpoint import CardFields, ModelCard, load_checkpoint, resolve_ch
 from models.data.datasets import load_scene_dataset
 from tasks.core.bands import BAND_NAMES
 from tasks.core.errors import CheckpointError, InputError
+from tasks.core.files import atomic_write
 
 CARD_KEY = "model_card"
 
@@ -55,14 +55,13 @@ def export_onnx(card_ref: str | Path, out_path: str | Path, batch: int = 16) -> 
     x = torch.zeros(batch, card.in_channels, card.patch_size, card.patch_size)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    torch.onnx.export(model, (x,), str(tmp), input_names=["x"], output_names=["logits"],
-                      dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
-                      dynamo=True, opset_version=18, verbose=False)
-    proto = onnx.load(str(tmp))
-    _set_metadata(proto, card.model_dump_json(), str(resolve_checkpoint(card_ref)))
-    onnx.save(proto, str(tmp))
-    os.replace(tmp, out_path)
+    with atomic_write(out_path) as tmp:
+        torch.onnx.export(model, (x,), str(tmp), input_names=["x"], output_names=["logits"],
+                          dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
+                          dynamo=True, opset_version=18, verbose=False)
+        proto = onnx.load(str(tmp))
+        _set_metadata(proto, card.model_dump_json(), str(resolve_checkpoint(card_ref)))
+        onnx.save(proto, str(tmp))
     for extra in tmp.parent.glob(tmp.name + "*.data"):  # external-data leftovers, if any
         extra.unlink()
     return out_path
@@ -112,24 +111,22 @@ def quantize_int8(onnx_path: str | Path, out_path: str | Path, calibration_dir: 
     card = card_of_onnx(onnx_path)
     out_path = Path(out_path)
     pre = out_path.with_name(out_path.name + ".pre.onnx")
-    tmp = out_path.with_name(out_path.name + ".tmp")
     try:
-        quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)
-        quantize_static(str(pre), str(tmp), _CalibrationReader(card, calibration_dir, n_patches),
-                        quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
-        proto = onnx.load(str(tmp))
-        _set_metadata(proto, card.model_dump_json(), str(onnx_path))
-        meta = proto.metadata_props.add()
-        meta.key, meta.value = "quantization", (f"static int8 (QDQ, per-channel weights, MinMax "
-                                                f"calibration on {n_patches} patches of "
-                                                f"{Path(calibration_dir).name})")
-        onnx.save(proto, str(tmp))
-        os.replace(tmp, out_path)
+        with atomic_write(out_path) as tmp:
+            quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)
+            quantize_static(str(pre), str(tmp), _CalibrationReader(card, calibration_dir, n_patches),
+                            quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax)
+            proto = onnx.load(str(tmp))
+            _set_metadata(proto, card.model_dump_json(), str(onnx_path))
+            meta = proto.metadata_props.add()
+            meta.key, meta.value = "quantization", (f"static int8 (QDQ, per-channel weights, MinMax "
+                                                    f"calibration on {n_patches} patches of "
+                                                    f"{Path(calibration_dir).name})")
+            onnx.save(proto, str(tmp))
     finally:
-        for p in (pre, tmp):
-            p.unlink(missing_ok=True)
+        pre.unlink(missing_ok=True)
     return out_path
 
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
+
+from tasks.core.files import atomic_write
 
 
 class RunLog:
@@ -30,12 +31,10 @@ class RunLog:
         if not history:
             return
         keys = list(dict.fromkeys(k for row in history for k in row))
-        tmp = self.run_dir / "metrics.csv.tmp"
-        with open(tmp, "w", newline="") as f:
+        with atomic_write(self.run_dir / "metrics.csv") as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=keys)
             writer.writeheader()
             writer.writerows(history)
-        os.replace(tmp, self.run_dir / "metrics.csv")
         (self.run_dir / "metrics.json").write_text(json.dumps(history, indent=1))
         self._plot(history)
         if self._tb is not None:

@@ -10,7 +10,6 @@ the previous epoch's state usable.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tasks.core.errors import InputError
+from tasks.core.files import atomic_write, atomic_write_text
 
 STATE_TENSORS = "state.safetensors"
 STATE_JSON = "state.json"
@@ -74,16 +74,13 @@ def save_state(run_dir: str | Path, state: TrainingState) -> None:
     opt_tensors, opt_meta = _flatten_optimizer(state.optimizer)
     tensors.update(opt_tensors)
     tensors["rng/torch"] = state.torch_rng.contiguous()
-    tmp_t = run_dir / (STATE_TENSORS + ".tmp")
-    save_file(tensors, str(tmp_t))
-    os.replace(tmp_t, run_dir / STATE_TENSORS)
+    with atomic_write(run_dir / STATE_TENSORS) as tmp_t:
+        save_file(tensors, str(tmp_t))
     meta = {"epoch": state.epoch, "optimizer": opt_meta, "scheduler": state.scheduler,
             "numpy_rng": state.numpy_rng, "best_f1": state.best_f1, "best_epoch": state.best_epoch,
             "history": state.history, "config": state.config, "extra": state.extra,
             "has_best": state.best_model is not None}
-    tmp_j = run_dir / (STATE_JSON + ".tmp")
-    tmp_j.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp_j, run_dir / STATE_JSON)
+    atomic_write_text(run_dir / STATE_JSON, json.dumps(meta, indent=1))
 
 
 def load_state(run_dir: str | Path) -> TrainingState | None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import re
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from models.detectors import INDEX_DETECTOR, load_detector
 from models.evaluate import evaluate_checkpoint, ms_per_patch
 from models.registry import count_parameters, list_models, parse_model_name
 from tasks.core.errors import InputError
+from tasks.core.files import atomic_write, atomic_write_text
 
 
 def run_name(prefix: str, model: str, seed: int) -> str:
@@ -123,13 +123,11 @@ def write_suite_report(rows: list[dict], splits: list[str], out_dir: str | Path,
     out.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out / "suite.csv", "md": out / "suite.md", "png": out / "suite.png"}
     fields = list(rows[0].keys())
-    tmp = paths["csv"].with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_write(paths["csv"]) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()}
                          for r in rows)
-    os.replace(tmp, paths["csv"])
 
     def pm(r: dict, key: str) -> str:
         mean, std = r[key], r[f"{key}_std"]
@@ -152,9 +150,7 @@ def write_suite_report(rows: list[dict], splits: list[str], out_dir: str | Path,
                   f"{r['parameters_m']:.1f}" if r["seeds"] else "0",
                   "n/a" if math.isnan(r["ms_per_patch"]) else f"{r['ms_per_patch']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
-    tmp_md = paths["md"].with_suffix(".md.tmp")
-    tmp_md.write_text("\n".join(lines) + "\n")
-    os.replace(tmp_md, paths["md"])
+    atomic_write_text(paths["md"], "\n".join(lines) + "\n")
 
     import matplotlib
 

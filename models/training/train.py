@@ -10,7 +10,6 @@ official validation list) after every epoch, and the checkpoint chosen on the va
 from __future__ import annotations
 
 import copy
-import datetime as dt
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -39,6 +38,7 @@ from models.training.state import (
 from tasks.core.bands import BAND_NAMES, SPECTRAL_BAND_NAMES, validate_bands
 from tasks.core.blend import predict_array
 from tasks.core.errors import InputError
+from tasks.core.files import utc_now_iso
 from tasks.core.tiling import pad_to
 
 log = logging.getLogger(__name__)
@@ -367,7 +367,7 @@ def train_scene_model(train_dir: str | Path, val_dir: str | Path, out_dir: str |
                   "run_dir": str(run_dir),
                   "history": history, "wall_s": round(time.perf_counter() - t_start, 1),
                   "torch": torch.__version__},
-        created=dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
+        created=utc_now_iso(),
         weights_sha256="", weights_dtype=cfg.save_dtype,
         description=("U-Net trained on WEAK labels (agreement of a published CNN's predictions and "
                      "a spectral-terrain rule), not on ground truth; metrics are against those weak "

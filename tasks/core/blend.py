@@ -19,6 +19,7 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
+from tasks.core import defaults
 from tasks.core.bands import BAND_NAMES, validate_bands
 from tasks.core.stitch import Stitcher, binary_entropy
 from tasks.core.tiling import Patch, iter_windows, pad_to, read_patches, windows_intersect
@@ -80,7 +81,7 @@ class BorderPatches:
     """Predictions of the patches that straddle block borders, kept until every block that needs
     them has taken them, so that blocks run one after another in one process predict each patch
     once (blocks on a Dask cluster run in other processes and predict such a patch once per block
-    it touches: +6-9 % forward passes with 2048 px blocks).
+    it touches; benchmarks/README.md has the extra forward passes this costs).
 
     A taken prediction is the one a second forward pass would give: every forward pass has the same
     batch size (:func:`blend_patches` pads short batches), a network's output for a patch then does not
@@ -221,8 +222,9 @@ def blend_patches(reader: PatchReader, detector: Detector, block: Window, window
     return core, unc_core, predicted, n_forward
 
 
-def predict_array(image: np.ndarray, valid: np.ndarray, detector: Detector, overlap: int = 32,
-                  batch_size: int = 16, cell_px: int | None = None) -> np.ndarray:
+def predict_array(image: np.ndarray, valid: np.ndarray, detector: Detector,
+                  overlap: int = defaults.OVERLAP_PX, batch_size: int = defaults.BATCH_SIZE,
+                  cell_px: int | None = None) -> np.ndarray:
     """The blended probability of an in-memory scene (evaluation, training, ``compare``).
 
     Args:

@@ -17,6 +17,7 @@ from pyproj import CRS, Transformer
 from shapely.geometry import box, mapping, shape
 from shapely.ops import transform as shp_transform
 
+from tasks.core import defaults
 from tasks.core.errors import InputError
 
 
@@ -133,7 +134,7 @@ def resolve_roi(region_bbox: tuple[float, ...] | None, region_aoi: shapely.Geome
     return roi
 
 
-def make_grid(roi_lonlat: shapely.Geometry, res_m: float = 10.0, crs: str | None = None) -> AnalysisGrid:
+def make_grid(roi_lonlat: shapely.Geometry, res_m: float = defaults.RES_M, crs: str | None = None) -> AnalysisGrid:
     """Snap the ROI's bounds (projected to UTM) outward to ``res_m`` multiples.
 
     Args:

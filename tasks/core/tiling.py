@@ -84,8 +84,8 @@ def read_patches(stack: rasterio.DatasetReader, valid: rasterio.DatasetReader,
 
     Windows of one patch row (same ``row_off`` and height) are read as one strip spanning their
     columns and cut into patches: neighbouring patches overlap, and one read per strip instead of
-    one per patch decompresses each stored block once instead of up to four times (reads were
-    ~5 % of a 1,000 km2 scan). The values are exactly those of a read per window.
+    one per patch decompresses each stored block once instead of up to four times. The values are
+    exactly those of a read per window.
     """
     patches: list[Patch] = []
     indexes = [i + 1 for i in band_indexes]

@@ -11,7 +11,6 @@ Both say landslide -> 1; both say no landslide -> 0; they disagree, or the refer
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from models.index_rule import combine_weak_labels, scar_rule
 from models.metrics import IGNORE
 from tasks.core.bands import BAND_NAMES
 from tasks.core.errors import InputError
+from tasks.core.files import atomic_write
 from tasks.core.grid import AnalysisGrid, make_grid, roi_in_grid_crs
 from tasks.raster.align import build_stack
 from tasks.sources.catalog import load_catalog
@@ -175,9 +175,7 @@ def _write_east_rule(inputs, overlap, d: Path, work: Path) -> dict:
 
 
 def _write(path: Path, data: np.ndarray, profile: dict, descriptions: tuple[str, ...]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
     profile = {**profile, "driver": "GTiff", "count": data.shape[0]}
-    with rasterio.open(tmp, "w", **profile) as dst:
+    with atomic_write(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
         dst.write(data)
         dst.descriptions = descriptions
-    os.replace(tmp, path)

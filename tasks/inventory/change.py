@@ -13,7 +13,6 @@ each polygon is reported as ``pre_looked`` (a polygon the pre scan never saw is 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import geopandas as gpd
 from shapely.ops import unary_union
 
 from tasks.core.errors import InputError
+from tasks.core.files import atomic_write
 from tasks.vector.vectorize import FOOTPRINT_LAYER, LANDSLIDES_LAYER
 
 
@@ -62,13 +62,8 @@ def new_since_pre(post: str | Path, pre: str | Path, out: str | Path,
     kept = post_gdf[keep]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.gpkg")
-    tmp.unlink(missing_ok=True)
-    try:
+    with atomic_write(out, unique=True) as tmp:  # .NAME.PID-RANDOM.tmp.gpkg: a fresh GeoPackage
         kept.to_file(tmp, layer=LANDSLIDES_LAYER, driver="GPKG", geometry_type="Polygon")
         footprint.to_file(tmp, layer=FOOTPRINT_LAYER, driver="GPKG", geometry_type="MultiPolygon")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return ChangeResult(int(keep.sum()), int((~keep).sum()), float(area[keep].sum()),
                         float(area[~keep].sum()), str(out))

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +34,9 @@ from shapely import STRtree
 from shapely.geometry import MultiPolygon
 from shapely.ops import unary_union
 
+from tasks.core import defaults
 from tasks.core.errors import InputError
+from tasks.core.files import atomic_write
 from tasks.vector.vectorize import FOOTPRINT_LAYER, LANDSLIDE_COLUMN_NAMES, LANDSLIDES_LAYER
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ SCANS_LAYER = "scans"
 STATUS_NEW, STATUS_KNOWN = "new", "known"
 INVENTORY_COLUMNS = ("inventory_id", "first_seen", "last_seen", "detections", "status")
 SCAN_COLUMNS = ("run_id", "scenes", "acquired", "model", "detections", "new", "known", "merged_at")
-DEFAULT_IOU_THRESHOLD = 0.3
+DEFAULT_IOU_THRESHOLD = defaults.IOU_THRESHOLD
 
 
 @dataclass(frozen=True)
@@ -202,12 +203,7 @@ def merge_run(inventory_path: str | Path, run_gpkg: str | Path, run_id: str, sce
 
 def _write_atomic(path: Path, landslides: gpd.GeoDataFrame, scans: gpd.GeoDataFrame) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.gpkg")
-    tmp.unlink(missing_ok=True)
-    try:
+    with atomic_write(path, unique=True) as tmp:  # .NAME.PID-RANDOM.tmp.gpkg: a fresh GeoPackage
         landslides.to_file(tmp, layer=LANDSLIDES_LAYER, driver="GPKG",
                            geometry_type="Polygon" if len(landslides) else "Polygon")
         scans.to_file(tmp, layer=SCANS_LAYER, driver="GPKG", geometry_type="MultiPolygon")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -18,7 +18,6 @@ replaced. A run killed after publishing its folder but before that is found by
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import fcntl
 import json
 import os
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.core.errors import InputError
+from tasks.core.files import utc_now_iso
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS scenes (
@@ -41,10 +41,6 @@ CREATE TABLE IF NOT EXISTS runs (
 
 class RegionBusyError(InputError):
     """Another run of the same region holds its lock."""
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
 def region_dir(state_dir: str | Path, region: str) -> Path:
@@ -79,7 +75,7 @@ def region_lock(folder: str | Path, wait_s: float = 0.0, poll_s: float = 0.5):
                     ) from None
                 time.sleep(poll_s)
         os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} since {_now()}".encode())
+        os.write(fd, f"pid {os.getpid()} since {utc_now_iso()}".encode())
         yield path
     finally:
         with contextlib.suppress(OSError):
@@ -126,7 +122,7 @@ class RegionState:
         return row[0]
 
     def start_run(self, run_id: str, scenes: list[str], model: str, run_dir: str) -> None:
-        now = _now()
+        now = utc_now_iso()
         self.db.execute("INSERT INTO runs (run_id, status, run_dir, scenes, model, started_at, "
                         "updated_at) VALUES (?, 'running', ?, ?, ?, ?, ?)",
                         (run_id, run_dir, json.dumps(scenes), model, now, now))
@@ -135,7 +131,7 @@ class RegionState:
         if status not in ("running", "published", "merged", "failed"):
             raise ValueError(f"unknown run status {status!r}")
         self.db.execute("UPDATE runs SET status = ?, updated_at = ?, message = ? WHERE run_id = ?",
-                        (status, _now(), message, run_id))
+                        (status, utc_now_iso(), message, run_id))
 
     def forget(self, run_id: str) -> None:
         """Drop a run that never published: its scenes stay unprocessed."""
@@ -143,7 +139,7 @@ class RegionState:
 
     def mark_merged(self, run_id: str, scenes: list[tuple[str, str | None]], model: str) -> None:
         """In one transaction: the run is merged and its scenes count as processed."""
-        now = _now()
+        now = utc_now_iso()
         with self._transaction():
             self.db.executemany(
                 "INSERT OR REPLACE INTO scenes (scene_id, acquired, model, run_id, processed_at) "

@@ -25,7 +25,7 @@ from rasterio.windows import Window
 from models.detectors import cached_detector
 from tasks.core.blend import BorderPatches, RasterPatches, blend_patches
 from tasks.core.errors import LandslideError
-from tasks.core.files import WORK_COMPRESSION, atomic_write, atomic_write_json
+from tasks.core.files import WORK_COMPRESSION, atomic_write, atomic_write_json, work_raster_profile
 from tasks.core.gdal import gdal_env
 from tasks.core.tiling import iter_blocks, iter_windows
 
@@ -186,9 +186,8 @@ def assemble(jobs: list[BlockJob], prob_path: str | Path, unc_path: str | Path) 
     """Copy every block's core into the tiled prob/uncertainty rasters (one block in memory)."""
     prob_path, unc_path = Path(prob_path), Path(unc_path)
     with rasterio.open(jobs[0].stack_path) as src:
-        profile = src.profile.copy()
-    profile.update(count=1, dtype="float32", nodata=np.nan, tiled=True, blockxsize=256,
-                   blockysize=256, predictor=3, interleave="band", **WORK_COMPRESSION)
+        profile = work_raster_profile(src.profile, dtype="float32", nodata=np.nan, predictor=3,
+                                      interleave="band")
     with atomic_write(prob_path, suffix=".tmp.tif") as tmp_p, \
             atomic_write(unc_path, suffix=".tmp.tif") as tmp_u, \
             rasterio.open(tmp_p, "w", **profile) as dp, rasterio.open(tmp_u, "w", **profile) as du:

@@ -26,8 +26,8 @@ def dask_client(dask_address: str | None, workers: int = 1) -> Iterator[Any]:
 
 
 # Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536. Setting it switches off glibc's
-# dynamic mmap threshold, so every tensor buffer above 128 kB is mapped and unmapped anew: measured
-# here, a torch forward ran 2.3-2.6x slower in a worker (1 thread) than in a plain process.
+# dynamic mmap threshold, so every tensor buffer above 128 kB is mapped and unmapped anew, and a
+# torch forward in a worker ran much slower than in a plain process (benchmarks/README.md).
 WORKER_ENV_UNSET = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
 
 

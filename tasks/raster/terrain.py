@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +34,7 @@ from rasterio.enums import Resampling
 from rasterio.warp import calculate_default_transform, reproject
 
 from tasks.core.errors import InputError
+from tasks.core.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -304,16 +304,10 @@ def compute_slope_raster(dem_path: str | Path, out_path: str | Path, dst_crs: CR
                    transform=transform, nodata=np.nan, compress="deflate", predictor=3,
                    tiled=True, blockxsize=256, blockysize=256)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.stem}.{os.getpid()}.tmp{out_path.suffix or '.tif'}")
-    try:
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(slope, 1)
-            dst.set_band_description(1, "slope (deg, Horn 1981)")
-            dst.update_tags(1, units="degrees", method="Horn (1981), 3x3")
-        os.replace(tmp, out_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_write(out_path, unique=True) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+        dst.write(slope, 1)
+        dst.set_band_description(1, "slope (deg, Horn 1981)")
+        dst.update_tags(1, units="degrees", method="Horn (1981), 3x3")
     n_valid = int(np.isfinite(slope).sum())
     log.info("slope %s: %dx%d, %d valid px, median %.1f deg", out_path.name, w, h, n_valid,
              float(np.nanmedian(slope)) if n_valid else float("nan"))

@@ -7,7 +7,6 @@ final name (DESIGN.md section 5).
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
@@ -19,8 +18,11 @@ import rasterio
 import rasterio.shutil
 from rasterio.io import MemoryFile
 
+from tasks.core import defaults
 from tasks.core.errors import InputError
-from tasks.core.files import WORK_COMPRESSION, utc_now_iso
+from tasks.core.files import atomic_write, atomic_write_json, utc_now_iso, work_raster_profile
+from tasks.core.tiling import iter_blocks
+from tasks.sources.cloud import read_record
 
 PROB_SCALE = 254.0  # value = round(p * 254); 255 = nodata
 NODATA_U8 = 255
@@ -61,30 +63,27 @@ def write_cog(array: np.ndarray, path: str | Path, *, crs: str, transform, descr
                 tmp.scales = (scale,)
                 tmp.offsets = (0.0,)
             tmp.update_tags(**(tags or {}))
-        with mem.open() as src:
-            tmp_path = path.with_name(path.name + ".tmp")
+        with mem.open() as src, atomic_write(path) as tmp_path:
             rasterio.shutil.copy(src, tmp_path, driver="COG", compress="DEFLATE",
                                  overview_resampling="nearest", blocksize=256)
-    os.replace(tmp_path, path)
     return path
 
 
 def write_cog_blockwise(src_path: str | Path, path: str | Path, encode, *, description: str,
                         scale: float | None = None, tags: dict | None = None,
-                        valid_path: str | Path | None = None, block_px: int = 2048) -> Path:
+                        valid_path: str | Path | None = None,
+                        block_px: int = defaults.BLOCK_PX) -> Path:
     """Encode a single-band raster block by block into a tiled GeoTIFF, then copy it to a COG.
 
     ``encode(values, valid) -> uint8`` turns each block (``valid`` from ``valid_path``, or all True)
     into the output's values; GDAL's COG driver streams the copy, so memory stays bounded.
     """
-    from tasks.core.tiling import iter_blocks
-
     path = Path(path)
     tmp_tiled = path.with_name(path.name + ".tiled.tmp.tif")
     with rasterio.open(src_path) as src:
-        profile = dict(driver="GTiff", height=src.height, width=src.width, count=1, dtype="uint8",
-                       crs=src.crs, transform=src.transform, nodata=NODATA_U8, tiled=True,
-                       blockxsize=256, blockysize=256, **WORK_COMPRESSION)
+        profile = work_raster_profile({"driver": "GTiff", "height": src.height, "width": src.width,
+                                       "crs": src.crs, "transform": src.transform},
+                                      dtype="uint8", nodata=NODATA_U8)
         valid_src = rasterio.open(valid_path) if valid_path else None
         try:
             with rasterio.open(tmp_tiled, "w", **profile) as dst:
@@ -101,10 +100,9 @@ def write_cog_blockwise(src_path: str | Path, path: str | Path, encode, *, descr
         finally:
             if valid_src is not None:
                 valid_src.close()
-    tmp_cog = path.with_name(path.name + ".tmp")
-    rasterio.shutil.copy(tmp_tiled, tmp_cog, driver="COG", compress="DEFLATE",
-                         overview_resampling="nearest", blocksize=256)
-    os.replace(tmp_cog, path)
+    with atomic_write(path) as tmp_cog:
+        rasterio.shutil.copy(tmp_tiled, tmp_cog, driver="COG", compress="DEFLATE",
+                             overview_resampling="nearest", blocksize=256)
     tmp_tiled.unlink(missing_ok=True)
     return path
 
@@ -202,8 +200,6 @@ def write_manifest(path: str | Path, content: dict) -> Path:
     A run's manifest (``path`` in ``OUT/.staging``) also gets ``inputs.cloud_mask``: the record
     alignment left in ``OUT/.work`` (per scene, the pixels the source's cloud mask removed).
     """
-    from tasks.sources.cloud import read_record
-
     path = Path(path)
     content = {"manifest_version": 1, "written_at": utc_now_iso(), **content,
                "versions": package_versions()}
@@ -211,8 +207,5 @@ def write_manifest(path: str | Path, content: dict) -> Path:
         cloud = read_record(path.parent.parent / WORK)
         if cloud is not None:
             content["inputs"] = {**content["inputs"], "cloud_mask": cloud}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(content, indent=2, sort_keys=False, default=str))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(path, content)
 

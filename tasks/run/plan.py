@@ -1,39 +1,42 @@
-"""Validate a scan request and freeze it into a plan (JSON) that every stage reads.
+"""Validate a scan request and freeze it into a typed plan that every step reads.
 
 All user mistakes (unknown region, misspelled catalog key, missing raster, ROI outside the data,
 a checkpoint whose bands the source cannot provide, a non-safetensors checkpoint, an unwritable
 output folder) are found here, before any pixel is read, and reported as one ``InputError`` line.
+
+:func:`plan_scan` writes the plan (a frozen :class:`ScanPlan`) once to ``<out>/.work/plan.json``;
+each step loads it once with :meth:`ScanPlan.load`. Defaults live in ``tasks.core.defaults``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
-import json
 import secrets
+import shutil
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import shapely
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from shapely.geometry import mapping, shape
 
 from models.detectors import cached_detector
+from tasks.core import defaults
 from tasks.core.bands import SPECTRAL_BAND_NAMES
 from tasks.core.errors import InputError
+from tasks.core.files import atomic_write_text
 from tasks.core.grid import AnalysisGrid, check_bbox, make_grid, read_aoi, resolve_roi, roi_in_grid_crs
-from tasks.run.outputs import WORK as WORK_DIRNAME
-from tasks.run.outputs import bytes_needed, check_free_space, check_output_dir, work_dir
+from tasks.run.outputs import STAGING, WORK, bytes_needed, check_free_space, check_output_dir
 from tasks.sources.catalog import LocalSource, load_catalog
 from tasks.sources.local import SceneInputs, resolve_local_inputs
-from tasks.sources.remote import cache_root
+from tasks.sources.remote import cache_root, fetch_remote_inputs
 from tasks.vector.clean import CleanParams
 
 
 class ScanRequest(BaseModel):
     """Parameters of one scan (the flow's parameters; unknown keys are errors)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     out: str
     region: str | None = None
@@ -44,19 +47,19 @@ class ScanRequest(BaseModel):
     end: dt.date | None = None
     detector: str | None = Field(default=None, description="checkpoint name/path, 'index', or None for the default model")
     catalog: str | None = None
-    res_m: float = 10.0
-    overlap_px: int = 32
-    batch_size: int = 16
-    block_px: int = 2048
+    res_m: float = defaults.RES_M
+    overlap_px: int = defaults.OVERLAP_PX
+    batch_size: int = defaults.BATCH_SIZE
+    block_px: int = defaults.BLOCK_PX
     cache_dir: str | None = None
-    workers: int = 1
+    workers: int = defaults.WORKERS
     dask_address: str | None = None
-    device: Literal["auto", "cpu", "cuda"] | str = "auto"
-    threshold: float | None = None
-    opening_radius_px: int = 1
-    closing_radius_px: int = 1
-    fill_holes_max_area_m2: float = 2000.0
-    min_area_m2: float = 500.0
+    device: Literal["auto", "cpu", "cuda"] | str = defaults.DEVICE
+    threshold: float | None = Field(default=None, description="None: the detector card's")
+    opening_radius_px: int = defaults.OPENING_RADIUS_PX
+    closing_radius_px: int = defaults.CLOSING_RADIUS_PX
+    fill_holes_max_area_m2: float = defaults.FILL_HOLES_MAX_AREA_M2
+    min_area_m2: float = defaults.MIN_AREA_M2
     overwrite: bool = False
     keep_work: bool = False
     progress: bool = True
@@ -67,12 +70,117 @@ class ScanRequest(BaseModel):
     def _bbox(cls, v):
         return None if v is None else check_bbox(v)
 
-    def clean_params(self, threshold: float) -> CleanParams:
-        return CleanParams(threshold=self.threshold if self.threshold is not None else threshold,
+    def clean_params(self, card_threshold: float) -> CleanParams:
+        """The cleanup parameters (validated): the request's threshold, else the card's."""
+        return CleanParams(threshold=self.threshold if self.threshold is not None else card_threshold,
                            opening_radius_px=self.opening_radius_px,
                            closing_radius_px=self.closing_radius_px,
                            fill_holes_max_area_m2=self.fill_holes_max_area_m2,
                            min_area_m2=self.min_area_m2)
+
+
+class DetectorSpec(BaseModel):
+    """What the plan records of the detector: the block jobs load it again from ``spec``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    spec: str | None  # checkpoint name/path, "index", or None for the shipped default
+    ref: str  # name@sha256 prefix: the polygons' `model` attribute
+    bands: tuple[str, ...]
+    threshold: float
+    patch_size: int
+
+
+class RunPaths(BaseModel):
+    """Every path of one run folder, named once."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    out: Path
+    work: Path  # intermediate files; removed when the run is published (unless --keep-work)
+    staging: Path  # the outputs until the whole run succeeded
+
+    @classmethod
+    def of(cls, out: str | Path) -> "RunPaths":
+        out = Path(out).resolve()
+        return cls(out=out, work=out / WORK, staging=out / STAGING)
+
+    @property
+    def plan(self) -> Path:
+        return self.work / "plan.json"
+
+    @property
+    def stack_record(self) -> Path:
+        """The align step's result (written last: the stack is complete)."""
+        return self.work / "stack_result.json"
+
+    @property
+    def blocks(self) -> Path:
+        """Block jobs' results and completion records."""
+        return self.work / "blocks"
+
+    @property
+    def prob(self) -> Path:
+        return self.work / "prob.tif"
+
+    @property
+    def uncertainty_raw(self) -> Path:
+        return self.work / "uncertainty_raw.tif"
+
+    @property
+    def mask_raw(self) -> Path:
+        return self.work / "mask_raw.tif"
+
+    def staged(self, name: str) -> Path:
+        """``name`` in the staging folder (created on first use)."""
+        self.staging.mkdir(parents=True, exist_ok=True)
+        return self.staging / name
+
+
+class ScanPlan(BaseModel):
+    """A validated scan: written once by :func:`plan_scan`, read by every step."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    run_id: str
+    request: ScanRequest
+    catalog_path: str
+    source: str
+    source_kind: str
+    region: str | None
+    window: tuple[dt.date | None, dt.date | None]  # the scenes' date window
+    inputs: dict[str, Any]  # tasks.sources.local.SceneInputs.to_dict()
+    roi_lonlat: dict[str, Any]  # GeoJSON geometry, EPSG:4326
+    roi_grid_crs: dict[str, Any]  # GeoJSON geometry in the grid's CRS
+    grid: dict[str, Any]  # tasks.core.grid.AnalysisGrid.to_dict()
+    detector: DetectorSpec
+    clean: CleanParams
+    paths: RunPaths
+    resumed: bool = False  # a rerun that resumes an interrupted run
+
+    @property
+    def scene_inputs(self) -> SceneInputs:
+        return SceneInputs.from_dict(self.inputs)
+
+    @property
+    def analysis_grid(self) -> AnalysisGrid:
+        return AnalysisGrid.from_dict(self.grid)
+
+    @property
+    def roi_in_grid_crs(self) -> shapely.Geometry:
+        return shape(self.roi_grid_crs)
+
+    @property
+    def distributed(self) -> bool:
+        """Blocks run on a Dask cluster (an address, or a local one of several workers)."""
+        return bool(self.request.dask_address) or self.request.workers > 1
+
+    def write(self) -> Path:
+        return atomic_write_text(self.paths.plan, self.model_dump_json(indent=2))
+
+    @classmethod
+    def load(cls, work: str | Path) -> "ScanPlan":
+        return cls.model_validate_json((Path(work) / "plan.json").read_text())
 
 
 def new_run_id(now: dt.datetime | None = None) -> str:
@@ -80,23 +188,35 @@ def new_run_id(now: dt.datetime | None = None) -> str:
     return now.strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
 
 
-def plan_scan(request: ScanRequest) -> dict:
-    """Check everything that can be checked without reading pixels; return the plan as a dict.
-
-    The plan is also written to ``<out>/.work/plan.json``.
-    """
-    if request.overlap_px < 0 or request.overlap_px >= 128:
-        raise InputError(f"--overlap must be in [0, 128), got {request.overlap_px}")
-    if request.block_px < 128:
-        raise InputError(f"--block-px must be >= 128 (one patch), got {request.block_px}")
+def _check_numbers(request: ScanRequest) -> None:
     if request.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {request.batch_size}")
     if request.workers < 1:
         raise InputError(f"--workers must be >= 1, got {request.workers}")
-    if (Path(request.out) / WORK_DIRNAME / "plan.json").exists():
-        # an interrupted run, or the flow re-planning what the CLI just planned: its plan was
-        # validated already, so do not load the detector or fetch inputs again
-        resumed = _resumable_plan(check_output_dir(request.out, request.overwrite), request)
+    if request.overlap_px < 0:
+        raise InputError(f"--overlap must be >= 0, got {request.overlap_px}")
+
+
+def _check_patch_fit(request: ScanRequest, patch_px: int) -> None:
+    if request.overlap_px >= patch_px:
+        raise InputError(f"--overlap must be in [0, {patch_px}) for this detector's {patch_px} px "
+                         f"patches, got {request.overlap_px}")
+    if request.block_px < patch_px:
+        raise InputError(f"--block-px must be >= {patch_px} (one patch of this detector), got "
+                         f"{request.block_px}")
+
+
+def plan_scan(request: ScanRequest) -> ScanPlan:
+    """Check everything that can be checked without reading pixels; write and return the plan.
+
+    A plan already in ``<out>/.work`` is reused: the same run planned a moment ago (the CLI plans
+    before the flow starts, the flow's plan step then loads it), or an interrupted run resumed
+    with the same settings. ``--overwrite`` starts an earlier run over.
+    """
+    _check_numbers(request)
+    paths = RunPaths.of(request.out)
+    if paths.plan.exists():
+        resumed = _resumable_plan(check_output_dir(request.out, request.overwrite), paths, request)
         if resumed is not None:
             return resumed
     catalog = load_catalog(request.catalog)
@@ -104,17 +224,17 @@ def plan_scan(request: ScanRequest) -> dict:
     source_name = request.source or (region.source if region else None)
     if source_name is None:
         raise InputError("name a --region from data_catalog.yaml, or a --source with --bbox/--aoi")
-    catalog.source(source_name)
+    source = catalog.source(source_name)
     if region is None and request.bbox is None and request.aoi is None:
         raise InputError("--source without --region needs --bbox or --aoi to define the ROI")
     detector = cached_detector(request.detector, request.device)
+    _check_patch_fit(request, detector.patch_size)
     clean = request.clean_params(detector.threshold)  # validates the cleanup parameters
     spectral = tuple(b for b in detector.bands if b in SPECTRAL_BAND_NAMES)
     start = request.start or (region.start if region else None)
     end = request.end or (region.end if region else None)
     if request.end and not request.start and start and start > request.end:
         start = None  # the region's default start does not apply to an explicit earlier --end
-    source = catalog.source(source_name)
     inputs: SceneInputs | None = None
     extent = (-180.0, -90.0, 180.0, 90.0)
     if isinstance(source, LocalSource):
@@ -124,8 +244,6 @@ def plan_scan(request: ScanRequest) -> dict:
     user_aoi = read_aoi(request.aoi) if request.aoi else None
     roi = resolve_roi(region.bbox if region else None, region_aoi, request.bbox, user_aoi, extent)
     if inputs is None:  # remote: search and download for this ROI (cached by request)
-        from tasks.sources.remote import fetch_remote_inputs
-
         inputs = fetch_remote_inputs(source, source_name, spectral, roi, start, end,
                                      cache_root(request.cache_dir))
     terrain_needed = [b for b in detector.bands if b not in SPECTRAL_BAND_NAMES]
@@ -135,27 +253,16 @@ def plan_scan(request: ScanRequest) -> dict:
     grid = make_grid(roi, res_m=request.res_m)
     out = check_output_dir(request.out, request.overwrite)
     check_free_space(out, bytes_needed(grid.width, grid.height))
-    wdir = work_dir(out)
-    run_id = request.run_id or new_run_id()
-    plan = {
-        "run_id": run_id,
-        "request": request.model_dump(mode="json"),
-        "catalog_path": str(catalog.root),
-        "source": source_name,
-        "source_kind": catalog.source(source_name).kind,
-        "region": request.region,
-        "window": [start.isoformat() if start else None, end.isoformat() if end else None],
-        "inputs": inputs.to_dict(),
-        "roi_lonlat": mapping(roi),
-        "roi_grid_crs": mapping(roi_in_grid_crs(roi, grid)),
-        "grid": grid.to_dict(),
-        "detector": {"spec": request.detector, "ref": detector.ref, "bands": list(detector.bands),
-                     "threshold": detector.threshold, "patch_size": detector.patch_size},
-        "clean": dataclasses.asdict(clean),
-        "out": str(out.resolve()),
-        "work_dir": str(wdir.resolve()),
-    }
-    (wdir / "plan.json").write_text(json.dumps(plan, indent=2, default=str))
+    paths.work.mkdir(parents=True, exist_ok=True)
+    plan = ScanPlan(
+        run_id=request.run_id or new_run_id(), request=request, catalog_path=str(catalog.root),
+        source=source_name, source_kind=source.kind, region=request.region, window=(start, end),
+        inputs=inputs.to_dict(), roi_lonlat=mapping(roi),
+        roi_grid_crs=mapping(roi_in_grid_crs(roi, grid)), grid=grid.to_dict(),
+        detector=DetectorSpec(spec=request.detector, ref=detector.ref, bands=detector.bands,
+                              threshold=detector.threshold, patch_size=detector.patch_size),
+        clean=clean, paths=paths)
+    plan.write()
     return plan
 
 
@@ -164,22 +271,21 @@ _VOLATILE = {"run_id", "progress", "keep_work", "overwrite", "workers", "dask_ad
              "cache_dir"}
 
 
-def _resumable_plan(out: Path, request: ScanRequest) -> dict | None:
-    """The plan of an interrupted run in ``out`` when the request matches it (then it resumes).
+def _resumable_plan(out: Path, paths: RunPaths, request: ScanRequest) -> ScanPlan | None:
+    """The plan in ``out`` when this request may use it: the same run (planned by the CLI a moment
+    ago), or an interrupted run started with the same settings (then it resumes). None when
+    ``--overwrite`` starts an earlier run over.
 
     Raises:
         InputError: the interrupted run was started with other settings (the difference is named).
     """
-    import shutil
-
-    plan_path = out / WORK_DIRNAME / "plan.json"
-    if not plan_path.exists():
-        return None
+    plan = ScanPlan.load(paths.work)
+    if request.run_id is not None and plan.run_id == request.run_id:
+        return plan
     if request.overwrite:
-        shutil.rmtree(out / WORK_DIRNAME, ignore_errors=True)
+        shutil.rmtree(paths.work, ignore_errors=True)
         return None
-    plan = json.loads(plan_path.read_text())
-    old = {k: v for k, v in plan["request"].items() if k not in _VOLATILE}
+    old = {k: v for k, v in plan.request.model_dump(mode="json").items() if k not in _VOLATILE}
     new = {k: v for k, v in request.model_dump(mode="json").items() if k not in _VOLATILE}
     diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
             if old.get(k) != new.get(k)]
@@ -187,21 +293,8 @@ def _resumable_plan(out: Path, request: ScanRequest) -> dict | None:
         raise InputError(f"--out {out} holds an interrupted run started with other settings "
                          f"({'; '.join(diff[:3])}); rerun with the same settings to resume it, "
                          "or pass --overwrite to start over")
-    plan["request"].update({k: v for k, v in request.model_dump(mode="json").items()
-                            if k in _VOLATILE and k not in ("run_id", "out")})
-    if plan["run_id"] != request.run_id:
-        plan["resumed"] = True
-    plan_path.write_text(json.dumps(plan, indent=2, default=str))
+    volatile = {k: getattr(request, k) for k in _VOLATILE if k not in ("run_id", "out")}
+    plan = plan.model_copy(update={"request": plan.request.model_copy(update=volatile),
+                                   "resumed": True})
+    plan.write()
     return plan
-
-
-def load_plan(work: str | Path) -> dict:
-    return json.loads((Path(work) / "plan.json").read_text())
-
-
-def plan_grid(plan: dict) -> AnalysisGrid:
-    return AnalysisGrid.from_dict(plan["grid"])
-
-
-def plan_roi_grid_crs(plan: dict) -> shapely.Geometry:
-    return shape(plan["roi_grid_crs"])

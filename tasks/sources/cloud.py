@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.core.errors import InputError
+from tasks.core.files import atomic_write_text
 
 RECORD_NAME = "cloud_mask.json"
 
@@ -72,10 +73,7 @@ def write_record(work_dir: str | Path, scene_id: str, spec: dict | None, cloud_m
                            else {"cloud_range": list(spec["cloud_range"])}),
                   "scenes": {scene_id: {"cloud_masked_px": int(cloud_masked_px),
                                         "cloud_masked_fraction_of_grid": round(cloud_masked_px / max(grid_px, 1), 6)}}}
-    path = Path(work_dir) / RECORD_NAME
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(path)
+    atomic_write_text(Path(work_dir) / RECORD_NAME, json.dumps(record, indent=2))
     return record
 
 
@@ -103,10 +101,7 @@ def write_records(work_dir: str | Path, scenes: list[tuple[str, dict | None, int
         if spec is not None:
             entry["cloud_masked_fraction_of_grid"] = round(n / max(grid_px, 1), 6)
         record["scenes"][scene_id] = entry
-    path = Path(work_dir) / RECORD_NAME
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(path)
+    atomic_write_text(Path(work_dir) / RECORD_NAME, json.dumps(record, indent=2))
     return record
 
 

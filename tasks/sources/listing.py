@@ -13,6 +13,8 @@ from tasks.core.errors import InputError
 from tasks.core.grid import read_aoi
 from tasks.sources.catalog import LocalSource, SentinelHubSource, StacSource, load_catalog
 from tasks.sources.remote import cache_root
+from tasks.sources.sentinelhub import list_scenes
+from tasks.sources.stac import datetime_range, search_items
 
 
 @dataclass(frozen=True)
@@ -48,8 +50,6 @@ def region_scenes(catalog_path: str | None, region: str, after: dt.date | None =
                         else dt.datetime.combine(last, dt.time(), dt.timezone.utc).isoformat())
             scenes.append(SceneRef(s.scene_id, first, last, acquired))
     elif isinstance(source, StacSource):
-        from tasks.sources.stac import datetime_range, search_items
-
         bbox = _region_bbox(catalog, reg)
         for item in search_items(source, source.url, source.collection, bbox,
                                  datetime_range(start, reg.end)):
@@ -60,8 +60,6 @@ def region_scenes(catalog_path: str | None, region: str, after: dt.date | None =
             when = when.astimezone(dt.timezone.utc)
             scenes.append(SceneRef(item.id, when.date(), when.date(), when.isoformat()))
     elif isinstance(source, SentinelHubSource):
-        from tasks.sources.sentinelhub import list_scenes
-
         for scene_id, acquired in list_scenes(source, reg.source, box(*_region_bbox(catalog, reg)), start,
                                               reg.end, cache_root(cache_dir) / "sentinelhub"):
             if not acquired:

@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 import shapely
+
+from tasks.core.files import atomic_write_text
 
 SCENES_NAME = "scenes.json"
 SCENE_INDEX_NAME = "scene_index.tif"
@@ -196,10 +197,7 @@ def write_scenes(work_dir: str | Path, entries: list[dict], grid_px: int, valid_
     record = {"rule": RULE, "scene_index": SCENE_INDEX_NAME, "mosaic": len(entries) > 1,
               "grid_px": int(grid_px), "analysed_px": int(valid_px),
               "no_scene_px": int(grid_px - sum(e["pixels"] for e in entries)), "scenes": entries}
-    path = Path(work_dir) / SCENES_NAME
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, path)
+    atomic_write_text(Path(work_dir) / SCENES_NAME, json.dumps(record, indent=2), unique=True)
     return record
 
 

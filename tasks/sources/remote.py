@@ -14,6 +14,8 @@ import shapely
 
 from tasks.sources.catalog import SentinelHubSource, StacSource
 from tasks.sources.local import SceneInputs
+from tasks.sources.sentinelhub import fetch_sentinelhub_inputs
+from tasks.sources.stac import fetch_stac_inputs
 
 
 def fetch_remote_inputs(source: StacSource | SentinelHubSource, source_name: str,
@@ -21,12 +23,8 @@ def fetch_remote_inputs(source: StacSource | SentinelHubSource, source_name: str
                         start: dt.date | None, end: dt.date | None, cache_dir: Path) -> SceneInputs:
     """Dispatch on the source kind (``stac`` or ``sentinelhub``)."""
     if isinstance(source, StacSource):
-        from tasks.sources.stac import fetch_stac_inputs
-
         return fetch_stac_inputs(source, source_name, spectral_bands, roi_lonlat, start, end,
                                  cache_dir / "stac")
-    from tasks.sources.sentinelhub import fetch_sentinelhub_inputs
-
     return fetch_sentinelhub_inputs(source, source_name, spectral_bands, roi_lonlat, start, end,
                                     cache_dir / "sentinelhub")
 

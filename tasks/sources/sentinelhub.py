@@ -49,6 +49,7 @@ from rasterio.windows import Window
 
 from tasks.core.bands import SPECTRAL_BAND_NAMES, spectral_request
 from tasks.core.errors import InputError, SourceError
+from tasks.core.files import atomic_write_json
 from tasks.core.grid import AnalysisGrid, make_grid
 from tasks.sources.catalog import SentinelHubSource
 from tasks.sources.cloud import SH_CLM_BAND, SH_CLM_CLOUD_RANGE, SH_CLM_ORIGIN
@@ -379,9 +380,7 @@ def _cached_fetch(entry: Path, download) -> tuple[Path, bool]:
 
 def _write_json_atomic(path: Path, obj: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
+    atomic_write_json(path, obj, unique=True)  # a shared download cache: several runs may write it
 
 
 # ---------------------------------------------------------------- the source

@@ -35,9 +35,7 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -52,6 +50,7 @@ from rasterio.windows import Window
 
 from tasks.core.bands import SPECTRAL_BAND_NAMES, spectral_request
 from tasks.core.errors import InputError, SourceError
+from tasks.core.files import atomic_write, atomic_write_text
 from tasks.sources.catalog import StacSource
 from tasks.sources.local import SceneInputs, harmonization_offset, raster_extent_lonlat
 from tasks.sources.mosaic import SceneCandidate, choose_mosaic, window_end
@@ -239,10 +238,9 @@ def search_items(source: StacSource, url: str, collection: str, bbox: tuple[floa
         items = list(search.items())
         if cache_path is not None:
             cache_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_path.with_name(f".{cache_path.name}.tmp-{os.getpid()}")
-            tmp.write_text(json.dumps({"url": url, "collection": collection, "bbox": list(bbox),
-                                       "datetime": datetime, "features": [i.to_dict() for i in items]}))
-            os.replace(tmp, cache_path)
+            atomic_write_text(cache_path, json.dumps({
+                "url": url, "collection": collection, "bbox": list(bbox), "datetime": datetime,
+                "features": [i.to_dict() for i in items]}), unique=True)
         return items
     except (APIError, OSError) as exc:
         raise _api_error(exc, what, url, source.max_retries) from None
@@ -256,14 +254,8 @@ def search_items(source: StacSource, url: str, collection: str, bbox: tuple[floa
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Run ``write(tmp)`` on a temporary file next to ``path`` and rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".part.tif", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_write(path, unique=True, suffix=".part") as tmp:  # .NAME.PID-RANDOM.part.tif
         write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def read_roi_window(href: str, roi_bounds_lonlat: tuple[float, float, float, float],

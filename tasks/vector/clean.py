@@ -22,8 +22,10 @@ import numpy as np
 from scipy import ndimage
 from skimage.morphology import disk
 
+from tasks.core import defaults
 from tasks.core.errors import InputError
-from tasks.core.files import WORK_COMPRESSION
+from tasks.core.files import atomic_write, work_raster_profile
+from tasks.core.tiling import iter_blocks
 
 CONNECTIVITY = 4  # pixel connectivity of an object, shared with tasks.vector.vectorize
 # scipy structuring elements for that connectivity (objects) and its dual (background / holes)
@@ -43,11 +45,11 @@ class CleanParams:
         min_area_m2: objects smaller than this are removed (0 keeps everything).
     """
 
-    threshold: float = 0.5
-    opening_radius_px: int = 1
-    closing_radius_px: int = 1
-    fill_holes_max_area_m2: float = 2000.0
-    min_area_m2: float = 500.0
+    threshold: float = defaults.THRESHOLD
+    opening_radius_px: int = defaults.OPENING_RADIUS_PX
+    closing_radius_px: int = defaults.CLOSING_RADIUS_PX
+    fill_holes_max_area_m2: float = defaults.FILL_HOLES_MAX_AREA_M2
+    min_area_m2: float = defaults.MIN_AREA_M2
 
     def __post_init__(self) -> None:
         if not (_is_real(self.threshold) and 0.0 < self.threshold < 1.0):
@@ -201,30 +203,24 @@ def clean_halo_px(params: CleanParams, res_m: float) -> int:
 
 
 def clean_raster(prob_path, valid_path, out_path, res_m: float, params: CleanParams = CleanParams(),
-                 block_px: int = 2048) -> int:
+                 block_px: int = defaults.BLOCK_PX) -> int:
     """Block-wise :func:`clean_mask` from rasters to a tiled uint8 raster; returns landslide pixels.
 
     Each block is cleaned with a halo of :func:`clean_halo_px`, so the result equals cleaning the
     whole scene at once, with memory bounded by the block size.
     """
-    import os
     from pathlib import Path
 
     import rasterio
     from rasterio.windows import Window
 
-    from tasks.core.tiling import iter_blocks
-
     halo = clean_halo_px(params, res_m)
     out_path = Path(out_path)
-    tmp = out_path.with_name(out_path.name + ".tmp.tif")
     total = 0
     with rasterio.open(prob_path) as prob_src, rasterio.open(valid_path) as valid_src:
         h, w = prob_src.height, prob_src.width
-        profile = prob_src.profile.copy()
-        profile.update(dtype="uint8", nodata=None, count=1, tiled=True, blockxsize=256,
-                       blockysize=256, predictor=1, **WORK_COMPRESSION)
-        with rasterio.open(tmp, "w", **profile) as dst:
+        profile = work_raster_profile(prob_src.profile, dtype="uint8", nodata=None, predictor=1)
+        with atomic_write(out_path, suffix=".tmp.tif") as tmp, rasterio.open(tmp, "w", **profile) as dst:
             for block in iter_blocks(h, w, block_px):
                 r, c = int(block.row_off), int(block.col_off)
                 bh, bw = int(block.height), int(block.width)
@@ -237,5 +233,4 @@ def clean_raster(prob_path, valid_path, out_path, res_m: float, params: CleanPar
                 core = mask[r - r0:r - r0 + bh, c - c0:c - c0 + bw]
                 dst.write(core, 1, window=block)
                 total += int(core.sum())
-    os.replace(tmp, out_path)
     return total

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -25,7 +24,10 @@ from pyproj import CRS, Transformer
 from rasterio.features import shapes
 from shapely.geometry import MultiPolygon, Polygon, shape
 
+from tasks.core import defaults
 from tasks.core.errors import InputError
+from tasks.core.files import atomic_write
+from tasks.core.tiling import iter_blocks
 from tasks.vector.clean import CONNECTIVITY, label_objects
 
 log = logging.getLogger(__name__)
@@ -339,20 +341,17 @@ def write_geopackage(landslides_gdf: gpd.GeoDataFrame, footprint_gdf: gpd.GeoDat
         raise InputError("the footprint layer holds MultiPolygons only")
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.gpkg")
-    try:
-        if tmp.exists():
-            tmp.unlink()
-        landslides_gdf.to_file(tmp, layer=LANDSLIDES_LAYER, driver="GPKG", engine="pyogrio",
-                               geometry_type="Polygon")
-        footprint_gdf.to_file(tmp, layer=FOOTPRINT_LAYER, driver="GPKG", engine="pyogrio",
-                              geometry_type="MultiPolygon")
-        os.replace(tmp, path)
-    finally:
-        for leftover in (tmp, tmp.with_name(tmp.name + "-journal"), tmp.with_name(tmp.name + "-wal"),
-                         tmp.with_name(tmp.name + "-shm")):
-            if leftover.exists():
-                leftover.unlink()
+    with atomic_write(path, unique=True) as tmp:  # .NAME.PID-RANDOM.tmp.gpkg: a fresh GeoPackage
+        try:
+            landslides_gdf.to_file(tmp, layer=LANDSLIDES_LAYER, driver="GPKG", engine="pyogrio",
+                                   geometry_type="Polygon")
+            footprint_gdf.to_file(tmp, layer=FOOTPRINT_LAYER, driver="GPKG", engine="pyogrio",
+                                  geometry_type="MultiPolygon")
+        finally:  # SQLite's side files (the temporary GeoPackage itself goes with atomic_write)
+            for leftover in (tmp.with_name(tmp.name + "-journal"), tmp.with_name(tmp.name + "-wal"),
+                             tmp.with_name(tmp.name + "-shm")):
+                if leftover.exists():
+                    leftover.unlink()
     log.info("wrote %s: %d landslides", path, len(landslides_gdf))
     return path
 
@@ -389,7 +388,7 @@ def _block_stats(v: np.ndarray | None, lab: np.ndarray, n: int) -> dict[str, np.
 
 
 def vectorize_raster(mask_path, layers: Mapping[str, tuple[str, int] | None], *,
-                     static_attrs: Mapping[str, Any], block_px: int = 2048,
+                     static_attrs: Mapping[str, Any], block_px: int = defaults.BLOCK_PX,
                      id_offset: int = 0) -> gpd.GeoDataFrame:
     """Block-wise :func:`mask_to_polygons` over rasters, with bounded memory.
 
@@ -407,8 +406,6 @@ def vectorize_raster(mask_path, layers: Mapping[str, tuple[str, int] | None], *,
         block_px: block side in pixels.
     """
     import rasterio
-
-    from tasks.core.tiling import iter_blocks
 
     attrs = _check_static_attrs(static_attrs)
     names = ("prob", "uncertainty", "slope_deg", "elev_m")
@@ -503,11 +500,10 @@ def vectorize_raster(mask_path, layers: Mapping[str, tuple[str, int] | None], *,
     return _assemble_landslides(geoms, out_stats, crs, attrs, id_offset)
 
 
-def footprint_raster(valid_path, *, attrs: Mapping[str, Any], block_px: int = 2048) -> gpd.GeoDataFrame:
+def footprint_raster(valid_path, *, attrs: Mapping[str, Any],
+                     block_px: int = defaults.BLOCK_PX) -> gpd.GeoDataFrame:
     """Block-wise :func:`valid_to_footprint`: the union of each block's valid-area polygons."""
     import rasterio
-
-    from tasks.core.tiling import iter_blocks
 
     parts: list = []
     with rasterio.open(valid_path) as src:

@@ -123,7 +123,7 @@ def test_rerun_is_served_from_the_cache(creds_env, tmp_path):
     again = _fetch(creds_env, tmp_path)
     assert creds_env.faults.records == []  # no token, search, process or DEM request
     assert again.band_paths == first.band_paths and any("download cache" in n for n in again.notes)
-    assert not list(tmp_path.rglob("*.tmp-*"))
+    assert not [p for p in tmp_path.rglob("*") if ".tmp" in p.name]  # no temporary file or folder left
 
 
 def test_split_requests_equal_one_request(creds_env, tmp_path):

@@ -1,0 +1,23 @@
+"""Every default of a scan, in one place: the CLI's options, the plan (``tasks.run.plan.ScanRequest``),
+the cleanup parameters and the block-wise functions all read them from here. A light module (no
+numpy, no GDAL), so the CLI can show them in ``--help`` without importing the pipeline.
+"""
+
+from __future__ import annotations
+
+RES_M = 10.0  # analysis grid pixel size (m)
+PATCH_PX = 128  # patch side of the shipped detectors (a detector's card may say otherwise)
+OVERLAP_PX = 32  # patch overlap for seam-free blending (px)
+BATCH_SIZE = 16  # patches per forward pass
+BLOCK_PX = 2048  # block side (px): bounds memory, not the result
+DEVICE = "auto"  # CUDA when present, else CPU
+WORKERS = 1  # local Dask worker processes (1: no cluster)
+
+# cleanup (tasks.vector.clean.CleanParams); the threshold defaults to the detector card's
+THRESHOLD = 0.5
+OPENING_RADIUS_PX = 1
+CLOSING_RADIUS_PX = 1
+FILL_HOLES_MAX_AREA_M2 = 2000.0
+MIN_AREA_M2 = 500.0  # 5 pixels at 10 m
+
+IOU_THRESHOLD = 0.3  # a detection this close to a known landslide updates it (regional inventory)
