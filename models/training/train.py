@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +22,10 @@ from tqdm.auto import tqdm
 from models.checkpoint import InputTransform, ModelCard, PCAProjection, save_checkpoint
 from models.data.datasets import SceneData, file_list_sha256, load_scene_dataset, load_training_data
 from models.metrics import IGNORE, evaluate_probabilities
-from models.registry import build_model, parse_model_name
+from models.registry import ModelSpec, build_model, parse_model_name
 from models.training.augment import AugmentConfig, augment
 from models.training.augment import describe as describe_augment
-from models.training.losses import build_loss, class_weights, describe_loss
+from models.training.losses import CompositeLoss, build_loss, class_weights, describe_loss
 from models.training.run_log import RunLog
 from models.training.state import (
     TrainingState,
@@ -214,6 +214,33 @@ def evaluate_model(model: torch.nn.Module, transform: InputTransform, bands: tup
     return evaluate_probabilities(prob, data.labels, threshold)
 
 
+@dataclass(frozen=True)
+class _TrainInputs:
+    """What the training split gives the loop: the network input, the loss and the augmentation."""
+
+    transform: InputTransform  # physical units -> network input (standardization, optional PCA)
+    image_norm: np.ndarray  # (C, H, W) network input of the training image, nodata filled
+    pos_weight: float  # weight of the landslide pixels in the loss
+    loss_fn: CompositeLoss
+    spectral_idx: list[int]  # spectral channels in the network input (the shared brightness gain)
+    dem_idx: int | None  # the DEM channel in the network input; None without DEM
+    dem_std_m: float  # the DEM's standard deviation on the training split (m); 1.0 without DEM
+    mean_over_std: np.ndarray  # (bands,) float32 per-band mean / std
+    aug: AugmentConfig
+
+
+@dataclass
+class _RunProgress:
+    """Where a run stands: its numpy RNG, the finished epochs' rows and the best epoch so far."""
+
+    rng: np.random.Generator
+    history: list[dict] = field(default_factory=list)
+    best_state: dict | None = None  # the weights of the best epoch
+    best_f1: float = -1.0
+    best_epoch: int = -1
+    first_epoch: int = 1  # the next epoch to run
+
+
 def train_scene_model(train_dir: str | Path, val_dir: str | Path, out_dir: str | Path, name: str,
                       cfg: TrainConfig = TrainConfig(), progress: bool = True,
                       report_dirs: dict[str, str | Path] | None = None,
@@ -234,9 +261,7 @@ def train_scene_model(train_dir: str | Path, val_dir: str | Path, out_dir: str |
     (see :func:`models.data.datasets.load_training_data`).
     """
     t_start = time.perf_counter()
-    bands = validate_bands(cfg.bands)
-    if tuple(cfg.bands) != bands:
-        raise InputError(f"--bands must be in contract order: {' '.join(bands)}")
+    bands = _contract_bands(cfg)
     spec = parse_model_name(cfg.model)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -244,6 +269,43 @@ def train_scene_model(train_dir: str | Path, val_dir: str | Path, out_dir: str |
     rng = np.random.default_rng(cfg.seed)
     train = load_training_data(train_dir, layout, train_list)
     val = load_training_data(val_dir, layout, val_list)
+    inputs = _prepare_inputs(cfg, bands, train, train_dir)
+
+    model = build_model(spec.arch, spec.encoder, in_channels=inputs.transform.n_outputs)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr,
+                                                total_steps=cfg.epochs * cfg.steps_per_epoch)
+    run_dir = Path(run_dir) if run_dir is not None else Path(out_dir) / f"{name}.run"
+    run_config = _run_config(cfg, train_dir, val_dir, layout, train_list, val_list)
+    run = _resume_run(run_dir, run_config, model, opt, sched, progress) if resume else None
+    if run is None:
+        run = _RunProgress(rng)
+    _run_epochs(model, opt, sched, run, inputs, bands, train, val, cfg, run_dir, run_config, progress)
+    if run.best_state is None:
+        raise InputError(f"{run_dir}: no finished epoch to select a checkpoint from (epochs={cfg.epochs})")
+
+    _load_selected_weights(model, run.best_state, cfg.save_dtype)
+    metrics = _score_splits(model, inputs.transform, bands, _report_splits(train, val, report_dirs),
+                            cfg.threshold)
+    files_sha256 = file_list_sha256([Path(f) for f in (*train.files, *val.files)])
+    card = _model_card(name, spec, bands, cfg, inputs, run, train.provenance, train_dir, val_dir,
+                       files_sha256, metrics, run_dir, wall_s=round(time.perf_counter() - t_start, 1))
+    _, card_path = save_checkpoint(model, card, out_dir, dtype=cfg.save_dtype)
+    return card_path
+
+
+def _contract_bands(cfg: TrainConfig) -> tuple[str, ...]:
+    """``cfg.bands``, checked to be known bands in contract order."""
+    bands = validate_bands(cfg.bands)
+    if tuple(cfg.bands) != bands:
+        raise InputError(f"--bands must be in contract order: {' '.join(bands)}")
+    return bands
+
+
+def _prepare_inputs(cfg: TrainConfig, bands: tuple[str, ...], train: SceneData,
+                    train_dir: str | Path) -> _TrainInputs:
+    """The input transform (fitted on ``train``), the normalized training image, the loss and the
+    augmentation of a run. Raises InputError when the training labels lack a class."""
     idx = [BAND_NAMES.index(b) for b in bands]
     means, stds = band_stats(train, bands)
     transform = InputTransform.from_stats(means, stds)
@@ -262,110 +324,170 @@ def train_scene_model(train_dir: str | Path, val_dir: str | Path, out_dir: str |
     spectral_idx = [transform.output_index(i) for i, b in enumerate(bands) if b in SPECTRAL_BAND_NAMES]
     spectral_idx = [i for i in spectral_idx if i is not None]
     dem_idx = transform.output_index(bands.index("DEM")) if "DEM" in bands else None
-    dem_std = stds[bands.index("DEM")] if dem_idx is not None else 1.0
+    dem_std_m = stds[bands.index("DEM")] if dem_idx is not None else 1.0
     mean_over_std = np.asarray(means, np.float32) / np.asarray(stds, np.float32)
-    aug = augment_config(cfg, bands, mean_over_std)
+    return _TrainInputs(transform, image_norm, pos_weight, loss_fn, spectral_idx, dem_idx, dem_std_m,
+                        mean_over_std, augment_config(cfg, bands, mean_over_std))
 
-    model = build_model(spec.arch, spec.encoder, in_channels=transform.n_outputs)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr,
-                                                total_steps=cfg.epochs * cfg.steps_per_epoch)
-    run_dir = Path(run_dir) if run_dir is not None else Path(out_dir) / f"{name}.run"
-    run_config = {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
+
+def _config_record(cfg: TrainConfig) -> dict:
+    """``cfg`` as a JSON-able dict (tuples as lists)."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
+
+
+def _run_config(cfg: TrainConfig, train_dir: str | Path, val_dir: str | Path, layout: str,
+                train_list: str | None, val_list: str | None) -> dict:
+    """The settings a resumed run must share with the saved one (the thread count aside)."""
+    run_config = {**_config_record(cfg),
                   "train_dir": str(Path(train_dir).resolve()), "val_dir": str(Path(val_dir).resolve()),
                   "layout": layout, "train_list": train_list, "val_list": val_list}
     run_config.pop("threads", None)  # how many cores a run uses does not change its result
-    history: list[dict] = []
-    best_state, best_f1, best_epoch, first_epoch = None, -1.0, -1, 1
-    saved = load_state(run_dir) if resume else None
-    if saved is not None:
-        check_same_config(saved.config, run_config, run_dir)
-        model.load_state_dict(saved.model)
-        opt.load_state_dict(saved.optimizer)
-        sched.load_state_dict(saved.scheduler)
-        rng = restore_numpy_rng(saved.numpy_rng)
-        torch.set_rng_state(saved.torch_rng)
-        history, best_f1, best_epoch = saved.history, saved.best_f1, saved.best_epoch
-        best_state = saved.best_model
-        first_epoch = saved.epoch + 1
-        log.info("resuming %s after epoch %d", run_dir, saved.epoch)
-        if progress:
-            tqdm.write(f"resuming from {run_dir} after epoch {saved.epoch}")
+    return run_config
+
+
+def _resume_run(run_dir: Path, run_config: dict, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                sched: torch.optim.lr_scheduler.LRScheduler, progress: bool) -> _RunProgress | None:
+    """Restore the run state saved in ``run_dir`` into ``model``, ``opt``, ``sched`` and torch's RNG, and
+    return where it stood; None when there is none. Raises InputError when its settings differ."""
+    saved = load_state(run_dir)
+    if saved is None:
+        return None
+    check_same_config(saved.config, run_config, run_dir)
+    model.load_state_dict(saved.model)
+    opt.load_state_dict(saved.optimizer)
+    sched.load_state_dict(saved.scheduler)
+    rng = restore_numpy_rng(saved.numpy_rng)
+    torch.set_rng_state(saved.torch_rng)
+    log.info("resuming %s after epoch %d", run_dir, saved.epoch)
+    if progress:
+        tqdm.write(f"resuming from {run_dir} after epoch {saved.epoch}")
+    return _RunProgress(rng=rng, history=saved.history, best_state=saved.best_model, best_f1=saved.best_f1,
+                        best_epoch=saved.best_epoch, first_epoch=saved.epoch + 1)
+
+
+def _run_epochs(model: torch.nn.Module, opt: torch.optim.Optimizer,
+                sched: torch.optim.lr_scheduler.LRScheduler, run: _RunProgress, inputs: _TrainInputs,
+                bands: tuple[str, ...], train: SceneData, val: SceneData, cfg: TrainConfig, run_dir: Path,
+                run_config: dict, progress: bool) -> None:
+    """Epochs ``run.first_epoch`` .. ``cfg.epochs`` (or until early stop): train, validate, keep the
+    best epoch in ``run``, and write the metrics log and the run state to ``run_dir`` after each."""
     run_log = RunLog(run_dir)
-    for epoch in range(first_epoch, cfg.epochs + 1):
-        if cfg.patience is not None and best_epoch > 0 and epoch - best_epoch > cfg.patience:
+    for epoch in range(run.first_epoch, cfg.epochs + 1):
+        if cfg.patience is not None and run.best_epoch > 0 and epoch - run.best_epoch > cfg.patience:
             log.info("early stop: no better validation F1 for %d epochs", cfg.patience)
             break
-        model.train()
-        losses = []
-        bar = tqdm(range(cfg.steps_per_epoch), desc=f"epoch {epoch}/{cfg.epochs}",
-                   disable=not progress, leave=False, mininterval=2.0)
-        for _ in bar:
-            x, y = make_batch(rng, image_norm, train.labels, cfg, spectral_idx, dem_idx, dem_std,
-                              mean_over_std, aug, train.pitch)
-            loss = loss_fn(model(x)[:, 0], y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-        val_metrics = evaluate_model(model, transform, bands, val, cfg.threshold)
-        row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "lr": float(sched.get_last_lr()[0]),
-               **{f"val_{k}": val_metrics[k] for k in ("precision", "recall", "f1", "iou", "auc")}}
-        history.append(row)
-        log.info("epoch %d: loss %.4f val f1 %.3f iou %.3f auc %.3f", epoch, row["train_loss"],
-                 row["val_f1"], row["val_iou"], row["val_auc"])
-        if progress:
-            tqdm.write(f"epoch {epoch}/{cfg.epochs}: loss {row['train_loss']:.4f}  "
-                       f"val f1 {row['val_f1']:.3f}  iou {row['val_iou']:.3f}  auc {row['val_auc']:.3f}")
-        if val_metrics["f1"] > best_f1:
-            best_f1, best_epoch = val_metrics["f1"], epoch
-            best_state = copy.deepcopy(model.state_dict())
-        run_log.write(history)
+        losses = _train_epoch(model, opt, sched, run.rng, inputs, train, cfg, epoch, progress)
+        val_metrics = evaluate_model(model, inputs.transform, bands, val, cfg.threshold)
+        row = _epoch_row(epoch, losses, float(sched.get_last_lr()[0]), val_metrics)
+        run.history.append(row)
+        _log_epoch(row, cfg.epochs, progress)
+        _keep_if_best(run, epoch, val_metrics["f1"], model)
+        run_log.write(run.history)
         save_state(run_dir, TrainingState(
-            epoch=epoch, model=model.state_dict(), best_model=best_state, optimizer=opt.state_dict(),
-            scheduler=sched.state_dict(), numpy_rng=numpy_rng_state(rng),
-            torch_rng=torch.get_rng_state(), best_f1=best_f1, best_epoch=best_epoch,
-            history=history, config=run_config))
+            epoch=epoch, model=model.state_dict(), best_model=run.best_state, optimizer=opt.state_dict(),
+            scheduler=sched.state_dict(), numpy_rng=numpy_rng_state(run.rng),
+            torch_rng=torch.get_rng_state(), best_f1=run.best_f1, best_epoch=run.best_epoch,
+            history=run.history, config=run_config))
     run_log.close()
-    if best_state is None:
-        raise InputError(f"{run_dir}: no finished epoch to select a checkpoint from (epochs={cfg.epochs})")
 
-    model.load_state_dict(best_state)  # type: ignore[arg-type]
-    if cfg.save_dtype == "float16":  # report metrics of the weights as shipped
+
+def _train_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer,
+                 sched: torch.optim.lr_scheduler.LRScheduler, rng: np.random.Generator, inputs: _TrainInputs,
+                 train: SceneData, cfg: TrainConfig, epoch: int, progress: bool) -> list[float]:
+    """``cfg.steps_per_epoch`` optimizer steps on random augmented crops of ``train``; the step losses."""
+    model.train()
+    losses = []
+    bar = tqdm(range(cfg.steps_per_epoch), desc=f"epoch {epoch}/{cfg.epochs}",
+               disable=not progress, leave=False, mininterval=2.0)
+    for _ in bar:
+        x, y = make_batch(rng, inputs.image_norm, train.labels, cfg, inputs.spectral_idx, inputs.dem_idx,
+                          inputs.dem_std_m, inputs.mean_over_std, inputs.aug, train.pitch)
+        loss = inputs.loss_fn(model(x)[:, 0], y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    return losses
+
+
+def _epoch_row(epoch: int, losses: list[float], lr: float, val_metrics: dict[str, float]) -> dict:
+    """One row of the run's history: mean training loss, learning rate, validation metrics."""
+    return {"epoch": epoch, "train_loss": float(np.mean(losses)), "lr": lr,
+            **{f"val_{k}": val_metrics[k] for k in ("precision", "recall", "f1", "iou", "auc")}}
+
+
+def _log_epoch(row: dict, epochs: int, progress: bool) -> None:
+    """Log an epoch's row; also on the progress bar's stream when ``progress``."""
+    log.info("epoch %d: loss %.4f val f1 %.3f iou %.3f auc %.3f", row["epoch"], row["train_loss"],
+             row["val_f1"], row["val_iou"], row["val_auc"])
+    if progress:
+        tqdm.write(f"epoch {row['epoch']}/{epochs}: loss {row['train_loss']:.4f}  "
+                   f"val f1 {row['val_f1']:.3f}  iou {row['val_iou']:.3f}  auc {row['val_auc']:.3f}")
+
+
+def _keep_if_best(run: _RunProgress, epoch: int, val_f1: float, model: torch.nn.Module) -> None:
+    """Record ``epoch`` and a copy of the weights in ``run`` when its validation F1 beats the best so far."""
+    if val_f1 > run.best_f1:
+        run.best_f1, run.best_epoch = val_f1, epoch
+        run.best_state = copy.deepcopy(model.state_dict())
+
+
+def _load_selected_weights(model: torch.nn.Module, best_state: dict, save_dtype: str) -> None:
+    """Load the selected epoch's weights, rounded through float16 when they ship as float16 (so the
+    card's metrics are those of the weights as shipped)."""
+    model.load_state_dict(best_state)
+    if save_dtype == "float16":
         model.load_state_dict({k: (v.half().float() if v.is_floating_point() else v)
                                for k, v in model.state_dict().items()})
-    metrics = {}
+
+
+def _report_splits(train: SceneData, val: SceneData,
+                   report_dirs: dict[str, str | Path] | None) -> list[tuple[str, SceneData]]:
+    """The card's scored splits: train and val, then each ``report_dirs`` scene (loaded here)."""
     # metrics are named after what the labels are: weak labels say so in their provenance
     suffix = "_weak_labels" if "weak" in str(train.provenance.get("labels", "")).lower() else ""
     reports = [(f"train{suffix}", train), (f"val{suffix}", val)]
     reports += [(key, load_scene_dataset(d)) for key, d in (report_dirs or {}).items()]
+    return reports
+
+
+def _score_splits(model: torch.nn.Module, transform: InputTransform, bands: tuple[str, ...],
+                  reports: list[tuple[str, SceneData]], threshold: float) -> dict[str, dict]:
+    """Split name -> the card's metrics of the model over that split (rounded to 4 decimals)."""
+    metrics = {}
     for split, data in reports:
-        m = evaluate_model(model, transform, bands, data, cfg.threshold)
+        m = evaluate_model(model, transform, bands, data, threshold)
         metrics[split] = {k: round(float(m[k]), 4) for k in
                           ("precision", "recall", "f1", "iou", "dice", "auc", "labelled_px")}
-    provenance = train.provenance
-    files = [Path(f) for f in (*train.files, *val.files)]
-    card = ModelCard(
+    return metrics
+
+
+def _model_card(name: str, spec: ModelSpec, bands: tuple[str, ...], cfg: TrainConfig, inputs: _TrainInputs,
+                run: _RunProgress, provenance: dict, train_dir: str | Path, val_dir: str | Path,
+                files_sha256: str, metrics: dict[str, dict], run_dir: Path, wall_s: float) -> ModelCard:
+    """The checkpoint's card: model, bands, transform, training data (``files_sha256``: of its files),
+    metrics and training record."""
+    return ModelCard(
         name=name, version="1", arch=spec.arch, encoder=spec.encoder, bands=list(bands),
-        input_transform=transform,
+        input_transform=inputs.transform,
         fill={b: "nodata pixels are filled with the band's training mean (0 after normalization)"
               for b in bands},
         patch_size=cfg.patch_size, threshold=cfg.threshold,
         trained_on={"dataset": provenance.get("name", str(train_dir)),
                     "split": f"train={Path(train_dir).name}, val={Path(val_dir).name} "
                              f"({provenance.get('split', 'held out by location')})",
-                    "file_list_sha256": file_list_sha256(files),
+                    "file_list_sha256": files_sha256,
                     "labels": provenance.get("labels", "see dataset.json")},
         metrics=metrics,
-        training={**{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
-                  "loss": describe_loss(cfg.loss, pos_weight),
-                  "augmentation": f"random {cfg.patch_size} px crops; {describe_augment(aug)}; "
+        training={**_config_record(cfg),
+                  "loss": describe_loss(cfg.loss, inputs.pos_weight),
+                  "augmentation": f"random {cfg.patch_size} px crops; {describe_augment(inputs.aug)}; "
                                   f"brightness x(1+-{cfg.brightness_jitter}) shared by the "
                                   f"spectral bands; DEM offset +-{cfg.dem_jitter_m} m",
-                  "selected_epoch": best_epoch, "selection": "best validation F1 at the threshold",
+                  "selected_epoch": run.best_epoch, "selection": "best validation F1 at the threshold",
                   "run_dir": str(run_dir),
-                  "history": history, "wall_s": round(time.perf_counter() - t_start, 1),
+                  "history": run.history, "wall_s": wall_s,
                   "torch": torch.__version__},
         created=utc_now_iso(),
         weights_sha256="", weights_dtype=cfg.save_dtype,
@@ -373,5 +495,3 @@ def train_scene_model(train_dir: str | Path, val_dir: str | Path, out_dir: str |
                      "a spectral-terrain rule), not on ground truth; metrics are against those weak "
                      "labels. " + provenance.get("summary", "")),
     )
-    _, card_path = save_checkpoint(model, card, out_dir, dtype=cfg.save_dtype)
-    return card_path

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -198,7 +198,3 @@ def assemble(jobs: list[BlockJob], prob_path: str | Path, unc_path: str | Path) 
                 win = Window(*job.window)
                 dp.write(b.read(1), 1, window=win)
                 du.write(b.read(2), 1, window=win)
-
-
-def job_dict(job: BlockJob) -> dict:
-    return asdict(job)

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,6 +126,27 @@ def _scene_layers(scene: dict, grid: AnalysisGrid, chunk_px: int) -> dict[str, d
     return layers
 
 
+@dataclass(frozen=True)
+class _StackPlan:
+    """The lazy (dask) layers of one stack; nothing is read until a window is computed."""
+
+    stack: da.Array  # (14, H, W) float32 in BAND_NAMES order, physical units, NaN where not valid
+    index: da.Array  # (H, W) uint8: 0 no scene, k = scene k (best first)
+    cloudy: da.Array  # (H, W) bool: would be analysed but for the cloud masks
+    cloud_lost: list[da.Array]  # per scene, (H, W) bool: pixels it would give that its cloud mask removed
+    cloud_specs: list[dict | None]  # per scene, its checked cloud mask spec (None = no mask)
+
+
+@dataclass
+class _WindowCounts:
+    """Pixel counts summed over the windows as they are written."""
+
+    taken_px: np.ndarray  # (n_scenes + 1,) int64: pixels per scene index (0 = no scene)
+    cloud_lost_px: np.ndarray  # (n_scenes,) int64: pixels each scene lost to its own cloud mask
+    finite_px: np.ndarray  # (14,) int64: finite pixels per band of stack.tif
+    cloudy_px: int = 0  # pixels not analysed only because of the cloud masks
+
+
 def build_stack(inputs: SceneInputs, grid: AnalysisGrid, work_dir: str | Path,
                 required_bands: tuple[str, ...], roi_grid_crs: shapely.Geometry | None = None,
                 chunk_px: int = DEFAULT_CHUNK_PX, progress: bool = False) -> StackResult:
@@ -148,69 +171,161 @@ def build_stack(inputs: SceneInputs, grid: AnalysisGrid, work_dir: str | Path,
     scenes = inputs.scenes()
     if len(scenes) > MAX_SCENES:
         raise InputError(f"a mosaic of {len(scenes)} scenes exceeds {MAX_SCENES} (scene_index.tif is uint8)")
+    nan_in_source = _source_nan_counts(scenes)
+    slope_path = _metric_slope(inputs.dem_path, grid, work_dir)
+    plan = _plan_stack(scenes, inputs.dem_path, inputs.dem_nodata, slope_path, grid, required_bands,
+                       roi_grid_crs, chunk_px)
+    grid_px = grid.width * grid.height
+    # the records are built before the rasters are renamed into place: a failure leaves no stack
+    with _writing_stack(plan, grid, work_dir, chunk_px, progress) as counts:
+        stats = _stack_stats(counts.finite_px, grid_px, nan_in_source)
+        valid_px = int(counts.taken_px[1:].sum())
+        valid_fraction = valid_px / grid_px
+        entries = _scene_entries(scenes, counts)
+    _write_stack_records(work_dir, scenes, plan.cloud_specs, entries, stats, counts, grid_px, valid_px)
+    log.info("stack: %dx%d px on %s from %d scene(s) (%s px), %.1f%% valid, %d px cloud-masked", grid.width,
+             grid.height, grid.crs, len(scenes), "/".join(str(int(t)) for t in counts.taken_px[1:]),
+             100 * valid_fraction, counts.cloudy_px)
+    return StackResult(str(work_dir / "stack.tif"), str(work_dir / "valid.tif"), stats, valid_fraction,
+                       counts.cloudy_px)
+
+
+def _source_nan_counts(scenes: list[dict]) -> dict[str, int]:
+    """Band name -> NaN pixels in its source rasters, summed over the scenes (reads every band file)."""
     nan_in_source: dict[str, int] = {}
     for scene in scenes:
         for name, path in scene["band_paths"].items():
             nan_in_source[name] = nan_in_source.get(name, 0) + _count_source_nan(path)
+    return nan_in_source
+
+
+def _metric_slope(dem_path: str | None, grid: AnalysisGrid, work_dir: Path) -> Path | None:
+    """``work_dir/slope_metric.tif``, the DEM's slope in the grid CRS, computed unless it exists;
+    None without a DEM."""
+    if not dem_path:
+        return None
+    slope_path = work_dir / "slope_metric.tif"
+    if not slope_path.exists():
+        compute_slope_raster(dem_path, slope_path, dst_crs=grid.crs)
+    return slope_path
+
+
+def _plan_stack(scenes: list[dict], dem_path: str | None, dem_nodata: float | None, slope_path: Path | None,
+                grid: AnalysisGrid, required_bands: tuple[str, ...], roi_grid_crs: shapely.Geometry | None,
+                chunk_px: int) -> _StackPlan:
+    """The lazy stack, scene index and cloud counts of :func:`build_stack` (opens the sources, reads
+    no pixel)."""
     empty = _empty_layer(grid, chunk_px)[0]
     inside = _lazy_roi_inside(roi_grid_crs, grid, chunk_px)
     spectral_required = [b for b in required_bands if b in SPECTRAL_BAND_NAMES]
-    terrain: dict[str, da.Array] = {}
-    for name in ("SLOPE", "DEM"):
-        if not inputs.dem_path:
-            terrain[name] = empty
-        elif name == "DEM":
-            terrain[name] = _warped_layer(inputs.dem_path, grid, Resampling[get_band(name).resampling],
-                                          inputs.dem_nodata, chunk_px).data[0].rechunk((chunk_px, chunk_px))
-        else:
-            slope_path = work_dir / "slope_metric.tif"
-            if not slope_path.exists():
-                compute_slope_raster(inputs.dem_path, slope_path, dst_crs=grid.crs)
-            terrain[name] = _warped_layer(str(slope_path), grid, Resampling[get_band(name).resampling], None,
-                                          chunk_px).data[0].rechunk((chunk_px, chunk_px))
+    terrain = _terrain_layers(dem_path, dem_nodata, slope_path, grid, chunk_px, empty)
     base_ok = inside
     for name in required_bands:
         if name in terrain:
             base_ok = base_ok & da.isfinite(terrain[name])
+    # per scene: its layers, data in every required spectral band, its cloud flags and cloud mask spec
+    per_scene = [_scene_plan(scene, grid, spectral_required, chunk_px) for scene in scenes]
+    index, cloud_lost = _mosaic_index([(has_data, cloud) for _, has_data, cloud, _ in per_scene], base_ok,
+                                      grid, chunk_px)
+    valid = index > 0
+    # pixels that would have been analysed without the cloud masks but are not
+    cloudy = ~valid & base_ok & da.stack([h & c for _, h, c, _ in per_scene]).any(axis=0)
+    channels = _mosaic_channels(terrain, [layers for layers, _, _, _ in per_scene], index, empty)
+    stack = da.where(valid[None], da.stack(channels), np.nan).astype("float32")
+    return _StackPlan(stack, index, cloudy, cloud_lost, [spec for _, _, _, spec in per_scene])
 
-    # per scene: data in every required spectral band, and its cloud flags (False without a mask)
-    per_scene, specs = [], []
-    for scene in scenes:
-        layers = _scene_layers(scene, grid, chunk_px)
-        has_data = da.ones(grid.shape, dtype=bool, chunks=(chunk_px, chunk_px))
-        for name in spectral_required:
-            has_data = has_data & (da.isfinite(layers[name]) if name in layers else False)
-        spec = check_cloud_mask(scene.get("cloud_mask"))
-        cloud = da.zeros(grid.shape, dtype=bool, chunks=(chunk_px, chunk_px))
-        if spec is not None:
-            cloud = da.map_blocks(cloud_pixels, _warped_mask(spec["path"], grid, chunk_px), spec=spec, dtype=bool)
-        per_scene.append((layers, has_data, cloud))
-        specs.append(spec)
-    # first scene (best first) with data and no cloud; counts of pixels each scene gives / loses to cloud
+
+def _terrain_layers(dem_path: str | None, dem_nodata: float | None, slope_path: Path | None,
+                    grid: AnalysisGrid, chunk_px: int, empty: da.Array) -> dict[str, da.Array]:
+    """Lazy (H, W) SLOPE and DEM on ``grid``; ``empty`` (all NaN) for both without a DEM."""
+    terrain: dict[str, da.Array] = {}
+    for name in ("SLOPE", "DEM"):
+        if not dem_path:
+            terrain[name] = empty
+            continue
+        path, nodata = (dem_path, dem_nodata) if name == "DEM" else (str(slope_path), None)
+        terrain[name] = _warped_layer(path, grid, Resampling[get_band(name).resampling], nodata,
+                                      chunk_px).data[0].rechunk((chunk_px, chunk_px))
+    return terrain
+
+
+def _scene_plan(scene: dict, grid: AnalysisGrid, spectral_required: list[str],
+                chunk_px: int) -> tuple[dict[str, da.Array], da.Array, da.Array, dict | None]:
+    """One scene's lazy layers, where it has data in every required spectral band (bool), where its
+    cloud mask flags cloud (bool, all False without a mask), and its checked cloud mask spec."""
+    layers = _scene_layers(scene, grid, chunk_px)
+    has_data = da.ones(grid.shape, dtype=bool, chunks=(chunk_px, chunk_px))
+    for name in spectral_required:
+        has_data = has_data & (da.isfinite(layers[name]) if name in layers else False)
+    spec = check_cloud_mask(scene.get("cloud_mask"))
+    cloud = da.zeros(grid.shape, dtype=bool, chunks=(chunk_px, chunk_px))
+    if spec is not None:
+        cloud = da.map_blocks(cloud_pixels, _warped_mask(spec["path"], grid, chunk_px), spec=spec, dtype=bool)
+    return layers, has_data, cloud, spec
+
+
+def _mosaic_index(data_and_cloud: list[tuple[da.Array, da.Array]], base_ok: da.Array, grid: AnalysisGrid,
+                  chunk_px: int) -> tuple[da.Array, list[da.Array]]:
+    """The scene index (uint8, 0 = none, k = the first scene, best first, with data and no cloud where
+    ``base_ok``) and, per scene, the pixels it would give that its cloud mask removed."""
     index = da.zeros(grid.shape, dtype=np.uint8, chunks=(chunk_px, chunk_px))
     cloud_lost = []
-    for k, (_, has_data, cloud) in enumerate(per_scene, start=1):
+    for k, (has_data, cloud) in enumerate(data_and_cloud, start=1):
         open_px = (index == 0) & base_ok
         cloud_lost.append(open_px & has_data & cloud)
         index = da.where(open_px & has_data & ~cloud, np.uint8(k), index)
-    valid = index > 0
-    # pixels that would have been analysed without the cloud masks but are not
-    cloudy = ~valid & base_ok & da.stack([h & c for _, h, c in per_scene]).any(axis=0)
+    return index, cloud_lost
+
+
+def _mosaic_channels(terrain: dict[str, da.Array], scene_layers: list[dict[str, da.Array]], index: da.Array,
+                     empty: da.Array) -> list[da.Array]:
+    """The 14 channels in BAND_NAMES order: terrain as is, each spectral band from the scene ``index``
+    names (``empty`` where no scene has the band)."""
     channels = []
     for name in BAND_NAMES:
         if name in terrain:
             channels.append(terrain[name])
             continue
         data = empty
-        for k, (layers, _, _) in enumerate(per_scene, start=1):
+        for k, layers in enumerate(scene_layers, start=1):
             if name in layers:
                 data = da.where(index == k, layers[name], data)
         channels.append(data)
-    stack = da.where(valid[None], da.stack(channels), np.nan).astype("float32")
+    return channels
 
-    stack_path = work_dir / "stack.tif"
-    valid_path = work_dir / "valid.tif"
-    index_path = work_dir / SCENE_INDEX_NAME
+
+def _chunk_windows(grid: AnalysisGrid, chunk_px: int) -> list[Window]:
+    """The grid cut into chunk-sized windows, row by row (edge windows are smaller)."""
+    return [Window(c, r, min(chunk_px, grid.width - c), min(chunk_px, grid.height - r))
+            for r in range(0, grid.height, chunk_px) for c in range(0, grid.width, chunk_px)]
+
+
+def _compute_window(plan: _StackPlan, win: Window) -> tuple[np.ndarray, np.ndarray, int, list[int]]:
+    """One window of the plan: (14, h, w) stack, (h, w) scene index, cloudy pixels, per-scene cloud-lost
+    pixels; one dask.compute, so each warp runs once."""
+    r0, c0 = int(win.row_off), int(win.col_off)
+    r1, c1 = r0 + int(win.height), c0 + int(win.width)
+    block, idx, cloud_n, *lost_n = dask.compute(
+        plan.stack[:, r0:r1, c0:c1], plan.index[r0:r1, c0:c1], plan.cloudy[r0:r1, c0:c1].sum(),
+        *[c[r0:r1, c0:c1].sum() for c in plan.cloud_lost])
+    return block, idx, cloud_n, lost_n
+
+
+def _add_window_counts(counts: _WindowCounts, block: np.ndarray, idx: np.ndarray, cloudy_px: int,
+                       cloud_lost_px: list[int]) -> None:
+    """Add one computed window's pixel counts to ``counts`` (in place)."""
+    counts.cloudy_px += int(cloudy_px)
+    counts.cloud_lost_px += np.asarray(cloud_lost_px, dtype=np.int64)
+    counts.taken_px += np.bincount(idx.ravel(), minlength=len(counts.taken_px))
+    counts.finite_px += np.isfinite(block).reshape(len(BAND_NAMES), -1).sum(axis=1)
+
+
+@contextmanager
+def _writing_stack(plan: _StackPlan, grid: AnalysisGrid, work_dir: Path, chunk_px: int,
+                   progress: bool) -> Iterator[_WindowCounts]:
+    """Compute and write stack.tif, valid.tif and scene_index.tif window by window under temporary
+    names; yield the pixel counts, then rename the files into place when the caller's block ends
+    (nothing is renamed if it raises)."""
     # work_raster_profile: tiled, lossless ZSTD-1 (~4x faster than deflate)
     base = {"driver": "GTiff", "width": grid.width, "height": grid.height, "crs": grid.crs,
             "transform": grid.transform, "BIGTIFF": "IF_SAFER"}
@@ -221,62 +336,62 @@ def build_stack(inputs: SceneInputs, grid: AnalysisGrid, work_dir: str | Path,
     # the scene index of that window together (each warp runs once) and the result is written before
     # the next window starts, so memory holds one window of 14 bands per scene however large the grid
     # is. Band interleave: with pixel interleave every band write would recompress all bands' tiles.
-    windows = [Window(c, r, min(chunk_px, grid.width - c), min(chunk_px, grid.height - r))
-               for r in range(0, grid.height, chunk_px) for c in range(0, grid.width, chunk_px)]
-    n_scenes = len(scenes)
+    windows = _chunk_windows(grid, chunk_px)
+    n_scenes = len(plan.cloud_lost)
+    counts = _WindowCounts(taken_px=np.zeros(n_scenes + 1, dtype=np.int64),
+                           cloud_lost_px=np.zeros(n_scenes, dtype=np.int64),
+                           finite_px=np.zeros(len(BAND_NAMES), dtype=np.int64))
     # renamed into place when the block ends, in this order: stack, valid, index
-    with atomic_write(index_path, suffix=".tmp.tif") as tmp_index, \
-            atomic_write(valid_path, suffix=".tmp.tif") as tmp_valid, \
-            atomic_write(stack_path, suffix=".tmp.tif") as tmp_stack:
+    with atomic_write(work_dir / SCENE_INDEX_NAME, suffix=".tmp.tif") as tmp_index, \
+            atomic_write(work_dir / "valid.tif", suffix=".tmp.tif") as tmp_valid, \
+            atomic_write(work_dir / "stack.tif", suffix=".tmp.tif") as tmp_stack:
         with rasterio.open(tmp_stack, "w", **stack_profile) as dst, \
                 rasterio.open(tmp_valid, "w", **mask_profile) as vdst, \
                 rasterio.open(tmp_index, "w", **mask_profile) as idst, \
                 dask.config.set(scheduler="threads"):
-            n_cloudy = 0
-            taken = np.zeros(n_scenes + 1, dtype=np.int64)
-            lost = np.zeros(n_scenes, dtype=np.int64)
-            finite = np.zeros(len(BAND_NAMES), dtype=np.int64)  # per-band statistics, counted as written
             # window k is compressed and written by one writer thread while window k+1 is computed (GDAL
             # releases the GIL in both); at most one write is pending, so memory holds two windows.
             pending = None
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stack-writer") as writer:
                 for win in tqdm(windows, desc="align", unit="window", disable=not progress, mininterval=1.0):
-                    r0, c0 = int(win.row_off), int(win.col_off)
-                    r1, c1 = r0 + int(win.height), c0 + int(win.width)
-                    block, idx, cloud_n, *lost_n = dask.compute(
-                        stack[:, r0:r1, c0:c1], index[r0:r1, c0:c1], cloudy[r0:r1, c0:c1].sum(),
-                        *[c[r0:r1, c0:c1].sum() for c in cloud_lost])
-                    n_cloudy += int(cloud_n)
-                    lost += np.asarray(lost_n, dtype=np.int64)
-                    taken += np.bincount(idx.ravel(), minlength=n_scenes + 1)
-                    finite += np.isfinite(block).reshape(len(BAND_NAMES), -1).sum(axis=1)
+                    block, idx, cloudy_px, cloud_lost_px = _compute_window(plan, win)
+                    _add_window_counts(counts, block, idx, cloudy_px, cloud_lost_px)
                     if pending is not None:
                         pending.result()  # re-raises a failed write here
                     pending = writer.submit(_write_window, (dst, vdst, idst), block, idx, win)
                 if pending is not None:
                     pending.result()
-        with rasterio.open(tmp_stack, "r+") as dst:
-            dst.descriptions = BAND_NAMES
-            for i, name in enumerate(BAND_NAMES, start=1):
-                dst.update_tags(i, unit=get_band(name).unit)
-        with rasterio.open(tmp_index, "r+") as idst:
-            idst.set_band_description(1, "source scene: 0 none, k = entry k of scenes.json")
-            idst.update_tags(scenes=SCENES_NAME, rule=MOSAIC_RULE)
-        grid_px = grid.width * grid.height
-        stats = _stack_stats(finite, grid_px, nan_in_source)
-        valid_fraction = int(taken[1:].sum()) / grid_px
-        entries = [scene_entry(k, s["scene_id"], s.get("acquired"), s.get("cloud_pct"),
-                               s.get("processing_baseline"), float(s.get("offset_dn") or 0.0), int(taken[k]),
-                               int(lost[k - 1]))
-                   for k, s in enumerate(scenes, start=1)]
-    write_scenes(work_dir, entries, grid_px, int(taken[1:].sum()))
+        _tag_stack_files(tmp_stack, tmp_index)
+        yield counts
+
+
+def _tag_stack_files(stack_path: Path, index_path: Path) -> None:
+    """Band names and units on the stack; what the scene index means on the index."""
+    with rasterio.open(stack_path, "r+") as dst:
+        dst.descriptions = BAND_NAMES
+        for i, name in enumerate(BAND_NAMES, start=1):
+            dst.update_tags(i, unit=get_band(name).unit)
+    with rasterio.open(index_path, "r+") as idst:
+        idst.set_band_description(1, "source scene: 0 none, k = entry k of scenes.json")
+        idst.update_tags(scenes=SCENES_NAME, rule=MOSAIC_RULE)
+
+
+def _scene_entries(scenes: list[dict], counts: _WindowCounts) -> list[dict]:
+    """The ``scenes.json`` entries: each scene's description and the pixels it gave / lost to cloud."""
+    return [scene_entry(k, s["scene_id"], s.get("acquired"), s.get("cloud_pct"),
+                        s.get("processing_baseline"), float(s.get("offset_dn") or 0.0),
+                        int(counts.taken_px[k]), int(counts.cloud_lost_px[k - 1]))
+            for k, s in enumerate(scenes, start=1)]
+
+
+def _write_stack_records(work_dir: Path, scenes: list[dict], cloud_specs: list[dict | None],
+                         entries: list[dict], stats: dict, counts: _WindowCounts, grid_px: int,
+                         valid_px: int) -> None:
+    """Write scenes.json, stack_stats.json and cloud_mask.json."""
+    write_scenes(work_dir, entries, grid_px, valid_px)
     (work_dir / "stack_stats.json").write_text(json.dumps(stats, indent=2))
-    write_cloud_records(work_dir, [(s["scene_id"], spec, int(lost[k])) for k, (s, spec) in enumerate(zip(scenes, specs))],
-                        grid_px)
-    log.info("stack: %dx%d px on %s from %d scene(s) (%s px), %.1f%% valid, %d px cloud-masked", grid.width,
-             grid.height, grid.crs, n_scenes, "/".join(str(int(t)) for t in taken[1:]), 100 * valid_fraction,
-             n_cloudy)
-    return StackResult(str(stack_path), str(valid_path), stats, valid_fraction, n_cloudy)
+    write_cloud_records(work_dir, [(s["scene_id"], spec, int(counts.cloud_lost_px[k]))
+                                   for k, (s, spec) in enumerate(zip(scenes, cloud_specs))], grid_px)
 
 
 def _write_window(datasets, block: np.ndarray, idx: np.ndarray, win: Window) -> None:

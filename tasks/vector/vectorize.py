@@ -387,6 +387,10 @@ def _block_stats(v: np.ndarray | None, lab: np.ndarray, n: int) -> dict[str, np.
             "count": np.bincount(lab[ok], minlength=n + 1).astype(np.float64), "max": mx}
 
 
+# the value layers vectorize_raster reduces per object, in the order of their statistics
+_VALUE_LAYERS: tuple[str, ...] = ("prob", "uncertainty", "slope_deg", "elev_m")
+
+
 def vectorize_raster(mask_path, layers: Mapping[str, tuple[str, int] | None], *,
                      static_attrs: Mapping[str, Any], block_px: int = defaults.BLOCK_PX,
                      id_offset: int = 0) -> gpd.GeoDataFrame:
@@ -408,54 +412,108 @@ def vectorize_raster(mask_path, layers: Mapping[str, tuple[str, int] | None], *,
     import rasterio
 
     attrs = _check_static_attrs(static_attrs)
-    names = ("prob", "uncertainty", "slope_deg", "elev_m")
-    sources = {k: (rasterio.open(layers[k][0]), layers[k][1]) if layers.get(k) else None for k in names}
-    uf = _UnionFind()
-    polys: dict[tuple, list[Polygon]] = {}
-    stats: dict[tuple, dict] = {}
-    edges: dict[tuple[int, int], dict[str, np.ndarray]] = {}
+    sources = {k: (rasterio.open(layers[k][0]), layers[k][1]) if layers.get(k) else None
+               for k in _VALUE_LAYERS}
     try:
         with rasterio.open(mask_path) as src:
             crs = _check_crs(src.crs)
-            h, w = src.height, src.width
-            for win in iter_blocks(h, w, block_px):
-                r, c = int(win.row_off), int(win.col_off)
-                bi, bj = r // block_px, c // block_px
-                labels, n = label_objects(src.read(1, window=win))
-                edges[(bi, bj)] = {"top": labels[0].copy(), "bottom": labels[-1].copy(),
-                                   "left": labels[:, 0].copy(), "right": labels[:, -1].copy()}
-                if n == 0:
-                    continue
-                t = src.window_transform(win)
-                for geom, value in shapes(labels, mask=labels > 0, connectivity=CONNECTIVITY,
-                                          transform=t):
-                    polys.setdefault((bi, bj, int(value)), []).append(shape(geom))
-                # Only the labelled pixels are converted to float64 and reduced: a block is mostly
-                # background. idx is in raster order, as a boolean selection would be.
-                idx = np.flatnonzero(labels)
-                lab_px = labels.ravel()[idx]
-                first = np.empty(n + 1, dtype=np.int64)
-                _, first_pos = np.unique(lab_px, return_index=True)  # labels 1..n all occur
-                first[1:] = idx[first_pos]
-                per_layer = {}
-                for k in names:
-                    v = None
-                    if sources[k] is not None:
-                        ds, band = sources[k]
-                        v = ds.read(band, window=win).ravel()[idx].astype(np.float64)
-                    per_layer[k] = _block_stats(v, lab_px, n)
-                for lab in range(1, n + 1):
-                    fr, fc = divmod(int(first[lab]), labels.shape[1])
-                    key = (bi, bj, lab)
-                    uf.find(key)
-                    stats[key] = {"first": (r + fr, c + fc),
-                                  **{f"{k}_{m}": per_layer[k][m][lab] for k in names
-                                     for m in ("sum", "count", "max")}}
+            edges, polys, stats = _read_block_objects(src, sources, block_px)
     finally:
         for item in sources.values():
             if item is not None:
                 item[0].close()
-    # join objects across seams: 4-adjacent pixels on the two sides of a block border
+    groups = _join_across_seams(edges, list(stats))
+    if not groups:
+        return _empty_landslides(crs)
+    geoms, object_stats = _merged_attributes(_merge_groups(groups, polys, stats))
+    return _assemble_landslides(geoms, object_stats, crs, attrs, id_offset)
+
+
+def _read_block_objects(src, sources: Mapping[str, tuple[Any, int] | None],
+                        block_px: int) -> tuple[dict[tuple[int, int], dict[str, np.ndarray]],
+                                                dict[tuple, list[Polygon]], dict[tuple, dict]]:
+    """Read the open mask ``src`` block by block, and the value layers ``sources`` (name -> (open
+    dataset, band) or None) at its labelled pixels.
+
+    Returns each block's border labels (by (block row, block col)), and each block object's
+    polygon parts and partial statistics (by (block row, block col, label), in raster order)."""
+    edges: dict[tuple[int, int], dict[str, np.ndarray]] = {}
+    polys: dict[tuple, list[Polygon]] = {}
+    stats: dict[tuple, dict] = {}
+    for win in iter_blocks(src.height, src.width, block_px):
+        r, c = int(win.row_off), int(win.col_off)
+        bi, bj = r // block_px, c // block_px
+        labels, n = label_objects(src.read(1, window=win))
+        edges[(bi, bj)] = _border_labels(labels)
+        if n == 0:
+            continue
+        for lab, parts in _label_polygons(labels, src.window_transform(win)).items():
+            polys[(bi, bj, lab)] = parts
+        idx, lab_px = _labelled_pixels(labels)
+        values = _read_values_at(sources, win, idx)
+        for lab, object_stats in _partial_stats(idx, lab_px, n, labels.shape[1], (r, c), values).items():
+            stats[(bi, bj, lab)] = object_stats
+    return edges, polys, stats
+
+
+def _border_labels(labels: np.ndarray) -> dict[str, np.ndarray]:
+    """A block's labels along its four borders: ``top``, ``bottom``, ``left``, ``right`` (copies)."""
+    return {"top": labels[0].copy(), "bottom": labels[-1].copy(),
+            "left": labels[:, 0].copy(), "right": labels[:, -1].copy()}
+
+
+def _label_polygons(labels: np.ndarray, transform) -> dict[int, list[Polygon]]:
+    """Label -> the polygon parts of that 4-connected object of a block (``transform``: the block's)."""
+    parts: dict[int, list[Polygon]] = {}
+    for geom, value in shapes(labels, mask=labels > 0, connectivity=CONNECTIVITY, transform=transform):
+        parts.setdefault(int(value), []).append(shape(geom))
+    return parts
+
+
+def _labelled_pixels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices of a block's labelled pixels, in raster order, and their labels."""
+    # Only the labelled pixels are converted to float64 and reduced: a block is mostly
+    # background. idx is in raster order, as a boolean selection would be.
+    idx = np.flatnonzero(labels)
+    return idx, labels.ravel()[idx]
+
+
+def _read_values_at(sources: Mapping[str, tuple[Any, int] | None], win,
+                    idx: np.ndarray) -> dict[str, np.ndarray | None]:
+    """Each value layer's float64 values at the flat pixel indices ``idx`` of window ``win`` (None
+    for a layer that does not exist)."""
+    values: dict[str, np.ndarray | None] = {}
+    for k in _VALUE_LAYERS:
+        v = None
+        if sources[k] is not None:
+            ds, band = sources[k]
+            v = ds.read(band, window=win).ravel()[idx].astype(np.float64)
+        values[k] = v
+    return values
+
+
+def _partial_stats(idx: np.ndarray, lab_px: np.ndarray, n: int, width_px: int, origin: tuple[int, int],
+                   values: Mapping[str, np.ndarray | None]) -> dict[int, dict]:
+    """Label 1..n of a block -> ``first`` (grid row, col of its first pixel, the block's top-left
+    being ``origin``) and ``<layer>_sum``/``_count``/``_max`` of each value layer's finite values."""
+    first = np.empty(n + 1, dtype=np.int64)
+    _, first_pos = np.unique(lab_px, return_index=True)  # labels 1..n all occur
+    first[1:] = idx[first_pos]
+    per_layer = {k: _block_stats(values[k], lab_px, n) for k in _VALUE_LAYERS}
+    out = {}
+    for lab in range(1, n + 1):
+        fr, fc = divmod(int(first[lab]), width_px)
+        out[lab] = {"first": (origin[0] + fr, origin[1] + fc),
+                    **{f"{k}_{m}": per_layer[k][m][lab] for k in _VALUE_LAYERS
+                       for m in ("sum", "count", "max")}}
+    return out
+
+
+def _join_across_seams(edges: Mapping[tuple[int, int], Mapping[str, np.ndarray]],
+                       keys: list[tuple]) -> dict[tuple, list[tuple]]:
+    """Block objects ``keys`` (block row, block col, label) grouped into whole objects: two join where
+    they have 4-adjacent pixels on the two sides of a block border. Root -> members, in ``keys`` order."""
+    uf = _UnionFind()
     for (bi, bj), e in edges.items():
         right = edges.get((bi, bj + 1))
         if right is not None:
@@ -468,21 +526,31 @@ def vectorize_raster(mask_path, layers: Mapping[str, tuple[str, int] | None], *,
                 if a and b:
                     uf.union((bi, bj, a), (bi + 1, bj, b))
     groups: dict[tuple, list[tuple]] = {}
-    for key in stats:
+    for key in keys:
         groups.setdefault(uf.find(key), []).append(key)
-    if not groups:
-        with rasterio.open(mask_path) as src:
-            return _empty_landslides(_check_crs(src.crs))
+    return groups
+
+
+def _merge_groups(groups: Mapping[tuple, list[tuple]], polys: Mapping[tuple, list[Polygon]],
+                  stats: Mapping[tuple, dict]) -> list[tuple]:
+    """One ``(first pixel, Polygon, sums and counts, maxima)`` per group, its parts' polygons unioned
+    and statistics combined; sorted by first pixel (raster order)."""
     merged = []
     for members in groups.values():
         parts = [p for m in members for p in polys[m]]
         geom = _one_polygon(parts if len(parts) == 1 else [shapely.union_all(parts)], 0)
-        s = {k: sum(stats[m][k] for m in members) for k in stats[members[0]] if k.endswith(("_sum", "_count"))}
+        s = {k: sum(stats[m][k] for m in members) for k in stats[members[0]]
+             if k.endswith(("_sum", "_count"))}
         mx = {k: max(stats[m][k] for m in members) for k in stats[members[0]] if k.endswith("_max")}
         first = min(stats[m]["first"] for m in members)
         merged.append((first, geom, s, mx))
     merged.sort(key=lambda item: item[0])
+    return merged
 
+
+def _merged_attributes(merged: list[tuple]) -> tuple[list[Polygon], dict[str, np.ndarray]]:
+    """The polygons of :func:`_merge_groups`' objects and their statistics columns (means and maxima;
+    NaN where an object has no finite value)."""
     def mean(s, k):
         return s[f"{k}_sum"] / s[f"{k}_count"] if s[f"{k}_count"] > 0 else np.nan
 
@@ -497,7 +565,7 @@ def vectorize_raster(mask_path, layers: Mapping[str, tuple[str, int] | None], *,
         "mean_slope_deg": np.array([mean(s, "slope_deg") for _, _, s, _ in merged]),
         "mean_elev_m": np.array([mean(s, "elev_m") for _, _, s, _ in merged]),
     }
-    return _assemble_landslides(geoms, out_stats, crs, attrs, id_offset)
+    return geoms, out_stats
 
 
 def footprint_raster(valid_path, *, attrs: Mapping[str, Any],
