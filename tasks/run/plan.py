@@ -263,8 +263,12 @@ def plan_scan(request: ScanRequest) -> ScanPlan:
                               threshold=detector.threshold, patch_size=detector.patch_size),
         clean=clean, paths=paths)
     plan.write()
+    _PLANNED_HERE.add((str(paths.plan), plan.run_id))
     return plan
 
+
+# Plans written by this process (plan path, run id): the flow's plan step reuses them as they are.
+_PLANNED_HERE: set[tuple[str, str]] = set()
 
 # Settings that do not change a run's result: a run may be resumed with different values.
 _VOLATILE = {"run_id", "progress", "keep_work", "overwrite", "workers", "dask_address", "out",
@@ -272,17 +276,18 @@ _VOLATILE = {"run_id", "progress", "keep_work", "overwrite", "workers", "dask_ad
 
 
 def _resumable_plan(out: Path, paths: RunPaths, request: ScanRequest) -> ScanPlan | None:
-    """The plan in ``out`` when this request may use it: the same run (planned by the CLI a moment
-    ago), or an interrupted run started with the same settings (then it resumes). None when
-    ``--overwrite`` starts an earlier run over.
+    """The plan in ``out`` when this request may use it: the run this process planned a moment ago
+    (the CLI plans, then the flow's plan step gets the same run id), or an interrupted run started
+    with the same settings (then it resumes). None when ``--overwrite`` starts an earlier run over.
+    Settings that do not change the result (``_VOLATILE``: workers, progress, ...) take the
+    request's values.
 
     Raises:
         InputError: the interrupted run was started with other settings (the difference is named).
     """
     plan = ScanPlan.load(paths.work)
-    if request.run_id is not None and plan.run_id == request.run_id:
-        return plan
-    if request.overwrite:
+    same_run = request.run_id is not None and plan.run_id == request.run_id
+    if request.overwrite and not (same_run and (str(paths.plan), plan.run_id) in _PLANNED_HERE):
         shutil.rmtree(paths.work, ignore_errors=True)
         return None
     old = {k: v for k, v in plan.request.model_dump(mode="json").items() if k not in _VOLATILE}
@@ -294,7 +299,8 @@ def _resumable_plan(out: Path, paths: RunPaths, request: ScanRequest) -> ScanPla
                          f"({'; '.join(diff[:3])}); rerun with the same settings to resume it, "
                          "or pass --overwrite to start over")
     volatile = {k: getattr(request, k) for k in _VOLATILE if k not in ("run_id", "out")}
-    plan = plan.model_copy(update={"request": plan.request.model_copy(update=volatile),
-                                   "resumed": True})
-    plan.write()
-    return plan
+    updated = plan.model_copy(update={"request": plan.request.model_copy(update=volatile),
+                                      "resumed": plan.resumed or not same_run})
+    if updated != plan:
+        updated.write()
+    return updated
