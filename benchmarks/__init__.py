@@ -1,0 +1,1 @@
+"""Speed and memory benchmarks; results and how to read them: ``benchmarks/README.md``."""

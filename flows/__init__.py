@@ -1,0 +1,6 @@
+"""The `landslide` command line and the Prefect flows: wiring only (no pixel work here).
+
+``cli`` (entry point), ``options`` (shared options), ``scan`` (the one-off scan flow), ``regional``
+(scheduled regional scans), ``train`` / ``evaluate`` (training and comparison flows), and the
+subcommands of ``train_cli``, ``regional_cli``, ``dev_server_cli``.
+"""

@@ -1,4 +1,9 @@
-"""Models: registry over segmentation-models-pytorch, checkpoints, losses, metrics.
+"""Models: networks and what uses them, above ``tasks.core`` only.
+
+``registry`` (the 12 paper architectures over segmentation-models-pytorch), ``checkpoint``
+(safetensors + model card), ``detectors`` (network, ensemble, ONNX export, index rule),
+``evaluate`` (scores and comparison tables), ``ensemble``, ``export`` (ONNX), ``index_rule``
+(the weights-free bare-soil rule), ``metrics``; ``data/`` (dataset layouts) and ``training/``.
 
 The torchvision compatibility shim is imported first so that smp/timm import on CPU-only torch.
 """

@@ -22,7 +22,6 @@ from tasks.core import defaults
 from tasks.core.errors import InputError
 from tasks.core.files import atomic_write, atomic_write_json, utc_now_iso, work_raster_profile
 from tasks.core.tiling import iter_blocks
-from tasks.sources.cloud import read_record
 
 PROB_SCALE = 254.0  # value = round(p * 254); 255 = nodata
 NODATA_U8 = 255
@@ -146,18 +145,6 @@ def check_free_space(out: str | Path, needed: int) -> None:
                          "another --out")
 
 
-def staging_dir(out: str | Path) -> Path:
-    path = Path(out) / STAGING
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def work_dir(out: str | Path) -> Path:
-    path = Path(out) / WORK
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def publish(out: str | Path, keep_work: bool = False) -> list[str]:
     """Move every staged file to its final name (manifest last), then drop the staging folder."""
     out = Path(out)
@@ -195,17 +182,9 @@ def package_versions() -> dict[str, str]:
 
 
 def write_manifest(path: str | Path, content: dict) -> Path:
-    """Write ``manifest.json`` (sorted keys, UTC timestamps).
-
-    A run's manifest (``path`` in ``OUT/.staging``) also gets ``inputs.cloud_mask``: the record
-    alignment left in ``OUT/.work`` (per scene, the pixels the source's cloud mask removed).
-    """
-    path = Path(path)
+    """Write ``manifest.json``: ``content`` between the manifest version and write time (UTC)
+    and the package versions."""
     content = {"manifest_version": 1, "written_at": utc_now_iso(), **content,
                "versions": package_versions()}
-    if path.parent.name == STAGING and isinstance(content.get("inputs"), dict):
-        cloud = read_record(path.parent.parent / WORK)
-        if cloud is not None:
-            content["inputs"] = {**content["inputs"], "cloud_mask": cloud}
     return atomic_write_json(path, content)
 

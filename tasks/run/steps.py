@@ -27,6 +27,7 @@ from tasks.predict.cluster import dask_client
 from tasks.raster.align import build_stack
 from tasks.run.outputs import PROB_SCALE, encode_unit_interval, publish, write_cog_blockwise, write_manifest
 from tasks.run.plan import ScanPlan, ScanRequest, plan_scan
+from tasks.sources.cloud import read_record
 from tasks.sources.mosaic import assign_polygon_scenes, read_scenes
 from tasks.vector.clean import clean_raster
 from tasks.vector.vectorize import footprint_raster, vectorize_raster, write_geopackage
@@ -224,6 +225,9 @@ def step_finish(work: str, stack: dict, infer: dict, cleaned: dict, vectors: dic
                     "uncertainty.tif": "uint8 COG, uncertainty = value/254 (see parameters), 255 nodata",
                     "mask.tif": "uint8 COG, 1 landslide, 0 background, 255 nodata"},
     }
+    cloud = read_record(plan.paths.work)  # per scene, the pixels the source's cloud mask removed
+    if cloud is not None:
+        manifest["inputs"]["cloud_mask"] = cloud
     write_manifest(plan.paths.staged("manifest.json"), manifest)
     names = publish(plan.paths.out, keep_work=req.keep_work)
     return {"out": str(plan.paths.out), "files": names, "counts": manifest["counts"],

@@ -9,11 +9,11 @@ import rasterio
 from models.metrics import best_f1_threshold, confusion, evaluate_probabilities, roc_auc
 from tasks.core.errors import InputError
 from tasks.run.outputs import (
+    STAGING,
     check_output_dir,
     decode_unit_interval,
     encode_unit_interval,
     publish,
-    staging_dir,
     write_cog,
 )
 
@@ -47,8 +47,8 @@ def test_output_dir_refuses_finished_run(tmp_path):
 
 
 def test_publish_refuses_incomplete_runs(tmp_path):
-    stage = staging_dir(tmp_path)
-    (stage / "landslides.gpkg").write_text("x")
+    (tmp_path / STAGING).mkdir()
+    (tmp_path / STAGING / "landslides.gpkg").write_text("x")
     with pytest.raises(RuntimeError, match="incomplete"):
         publish(tmp_path)
     assert not (tmp_path / "landslides.gpkg").exists()
