@@ -3,6 +3,7 @@
     landslide weak-labels --out data/iburi_weak
     landslide train --data-dir data/iburi_weak --name my-model --out models/checkpoints
     landslide evaluate --data-dir data/iburi_weak/val --json
+    landslide evaluate --reference inventory.gpkg --reference-layer scars --run runs/iburi --out eval
 """
 
 from __future__ import annotations
@@ -129,10 +130,15 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser(
-        "evaluate", help="precision/recall/F1/IoU/AUC of a checkpoint on a labelled dataset",
-        description="Predict a scene-layout dataset (DIR/image.tif) the way a scan does (tiled, "
-                    "blended) and score it against DIR/labels.tif over labelled pixels (255 ignored).")
-    ev.add_argument("--data-dir", required=True, help="folder with image.tif and labels.tif")
+        "evaluate", help="precision/recall/F1/IoU/AUC of a checkpoint on a labelled dataset, or of "
+                         "a finished run against a landslide inventory",
+        description="Two modes. --data-dir DIR: predict a scene-layout dataset (DIR/image.tif) the "
+                    "way a scan does (tiled, blended) and score it against DIR/labels.tif over "
+                    "labelled pixels (255 ignored). --reference FILE --run RUN_DIR: score a finished "
+                    "scan's mask, probability and polygons against the polygons of a reference "
+                    "inventory, pixel by pixel and landslide by landslide, inside the mapped area "
+                    "and the run's footprint (see docs/evaluation.md).")
+    ev.add_argument("--data-dir", help="dataset mode: folder with image.tif and labels.tif")
     options.add_checkpoint(ev, dest="checkpoint")
     options.add_threshold(ev)
     options.add_device(ev)
@@ -140,6 +146,25 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
                     help="also score the redness index (R-B)/(R+B) thresholded to mark the same "
                          "fraction of labelled pixels as the detector (needs B02 and B04)")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
+    inv = ev.add_argument_group("inventory mode (--reference with --run)")
+    inv.add_argument("--reference", metavar="FILE", help="reference inventory: a vector file "
+                     "(GeoPackage, shapefile, GeoJSON; any CRS) of landslide polygons")
+    inv.add_argument("--run", metavar="RUN_DIR", help="the --out folder of a finished `landslide "
+                     "scan` (probability.tif, mask.tif, landslides.gpkg)")
+    inv.add_argument("--reference-layer", dest="reference_layers", action="extend", nargs="+",
+                     metavar="LAYER", help="landslide layer(s) of --reference; landslide = a polygon "
+                     "of any of them; polygons of later layers join the first layer's landslide "
+                     "they overlap (e.g. collapse_scars deposits). Default: the file's only layer")
+    inv.add_argument("--mapped-area", metavar="LAYER|FILE", help="where the reference was mapped: "
+                     "a layer of --reference, a vector file or FILE:LAYER; scoring stays inside it "
+                     "(default: the run's whole footprint)")
+    # default None so dataset mode can refuse it; the value used is
+    # tasks.inventory.accuracy.DEFAULT_MIN_OVERLAP (tests check the help names it)
+    inv.add_argument("--min-overlap-fraction", type=float, metavar="F",
+                     help="a reference landslide is detected when detections cover at least this "
+                          "share of its area (default: 0.1)")
+    inv.add_argument("--out", metavar="DIR", help="write evaluation.json, evaluation.md and "
+                     "evaluation.png (hits, misses, false alarms on the run's RGB) into DIR")
 
 
 def _add_compare(sub: argparse._SubParsersAction) -> None:
@@ -366,6 +391,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from tasks.core.errors import InputError
+
+    inventory = [flag for flag, value in (
+        ("--reference", args.reference), ("--run", args.run),
+        ("--reference-layer", args.reference_layers), ("--mapped-area", args.mapped_area),
+        ("--min-overlap-fraction", args.min_overlap_fraction), ("--out", args.out)) if value is not None]
+    if args.data_dir is not None and inventory:
+        raise InputError(f"--data-dir (a checkpoint on a labelled dataset) and {', '.join(inventory)} "
+                         "(a finished run against an inventory) are two modes of evaluate; give one")
+    if args.data_dir is None:
+        if not inventory:
+            raise InputError("evaluate needs --data-dir DIR (a checkpoint on a labelled dataset) or "
+                             "--reference FILE --run RUN_DIR (a finished run against an inventory)")
+        return _evaluate_run(args)
     from models.evaluate import evaluate_checkpoint
 
     result = evaluate_checkpoint(args.data_dir, args.checkpoint, args.threshold, args.device,
@@ -382,6 +421,34 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             print(f"  redness (R-B)/(R+B) marking the same fraction ({r['fraction_marked']:.3f}): "
                   f"f1 {r['f1']:.4f} iou {r['iou']:.4f}")
         print(f"  labels: {result['labels']}")
+    return 0
+
+
+def _evaluate_run(args: argparse.Namespace) -> int:
+    """``evaluate --reference FILE --run RUN_DIR``: tasks.inventory.accuracy."""
+    from tasks.core.errors import InputError
+
+    dataset_only = [flag for flag, given in (
+        ("--checkpoint", args.checkpoint is not None), ("--threshold", args.threshold is not None),
+        ("--compare-redness", args.compare_redness)) if given]
+    if dataset_only:
+        raise InputError(f"{', '.join(dataset_only)} apply to --data-dir only; a run is scored as it "
+                         "was scanned (its mask.tif and probability.tif)")
+    if not (args.reference and args.run):
+        raise InputError("scoring a run needs both --reference FILE (the inventory) and --run "
+                         "RUN_DIR (the scan's --out folder)")
+    from tasks.inventory.accuracy import DEFAULT_MIN_OVERLAP, evaluate_run, to_markdown, write_report
+
+    frac = DEFAULT_MIN_OVERLAP if args.min_overlap_fraction is None else args.min_overlap_fraction
+    ev = evaluate_run(args.run, args.reference, args.reference_layers, args.mapped_area, frac)
+    if args.out:
+        write_report(args.out, ev)
+    if args.json:
+        print(json.dumps(ev.result))
+    else:
+        print(to_markdown(ev.result), end="")
+        if args.out:
+            print(f"\n-> {ev.result['outputs']['md']}, evaluation.json, evaluation.png")
     return 0
 
 

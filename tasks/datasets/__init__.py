@@ -1,2 +1,3 @@
-"""Training datasets built from the catalog on the analysis grid (``weak_labels``: the Iburi
-weak-label dataset)."""
+"""Training datasets on the analysis grid: labels from any polygon inventory (``inventory``,
+`landslide make-dataset`) and the Iburi weak-label dataset the first checkpoint was trained on
+(``weak_labels``)."""
