@@ -61,6 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--aoi", metavar="FILE.geojson", help="ROI polygon(s) in EPSG:4326")
     where.add_argument("--start", metavar="YYYY-MM-DD", help="first acquisition date to consider")
     where.add_argument("--end", metavar="YYYY-MM-DD", help="last acquisition date to consider")
+    event = scan.add_argument_group(
+        "event mode (pre/post)",
+        "With --event-date the scan takes the best scene after the date and the best scene before "
+        "it, runs a bi-temporal detector (the default one unless --checkpoint) on both, and adds "
+        "each polygon's pre-to-post change (pre_scene_id, change_index, mean_change). "
+        "See docs/event_mode.md.")
+    event.add_argument("--event-date", metavar="YYYY-MM-DD",
+                       help="the event (earthquake, storm) date; replaces --start/--end")
+    event.add_argument("--pre-days", type=int, default=defaults.PRE_DAYS, metavar="N",
+                       help=f"pre-event window: the N days before the event ({defaults.PRE_DAYS})")
+    event.add_argument("--post-days", type=int, default=defaults.POST_DAYS, metavar="N",
+                       help="post-event window: the event date and the N days after it "
+                            f"({defaults.POST_DAYS})")
     where.add_argument("--cache-dir", metavar="DIR",
                        help="download cache of remote sources (default $LANDSLIDE_CACHE or "
                             "~/.cache/landslide-pipeline); a rerun makes no new requests")

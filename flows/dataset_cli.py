@@ -19,6 +19,15 @@ VAL_FRACTION = 0.25  # tasks.datasets.inventory.DEFAULT_VAL_FRACTION (a test kee
 GAP_PX = defaults.PATCH_PX  # tasks.datasets.inventory.DEFAULT_GAP_PX
 
 
+def _date(text: str):
+    import datetime as dt
+
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+
+
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
     mk = sub.add_parser(
         "make-dataset", help="a train/val dataset from a landslide inventory (polygons) on a region's scene",
@@ -41,6 +50,14 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                        help="spectral bands to stack (default: every band a local scene has; "
                             "B02,B03,B04,B08 for remote sources); SLOPE and DEM come with a DEM")
     where.add_argument("--cache-dir", metavar="DIR", help="download cache of remote sources")
+    where.add_argument("--event-date", type=_date, metavar="YYYY-MM-DD",
+                       help="bi-temporal images for event-mode detectors: the post-event scene "
+                            "(14 channels) and the pre-event one (PRE_B01..PRE_B12), chosen as "
+                            "`landslide scan --event-date` chooses them")
+    where.add_argument("--pre-days", type=int, default=defaults.PRE_DAYS, metavar="N",
+                       help=f"pre-event window: the N days before --event-date ({defaults.PRE_DAYS})")
+    where.add_argument("--post-days", type=int, default=defaults.POST_DAYS, metavar="N",
+                       help=f"post-event window: --event-date and the N days after ({defaults.POST_DAYS})")
     lab = mk.add_argument_group("labels")
     lab.add_argument("--labels", required=True, metavar="FILE",
                      help="the inventory: any vector file OGR reads (GeoPackage, shapefile, "
@@ -94,7 +111,8 @@ def cmd_make_dataset(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction, split_axis=args.split_axis, gap_px=args.gap_px,
         catalog_path=args.catalog, bbox=args.bbox, bands=args.bands, name=args.name,
         attribution=args.attribution, overwrite=args.overwrite, cache_dir=args.cache_dir,
-        progress=not args.no_progress)
+        progress=not args.no_progress, event_date=args.event_date, pre_days=args.pre_days,
+        post_days=args.post_days)
     if args.json:
         print(json.dumps(s, indent=2))
         return 0

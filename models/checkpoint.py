@@ -242,6 +242,7 @@ class TrainedOn(_Strict):
     split: str = Field(min_length=1)
     file_list_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     labels: str = ""  # how the labels were made (manual, weak labels from a rule, ...)
+    attribution: str | None = None  # what the labels' licence requires to be cited with them
 
 
 class Training(_Strict):

@@ -25,6 +25,7 @@ from tasks.core.blend import Detector
 from tasks.core.errors import CheckpointError, InputError
 
 DEFAULT_CHECKPOINT = "iburi2018-weak-unet-mobilenet_v2"
+DEFAULT_EVENT_CHECKPOINT = "iburi2018-real-event-unet-mobilenet_v2"  # the default with --event-date
 INDEX_DETECTOR = "index"
 
 

@@ -26,7 +26,7 @@ from models.ensemble import read_ensemble, save_ensemble
 from models.index_rule import redness_index, threshold_at_fraction
 from models.metrics import IGNORE, best_f1_threshold, confusion, evaluate_probabilities, scores_from_confusion
 from models.registry import count_parameters
-from tasks.core.bands import BAND_NAMES
+from tasks.core.bands import BAND_NAMES, band_index
 from tasks.core.blend import Detector, predict_array
 from tasks.core.errors import InputError
 from tasks.core.files import atomic_write
@@ -38,7 +38,7 @@ COLUMNS = ("detector", "threshold", "precision", "recall", "f1", "iou", "dice", 
 def predict_dataset(detector: Detector, data: SceneData) -> np.ndarray:
     """The blended probability over a dataset's scene, valid where every band the detector
     consumes has data."""
-    idx = [BAND_NAMES.index(b) for b in detector.bands]
+    idx = [band_index(b) for b in detector.bands]
     valid = np.isfinite(data.image[idx]).all(axis=0)
     return predict_array(data.image, valid, detector)
 
@@ -48,7 +48,8 @@ def evaluate_checkpoint(data_dir: str, checkpoint: str | None, threshold: float 
     """Metrics of a detector on a labelled scene-layout dataset (``landslide evaluate``)."""
     data = load_scene_dataset(data_dir, require_labels=True)
     detector = load_detector(checkpoint, device)
-    idx = [BAND_NAMES.index(b) for b in detector.bands]
+    data.require_bands(detector.bands, f"detector {detector.ref}")
+    idx = [band_index(b) for b in detector.bands]
     missing = [b for b, i in zip(detector.bands, idx) if not np.isfinite(data.image[i]).any()]
     if missing:
         raise InputError(f"{data_dir}/image.tif has no data in band(s) {', '.join(missing)} that "

@@ -25,7 +25,7 @@ import numpy as np
 
 from models.checkpoint import CardFields, ModelCard, load_checkpoint, resolve_checkpoint
 from models.data.datasets import load_scene_dataset
-from tasks.core.bands import BAND_NAMES
+from tasks.core.bands import band_index
 from tasks.core.errors import CheckpointError, InputError
 from tasks.core.files import atomic_write
 
@@ -81,7 +81,7 @@ class _CalibrationReader:
 
     def __init__(self, card, data_dir: str | Path, n_patches: int, batch: int = 8, seed: int = 0):
         data = load_scene_dataset(data_dir, require_labels=False)
-        idx = [BAND_NAMES.index(b) for b in card.bands]
+        idx = [band_index(b) for b in card.bands]
         image = data.image[idx]
         s = card.patch_size
         h, w = image.shape[1:]

@@ -20,7 +20,7 @@ import rasterio
 from models.data.chips import ChipDataset
 from models.data.l4s import L4SDataset
 from models.metrics import IGNORE
-from tasks.core.bands import BAND_NAMES
+from tasks.core.bands import BAND_NAMES, EVENT_BAND_NAMES, PRE_EVENT_BAND_NAMES, band_index
 from tasks.core.errors import InputError
 
 IMAGE_NAME = "image.tif"
@@ -29,7 +29,7 @@ LABELS_NAME = "labels.tif"
 
 @dataclass
 class SceneData:
-    image: np.ndarray  # (14, H, W) float32
+    image: np.ndarray  # (14, H, W) float32; (26, H, W) in event mode (tasks.core.bands)
     labels: np.ndarray | None  # (H, W) uint8 or None when the folder has no labels
     valid: np.ndarray  # (H, W) bool: some channel finite
     transform: object
@@ -37,6 +37,16 @@ class SceneData:
     provenance: dict
     pitch: int | None = None  # a mosaic of independent patches: cells of pitch x pitch pixels
     files: tuple = ()  # the files the data came from (recorded in model cards)
+
+    def require_bands(self, bands: tuple[str, ...] | list[str], who: str) -> None:
+        """Raise InputError when the image lacks a channel of ``bands`` (a bi-temporal ``PRE_``
+        band on a single-date dataset)."""
+        missing = [b for b in bands if band_index(b) >= self.image.shape[0]]
+        if missing:
+            where = f" ({self.files[0]})" if self.files else ""
+            raise InputError(f"{who} needs the pre-event band(s) {', '.join(missing)}, but the "
+                             f"dataset{where} is single-date ({self.image.shape[0]} channels); "
+                             "build a bi-temporal one with `landslide make-dataset --event-date`")
 
 
 def load_scene_dataset(data_dir: str | Path, require_labels: bool = True) -> SceneData:
@@ -54,13 +64,16 @@ def load_scene_dataset(data_dir: str | Path, require_labels: bool = True) -> Sce
         raise InputError(f"{data_dir} has no {IMAGE_NAME} (a 14-band stack in contract order); "
                          "build one with `landslide weak-labels`")
     with rasterio.open(image_path) as src:
-        if src.count != len(BAND_NAMES):
+        layout = {len(BAND_NAMES): BAND_NAMES, len(EVENT_BAND_NAMES): EVENT_BAND_NAMES}.get(src.count)
+        if layout is None:
             raise InputError(f"{image_path} has {src.count} bands; the scene layout needs "
-                             f"{len(BAND_NAMES)} ({' '.join(BAND_NAMES)}), NaN for missing ones")
+                             f"{len(BAND_NAMES)} ({' '.join(BAND_NAMES)}), NaN for missing ones, "
+                             f"or {len(EVENT_BAND_NAMES)} in event mode (those and "
+                             f"{' '.join(PRE_EVENT_BAND_NAMES)})")
         desc = tuple(d or "" for d in src.descriptions)
-        if any(desc) and desc != BAND_NAMES:
+        if any(desc) and desc != layout:
             raise InputError(f"{image_path} band descriptions {desc} are not in contract order "
-                             f"{BAND_NAMES}")
+                             f"{layout}")
         image = src.read().astype(np.float32)
         transform, crs = src.transform, src.crs
     labels = None

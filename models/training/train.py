@@ -35,7 +35,7 @@ from models.training.state import (
     restore_numpy_rng,
     save_state,
 )
-from tasks.core.bands import BAND_NAMES, SPECTRAL_BAND_NAMES, validate_bands
+from tasks.core.bands import SPECTRAL_BAND_NAMES, band_index, validate_bands
 from tasks.core.blend import predict_array
 from tasks.core.errors import InputError
 from tasks.core.files import utc_now_iso
@@ -121,8 +121,8 @@ def fit_pca(transform: InputTransform, data: SceneData, bands: tuple[str, ...],
     if not 1 <= n_components <= len(spectral):
         raise InputError(f"--pca {n_components}: choose 1..{len(spectral)} components for the "
                          f"{len(spectral)} spectral bands")
-    idx = [BAND_NAMES.index(bands[i]) for i in spectral]
-    values = transform.apply(data.image[[BAND_NAMES.index(b) for b in bands]])[spectral]
+    idx = [band_index(bands[i]) for i in spectral]
+    values = transform.apply(data.image[[band_index(b) for b in bands]])[spectral]
     values = values.reshape(len(spectral), -1)
     labelled = (data.labels != IGNORE).reshape(-1) if data.labels is not None else True
     keep = labelled & np.isfinite(values).all(axis=0) & np.isfinite(data.image[idx]).all(axis=0).reshape(-1)
@@ -146,7 +146,7 @@ def band_stats(data: SceneData, bands: tuple[str, ...]) -> tuple[list[float], li
     means, stds = [], []
     labelled = data.labels != IGNORE if data.labels is not None else np.ones(data.valid.shape, bool)
     for b in bands:
-        values = data.image[BAND_NAMES.index(b)][labelled]
+        values = data.image[band_index(b)][labelled]
         values = values[np.isfinite(values)]
         if values.size == 0:
             raise InputError(f"band {b} has no finite labelled pixel in the training data")
@@ -269,6 +269,7 @@ def train_scene_model(train_dir: str | Path, val_dir: str | Path, out_dir: str |
     rng = np.random.default_rng(cfg.seed)
     train = load_training_data(train_dir, layout, train_list)
     val = load_training_data(val_dir, layout, val_list)
+    val.require_bands(bands, "--bands")
     inputs = _prepare_inputs(cfg, bands, train, train_dir)
 
     model = build_model(spec.arch, spec.encoder, in_channels=inputs.transform.n_outputs)
@@ -306,7 +307,8 @@ def _prepare_inputs(cfg: TrainConfig, bands: tuple[str, ...], train: SceneData,
                     train_dir: str | Path) -> _TrainInputs:
     """The input transform (fitted on ``train``), the normalized training image, the loss and the
     augmentation of a run. Raises InputError when the training labels lack a class."""
-    idx = [BAND_NAMES.index(b) for b in bands]
+    train.require_bands(bands, "--bands")
+    idx = [band_index(b) for b in bands]
     means, stds = band_stats(train, bands)
     transform = InputTransform.from_stats(means, stds)
     if cfg.pca_components:
@@ -446,7 +448,7 @@ def _report_splits(train: SceneData, val: SceneData,
                    report_dirs: dict[str, str | Path] | None) -> list[tuple[str, SceneData]]:
     """The card's scored splits: train and val, then each ``report_dirs`` scene (loaded here)."""
     # metrics are named after what the labels are: weak labels say so in their provenance
-    suffix = "_weak_labels" if "weak" in str(train.provenance.get("labels", "")).lower() else ""
+    suffix = "_weak_labels" if _is_weak(train.provenance) else ""
     reports = [(f"train{suffix}", train), (f"val{suffix}", val)]
     reports += [(key, load_scene_dataset(d)) for key, d in (report_dirs or {}).items()]
     return reports
@@ -478,7 +480,8 @@ def _model_card(name: str, spec: ModelSpec, bands: tuple[str, ...], cfg: TrainCo
                     "split": f"train={Path(train_dir).name}, val={Path(val_dir).name} "
                              f"({provenance.get('split', 'held out by location')})",
                     "file_list_sha256": files_sha256,
-                    "labels": provenance.get("labels", "see dataset.json")},
+                    "labels": provenance.get("labels", "see dataset.json"),
+                    "attribution": provenance.get("attribution")},
         metrics=metrics,
         training={**_config_record(cfg),
                   "loss": describe_loss(cfg.loss, inputs.pos_weight),
@@ -491,7 +494,21 @@ def _model_card(name: str, spec: ModelSpec, bands: tuple[str, ...], cfg: TrainCo
                   "torch": torch.__version__},
         created=utc_now_iso(),
         weights_sha256="", weights_dtype=cfg.save_dtype,
-        description=("U-Net trained on WEAK labels (agreement of a published CNN's predictions and "
-                     "a spectral-terrain rule), not on ground truth; metrics are against those weak "
-                     "labels. " + provenance.get("summary", "")),
+        description=_card_description(spec, provenance),
     )
+
+
+def _card_description(spec: ModelSpec, provenance: dict) -> str:
+    """What the card's metrics mean: weak-label agreement, or scores against the dataset's labels."""
+    model = f"{spec.arch} {spec.encoder}"
+    if _is_weak(provenance):
+        return (f"{model} trained on WEAK labels (agreement of a published CNN's predictions and a "
+                "spectral-terrain rule), not on ground truth; metrics are against those weak "
+                "labels. " + provenance.get("summary", ""))
+    labels = provenance.get("labels", "the labels of the training dataset (see its dataset.json)")
+    return (f"{model} trained on {labels}. Metrics are against those labels on the dataset's "
+            f"splits; val is held out in space. " + provenance.get("summary", "")).strip()
+
+
+def _is_weak(provenance: dict) -> bool:
+    return "weak" in str(provenance.get("labels", "")).lower()

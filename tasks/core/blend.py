@@ -20,7 +20,7 @@ import rasterio
 from rasterio.windows import Window
 
 from tasks.core import defaults
-from tasks.core.bands import BAND_NAMES, validate_bands
+from tasks.core.bands import band_index, validate_bands
 from tasks.core.stitch import Stitcher, binary_entropy
 from tasks.core.tiling import Patch, iter_windows, pad_to, read_patches, windows_intersect
 
@@ -142,7 +142,7 @@ def blend_patches(reader: PatchReader, detector: Detector, block: Window, window
     block predicted and keeps the ones later blocks need.
     """
     size = detector.patch_size
-    band_idx = [BAND_NAMES.index(b) for b in validate_bands(detector.bands)]
+    band_idx = [band_index(b) for b in validate_bands(detector.bands)]
     sel = [w for w in windows if windows_intersect(w, block)]
     r0 = min(int(w.row_off) for w in sel)
     c0 = min(int(w.col_off) for w in sel)

@@ -21,3 +21,7 @@ FILL_HOLES_MAX_AREA_M2 = 2000.0
 MIN_AREA_M2 = 500.0  # 5 pixels at 10 m
 
 IOU_THRESHOLD = 0.3  # a detection this close to a known landslide updates it (regional inventory)
+
+# event mode (--event-date): the date windows searched for the pre- and the post-event scene
+PRE_DAYS = 120  # the days before the event
+POST_DAYS = 60  # the event date and the days after it

@@ -34,7 +34,7 @@ def work_raster_profile(base: Mapping[str, Any], *, dtype: str, count: int = 1,
     changed. ``nodata`` replaces the base's when given (``None``: no nodata); ``predictor`` is set
     only when given; ``options`` are further creation options (``interleave``, ``BIGTIFF``).
     """
-    profile = {**base, "count": count, "dtype": dtype, "tiled": True,
+    profile = {**base, "driver": "GTiff", "count": count, "dtype": dtype, "tiled": True,
                "blockxsize": WORK_BLOCK_PX, "blockysize": WORK_BLOCK_PX, **WORK_COMPRESSION}
     if nodata is not _UNSET:
         profile["nodata"] = nodata

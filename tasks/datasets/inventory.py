@@ -25,6 +25,7 @@ Everything is written into a hidden folder beside ``OUT`` and renamed into place
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import os
@@ -44,12 +45,14 @@ from shapely.geometry import box
 
 from models.metrics import IGNORE
 from tasks.core import defaults
-from tasks.core.bands import BAND_NAMES, spectral_request
+from tasks.core.bands import BAND_NAMES, EVENT_BAND_NAMES, PRE_PREFIX, spectral_request
 from tasks.core.errors import InputError
-from tasks.core.files import utc_now_iso
+from tasks.core.files import utc_now_iso, work_raster_profile
 from tasks.core.grid import AnalysisGrid, make_grid, read_aoi, resolve_roi, roi_in_grid_crs
 from tasks.raster.align import build_stack
+from tasks.raster.event_stack import build_bitemporal
 from tasks.sources.catalog import LocalSource, load_catalog
+from tasks.sources.event import EventInputs, EventWindows, resolve_event_inputs
 from tasks.sources.local import SceneInputs, resolve_local_inputs, select_scene
 from tasks.sources.remote import cache_root, fetch_remote_inputs
 from tasks.vector.rasterize import PolygonLayer, list_layers, rasterize_polygons, read_polygons
@@ -378,9 +381,11 @@ def attribution_text(values: list[str] | tuple[str, ...], labels_path: Path) -> 
 
 
 def _scene_inputs(catalog_path: str | None, region_name: str, bbox: list[float] | None,
-                  bands: list[str] | tuple[str, ...] | None, cache_dir: str | None
-                  ) -> tuple[SceneInputs, shapely.Geometry, tuple[str, ...]]:
-    """The region's scene and ROI, resolved the way ``tasks.run.plan.plan_scan`` does."""
+                  bands: list[str] | tuple[str, ...] | None, cache_dir: str | None,
+                  windows: EventWindows | None = None
+                  ) -> tuple[SceneInputs, shapely.Geometry, tuple[str, ...], EventInputs | None]:
+    """The region's scene and ROI, resolved the way ``tasks.run.plan.plan_scan`` does; in event
+    mode (``windows``) the post-event scene, and both scenes as EventInputs."""
     catalog = load_catalog(catalog_path)
     region = catalog.region(region_name)
     source = catalog.source(region.source)
@@ -391,16 +396,26 @@ def _scene_inputs(catalog_path: str | None, region_name: str, bbox: list[float] 
     else:
         wanted = REMOTE_DEFAULT_BANDS
     extent = (-180.0, -90.0, 180.0, 90.0)
-    inputs = None
-    if isinstance(source, LocalSource):
+    inputs = event = None
+    if isinstance(source, LocalSource) and windows is not None:
+        event = resolve_event_inputs(catalog, region.source, windows, tuple(wanted), tuple(wanted))
+        inputs, extent = event.post, event.post.extent_lonlat
+        pre_extent = event.pre.extent_lonlat
+        extent = (max(extent[0], pre_extent[0]), max(extent[1], pre_extent[1]),
+                  min(extent[2], pre_extent[2]), min(extent[3], pre_extent[3]))
+    elif isinstance(source, LocalSource):
         inputs = resolve_local_inputs(catalog, region.source, wanted, region.start, region.end)
         extent = inputs.extent_lonlat
     region_aoi = read_aoi(catalog.resolve(region.aoi)) if region.aoi else None
     roi = resolve_roi(region.bbox, region_aoi, bbox, None, extent)
-    if inputs is None:
+    if inputs is None and windows is not None:
+        event = resolve_event_inputs(catalog, region.source, windows, tuple(wanted), tuple(wanted),
+                                     roi, cache_root(cache_dir))
+        inputs = event.post
+    elif inputs is None:
         inputs = fetch_remote_inputs(source, region.source, wanted, roi, region.start, region.end,
                                      cache_root(cache_dir))
-    return inputs, roi, tuple(wanted)
+    return inputs, roi, tuple(wanted), event
 
 
 def _fmt_bounds(b) -> str:
@@ -486,14 +501,16 @@ def _write_split(d: Path, stack_path: str, labels: np.ndarray, win: PixelWindow,
                  descriptions: str) -> None:
     d.mkdir(parents=True, exist_ok=True)
     with rasterio.open(stack_path) as src:
-        profile = {**src.profile, "driver": "GTiff", "height": win.height, "width": win.width,
-                   "transform": src.window_transform(win.window)}
+        profile = work_raster_profile(src.profile, dtype="float32", count=src.count, nodata=np.nan)
+        profile.update(driver="GTiff", height=win.height, width=win.width,
+                       transform=src.window_transform(win.window))
+        names = EVENT_BAND_NAMES if src.count == len(EVENT_BAND_NAMES) else BAND_NAMES
         with rasterio.open(d / "image.tif", "w", **profile) as dst:
             for r in range(0, win.height, _COPY_ROWS):
                 h = min(_COPY_ROWS, win.height - r)
                 data = src.read(window=Window(win.col0, win.row0 + r, win.width, h))
                 dst.write(data, window=Window(0, r, win.width, h))
-            dst.descriptions = BAND_NAMES
+            dst.descriptions = names
         lab_profile = {**profile, "count": 1, "dtype": "uint8", "nodata": None}
         with rasterio.open(d / "labels.tif", "w", **lab_profile) as dst:
             dst.write(labels[win.slices()][None])
@@ -517,8 +534,14 @@ def build_inventory_dataset(out_dir: str | Path, labels_path: str | Path, region
                             name: str | None = None,
                             attribution: list[str] | tuple[str, ...] = (),
                             overwrite: bool = False, cache_dir: str | None = None,
-                            progress: bool = False) -> dict:
+                            progress: bool = False, event_date: dt.date | None = None,
+                            pre_days: int = defaults.PRE_DAYS,
+                            post_days: int = defaults.POST_DAYS) -> dict:
     """Write ``out_dir/{train,val}/{image,labels,dataset}`` + ``dataset.json`` (+ attribution).
+
+    With ``event_date`` the images are bi-temporal: the 14 channels of the post-event scene and
+    the 12 ``PRE_`` channels of the pre-event scene (``tasks.sources.event``), labelled only where
+    both scenes have data.
 
     Every user mistake raises :class:`InputError` before anything is written; a failure later
     leaves nothing under ``out_dir`` (the dataset is built in a hidden folder beside it).
@@ -539,7 +562,8 @@ def build_inventory_dataset(out_dir: str | Path, labels_path: str | Path, region
     polys = {layer: _read_layer(labels_path, layer)
              for layer in dict.fromkeys(layer for ls in chosen.values() for layer in ls)}
     mapped = _read_layer(*mapped_src) if mapped_src else None
-    inputs, roi, wanted = _scene_inputs(catalog_path, region, bbox, bands, cache_dir)
+    windows = EventWindows(event_date, pre_days, post_days) if event_date else None
+    inputs, roi, wanted, event = _scene_inputs(catalog_path, region, bbox, bands, cache_dir, windows)
 
     # vector checks before any pixel is read
     in_roi = {layer: _in_area(p.frame, roi) for layer, p in polys.items()}
@@ -561,7 +585,7 @@ def build_inventory_dataset(out_dir: str | Path, labels_path: str | Path, region
     try:
         summary = _build(tmp, out, grid, roi, inputs, wanted, labels_path, chosen, polys, in_roi,
                          mapped, all_touched, split_axis, val_fraction, gap_px, region, name, attr,
-                         progress)
+                         progress, event)
         shutil.rmtree(tmp / ".work", ignore_errors=True)
         _publish(tmp, out, overwrite)
     except BaseException:
@@ -574,11 +598,19 @@ def _build(tmp: Path, out: Path, grid: AnalysisGrid, roi: shapely.Geometry, inpu
            wanted: tuple[str, ...], labels_path: Path, chosen: dict[str, tuple[str, ...]],
            polys: dict[str, PolygonLayer], in_roi: dict[str, np.ndarray],
            mapped: PolygonLayer | None, all_touched: bool, split_axis: str, val_fraction: float,
-           gap_px: int, region: str, name: str | None, attr: str | None, progress: bool) -> dict:
+           gap_px: int, region: str, name: str | None, attr: str | None, progress: bool,
+           event: EventInputs | None = None) -> dict:
     required = tuple(wanted) + (("SLOPE", "DEM") if inputs.dem_path else ())
-    stack = build_stack(inputs, grid, tmp / ".work", required_bands=required,
-                        roi_grid_crs=roi_in_grid_crs(roi, grid), progress=progress)
-    with rasterio.open(stack.valid_path) as src:
+    if event is None:
+        stack = build_stack(inputs, grid, tmp / ".work", required_bands=required,
+                            roi_grid_crs=roi_in_grid_crs(roi, grid), progress=progress)
+        stack_path, valid_path = stack.stack_path, stack.valid_path
+    else:  # event mode: post 14 + pre-event 12 channels, valid where both scenes are
+        required += tuple(PRE_PREFIX + b for b in wanted)
+        _, both = build_bitemporal(event, grid, tmp / ".work", required,
+                                   roi_grid_crs=roi_in_grid_crs(roi, grid), progress=progress)
+        stack_path, valid_path = both["stack_path"], both["valid_path"]
+    with rasterio.open(valid_path) as src:
         valid = src.read(1).astype(bool)
 
     burnt = burn_labels(grid, valid, {c: [polys[layer] for layer in ls] for c, ls in chosen.items()},
@@ -635,6 +667,10 @@ def _build(tmp: Path, out: Path, grid: AnalysisGrid, roi: shapely.Geometry, inpu
         "tool": "landslide make-dataset",
         "region": region, "roi_lonlat": [round(v, 6) for v in roi.bounds],
         "scene_id": inputs.scene_id, "source": inputs.source,
+        "event": ({**event.windows.to_dict(), "pre_scene_id": event.pre.scene_id,
+                   "pre_acquired": event.pre.acquired,
+                   "pre_acquired_range": event.pre.acquired_range,
+                   "notes": event.post.notes + event.pre.notes} if event else None),
         "acquired": inputs.acquired, "acquired_range": inputs.acquired_range,
         "bands": list(required),
         "grid": grid.to_dict(),
@@ -682,7 +718,7 @@ def _build(tmp: Path, out: Path, grid: AnalysisGrid, roi: shapely.Geometry, inpu
     descr = f"inventory label ({class_text}): 1 landslide, 0 background, 255 ignore"
     for part, win in parts.items():
         d = tmp / part
-        _write_split(d, stack.stack_path, labels, win, descr)
+        _write_split(d, stack_path, labels, win, descr)
         (d / "dataset.json").write_text(json.dumps(
             {**summary, "this_split": part, "split_grid": _crop_grid(grid, win).to_dict(),
              "split_window": win.to_dict(), "split_lonlat": part_bounds[part]}, indent=2))

@@ -88,7 +88,7 @@ def run_block(job: BlockJob, border: BorderPatches | None = None) -> dict:
             border)
         profile = stack.profile.copy()
     blocks_dir = Path(job.blocks_dir)
-    profile.update(count=2, dtype="float32", nodata=np.nan, width=int(block.width),
+    profile.update(driver="GTiff", count=2, dtype="float32", nodata=np.nan, width=int(block.width),
                    height=int(block.height), transform=rasterio.windows.transform(block, profile["transform"]),
                    tiled=False, predictor=3, interleave="band", **WORK_COMPRESSION)
     profile.pop("blockxsize", None)

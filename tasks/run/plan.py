@@ -20,14 +20,17 @@ import shapely
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from shapely.geometry import mapping, shape
 
-from models.detectors import cached_detector
+from models.detectors import DEFAULT_EVENT_CHECKPOINT, cached_detector
 from tasks.core import defaults
-from tasks.core.bands import SPECTRAL_BAND_NAMES
+from tasks.core.bands import SPECTRAL_BAND_NAMES, is_bitemporal, pre_event_request
 from tasks.core.errors import InputError
 from tasks.core.files import atomic_write_text
 from tasks.core.grid import AnalysisGrid, check_bbox, make_grid, read_aoi, resolve_roi, roi_in_grid_crs
+from tasks.raster.event_stack import REDNESS
 from tasks.run.outputs import STAGING, WORK, bytes_needed, check_free_space, check_output_dir
 from tasks.sources.catalog import LocalSource, load_catalog
+from tasks.sources.event import (DEFAULT_POST_DAYS, DEFAULT_PRE_DAYS, EventInputs, EventWindows,
+                                 resolve_event_inputs)
 from tasks.sources.local import SceneInputs, resolve_local_inputs
 from tasks.sources.remote import cache_root, fetch_remote_inputs
 from tasks.vector.clean import CleanParams
@@ -45,7 +48,10 @@ class ScanRequest(BaseModel):
     aoi: str | None = None
     start: dt.date | None = None
     end: dt.date | None = None
-    detector: str | None = Field(default=None, description="checkpoint name/path, 'index', or None for the default model")
+    event_date: dt.date | None = Field(default=None, description="event mode: the best scenes before and after this date")
+    pre_days: int = DEFAULT_PRE_DAYS
+    post_days: int = DEFAULT_POST_DAYS
+    detector: str | None = Field(default=None, description="checkpoint name/path, 'index', or None for the default model (the bi-temporal default with an event date)")
     catalog: str | None = None
     res_m: float = defaults.RES_M
     overlap_px: int = defaults.OVERLAP_PX
@@ -149,7 +155,8 @@ class ScanPlan(BaseModel):
     source_kind: str
     region: str | None
     window: tuple[dt.date | None, dt.date | None]  # the scenes' date window
-    inputs: dict[str, Any]  # tasks.sources.local.SceneInputs.to_dict()
+    inputs: dict[str, Any]  # tasks.sources.local.SceneInputs.to_dict(); the post-event scene in event mode
+    event: dict[str, Any] | None = None  # event mode: tasks.sources.event.EventInputs.to_dict()
     roi_lonlat: dict[str, Any]  # GeoJSON geometry, EPSG:4326
     roi_grid_crs: dict[str, Any]  # GeoJSON geometry in the grid's CRS
     grid: dict[str, Any]  # tasks.core.grid.AnalysisGrid.to_dict()
@@ -161,6 +168,10 @@ class ScanPlan(BaseModel):
     @property
     def scene_inputs(self) -> SceneInputs:
         return SceneInputs.from_dict(self.inputs)
+
+    @property
+    def event_inputs(self) -> EventInputs | None:
+        return EventInputs.from_dict(self.event) if self.event else None
 
     @property
     def analysis_grid(self) -> AnalysisGrid:
@@ -206,6 +217,43 @@ def _check_patch_fit(request: ScanRequest, patch_px: int) -> None:
                          f"{request.block_px}")
 
 
+def _detector_spec(request: ScanRequest) -> str | None:
+    """The detector to load: the request's, else the default (the bi-temporal one in event mode)."""
+    if request.detector is None and request.event_date is not None:
+        return DEFAULT_EVENT_CHECKPOINT
+    return request.detector
+
+
+def _check_event_mode(request: ScanRequest, spec: str | None, ref: str, bands: tuple[str, ...]) -> None:
+    """A bi-temporal detector needs an event date; an event date needs a bi-temporal detector."""
+    if is_bitemporal(bands) and request.event_date is None:
+        pre = ", ".join(b for b in bands if b.startswith("PRE_"))
+        raise InputError(f"detector {ref} is bi-temporal (pre-event bands {pre}): pass "
+                         "--event-date YYYY-MM-DD so the scan can pick the scenes before and after "
+                         "the event, or choose a single-date detector")
+    if request.event_date is not None and not is_bitemporal(bands):
+        raise InputError(f"--event-date needs a bi-temporal detector (a card with PRE_ bands); "
+                         f"{spec or ref} is single-date: drop --checkpoint to use the default "
+                         f"bi-temporal {DEFAULT_EVENT_CHECKPOINT}, or drop --event-date")
+
+
+def _event_inputs(catalog, source_name: str, windows: EventWindows, bands: tuple[str, ...],
+                  roi: shapely.Geometry | None = None, cache_dir: Path | None = None) -> EventInputs:
+    """The post- and pre-event scenes, each with the detector's bands and the change index's."""
+    post = tuple(b for b in bands if b in SPECTRAL_BAND_NAMES)
+    pre = pre_event_request(bands)
+    extra = tuple(sorted({REDNESS.a, REDNESS.b}))  # the change evidence needs them in both scenes
+    return resolve_event_inputs(catalog, source_name, windows, tuple(dict.fromkeys(post + extra)),
+                                tuple(dict.fromkeys(pre + extra)), roi, cache_dir)
+
+
+def _intersect_extents(a: tuple[float, float, float, float],
+                       b: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+    """The lon/lat box both scenes cover (an empty one makes every ROI 'outside the data')."""
+    w, s, e, n = max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])
+    return (w, s, e, n) if w < e and s < n else (w, s, w, s)
+
+
 def plan_scan(request: ScanRequest) -> ScanPlan:
     """Check everything that can be checked without reading pixels; write and return the plan.
 
@@ -227,7 +275,12 @@ def plan_scan(request: ScanRequest) -> ScanPlan:
     source = catalog.source(source_name)
     if region is None and request.bbox is None and request.aoi is None:
         raise InputError("--source without --region needs --bbox or --aoi to define the ROI")
-    detector = cached_detector(request.detector, request.device)
+    if request.event_date is not None and (request.start or request.end):
+        raise InputError("--start/--end do not apply with --event-date: the scenes come from the "
+                         "windows before and after the event (--pre-days, --post-days)")
+    detector_spec = _detector_spec(request)
+    detector = cached_detector(detector_spec, request.device)
+    _check_event_mode(request, detector_spec, detector.ref, detector.bands)
     _check_patch_fit(request, detector.patch_size)
     clean = request.clean_params(detector.threshold)  # validates the cleanup parameters
     spectral = tuple(b for b in detector.bands if b in SPECTRAL_BAND_NAMES)
@@ -235,15 +288,29 @@ def plan_scan(request: ScanRequest) -> ScanPlan:
     end = request.end or (region.end if region else None)
     if request.end and not request.start and start and start > request.end:
         start = None  # the region's default start does not apply to an explicit earlier --end
+    windows = (EventWindows(request.event_date, request.pre_days, request.post_days)
+               if request.event_date else None)
+    if windows is not None:
+        start, end = windows.post  # the scene window is the post-event one
     inputs: SceneInputs | None = None
+    event: EventInputs | None = None
     extent = (-180.0, -90.0, 180.0, 90.0)
     if isinstance(source, LocalSource):
-        inputs = resolve_local_inputs(catalog, source_name, spectral, start, end)
-        extent = inputs.extent_lonlat
+        if windows is not None:
+            event = _event_inputs(catalog, source_name, windows, detector.bands)
+            inputs = event.post
+            extent = _intersect_extents(event.post.extent_lonlat, event.pre.extent_lonlat)
+        else:
+            inputs = resolve_local_inputs(catalog, source_name, spectral, start, end)
+            extent = inputs.extent_lonlat
     region_aoi = read_aoi(catalog.resolve(region.aoi)) if region and region.aoi else None
     user_aoi = read_aoi(request.aoi) if request.aoi else None
     roi = resolve_roi(region.bbox if region else None, region_aoi, request.bbox, user_aoi, extent)
-    if inputs is None:  # remote: search and download for this ROI (cached by request)
+    if inputs is None and windows is not None:  # remote, event mode: two searches
+        event = _event_inputs(catalog, source_name, windows, detector.bands, roi,
+                              cache_root(request.cache_dir))
+        inputs = event.post
+    elif inputs is None:  # remote: search and download for this ROI (cached by request)
         inputs = fetch_remote_inputs(source, source_name, spectral, roi, start, end,
                                      cache_root(request.cache_dir))
     terrain_needed = [b for b in detector.bands if b not in SPECTRAL_BAND_NAMES]
@@ -257,9 +324,9 @@ def plan_scan(request: ScanRequest) -> ScanPlan:
     plan = ScanPlan(
         run_id=request.run_id or new_run_id(), request=request, catalog_path=str(catalog.root),
         source=source_name, source_kind=source.kind, region=request.region, window=(start, end),
-        inputs=inputs.to_dict(), roi_lonlat=mapping(roi),
+        inputs=inputs.to_dict(), event=event.to_dict() if event else None, roi_lonlat=mapping(roi),
         roi_grid_crs=mapping(roi_in_grid_crs(roi, grid)), grid=grid.to_dict(),
-        detector=DetectorSpec(spec=request.detector, ref=detector.ref, bands=detector.bands,
+        detector=DetectorSpec(spec=detector_spec, ref=detector.ref, bands=detector.bands,
                               threshold=detector.threshold, patch_size=detector.patch_size),
         clean=clean, paths=paths)
     plan.write()

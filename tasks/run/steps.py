@@ -25,12 +25,14 @@ from tasks.core.tiling import count_windows
 from tasks.predict.blocks import assemble, make_jobs, run_jobs
 from tasks.predict.cluster import dask_client
 from tasks.raster.align import build_stack
+from tasks.raster.event_stack import build_bitemporal
 from tasks.run.outputs import PROB_SCALE, encode_unit_interval, publish, write_cog_blockwise, write_manifest
 from tasks.run.plan import ScanPlan, ScanRequest, plan_scan
 from tasks.sources.cloud import read_record
 from tasks.sources.mosaic import assign_polygon_scenes, read_scenes
 from tasks.vector.clean import clean_raster
-from tasks.vector.vectorize import footprint_raster, vectorize_raster, write_geopackage
+from tasks.vector.vectorize import (add_event_attributes, footprint_raster, vectorize_raster,
+                                    write_geopackage)
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +54,19 @@ def step_stack(work: str) -> dict:
     record = plan.paths.stack_record
     if record.exists():
         return {**json.loads(record.read_text()), "seconds": 0.0, "skipped": True}
-    result = build_stack(plan.scene_inputs, plan.analysis_grid, plan.paths.work,
-                         required_bands=plan.detector.bands, roi_grid_crs=plan.roi_in_grid_crs,
-                         progress=plan.request.progress)
-    out = {**dataclasses.asdict(result), "seconds": time.perf_counter() - t0}
+    event = plan.event_inputs
+    if event is None:
+        result = build_stack(plan.scene_inputs, plan.analysis_grid, plan.paths.work,
+                             required_bands=plan.detector.bands, roi_grid_crs=plan.roi_in_grid_crs,
+                             progress=plan.request.progress)
+        out = {**dataclasses.asdict(result), "seconds": time.perf_counter() - t0}
+    else:  # event mode: the post- and pre-event stacks, and the bi-temporal one over both
+        post, both = build_bitemporal(event, plan.analysis_grid, plan.paths.work,
+                                      plan.detector.bands, roi_grid_crs=plan.roi_in_grid_crs,
+                                      block_px=plan.request.block_px, progress=plan.request.progress)
+        out = {**dataclasses.asdict(post), "post_stack_path": post.stack_path,
+               "post_valid_fraction": post.valid_fraction, **both,
+               "seconds": time.perf_counter() - t0}
     atomic_write_json(record, out, indent=None)
     return out
 
@@ -78,8 +89,8 @@ def step_infer(work: str, stack: dict) -> dict:
     req, paths = plan.request, plan.paths
     if stack["valid_fraction"] == 0:
         log.warning("no valid pixel in the ROI: nothing to predict")
-    detector = cached_detector(req.detector, req.device)  # the block jobs here reuse it
-    jobs = make_jobs(stack["stack_path"], stack["valid_path"], req.detector, req.device,
+    detector = cached_detector(plan.detector.spec, req.device)  # the block jobs here reuse it
+    jobs = make_jobs(stack["stack_path"], stack["valid_path"], plan.detector.spec, req.device,
                      req.overlap_px, req.batch_size, req.block_px, paths.blocks,
                      _fingerprint(plan), torch_threads=1 if plan.distributed else None)
     with dask_client(req.dask_address, req.workers) as client:
@@ -131,6 +142,11 @@ def step_vectorize(work: str, infer: dict, cleaned: dict) -> dict:
     scenes = read_scenes(work)
     if scenes and scenes.get("mosaic"):  # a per-pixel mosaic: each polygon names its own scene
         polygons = assign_polygon_scenes(polygons, Path(work) / scenes["scene_index"], scenes)
+    event = plan.event_inputs
+    if event is not None:  # event mode: each polygon's change evidence
+        polygons = add_event_attributes(polygons, event.pre.scene_id, stack_record["change_path"],
+                                        stack_record["change_index"], plan.analysis_grid,
+                                        block_px=block_px)
     footprint = footprint_raster(stack_record["valid_path"], block_px=block_px,
                                  attrs={"scene_id": inputs["scene_id"], "run_id": plan.run_id})
     path = plan.paths.staged("landslides.gpkg")
@@ -171,6 +187,23 @@ def step_rasters(work: str, infer: dict, cleaned: dict) -> dict:
                         description="landslide mask (1), background (0); 255 = not analysed",
                         valid_path=valid, block_px=block_px)
     return {"seconds": time.perf_counter() - t0}
+
+
+def _event_record(plan: ScanPlan, stack: dict) -> dict:
+    """The manifest's ``inputs.event``: the event date, both windows, and both scenes."""
+    event = plan.event_inputs
+    assert event is not None
+
+    def scene(inputs) -> dict:
+        return {"scene_id": inputs.scene_id, "acquired": inputs.acquired,
+                "acquired_range": inputs.acquired_range, "source": inputs.source,
+                "band_paths": inputs.band_paths, "notes": inputs.notes}
+
+    return {**event.windows.to_dict(), "post_scene": scene(event.post), "pre_scene": scene(event.pre),
+            "change_index": stack.get("change_index"),
+            "valid_fraction": {"post": stack.get("post_valid_fraction"),
+                               "pre": stack["pre"]["valid_fraction"],
+                               "both": stack["valid_fraction"]}}
 
 
 @gdal_bounded
@@ -228,6 +261,8 @@ def step_finish(work: str, stack: dict, infer: dict, cleaned: dict, vectors: dic
     cloud = read_record(plan.paths.work)  # per scene, the pixels the source's cloud mask removed
     if cloud is not None:
         manifest["inputs"]["cloud_mask"] = cloud
+    if plan.event is not None:
+        manifest["inputs"]["event"] = _event_record(plan, stack)
     write_manifest(plan.paths.staged("manifest.json"), manifest)
     names = publish(plan.paths.out, keep_work=req.keep_work)
     return {"out": str(plan.paths.out), "files": names, "counts": manifest["counts"],

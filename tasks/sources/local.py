@@ -129,7 +129,8 @@ def raster_extent_lonlat(path: Path) -> tuple[float, float, float, float]:
 
 
 def resolve_local_inputs(catalog: Catalog, source_name: str, spectral_bands: tuple[str, ...],
-                         start: dt.date | None = None, end: dt.date | None = None) -> SceneInputs:
+                         start: dt.date | None = None, end: dt.date | None = None, *,
+                         scene_id: str | None = None) -> SceneInputs:
     """Choose the scene and check the rasters of ``spectral_bands`` and the DEM.
 
     Args:
@@ -137,6 +138,7 @@ def resolve_local_inputs(catalog: Catalog, source_name: str, spectral_bands: tup
         source_name: a source of kind ``local``.
         spectral_bands: Sentinel-2 bands the detector needs (contract names).
         start, end: date window (inclusive); None means open.
+        scene_id: this scene of the source instead of a choice by date (event mode chooses).
 
     Raises:
         InputError: unknown source, a band the source cannot provide, a missing/unreadable raster.
@@ -145,7 +147,10 @@ def resolve_local_inputs(catalog: Catalog, source_name: str, spectral_bands: tup
     if not isinstance(source, LocalSource):
         raise InputError(f"source {source_name!r} is of kind {source.kind!r}, not 'local'; remote "
                          "sources are fetched by tasks.sources.remote.fetch_remote_inputs")
-    scene = select_scene(source, start, end, source_name)
+    if scene_id is not None:
+        scene = next(s for s in source.scenes if s.scene_id == scene_id)
+    else:
+        scene = select_scene(source, start, end, source_name)
     wanted = spectral_request(spectral_bands)
     missing = [b for b in wanted if b not in scene.band_names]
     if missing:

@@ -52,6 +52,13 @@ LANDSLIDE_COLUMNS: list[tuple[str, str]] = [
     ("detected_at", "datetime"),
 ]
 LANDSLIDE_COLUMN_NAMES: tuple[str, ...] = tuple(name for name, _ in LANDSLIDE_COLUMNS)
+# event mode (--event-date) appends the change evidence to the landslides layer
+EVENT_COLUMNS: list[tuple[str, str]] = [
+    ("pre_scene_id", "text"),  # the pre-event scene
+    ("change_index", "text"),  # which index mean_change is of (e.g. redness, post minus pre)
+    ("mean_change", "real"),  # the polygon's mean pre-to-post change of that index
+]
+EVENT_COLUMN_NAMES: tuple[str, ...] = tuple(name for name, _ in EVENT_COLUMNS)
 STATIC_ATTRS: tuple[str, ...] = ("scene_id", "acquired", "model", "run_id", "detected_at")
 LANDSLIDES_LAYER = "landslides"
 FOOTPRINT_LAYER = "footprint"
@@ -331,9 +338,10 @@ def write_geopackage(landslides_gdf: gpd.GeoDataFrame, footprint_gdf: gpd.GeoDat
         raise InputError(f"landslides CRS {landslides_gdf.crs} differs from footprint CRS "
                          f"{footprint_gdf.crs}")
     cols = [c for c in landslides_gdf.columns if c != landslides_gdf.geometry.name]
-    if tuple(cols) != LANDSLIDE_COLUMN_NAMES:
+    if tuple(cols) not in (LANDSLIDE_COLUMN_NAMES, LANDSLIDE_COLUMN_NAMES + EVENT_COLUMN_NAMES):
         raise InputError(f"landslides columns {cols} differ from the schema "
-                         f"{list(LANDSLIDE_COLUMN_NAMES)} (DESIGN.md section 5)")
+                         f"{list(LANDSLIDE_COLUMN_NAMES)} (event mode: then "
+                         f"{list(EVENT_COLUMN_NAMES)}; docs/outputs)")
     types = set(landslides_gdf.geom_type.dropna())
     if types - {"Polygon"}:
         raise InputError(f"the landslides layer holds Polygons only, got {sorted(types)}")
@@ -566,6 +574,31 @@ def _merged_attributes(merged: list[tuple]) -> tuple[list[Polygon], dict[str, np
         "mean_elev_m": np.array([mean(s, "elev_m") for _, _, s, _ in merged]),
     }
     return geoms, out_stats
+
+
+def add_event_attributes(landslides_gdf: gpd.GeoDataFrame, pre_scene_id: str,
+                         change_path: str | None, change_index: str | None, grid,
+                         block_px: int = defaults.BLOCK_PX) -> gpd.GeoDataFrame:
+    """The landslides with the event-mode columns (``EVENT_COLUMNS``) appended.
+
+    ``mean_change`` is the mean of ``change_path`` (per-pixel post-minus-pre change of the index
+    ``change_index`` on the analysis ``grid``) over each polygon's pixels (pixel centres, which
+    are exactly the mask's pixels the polygon was traced from); NaN without a change raster.
+    """
+    from tasks.vector.zonal import zonal_mean
+
+    out = landslides_gdf.copy()
+    out["pre_scene_id"] = pd.Series([pre_scene_id] * len(out), index=out.index, dtype="object")
+    out["change_index"] = pd.Series([change_index or "none: the scenes share no index bands"]
+                                    * len(out), index=out.index, dtype="object")
+    if change_path and len(out):
+        means = zonal_mean(out.geometry, out["landslide_id"].to_numpy(), change_path, grid,
+                           block_px=block_px)
+    else:
+        means = np.full(len(out), np.nan)
+    out["mean_change"] = np.asarray(means, dtype=np.float64)
+    cols = list(LANDSLIDE_COLUMN_NAMES + EVENT_COLUMN_NAMES)
+    return gpd.GeoDataFrame(out[cols], geometry=out.geometry.values, crs=out.crs)
 
 
 def footprint_raster(valid_path, *, attrs: Mapping[str, Any],
