@@ -194,6 +194,7 @@ def load_detector(spec: str | None, device: str = "auto", channels_last: bool | 
             raise CheckpointError(f"{card_path}: members use different patch sizes")
         return EnsembleDetector(members=members, card=ens, card_path=str(card_path))
     model, card = load_checkpoint(ref, device=str(dev))
+    batch_invariant_squeeze(model)
     if channels_last is None:
         channels_last = dev.type == "cpu"
     if channels_last:
@@ -202,6 +203,33 @@ def load_detector(spec: str | None, device: str = "auto", channels_last: bool | 
         model = model.to(memory_format=torch.channels_last)
     return ModelDetector(model=model, card=card, card_path=str(card_path), device=dev,
                          channels_last=channels_last)
+
+
+def batch_invariant_squeeze(model: "torch.nn.Module") -> None:  # noqa: F821
+    """Make a patch's probabilities independent of its place in the batch (in place).
+
+    Border-patch sharing, resumed runs and Dask workers rely on a patch giving the same bits in
+    any batch of the same size. Squeeze-and-excitation blocks (EfficientNet, SE-ResNet, ...)
+    break that: their convolutions output one value per channel, (N, C, 1, 1), and the
+    activations after them (SiLU, sigmoid) run over the N * C values in vector chunks with a
+    scalar loop for the remainder, whose exp rounds differently, so a sample's last bits depended
+    on how many samples preceded it. Each such output is returned as a view with a row stride of
+    C + 1: elementwise ops then run row by row, the same way for every sample. Values are
+    unchanged; ReLU-only networks have no such convolution and are untouched.
+    """
+    import torch
+
+    def per_sample_rows(module, inputs, out):
+        if out.dim() != 4 or out.shape[2] * out.shape[3] != 1 or out.shape[1] < 2:
+            return out
+        n, c = out.shape[:2]
+        rows = out.new_zeros((n, c + 1))
+        rows[:, :c] = out.reshape(n, c)
+        return rows[:, :c, None, None]
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            module.register_forward_hook(per_sample_rows)
 
 
 _DETECTORS: dict = {}  # per-process cache: a worker loads each checkpoint once

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import numpy as np
+import rasterio
 import torch
 
 from models.detectors import DEFAULT_CHECKPOINT, load_detector
+from tasks.core.bands import band_index
+from tasks.core.tiling import iter_windows, read_patches
 
 
-def test_cpu_detector_runs_channels_last_and_matches_nchw():
+def test_cpu_detector_runs_channels_last_and_matches_nchw(tmp_path):
+    from tests.data.crops import iburi_stack
+
     fast = load_detector(DEFAULT_CHECKPOINT, "cpu")
     plain = load_detector(DEFAULT_CHECKPOINT, "cpu", channels_last=False)
     assert fast.channels_last and not plain.channels_last
@@ -16,10 +21,15 @@ def test_cpu_detector_runs_channels_last_and_matches_nchw():
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert not conv.weight.is_contiguous()  # really NHWC, not a 1x1 kernel that is both
 
-    rng = np.random.default_rng(0)
-    batch = rng.uniform(0, 3000, (4, len(fast.bands), 128, 128)).astype(np.float32)
-    batch[:, -1] = rng.uniform(0, 60, (4, 128, 128))  # a slope-like last channel
-    ok = np.ones((4, 128, 128), dtype=bool)
+    # real input: the bundled sample (random numbers far outside the training range magnify the
+    # two memory orders' rounding differences through the network)
+    stack, _ = iburi_stack(tmp_path, (141.95, 42.72, 141.975, 42.74), fast.bands)
+    with rasterio.open(stack.stack_path) as src, rasterio.open(stack.valid_path) as valid:
+        windows = list(iter_windows(src.height, src.width, fast.patch_size, 32))[:4]
+        patches = read_patches(src, valid, windows, [band_index(b) for b in fast.bands],
+                               fast.patch_size)
+    batch = np.stack([p.data for p in patches])
+    ok = np.stack([p.valid for p in patches])
     p_fast, p_plain = fast.predict(batch, ok), plain.predict(batch, ok)
     assert p_fast.shape == (4, 128, 128) and p_fast.dtype == np.float32
     np.testing.assert_allclose(p_fast, p_plain, atol=1e-5)
