@@ -7,8 +7,9 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 
+from models.data.datasets import load_provenance
 from models.training.suite import run_name, summarize_suite, write_suite_report
-from models.training.train import TrainConfig, train_scene_model
+from models.training.train import TrainConfig, split_key, train_scene_model
 
 train_task = task(train_scene_model, name="train")
 
@@ -52,7 +53,7 @@ def train_suite_flow(data_dir: str, out_dir: str, prefix: str, models: list[str]
                 cfg = replace(base, model=model, seed=seed)
                 train_task.with_options(name=f"train-{model}-s{seed}")(
                     str(data / "train"), str(data / "val"), out_dir, name, cfg, progress, reports)
-    splits = {"val_weak_labels": data / "val"}
+    splits = {split_key("val", load_provenance(data / "val")): data / "val"}
     if reports:
         splits["val_reference_predictions"] = data / "val_reference"
     rows = task(summarize_suite, name="summarize-suite")(out_dir, prefix, splits, timing)

@@ -89,10 +89,14 @@ def load_scene_dataset(data_dir: str | Path, require_labels: bool = True) -> Sce
     elif require_labels:
         raise InputError(f"{data_dir} has no {LABELS_NAME}: evaluation needs labels "
                          f"(1 landslide, 0 background, {IGNORE} ignore); prediction works without")
-    prov_path = data_dir / "dataset.json"
-    provenance = json.loads(prov_path.read_text()) if prov_path.exists() else {}
     valid = np.isfinite(image).any(axis=0)
-    return SceneData(image, labels, valid, transform, crs, provenance)
+    return SceneData(image, labels, valid, transform, crs, load_provenance(data_dir))
+
+
+def load_provenance(data_dir: str | Path) -> dict:
+    """DIR/dataset.json (how the labels were made), or {} when the folder has none."""
+    prov_path = Path(data_dir) / "dataset.json"
+    return json.loads(prov_path.read_text()) if prov_path.exists() else {}
 
 
 def file_list_sha256(paths: list[Path]) -> str:

@@ -135,7 +135,7 @@ def write_suite_report(rows: list[dict], splits: list[str], out_dir: str | Path,
             return "n/a"
         return f"{mean:.3f}" + ("" if math.isnan(std) else f" ± {std:.3f}")
 
-    short = {"val_weak_labels": "weak val", "val_reference_predictions": "ref val",
+    short = {"val_weak_labels": "weak val", "val": "val", "val_reference_predictions": "ref val",
              "east_rule": "east rule"}
     head = ["model", "seeds"] + [f"{m.upper()} {short.get(s, s)}" for s in splits for m in ("f1", "iou")]
     head += [f"AUC {short.get(splits[-1], splits[-1])}", "selected epoch", "train min",

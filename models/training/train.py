@@ -447,9 +447,7 @@ def _load_selected_weights(model: torch.nn.Module, best_state: dict, save_dtype:
 def _report_splits(train: SceneData, val: SceneData,
                    report_dirs: dict[str, str | Path] | None) -> list[tuple[str, SceneData]]:
     """The card's scored splits: train and val, then each ``report_dirs`` scene (loaded here)."""
-    # metrics are named after what the labels are: weak labels say so in their provenance
-    suffix = "_weak_labels" if _is_weak(train.provenance) else ""
-    reports = [(f"train{suffix}", train), (f"val{suffix}", val)]
+    reports = [(split_key("train", train.provenance), train), (split_key("val", val.provenance), val)]
     reports += [(key, load_scene_dataset(d)) for key, d in (report_dirs or {}).items()]
     return reports
 
@@ -507,7 +505,14 @@ def _card_description(spec: ModelSpec, provenance: dict) -> str:
                 "labels. " + provenance.get("summary", ""))
     labels = provenance.get("labels", "the labels of the training dataset (see its dataset.json)")
     return (f"{model} trained on {labels}. Metrics are against those labels on the dataset's "
-            f"splits; val is held out in space. " + provenance.get("summary", "")).strip()
+            f"splits; val is held out in space and chose the epoch (so its figures are somewhat "
+            f"optimistic). " + provenance.get("summary", "")).strip()
+
+
+def split_key(split: str, provenance: dict) -> str:
+    """A card's metrics key for ``split`` (train / val): named after what the labels are, so weak
+    labels say so (``val_weak_labels``) and real labels keep the plain name (``val``)."""
+    return f"{split}_weak_labels" if _is_weak(provenance) else split
 
 
 def _is_weak(provenance: dict) -> bool:

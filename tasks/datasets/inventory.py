@@ -660,7 +660,10 @@ def _build(tmp: Path, out: Path, grid: AnalysisGrid, roi: shapely.Geometry, inpu
     summary: dict = {
         "name": name or f"{labels_path.stem}-{region}",
         "summary": (f"{labels_path.name} over region {region} ({_fmt_bounds(roi.bounds)}), "
-                    f"scene {inputs.scene_id}; {split_text}."),
+                    f"scene {inputs.scene_id}"
+                    + (f" (post-event; pre-event scene {event.pre.scene_id}, event date "
+                       f"{event.windows.event_date}; labelled only where both have data)"
+                       if event else "") + f"; {split_text}."),
         "labels": labels_prov,
         "split": split_text,
         "created": utc_now_iso(),
