@@ -70,10 +70,14 @@ def recover(state: RegionState, inventory: Path, iou_threshold: float) -> list[s
     return done
 
 
-def summary_markdown(region: str, results: list[dict], inventory: Path) -> str:
+def summary_markdown(region: str, results: list[dict], inventory: Path,
+                     event_date: dt.date | None = None) -> str:
     land, scans = read_inventory(inventory)
     total = 0 if land is None else len(land)
     lines = [f"# Landslide scan of {region}", ""]
+    if event_date is not None:
+        lines += [f"Event date {event_date} (catalog): scenes ending before it are pre-event and "
+                  "not scanned.", ""]
     if not results:
         lines.append(f"Nothing new: every scene of the region was already processed. The inventory "
                      f"holds {total} landslides.")
@@ -127,6 +131,9 @@ def regional_scan_flow(region: str, state_dir: str = "state", runs_dir: str = "r
             processed = state.processed(model)
             todo = [s for s in scenes if s.scene_id not in processed]
             logger.info("%s: %d scene(s), %d new for %s", region, len(scenes), len(todo), model)
+            if cat.region(region).event_date:
+                logger.info("%s: event date %s: scenes ending before it were left out", region,
+                            cat.region(region).event_date)
             for scene in todo:
                 if scene.scene_id in processed:  # an earlier run of this loop mosaicked it in
                     continue
@@ -154,7 +161,7 @@ def regional_scan_flow(region: str, state_dir: str = "state", runs_dir: str = "r
                 results.append({"run_id": run_id, "scene_id": scene.scene_id, "new": merged.new,
                                 "known": merged.known_updated, "new_area_m2": merged.new_area_m2,
                                 "run_dir": str(run_dir)})
-        markdown = summary_markdown(region, results, inventory)
+        markdown = summary_markdown(region, results, inventory, cat.region(region).event_date)
     _notify(markdown, f"landslides-{region}".lower().replace("_", "-"), webhook_block)
     return {"region": region, "source": source, "model": model, "runs": results,
             "recovered": recovered, "inventory": str(inventory), "summary": markdown}

@@ -37,18 +37,37 @@ def add_change(sub: argparse._SubParsersAction) -> None:
         "change", help="keep only post-event landslides not already detected before the event",
         description="Drop post-event polygons of which at least --max-pre-overlap of the area was "
                     "already detected on a pre-event scene of the same place (same detector), and "
-                    "write the rest, with their pre_overlap fraction, to --out.")
+                    "write the rest, with their pre_overlap fraction, to --out. With an event date "
+                    "(--event-date, else the post run's event mode, else the event_date of the post "
+                    "run's region in the catalog) the pre run's scenes must end before it and the "
+                    "post run's must not.")
     ch.add_argument("--post", required=True, help="post-event run folder (or its landslides.gpkg)")
     ch.add_argument("--pre", required=True, help="pre-event run folder (or its landslides.gpkg)")
     ch.add_argument("--out", required=True, help="GeoPackage to write")
     ch.add_argument("--max-pre-overlap", type=float, default=0.5,
                     help="drop a polygon at or above this covered fraction (0.5)")
+    ch.add_argument("--event-date", metavar="YYYY-MM-DD",
+                    help="check the runs' dates against this event date (default: the post run's, "
+                         "or its region's event_date in the catalog)")
+    options.add_catalog(ch)
 
 
 def cmd_change(args: argparse.Namespace) -> int:
-    from tasks.inventory.change import new_since_pre
+    import datetime as dt
 
-    r = new_since_pre(args.post, args.pre, args.out, args.max_pre_overlap)
+    from tasks.core.errors import InputError
+    from tasks.inventory.change import change_event_date, new_since_pre
+
+    given = None
+    if args.event_date is not None:
+        try:
+            given = dt.date.fromisoformat(args.event_date)
+        except ValueError:
+            raise InputError(f"--event-date wants YYYY-MM-DD, got {args.event_date!r}") from None
+    event = change_event_date(args.post, given, args.catalog)
+    r = new_since_pre(args.post, args.pre, args.out, args.max_pre_overlap, event)
+    if r.event_check:
+        print(r.event_check)
     print(f"kept {r.kept} polygons ({r.kept_area_m2 / 1e6:.3f} km2), removed {r.removed} already "
           f"present before the event ({r.removed_area_m2 / 1e6:.3f} km2) -> {r.out}")
     return 0

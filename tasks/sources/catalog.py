@@ -204,7 +204,12 @@ Source = Annotated[Union[LocalSource, StacSource, SentinelHubSource], Field(disc
 
 
 class Region(_Strict):
-    """A named area: a bbox in EPSG:4326 or a GeoJSON file, and the source that covers it."""
+    """A named area: a bbox in EPSG:4326 or a GeoJSON file, and the source that covers it.
+
+    ``event_date`` (optional): the date of the event the region is watched for. Regional scans
+    then leave out the scenes that end before it, and ``landslide change`` checks its pre and post
+    runs against it.
+    """
 
     source: str
     description: str = ""
@@ -212,6 +217,7 @@ class Region(_Strict):
     aoi: str | None = None
     start: dt.date | None = None
     end: dt.date | None = None
+    event_date: dt.date | None = None
 
     @model_validator(mode="after")
     def _check(self) -> "Region":

@@ -28,7 +28,8 @@ class SceneRef:
 def region_scenes(catalog_path: str | None, region: str, after: dt.date | None = None,
                   cache_dir: str | None = None) -> tuple[list[SceneRef], str]:
     """The region's scenes inside its date window (and after ``after``), oldest first, and the
-    source name. Local sources: the catalog's scenes. STAC and Sentinel Hub sources: a search of the
+    source name. A region with an ``event_date`` lists only scenes that do not end before it
+    (a composite straddling the event is listed, as event mode takes it for post-event). Local sources: the catalog's scenes. STAC and Sentinel Hub sources: a search of the
     region's bbox (scenes within ``max_cloud_pct``), one scene per item; a Sentinel Hub search of an
     ended window is cached under ``cache_dir`` (the scan's download cache).
 
@@ -39,7 +40,8 @@ def region_scenes(catalog_path: str | None, region: str, after: dt.date | None =
     catalog = load_catalog(catalog_path)
     reg = catalog.region(region)
     source = catalog.source(reg.source)
-    start = max(d for d in (reg.start, after) if d) if (reg.start or after) else None
+    bounds = [d for d in (reg.start, after, reg.event_date) if d]
+    start = max(bounds) if bounds else None
     scenes = []
     if isinstance(source, LocalSource):
         for s in source.scenes:

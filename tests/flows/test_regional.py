@@ -22,15 +22,16 @@ REPO = Path(__file__).resolve().parents[2]
 BBOX = [141.95, 42.72, 141.965, 42.735]
 
 
-def _catalog(tmp_path: Path, scene_ids: list[str]) -> str:
+def _catalog(tmp_path: Path, scene_ids: list[str], event_date: str | None = None) -> str:
     cat = yaml.safe_load((REPO / "data_catalog.yaml").read_text())
     src = copy.deepcopy(cat["sources"]["iburi-2018-local"])
     src["dem"] = str(REPO / src["dem"])
     src["scenes"] = [dict(s, band_template=str(REPO / s["band_template"]))
                      for s in src["scenes"] if s["scene_id"] in scene_ids]
-    path = tmp_path / f"catalog-{len(scene_ids)}.yaml"
+    region = {"source": "iburi", "bbox": BBOX, **({"event_date": event_date} if event_date else {})}
+    path = tmp_path / f"catalog-{len(scene_ids)}{'-event' if event_date else ''}.yaml"
     path.write_text(yaml.safe_dump({"version": 1, "sources": {"iburi": src},
-                                    "regions": {"atsuma": {"source": "iburi", "bbox": BBOX}}}))
+                                    "regions": {"atsuma": region}}))
     return str(path)
 
 
@@ -132,3 +133,40 @@ def test_summary_goes_to_a_webhook_block(prefect_harness, tmp_path):
     assert len(received) == 1
     assert received[0]["text"].startswith("landslide scan: # Landslide scan of atsuma")
     assert f"**{result['runs'][0]['new']} new landslides" in received[0]["text"]
+
+
+def test_region_event_date_leaves_out_pre_event_scenes_and_checks_change(prefect_harness, tmp_path,
+                                                                        capsys):
+    """A region with an event_date: the regional scan scans only the scene that does not end before
+    the event (the post-event composite straddles it), and `landslide change` takes the date from
+    the catalog to check its pre and post runs, refusing them swapped."""
+    import json
+
+    from flows.cli import main
+
+    catalog = _catalog(tmp_path, [PRE, POST], event_date="2018-09-06")
+    result = regional_scan_flow("atsuma", state_dir=str(tmp_path / "state"),
+                                runs_dir=str(tmp_path / "runs"), detector="index", catalog=catalog)
+    assert [r["scene_id"] for r in result["runs"]] == [POST]
+    assert "Event date 2018-09-06" in result["summary"]
+    post_run = Path(result["runs"][0]["run_dir"])
+    assert json.loads((post_run / "manifest.json").read_text())["request"]["region"] == "atsuma"
+
+    pre_run = tmp_path / "pre_run"  # the pre-event scene, scanned on its own
+    assert main(["scan", "--catalog", catalog, "--region", "atsuma", "--start", "2017-07-01",
+                 "--end", "2018-07-31", "--checkpoint", "index", "--out", str(pre_run),
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "new.gpkg"
+    assert main(["change", "--post", str(post_run), "--pre", str(pre_run), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "event date 2018-09-06 (from region 'atsuma' in the catalog)" in printed
+    assert "pre scenes 2017-07-01..2018-07-31, post scenes 2018-08-01..2019-07-31" in printed
+    assert out.exists()
+
+    swapped = tmp_path / "swapped.gpkg"
+    assert main(["change", "--post", str(pre_run), "--pre", str(post_run), "--out",
+                 str(swapped), "--event-date", "2018-09-06"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: the --pre run's scenes end 2019-07-31")
+    assert not swapped.exists()

@@ -150,3 +150,15 @@ def test_change_drops_scars_already_there_before(tmp_path, capsys):
     assert main(["change", "--post", str(post), "--pre", str(tmp_path / "missing"), "--out",
                  str(tmp_path / "x.gpkg")]) != 0
     assert not (tmp_path / "x.gpkg").exists()
+    # an event date is checked against the polygons' acquisition dates (no manifest beside these)
+    capsys.readouterr()
+    assert main(["change", "--post", str(post), "--pre", str(pre), "--out", str(out),
+                 "--event-date", "2018-08-01"]) == 0
+    assert "pre scenes 2018-07-01..2018-07-01, post scenes 2018-09-10..2018-09-10" in capsys.readouterr().out
+    assert main(["change", "--post", str(post), "--pre", str(pre), "--out", str(tmp_path / "y.gpkg"),
+                 "--event-date", "2018-06-01"]) == 2
+    assert "the --pre run's scenes end 2018-07-01, not before the event date 2018-06-01" in \
+        capsys.readouterr().err
+    assert main(["change", "--post", str(post), "--pre", str(pre), "--out", str(tmp_path / "y.gpkg"),
+                 "--event-date", "June"]) == 2
+    assert not (tmp_path / "y.gpkg").exists()
