@@ -24,8 +24,8 @@ from tasks.core.bands import validate_bands
 from tasks.core.blend import Detector
 from tasks.core.errors import CheckpointError, InputError
 
-DEFAULT_CHECKPOINT = "iburi2018-weak-unet-mobilenet_v2"
-DEFAULT_EVENT_CHECKPOINT = "iburi2018-real-event-unet-mobilenet_v2"  # the default with --event-date
+DEFAULT_CHECKPOINT = "iburi2018-real-unet-efficientnet-b0"
+DEFAULT_EVENT_CHECKPOINT = "iburi2018-real-event-unet-efficientnet-b0"  # the default with --event-date
 INDEX_DETECTOR = "index"
 
 

@@ -26,8 +26,14 @@ import numpy as np
 import rasterio
 
 from tasks.core import defaults
-from tasks.core.bands import (BAND_NAMES, EVENT_BAND_NAMES, SPECTRAL_BAND_NAMES, band_index,
-                              get_band, pre_event_request)
+from tasks.core.bands import (
+    BAND_NAMES,
+    EVENT_BAND_NAMES,
+    SPECTRAL_BAND_NAMES,
+    band_index,
+    get_band,
+    pre_event_request,
+)
 from tasks.core.files import work_raster_profile
 from tasks.core.grid import AnalysisGrid
 from tasks.core.tiling import iter_blocks

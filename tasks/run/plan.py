@@ -29,8 +29,13 @@ from tasks.core.grid import AnalysisGrid, check_bbox, make_grid, read_aoi, resol
 from tasks.raster.event_stack import REDNESS
 from tasks.run.outputs import STAGING, WORK, bytes_needed, check_free_space, check_output_dir
 from tasks.sources.catalog import LocalSource, load_catalog
-from tasks.sources.event import (DEFAULT_POST_DAYS, DEFAULT_PRE_DAYS, EventInputs, EventWindows,
-                                 resolve_event_inputs)
+from tasks.sources.event import (
+    DEFAULT_POST_DAYS,
+    DEFAULT_PRE_DAYS,
+    EventInputs,
+    EventWindows,
+    resolve_event_inputs,
+)
 from tasks.sources.local import SceneInputs, resolve_local_inputs
 from tasks.sources.remote import cache_root, fetch_remote_inputs
 from tasks.vector.clean import CleanParams

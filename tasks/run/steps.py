@@ -31,8 +31,7 @@ from tasks.run.plan import ScanPlan, ScanRequest, plan_scan
 from tasks.sources.cloud import read_record
 from tasks.sources.mosaic import assign_polygon_scenes, read_scenes
 from tasks.vector.clean import clean_raster
-from tasks.vector.vectorize import (add_event_attributes, footprint_raster, vectorize_raster,
-                                    write_geopackage)
+from tasks.vector.vectorize import add_event_attributes, footprint_raster, vectorize_raster, write_geopackage
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +44,9 @@ def step_plan(request: dict) -> str:
 
 @gdal_bounded
 def step_stack(work: str) -> dict:
-    """Align all layers onto the analysis grid: ``stack.tif`` + ``valid.tif``.
+    """Align all layers onto the analysis grid: ``stack.tif`` + ``valid.tif``. In event mode also
+    the pre-event scene (``pre/``) and the bi-temporal stack over both (``event/event_stack.vrt``,
+    ``event/valid.tif``, ``event/change.tif``), which the later steps then read.
 
     A resumed run whose stack is complete (its result record exists) skips the stage.
     """

@@ -1,2 +1,3 @@
 """Where pixels come from: ``data_catalog.yaml`` (``catalog``), local rasters, STAC APIs and
-Sentinel Hub, per-pixel mosaics, cloud masks, and scene listing for regional scans."""
+Sentinel Hub, per-pixel mosaics, cloud masks, scene listing for regional scans, and the scenes
+before and after an event date (``event``)."""

@@ -1,3 +1,3 @@
 """From probabilities to polygons and back: threshold and morphology (``clean``), polygons with
 attributes and the footprint (``vectorize``), inventory polygons burnt onto the grid
-(``rasterize``)."""
+(``rasterize``), per-polygon means of a raster (``zonal``)."""

@@ -31,7 +31,7 @@ from tests.data.crops import local_source, lonlat_bounds, synthetic_dem_like, t1
 
 REPO = Path(__file__).resolve().parents[2]
 CATALOG = REPO / "data_catalog.yaml"
-DEFAULT_CARD = REPO / "models" / "checkpoints" / "iburi2018-weak-unet-mobilenet_v2.json"
+DEFAULT_CARD = REPO / "models" / "checkpoints" / "iburi2018-real-unet-efficientnet-b0.json"
 POST_SCENE = "iburi-2018-post-s2-mosaic"
 PRE_SCENE = "iburi-2018-pre-s2-mosaic"
 IBURI_BBOX = (141.95, 42.72, 141.99, 42.75)
@@ -310,7 +310,7 @@ def test_default_model_run_has_no_seams(prefect_harness, tmp_path):
     gdf = gpd.read_file(out / "landslides.gpkg", layer="landslides")
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["detector"]["kind"] == "model"
-    assert manifest["detector"]["ref"].startswith("iburi2018-weak-unet-mobilenet_v2@")
+    assert manifest["detector"]["ref"].startswith("iburi2018-real-unet-efficientnet-b0@")
     assert (gdf["model"] == manifest["detector"]["ref"]).all()
     prob, _ = read_u8(out / "probability.tif")
     p = decode(prob)
