@@ -53,7 +53,7 @@ def train_suite_flow(data_dir: str, out_dir: str, prefix: str, models: list[str]
                 cfg = replace(base, model=model, seed=seed)
                 train_task.with_options(name=f"train-{model}-s{seed}")(
                     str(data / "train"), str(data / "val"), out_dir, name, cfg, progress, reports)
-    splits = {split_key("val", load_provenance(data / "val")): data / "val"}
+    splits = {split_key("val", load_provenance(data / "train")): data / "val"}
     if reports:
         splits["val_reference_predictions"] = data / "val_reference"
     rows = task(summarize_suite, name="summarize-suite")(out_dir, prefix, splits, timing)

@@ -447,7 +447,8 @@ def _load_selected_weights(model: torch.nn.Module, best_state: dict, save_dtype:
 def _report_splits(train: SceneData, val: SceneData,
                    report_dirs: dict[str, str | Path] | None) -> list[tuple[str, SceneData]]:
     """The card's scored splits: train and val, then each ``report_dirs`` scene (loaded here)."""
-    reports = [(split_key("train", train.provenance), train), (split_key("val", val.provenance), val)]
+    # both named after the training labels (a val folder may carry no dataset.json of its own)
+    reports = [(split_key("train", train.provenance), train), (split_key("val", train.provenance), val)]
     reports += [(key, load_scene_dataset(d)) for key, d in (report_dirs or {}).items()]
     return reports
 

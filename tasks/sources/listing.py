@@ -29,9 +29,10 @@ def region_scenes(catalog_path: str | None, region: str, after: dt.date | None =
                   cache_dir: str | None = None) -> tuple[list[SceneRef], str]:
     """The region's scenes inside its date window (and after ``after``), oldest first, and the
     source name. A region with an ``event_date`` lists only scenes that do not end before it
-    (a composite straddling the event is listed, as event mode takes it for post-event). Local sources: the catalog's scenes. STAC and Sentinel Hub sources: a search of the
-    region's bbox (scenes within ``max_cloud_pct``), one scene per item; a Sentinel Hub search of an
-    ended window is cached under ``cache_dir`` (the scan's download cache).
+    (a composite straddling the event is listed, as event mode takes it for post-event).
+    Local sources: the catalog's scenes. STAC and Sentinel Hub sources: a search of the region's
+    bbox (scenes within ``max_cloud_pct``), one scene per item; a Sentinel Hub search of an ended
+    window is cached under ``cache_dir`` (the scan's download cache).
 
     Raises:
         InputError: unknown region, or Sentinel Hub credentials missing.
