@@ -172,6 +172,31 @@ def test_train_suite_trains_skips_and_tabulates(weak_dataset, tmp_path, capsys):
     assert (ckpt / "suite.png").stat().st_size > 1000
 
 
+def test_train_suite_tabulates_a_real_label_dataset(weak_dataset, tmp_path):
+    """A dataset whose labels are not weak (e.g. `landslide make-dataset` from an inventory): cards
+    score `train`/`val` and the suite tabulates `val`, not an empty weak-label column."""
+    import csv
+    import shutil
+
+    out, _ = weak_dataset
+    data = tmp_path / "real"
+    for part in ("train", "val"):
+        shutil.copytree(out / part, data / part)
+        prov_path = data / part / "dataset.json"
+        prov = json.loads(prov_path.read_text()) if prov_path.exists() else {}
+        prov_path.write_text(json.dumps({**prov, "labels": "real inventory labels (test copy)"}))
+    ckpt = tmp_path / "suite"
+    assert main(["train-suite", "--data-dir", str(data), "--out", str(ckpt), "--prefix", "r",
+                 "--models", "unet-mobilenet_v2", "--seeds", "0", "--epochs", "1",
+                 "--steps-per-epoch", "1", "--batch-size", "2", "--threads", "2", "--no-timing",
+                 "--no-progress"]) == 0
+    card = load_checkpoint(ckpt / "r-unet-mobilenet_v2-s0.json")[1]
+    assert set(card.metrics) == {"train", "val"}
+    rows = {r["model"]: r for r in csv.DictReader(open(ckpt / "suite.csv"))}
+    assert float(rows["unet-mobilenet_v2"]["val_f1"]) == pytest.approx(card.metrics["val"]["f1"], abs=1e-4)
+    assert "| F1 val | IOU val |" in (ckpt / "suite.md").read_text()
+
+
 def test_train_suite_refuses_unknown_models_and_bad_seeds(weak_dataset, tmp_path, capsys):
     out, _ = weak_dataset
     base = ["train-suite", "--data-dir", str(out), "--out", str(tmp_path / "s")]
