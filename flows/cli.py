@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="replace a finished run in --out, or start an interrupted one over "
                           "(without it, rerunning the same command into --out resumes an "
                           "interrupted run, skipping finished blocks)")
+    run.add_argument("--wait", action="store_true",
+                     help="when another scan is writing into --out, wait for it instead of refusing")
     run.add_argument("--keep-work", action="store_true", help="keep intermediate rasters in --out/.work")
     options.add_no_progress(run)
     run.add_argument("--json", action="store_true", help="print the run summary as JSON")
@@ -137,6 +139,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from tasks.core.errors import InputError
+    from tasks.run.outputs import run_folder_lock
     from tasks.run.plan import new_run_id, plan_scan
 
     run_id = new_run_id()
@@ -146,11 +149,16 @@ def cmd_scan(args: argparse.Namespace) -> int:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
         raise InputError(f"--{field.replace('_', '-')}: {first['msg']}") from None
-    plan = plan_scan(request)  # every user mistake surfaces here, before Prefect starts
-    if plan.resumed:
-        print(f"resuming the interrupted run {plan.run_id} in {request.out}", file=sys.stderr)
-    # the flow's plan step finds this plan (same run id) and uses it as it is
-    return _run_scan_flow(args, request.model_copy(update={"run_id": plan.run_id}))
+    def waiting(holder: str) -> None:
+        print(f"waiting: another scan ({holder}) is writing into {request.out}", file=sys.stderr)
+
+    # one run per folder: the lock is held from planning to publishing (the flow re-enters it)
+    with run_folder_lock(request.out, wait=request.wait, on_wait=waiting):
+        plan = plan_scan(request)  # every user mistake surfaces here, before Prefect starts
+        if plan.resumed:
+            print(f"resuming the interrupted run {plan.run_id} in {request.out}", file=sys.stderr)
+        # the flow's plan step finds this plan (same run id) and uses it as it is
+        return _run_scan_flow(args, request.model_copy(update={"run_id": plan.run_id}))
 
 
 def _scan_request(args: argparse.Namespace, run_id: str):
@@ -174,8 +182,12 @@ def _run_scan_flow(args: argparse.Namespace, request) -> int:
         print(json.dumps(result, indent=2, default=str))
     else:
         c = result["counts"]
-        print(f"{c['polygons']} landslide polygons ({c['landslide_area_m2'] / 1e6:.3f} km2) "
-              f"-> {result['out']}/landslides.gpkg")
+        if not c["valid_fraction"]:  # 0 polygons here means "not looked at", never "none found"
+            print(f"nothing was analysed ({c['footprint_status']}): 0 landslide polygons -> "
+                  f"{result['out']}/landslides.gpkg")
+        else:
+            print(f"{c['polygons']} landslide polygons ({c['landslide_area_m2'] / 1e6:.3f} km2) "
+                  f"-> {result['out']}/landslides.gpkg")
     return 0
 
 

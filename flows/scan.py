@@ -12,9 +12,12 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
+from flows.logs import quiet_user_error_tracebacks
 from tasks.run import steps
-from tasks.run.outputs import discard_partial
+from tasks.run.outputs import discard_partial, run_folder_lock
 from tasks.run.plan import new_run_id
+
+quiet_user_error_tracebacks()  # Prefect configured logging on import
 
 plan_task = task(steps.step_plan, name="plan")
 align_task = task(steps.step_stack, name="align")
@@ -41,12 +44,17 @@ def scan_flow(out: str = "runs/{run_id}", region: str | None = None, bbox: list[
         detector: checkpoint name/path, ``index`` for the rule, None for the shipped model.
         options: any other ``ScanRequest`` field (overlap_px, batch_size, min_area_m2, ...).
     """
-    logger = get_run_logger()
     started = time.time()
     request = dict(options or {})
     request.update(region=region, bbox=bbox, aoi=aoi, start=start, end=end, detector=detector)
     run_id = request.get("run_id") or new_run_id()
     request.update(run_id=run_id, out=out.replace("{run_id}", run_id))
+    with run_folder_lock(request["out"], wait=bool(request.get("wait"))):  # one run per folder
+        return _scan(request, run_id, started)
+
+
+def _scan(request: dict, run_id: str, started: float) -> dict:
+    logger = get_run_logger()
     rasters_future = None
     try:
         work = plan_task(request)

@@ -16,6 +16,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from tasks.core.errors import InputError
+
 # Rasters that stay in the work folder (block results, prob / uncertainty / mask before encoding,
 # the COGs' tiled staging copies) are read back once or twice and then deleted: lossless ZSTD at
 # level 1 (measurements in benchmarks/README.md). The published COGs keep DEFLATE.
@@ -92,3 +94,128 @@ def utc_now() -> dt.datetime:
 def utc_now_iso() -> str:
     """:func:`utc_now` as ISO 8601 (``2026-12-03T08:32:14+00:00``)."""
     return utc_now().isoformat()
+
+
+class FolderBusyError(InputError):
+    """Another process holds a folder's lock."""
+
+
+_HELD_LOCKS: dict[Path, int] = {}  # lock files this process holds -> nesting depth
+
+
+def _lock_holder(text: str) -> dict[str, str]:
+    """``pid 123 host h since t`` -> {"pid": "123", "host": "h", "since": "t"}."""
+    words = text.split()
+    return {k: v for k, v in zip(words[::2], words[1::2]) if k in ("pid", "host", "since")}
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    own = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
+
+
+def _read_holder(path: Path) -> str:
+    try:
+        return path.read_text().strip() or "another process"
+    except FileNotFoundError:
+        return "another process"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def folder_lock(path: str | Path, *, busy: str, wait_s: float | None = 0.0, poll_s: float = 0.5,
+                on_wait=None, reentrant: bool = False, remove: bool = False) -> Iterator[Path]:
+    """Hold the lock file ``path`` exclusively (``flock``) for the block.
+
+    The file names the holder (``pid N host H since T``). The kernel releases an ``flock`` when its
+    process dies, so a lock left by a killed run is free; taking it over is logged with the dead
+    holder's pid and host.
+
+    Args:
+        path: the lock file (created with its folder).
+        busy: what the refusal says is going on (``"another scan is writing into --out X"``).
+        wait_s: seconds to wait for another holder; None waits as long as it takes.
+        on_wait: called once with the holder's text when the lock is busy and we wait.
+        reentrant: a process that holds the lock already (any thread) enters again (the scan CLI
+            locks its run folder, then the flow it starts locks it too).
+        remove: delete the lock file on a clean release (a waiter that locked the deleted file
+            notices, because the path no longer leads to the file it locked, and tries again).
+
+    Raises:
+        FolderBusyError: still held by another process after ``wait_s`` (the holder is named).
+    """
+    import fcntl
+    import logging
+    import socket
+    import time
+
+    path = Path(path).resolve()
+    if reentrant and path in _HELD_LOCKS:  # this process holds it already
+        _HELD_LOCKS[path] += 1
+        try:
+            yield path
+        finally:
+            _HELD_LOCKS[path] -= 1
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = None if wait_s is None else time.monotonic() + wait_s
+    acquired = False
+    try:
+        waited = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if _same_file(fd, path):
+                    break
+                # the holder deleted the file (maybe its folder too) as it left: lock a new one
+                os.close(fd)
+                fd = -1
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+                continue
+            except BlockingIOError:
+                holder = _read_holder(path)
+                if deadline is not None and time.monotonic() >= deadline:
+                    how = f" (waited {wait_s:g} s)" if wait_s else ""
+                    raise FolderBusyError(f"{busy}: {path.parent} is locked by {holder}{how}") from None
+                if not waited and on_wait is not None:
+                    on_wait(holder)
+                waited = True
+                time.sleep(poll_s)
+        old = _lock_holder(os.pread(fd, 4096, 0).decode(errors="replace"))
+        host = socket.gethostname()
+        if old.get("pid"):
+            same_host = old.get("host", host) == host
+            gone = same_host and old["pid"].isdigit() and not _pid_alive(int(old["pid"]))
+            if gone:
+                logging.getLogger(__name__).warning(
+                    "took over the lock %s left by pid %s on %s (that process is no longer running)",
+                    path, old["pid"], old.get("host", host))
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} host {host} since {utc_now_iso()}\n".encode(), 0)
+        _HELD_LOCKS[path] = 1
+        acquired = True
+        yield path
+    finally:
+        if acquired:
+            del _HELD_LOCKS[path]
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)  # a clean release leaves no holder behind
+                if remove:
+                    path.unlink()
+        if fd >= 0:
+            os.close(fd)  # closing the descriptor releases the flock

@@ -18,16 +18,13 @@ replaced. A run killed after publishing its folder but before that is found by
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
-import os
 import sqlite3
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.core.errors import InputError
-from tasks.core.files import utc_now_iso
+from tasks.core.files import FolderBusyError, folder_lock, utc_now_iso
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS scenes (
@@ -39,7 +36,7 @@ CREATE TABLE IF NOT EXISTS runs (
 """
 
 
-class RegionBusyError(InputError):
+class RegionBusyError(FolderBusyError):
     """Another run of the same region holds its lock."""
 
 
@@ -51,36 +48,21 @@ def region_dir(state_dir: str | Path, region: str) -> Path:
 
 @contextlib.contextmanager
 def region_lock(folder: str | Path, wait_s: float = 0.0, poll_s: float = 0.5):
-    """Hold ``folder/lock`` exclusively; wait up to ``wait_s`` seconds for another holder.
+    """Hold ``folder/lock`` exclusively (:func:`tasks.core.files.folder_lock`); wait up to
+    ``wait_s`` seconds for another holder.
 
     Raises:
         RegionBusyError: still held by another process after ``wait_s``.
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    deadline = time.monotonic() + wait_s
     try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    holder = path.read_text().strip() or "another process"
-                    raise RegionBusyError(
-                        f"region folder {folder} is locked by {holder}: another run of this region "
-                        f"is in progress (waited {wait_s:g} s); try again when it has finished"
-                    ) from None
-                time.sleep(poll_s)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} since {utc_now_iso()}".encode())
-        yield path
-    finally:
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
-        os.close(fd)  # closing the descriptor releases the flock
+        with folder_lock(Path(folder) / "lock", wait_s=wait_s, poll_s=poll_s,
+                         busy="another run of this region is in progress; try again when it has "
+                              "finished") as path:
+            yield path
+    except FolderBusyError as exc:
+        if isinstance(exc, RegionBusyError):
+            raise
+        raise RegionBusyError(str(exc)) from None
 
 
 @dataclass(frozen=True)

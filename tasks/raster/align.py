@@ -21,8 +21,9 @@ import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import dask
 import dask.array as da
@@ -45,6 +46,7 @@ from tasks.core.grid import AnalysisGrid
 from tasks.raster.terrain import compute_slope_raster
 from tasks.sources.cloud import check_cloud_mask, cloud_pixels
 from tasks.sources.cloud import write_records as write_cloud_records
+from tasks.sources.coverage import FULL_COVER
 from tasks.sources.local import SceneInputs
 from tasks.sources.mosaic import MAX_SCENES, SCENE_INDEX_NAME, SCENES_NAME, scene_entry, write_scenes
 from tasks.sources.mosaic import RULE as MOSAIC_RULE
@@ -61,6 +63,8 @@ class StackResult:
     band_stats: dict  # band -> {"valid_fraction": f, "nan_pixels_in_source": n}
     valid_fraction: float
     cloud_masked_px: int = 0  # pixels otherwise analysed that the source's cloud mask removed
+    # per required layer, the share of the ROI's pixels where it has data (1.0 = everywhere)
+    layer_data_fraction: dict = field(default_factory=dict)
 
 
 def _warped_layer(path: str, grid: AnalysisGrid, resampling: Resampling, src_nodata: float | None,
@@ -135,6 +139,8 @@ class _StackPlan:
     cloudy: da.Array  # (H, W) bool: would be analysed but for the cloud masks
     cloud_lost: list[da.Array]  # per scene, (H, W) bool: pixels it would give that its cloud mask removed
     cloud_specs: list[dict | None]  # per scene, its checked cloud mask spec (None = no mask)
+    inside: da.Array  # (H, W) bool: the ROI
+    layer_data: dict[str, da.Array]  # per required layer, (H, W) bool: in the ROI with data (any scene)
 
 
 @dataclass
@@ -144,7 +150,9 @@ class _WindowCounts:
     taken_px: np.ndarray  # (n_scenes + 1,) int64: pixels per scene index (0 = no scene)
     cloud_lost_px: np.ndarray  # (n_scenes,) int64: pixels each scene lost to its own cloud mask
     finite_px: np.ndarray  # (14,) int64: finite pixels per band of stack.tif
+    layer_data_px: np.ndarray  # (n required layers,) int64: ROI pixels where each layer has data
     cloudy_px: int = 0  # pixels not analysed only because of the cloud masks
+    roi_px: int = 0  # pixels inside the ROI
 
 
 def build_stack(inputs: SceneInputs, grid: AnalysisGrid, work_dir: str | Path,
@@ -182,12 +190,51 @@ def build_stack(inputs: SceneInputs, grid: AnalysisGrid, work_dir: str | Path,
         valid_px = int(counts.taken_px[1:].sum())
         valid_fraction = valid_px / grid_px
         entries = _scene_entries(scenes, counts)
+        layer_fraction = _layer_data_fractions(plan, counts, scenes, inputs.dem_path, valid_px)
     _write_stack_records(work_dir, scenes, plan.cloud_specs, entries, stats, counts, grid_px, valid_px)
     log.info("stack: %dx%d px on %s from %d scene(s) (%s px), %.1f%% valid, %d px cloud-masked", grid.width,
              grid.height, grid.crs, len(scenes), "/".join(str(int(t)) for t in counts.taken_px[1:]),
              100 * valid_fraction, counts.cloudy_px)
     return StackResult(str(work_dir / "stack.tif"), str(work_dir / "valid.tif"), stats, valid_fraction,
-                       counts.cloudy_px)
+                       counts.cloudy_px, layer_fraction)
+
+
+def _layer_paths(name: str, scenes: list[dict], dem_path: str | None) -> str:
+    if name in SPECTRAL_BAND_NAMES:
+        paths = [s["band_paths"][name] for s in scenes if name in s["band_paths"]]
+        return ", ".join(paths) or "no file"
+    return f"from {dem_path}" if name == "SLOPE" else str(dem_path)
+
+
+def _layer_data_fractions(plan: _StackPlan, counts: _WindowCounts, scenes: list[dict],
+                          dem_path: str | None, valid_px: int) -> dict[str, float]:
+    """Per required layer, the share of the ROI where it has data; a warning for each that has data
+    in part of it.
+
+    Raises:
+        InputError: nothing in the ROI can be analysed, and not because of clouds: a layer has no
+            data anywhere in it (its files' footprints cover the ROI, but every pixel there is
+            nodata), or the layers have data in no common pixel. An all-cloud ROI is not an error:
+            the footprint's status says so.
+    """
+    roi_px = max(counts.roi_px, 1)
+    fractions = {name: round(int(n) / roi_px, 6) for name, n in zip(plan.layer_data, counts.layer_data_px)}
+    empty = [name for name, f in fractions.items() if f == 0]
+    if valid_px == 0 and empty:
+        raise InputError(
+            f"layer {empty[0]} ({_layer_paths(empty[0], scenes, dem_path)}) has no data in the ROI: "
+            "its file covers the ROI but every pixel there is nodata" +
+            (f" (also without data: {', '.join(empty[1:])})" if len(empty) > 1 else "") +
+            "; nothing could be analysed")
+    if valid_px == 0 and counts.cloudy_px == 0 and counts.roi_px > 0:
+        shares = ", ".join(f"{name} {100 * f:.1f} %" for name, f in fractions.items())
+        raise InputError(f"no pixel of the ROI has data in every layer the detector needs (each "
+                         f"layer's share of the ROI with data: {shares}); nothing could be analysed")
+    partial = [f"{name} {100 * f:.1f} %" for name, f in fractions.items() if f < FULL_COVER]
+    if partial:
+        log.warning("layers with data in part of the ROI only (pixels without are not analysed): %s",
+                    ", ".join(partial))
+    return fractions
 
 
 def _source_nan_counts(scenes: list[dict]) -> dict[str, int]:
@@ -232,7 +279,15 @@ def _plan_stack(scenes: list[dict], dem_path: str | None, dem_nodata: float | No
     cloudy = ~valid & base_ok & da.stack([h & c for _, h, c, _ in per_scene]).any(axis=0)
     channels = _mosaic_channels(terrain, [layers for layers, _, _, _ in per_scene], index, empty)
     stack = da.where(valid[None], da.stack(channels), np.nan).astype("float32")
-    return _StackPlan(stack, index, cloudy, cloud_lost, [spec for _, _, _, spec in per_scene])
+    layer_data = {}
+    for name in required_bands:
+        if name in terrain:
+            layer_data[name] = inside & da.isfinite(terrain[name])
+        else:
+            with_band = [da.isfinite(layers[name]) for layers, _, _, _ in per_scene if name in layers]
+            layer_data[name] = inside & (da.stack(with_band).any(axis=0) if with_band else False)
+    return _StackPlan(stack, index, cloudy, cloud_lost, [spec for _, _, _, spec in per_scene], inside,
+                      layer_data)
 
 
 def _terrain_layers(dem_path: str | None, dem_nodata: float | None, slope_path: Path | None,
@@ -300,22 +355,27 @@ def _chunk_windows(grid: AnalysisGrid, chunk_px: int) -> list[Window]:
             for r in range(0, grid.height, chunk_px) for c in range(0, grid.width, chunk_px)]
 
 
-def _compute_window(plan: _StackPlan, win: Window) -> tuple[np.ndarray, np.ndarray, int, list[int]]:
-    """One window of the plan: (14, h, w) stack, (h, w) scene index, cloudy pixels, per-scene cloud-lost
-    pixels; one dask.compute, so each warp runs once."""
+def _compute_window(plan: _StackPlan, win: Window) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """One window of the plan: (14, h, w) stack, (h, w) scene index, and its pixel counts (cloudy,
+    per-scene cloud-lost, ROI, per-layer data); one dask.compute, so each warp runs once."""
     r0, c0 = int(win.row_off), int(win.col_off)
     r1, c1 = r0 + int(win.height), c0 + int(win.width)
-    block, idx, cloud_n, *lost_n = dask.compute(
+    n_lost = len(plan.cloud_lost)
+    block, idx, cloud_n, roi_n, *rest = dask.compute(
         plan.stack[:, r0:r1, c0:c1], plan.index[r0:r1, c0:c1], plan.cloudy[r0:r1, c0:c1].sum(),
-        *[c[r0:r1, c0:c1].sum() for c in plan.cloud_lost])
-    return block, idx, cloud_n, lost_n
+        plan.inside[r0:r1, c0:c1].sum(), *[c[r0:r1, c0:c1].sum() for c in plan.cloud_lost],
+        *[d[r0:r1, c0:c1].sum() for d in plan.layer_data.values()])
+    return block, idx, {"cloudy_px": cloud_n, "roi_px": roi_n, "cloud_lost_px": rest[:n_lost],
+                        "layer_data_px": rest[n_lost:]}
 
 
-def _add_window_counts(counts: _WindowCounts, block: np.ndarray, idx: np.ndarray, cloudy_px: int,
-                       cloud_lost_px: list[int]) -> None:
+def _add_window_counts(counts: _WindowCounts, block: np.ndarray, idx: np.ndarray,
+                       window_counts: dict[str, Any]) -> None:
     """Add one computed window's pixel counts to ``counts`` (in place)."""
-    counts.cloudy_px += int(cloudy_px)
-    counts.cloud_lost_px += np.asarray(cloud_lost_px, dtype=np.int64)
+    counts.cloudy_px += int(window_counts["cloudy_px"])
+    counts.roi_px += int(window_counts["roi_px"])
+    counts.cloud_lost_px += np.asarray(window_counts["cloud_lost_px"], dtype=np.int64)
+    counts.layer_data_px += np.asarray(window_counts["layer_data_px"], dtype=np.int64)
     counts.taken_px += np.bincount(idx.ravel(), minlength=len(counts.taken_px))
     counts.finite_px += np.isfinite(block).reshape(len(BAND_NAMES), -1).sum(axis=1)
 
@@ -340,7 +400,8 @@ def _writing_stack(plan: _StackPlan, grid: AnalysisGrid, work_dir: Path, chunk_p
     n_scenes = len(plan.cloud_lost)
     counts = _WindowCounts(taken_px=np.zeros(n_scenes + 1, dtype=np.int64),
                            cloud_lost_px=np.zeros(n_scenes, dtype=np.int64),
-                           finite_px=np.zeros(len(BAND_NAMES), dtype=np.int64))
+                           finite_px=np.zeros(len(BAND_NAMES), dtype=np.int64),
+                           layer_data_px=np.zeros(len(plan.layer_data), dtype=np.int64))
     # renamed into place when the block ends, in this order: stack, valid, index
     with atomic_write(work_dir / SCENE_INDEX_NAME, suffix=".tmp.tif") as tmp_index, \
             atomic_write(work_dir / "valid.tif", suffix=".tmp.tif") as tmp_valid, \
@@ -354,8 +415,8 @@ def _writing_stack(plan: _StackPlan, grid: AnalysisGrid, work_dir: Path, chunk_p
             pending = None
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stack-writer") as writer:
                 for win in tqdm(windows, desc="align", unit="window", disable=not progress, mininterval=1.0):
-                    block, idx, cloudy_px, cloud_lost_px = _compute_window(plan, win)
-                    _add_window_counts(counts, block, idx, cloudy_px, cloud_lost_px)
+                    block, idx, window_counts = _compute_window(plan, win)
+                    _add_window_counts(counts, block, idx, window_counts)
                     if pending is not None:
                         pending.result()  # re-raises a failed write here
                     pending = writer.submit(_write_window, (dst, vdst, idst), block, idx, win)

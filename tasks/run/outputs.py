@@ -7,9 +7,11 @@ final name (DESIGN.md section 5).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import shutil
+from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from rasterio.io import MemoryFile
 
 from tasks.core import defaults
 from tasks.core.errors import InputError
-from tasks.core.files import atomic_write, atomic_write_json, utc_now_iso, work_raster_profile
+from tasks.core.files import atomic_write, atomic_write_json, folder_lock, utc_now_iso, work_raster_profile
 from tasks.core.tiling import iter_blocks
 
 PROB_SCALE = 254.0  # value = round(p * 254); 255 = nodata
@@ -28,6 +30,7 @@ NODATA_U8 = 255
 FINAL_NAMES = ("landslides.gpkg", "probability.tif", "uncertainty.tif", "mask.tif", "manifest.json")
 STAGING = ".staging"
 WORK = ".work"
+LOCK = ".lock"  # held (flock) by the run writing into the folder; names its pid and host
 
 
 def encode_unit_interval(values: np.ndarray) -> np.ndarray:
@@ -127,6 +130,38 @@ def check_output_dir(out: str | Path, overwrite: bool) -> Path:
     except OSError as exc:
         raise InputError(f"--out {out} is not writable ({exc.strerror})") from None
     return out
+
+
+@contextlib.contextmanager
+def run_folder_lock(out: str | Path, wait: bool = False, on_wait=None) -> Iterator[Path]:
+    """Hold ``<out>/.lock`` while a run writes into ``out`` (created if need be; re-entrant in one
+    process). Another process's scan into the same folder is refused, or waited for with ``wait``.
+    The lock file is removed on release, and so is ``out`` when this call created it and it is
+    still empty.
+
+    Raises:
+        FolderBusyError: another run holds the folder (its pid and host are named).
+        InputError: ``out`` is a file, or cannot be created or written.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} exists and is not a folder")
+    created = not out.exists()
+    try:
+        with contextlib.ExitStack() as stack:
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+                path = stack.enter_context(folder_lock(
+                    out / LOCK, wait_s=None if wait else 0.0, on_wait=on_wait, reentrant=True,
+                    remove=True, busy=f"another scan is writing into --out {out}; wait for it to "
+                                      "finish, rerun with --wait, or choose another --out"))
+            except OSError as exc:
+                raise InputError(f"--out {out} cannot be created or written ({exc.strerror})") from None
+            yield path
+    finally:
+        if created:  # a run refused before writing anything leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                out.rmdir()
 
 
 def bytes_needed(width: int, height: int, n_channels: int = 14) -> int:

@@ -10,6 +10,7 @@ each step loads it once with :meth:`ScanPlan.load`. Defaults live in ``tasks.cor
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import secrets
 import shutil
@@ -29,6 +30,7 @@ from tasks.core.grid import AnalysisGrid, check_bbox, make_grid, read_aoi, resol
 from tasks.raster.event_stack import REDNESS
 from tasks.run.outputs import STAGING, WORK, bytes_needed, check_free_space, check_output_dir
 from tasks.sources.catalog import LocalSource, load_catalog
+from tasks.sources.coverage import check_layer_coverage
 from tasks.sources.event import (
     DEFAULT_POST_DAYS,
     DEFAULT_PRE_DAYS,
@@ -72,6 +74,7 @@ class ScanRequest(BaseModel):
     fill_holes_max_area_m2: float = defaults.FILL_HOLES_MAX_AREA_M2
     min_area_m2: float = defaults.MIN_AREA_M2
     overwrite: bool = False
+    wait: bool = Field(default=False, description="wait for another scan writing into --out instead of refusing")
     keep_work: bool = False
     progress: bool = True
     run_id: str | None = None
@@ -323,6 +326,14 @@ def plan_scan(request: ScanRequest) -> ScanPlan:
         raise InputError(f"detector {detector.ref} needs {', '.join(terrain_needed)} but source "
                          f"{source_name!r} has no DEM; add 'dem:' to the source in data_catalog.yaml")
     grid = make_grid(roi, res_m=request.res_m)
+    roi_grid = roi_in_grid_crs(roi, grid)
+    if event is not None:
+        event = dataclasses.replace(
+            event, post=check_layer_coverage(event.post, roi_grid, grid.crs, "post-event"),
+            pre=check_layer_coverage(event.pre, roi_grid, grid.crs, "pre-event"))
+        inputs = event.post
+    else:
+        inputs = check_layer_coverage(inputs, roi_grid, grid.crs)
     out = check_output_dir(request.out, request.overwrite)
     check_free_space(out, bytes_needed(grid.width, grid.height))
     paths.work.mkdir(parents=True, exist_ok=True)
@@ -330,7 +341,7 @@ def plan_scan(request: ScanRequest) -> ScanPlan:
         run_id=request.run_id or new_run_id(), request=request, catalog_path=str(catalog.root),
         source=source_name, source_kind=source.kind, region=request.region, window=(start, end),
         inputs=inputs.to_dict(), event=event.to_dict() if event else None, roi_lonlat=mapping(roi),
-        roi_grid_crs=mapping(roi_in_grid_crs(roi, grid)), grid=grid.to_dict(),
+        roi_grid_crs=mapping(roi_grid), grid=grid.to_dict(),
         detector=DetectorSpec(spec=detector_spec, ref=detector.ref, bands=detector.bands,
                               threshold=detector.threshold, patch_size=detector.patch_size),
         clean=clean, paths=paths)
@@ -344,7 +355,7 @@ _PLANNED_HERE: set[tuple[str, str]] = set()
 
 # Settings that do not change a run's result: a run may be resumed with different values.
 _VOLATILE = {"run_id", "progress", "keep_work", "overwrite", "workers", "dask_address", "out",
-             "cache_dir"}
+             "cache_dir", "wait"}
 
 
 def _resumable_plan(out: Path, paths: RunPaths, request: ScanRequest) -> ScanPlan | None:

@@ -31,7 +31,14 @@ from tasks.run.plan import ScanPlan, ScanRequest, plan_scan
 from tasks.sources.cloud import read_record
 from tasks.sources.mosaic import assign_polygon_scenes, read_scenes
 from tasks.vector.clean import clean_raster
-from tasks.vector.vectorize import add_event_attributes, footprint_raster, vectorize_raster, write_geopackage
+from tasks.vector.vectorize import (
+    STATUS_ALL_CLOUD,
+    STATUS_NO_VALID,
+    add_event_attributes,
+    footprint_raster,
+    vectorize_raster,
+    write_geopackage,
+)
 
 log = logging.getLogger(__name__)
 
@@ -148,13 +155,15 @@ def step_vectorize(work: str, infer: dict, cleaned: dict) -> dict:
         polygons = add_event_attributes(polygons, event.pre.scene_id, stack_record["change_path"],
                                         stack_record["change_index"], plan.analysis_grid,
                                         block_px=block_px)
-    footprint = footprint_raster(stack_record["valid_path"], block_px=block_px,
+    no_valid = STATUS_ALL_CLOUD if stack_record.get("cloud_masked_px") else STATUS_NO_VALID
+    footprint = footprint_raster(stack_record["valid_path"], block_px=block_px, no_valid_status=no_valid,
                                  attrs={"scene_id": inputs["scene_id"], "run_id": plan.run_id})
     path = plan.paths.staged("landslides.gpkg")
     write_geopackage(polygons, footprint, path)
     return {"gpkg_path": str(path), "n_polygons": int(len(polygons)),
             "landslide_area_m2": float(polygons["area_m2"].sum()) if len(polygons) else 0.0,
             "footprint_area_m2": float(footprint["area_m2"].sum()),
+            "footprint_status": str(footprint["status"].iloc[0]),
             "seconds": time.perf_counter() - t0}
 
 
@@ -237,6 +246,7 @@ def step_finish(work: str, stack: dict, infer: dict, cleaned: dict, vectors: dic
             "harmonization": {"processing_baseline": inputs["processing_baseline"],
                               "offset_removed_dn": inputs["offset_dn"]},
             "notes": inputs["notes"], "band_stats": stack["band_stats"],
+            "layer_data_fraction": stack.get("layer_data_fraction"),
         },
         "roi_lonlat": plan.roi_lonlat,
         "grid": plan.grid,
@@ -252,7 +262,8 @@ def step_finish(work: str, stack: dict, infer: dict, cleaned: dict, vectors: dic
         "counts": {"patches": infer["n_patches"], "patches_skipped_nodata": infer["n_skipped"],
                    "valid_fraction": stack["valid_fraction"], "landslide_px": cleaned["landslide_px"],
                    "polygons": vectors["n_polygons"], "landslide_area_m2": vectors["landslide_area_m2"],
-                   "footprint_area_m2": vectors["footprint_area_m2"]},
+                   "footprint_area_m2": vectors["footprint_area_m2"],
+                   "footprint_status": vectors["footprint_status"]},
         "timings": timings,
         "outputs": {"landslides.gpkg": "layers landslides (Polygon), footprint (MultiPolygon)",
                     "probability.tif": "uint8 COG, p = value/254, 255 nodata",

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import rasterio
+import rasterio.windows
 from rasterio.errors import RasterioIOError
 from rasterio.warp import transform_bounds
 
@@ -106,20 +107,74 @@ def select_scene(source: LocalSource, start: dt.date | None, end: dt.date | None
 
 
 def check_raster(path: Path, what: str) -> None:
-    """Open ``path`` and require a CRS.
+    """Open ``path``, require a CRS, and require that its data is all there (:func:`check_complete`).
 
     Raises:
-        InputError: missing file, not a raster, or no CRS.
+        InputError: missing file, not a raster, no CRS (the file's real format named when it is
+            not a GeoTIFF), or a truncated file.
     """
     if not path.exists():
         raise InputError(f"{what}: file {path} does not exist; fix the path in data_catalog.yaml")
     try:
         with rasterio.open(path) as src:
-            crs = src.crs
+            crs, driver = src.crs, src.driver
     except RasterioIOError as exc:
         raise InputError(f"{what}: {path} is not a raster GDAL can read ({str(exc).splitlines()[0]})") from None
+    if crs is None and driver != "GTiff":
+        raise InputError(f"{what}: {path} is a {driver} file (GDAL driver {driver}), not a GeoTIFF, "
+                         "and carries no CRS or georeference (a renamed image?); export the band as "
+                         "a GeoTIFF or JPEG2000 with its CRS and transform")
     if crs is None:
         raise InputError(f"{what}: {path} has no CRS; set one (e.g. gdal_edit.py -a_srs EPSG:32654 {path.name})")
+    check_complete(path, what)
+
+
+def _tiff_data_end(src) -> int:
+    """The byte where a GeoTIFF's last data block ends, from its block offsets and sizes (GDAL's TIFF
+    metadata domain; no pixel is read). 0 when the driver does not say."""
+    end = 0
+    (bh, bw), = set(src.block_shapes[:1])
+    n_rows, n_cols = -(-src.height // bh), -(-src.width // bw)
+    bands = range(1, src.count + 1) if src.interleaving is None or src.interleaving.name == "BAND" else (1,)
+    for b in bands:
+        for y in range(n_rows):
+            for x in range(n_cols):
+                offset = src.get_tag_item(f"BLOCK_OFFSET_{x}_{y}", "TIFF", bidx=b)
+                size = src.get_tag_item(f"BLOCK_SIZE_{x}_{y}", "TIFF", bidx=b)
+                if offset and size:
+                    end = max(end, int(offset) + int(size))
+    return end
+
+
+def check_complete(path: Path, what: str) -> None:
+    """Refuse a raster cut short (an interrupted download or copy) before any stage reads it.
+
+    GeoTIFFs: every block must end inside the file (the block offsets against the file size).
+    Any format: the first and last block of every band must decode.
+
+    Raises:
+        InputError: the file looks truncated or corrupt (file, band and what failed named).
+    """
+    with rasterio.open(path) as src:
+        if src.driver == "GTiff" and path.exists():
+            end, size = _tiff_data_end(src), path.stat().st_size
+            if end > size:
+                raise InputError(f"{what}: {path} looks truncated: its data blocks run to byte {end} "
+                                 f"but the file has {size} bytes; download or copy it again")
+        for b in range(1, src.count + 1):
+            bh, bw = src.block_shapes[b - 1]
+            last = rasterio.windows.Window((src.width - 1) // bw * bw, (src.height - 1) // bh * bh,
+                                           src.width - (src.width - 1) // bw * bw,
+                                           src.height - (src.height - 1) // bh * bh)
+            for name, window in (("first", rasterio.windows.Window(0, 0, min(bw, src.width),
+                                                                   min(bh, src.height))),
+                                 ("last", last)):
+                try:
+                    src.read(b, window=window)
+                except RasterioIOError as exc:
+                    raise InputError(f"{what}: {path} band {b}: reading its {name} block failed "
+                                     f"({str(exc).splitlines()[0]}); the file looks truncated or "
+                                     "corrupt; download or copy it again") from None
 
 
 def raster_extent_lonlat(path: Path) -> tuple[float, float, float, float]:

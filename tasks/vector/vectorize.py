@@ -63,7 +63,8 @@ STATIC_ATTRS: tuple[str, ...] = ("scene_id", "acquired", "model", "run_id", "det
 LANDSLIDES_LAYER = "landslides"
 FOOTPRINT_LAYER = "footprint"
 STATUS_ANALYSED = "analysed"
-STATUS_NO_VALID = "no valid data: all input pixels were nodata or cloud"
+STATUS_NO_VALID = "no valid data: no pixel of the ROI has data in every input layer"
+STATUS_ALL_CLOUD = "no valid data: every pixel with data in all input layers was cloud-masked"
 
 _PANDAS_DTYPES = {"int": "int64", "real": "float64", "text": "object",
                   "datetime": "datetime64[ns, UTC]"}
@@ -272,8 +273,7 @@ def valid_to_footprint(valid: np.ndarray, transform, crs, *,
             timezone-aware and are stored in UTC.
 
     Returns:
-        One row: ``area_m2``, ``status`` (``"analysed"`` or ``"no valid data: all input pixels were
-        nodata or cloud"``), the ``attrs`` columns, and a MultiPolygon geometry (empty when nothing
+        One row: ``area_m2``, ``status`` (``"analysed"`` or ``no_valid_status``), the ``attrs`` columns, and a MultiPolygon geometry (empty when nothing
         is valid).
 
     Raises:
@@ -601,9 +601,10 @@ def add_event_attributes(landslides_gdf: gpd.GeoDataFrame, pre_scene_id: str,
     return gpd.GeoDataFrame(out[cols], geometry=out.geometry.values, crs=out.crs)
 
 
-def footprint_raster(valid_path, *, attrs: Mapping[str, Any],
-                     block_px: int = defaults.BLOCK_PX) -> gpd.GeoDataFrame:
-    """Block-wise :func:`valid_to_footprint`: the union of each block's valid-area polygons."""
+def footprint_raster(valid_path, *, attrs: Mapping[str, Any], block_px: int = defaults.BLOCK_PX,
+                     no_valid_status: str = STATUS_NO_VALID) -> gpd.GeoDataFrame:
+    """Block-wise :func:`valid_to_footprint`: the union of each block's valid-area polygons.
+    ``no_valid_status`` is the row's status when nothing was analysed (say why)."""
     import rasterio
 
     parts: list = []
@@ -617,7 +618,9 @@ def footprint_raster(valid_path, *, attrs: Mapping[str, Any],
                                                       connectivity=CONNECTIVITY,
                                                       transform=src.window_transform(win))]
     if not parts:
-        return valid_to_footprint(np.zeros((1, 1), bool), rasterio.Affine.identity(), crs, attrs=attrs)
+        gdf = valid_to_footprint(np.zeros((1, 1), bool), rasterio.Affine.identity(), crs, attrs=attrs)
+        gdf["status"] = no_valid_status
+        return gdf
     union = shapely.union_all(parts)
     polys = [g for g in getattr(union, "geoms", [union]) if g.geom_type == "Polygon"]
     geom = MultiPolygon(polys)

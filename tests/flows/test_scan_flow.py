@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import geopandas as gpd
@@ -352,34 +354,61 @@ def _t18svg_catalog(tmp_path: Path, bands: dict[str, Path], bounds_of: Path) -> 
                          {"r": {"source": "s", "bbox": list(lonlat_bounds(bounds_of))}})
 
 
-def test_all_nodata_input(prefect_harness, tmp_path):
-    crops = t18svg_crops(tmp_path / "real", bands=("B02", "B03", "B04"))
-    blank = {}
+def _blanked(crops: dict[str, Path], tmp_path: Path, keep_cols: dict[str, slice]) -> dict[str, Path]:
+    """Copies of the crops with every pixel nodata (0) except the columns ``keep_cols[band]``."""
+    out = {}
     for band, path in crops.items():
         with rasterio.open(path) as src:
-            profile = src.profile.copy()
-            data = np.zeros_like(src.read())
+            profile, data = src.profile.copy(), src.read()
+        blank = np.zeros_like(data)
+        if band in keep_cols:
+            blank[:, :, keep_cols[band]] = data[:, :, keep_cols[band]]
         profile.update(nodata=0)
-        blank[band] = tmp_path / f"blank_{band}.tif"
-        with rasterio.open(blank[band], "w", **profile) as dst:
-            dst.write(data)
-    cat = _t18svg_catalog(tmp_path, blank, crops["B02"])
+        out[band] = tmp_path / f"blank_{band}.tif"
+        with rasterio.open(out[band], "w", **profile) as dst:
+            dst.write(blank)
+    return out
+
+
+def _refused(err: str, code: int, out: Path, *needles: str) -> str:
+    """One ``error:`` line (Prefect's own log lines aside), exit 2, nothing under a final name."""
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert code == 2 and len(errors) == 1, err
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    assert not any((out / name).exists() for name in FINAL_NAMES)
+    return errors[0]
+
+
+def test_all_nodata_input_is_refused_not_reported_as_no_landslides(tmp_path, capsys):
+    """Bands that cover the ROI but hold only nodata there: "0 landslides" would be a lie (refused
+    while planning, before Prefect starts)."""
+    crops = t18svg_crops(tmp_path / "real", bands=("B02", "B03", "B04"))
+    cat = _t18svg_catalog(tmp_path, _blanked(crops, tmp_path, {}), crops["B02"])
     out = tmp_path / "run"
-    assert main(["scan", "--catalog", str(cat), "--region", "r", "--detector", "index",
-                 "--out", str(out), "--no-progress"]) == 0
-    assert_published(out)
-    gdf = gpd.read_file(out / "landslides.gpkg", layer="landslides")
-    assert len(gdf) == 0
-    assert list(gdf.columns[:-1]) == [name for name, _ in LANDSLIDE_SCHEMA]
-    fp = gpd.read_file(out / "landslides.gpkg", layer="footprint")
-    assert len(fp) == 1 and fp["status"].iloc[0].startswith("no valid data")
-    assert fp.geometry.iloc[0] is None or fp.geometry.iloc[0].is_empty
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["counts"]["polygons"] == 0
-    assert manifest["counts"]["valid_fraction"] == 0
-    for name in ("probability.tif", "uncertainty.tif", "mask.tif"):
-        band, _ = read_u8(out / name)
-        assert (band == NODATA_U8).all(), name
+    code = main(["scan", "--catalog", str(cat), "--region", "r", "--detector", "index",
+                 "--out", str(out), "--no-progress"])
+    line = _refused(capsys.readouterr().err, code, out, "band B02", "no data in the ROI")
+    assert "nodata or cloud" not in line
+
+
+def test_layers_with_data_in_no_common_pixel_are_refused(tmp_path):
+    """B02 has data only in the western half and B03 only in the eastern half: each layer passes
+    the planning check, and the align step (inside the Prefect flow) finds that no pixel can be
+    analysed. Run as a user runs it, in its own process: Prefect's log keeps no traceback for it."""
+    crops = t18svg_crops(tmp_path / "real", bands=("B02", "B03", "B04"))
+    with rasterio.open(crops["B02"]) as src:
+        half = src.width // 2
+    keep = {"B02": slice(0, half), "B03": slice(half, None), "B04": slice(None)}
+    cat = _t18svg_catalog(tmp_path, _blanked(crops, tmp_path, keep), crops["B02"])
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", "scan", "--catalog", str(cat), "--region",
+                           "r", "--detector", "index", "--out", str(out), "--no-progress"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    _refused(proc.stderr, proc.returncode, out, "no pixel of the ROI has data in every layer",
+             "B02 ", "B03 ")
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "Task run 'align" in proc.stderr  # it was the flow's align step that refused
 
 
 def test_nan_block_in_a_band_is_not_analysed(prefect_harness, tmp_path):

@@ -16,10 +16,16 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
-from rasterio.transform import from_origin
 
-from tasks.core.bands import (BAND_NAMES, EVENT_BAND_NAMES, band_index, is_bitemporal,
-                              pre_event_request, spectral_request, validate_bands)
+from tasks.core.bands import (
+    BAND_NAMES,
+    EVENT_BAND_NAMES,
+    band_index,
+    is_bitemporal,
+    pre_event_request,
+    spectral_request,
+    validate_bands,
+)
 from tasks.core.errors import InputError
 from tasks.core.grid import AnalysisGrid
 from tasks.raster.event_stack import REDNESS, build_event_stack, change_index_for

@@ -1,0 +1,203 @@
+"""Fault injection through the real entry point: the failures that used to look like success.
+
+Each case runs ``landslide scan`` (``flows.cli.main``) on the bundled Iburi sample with one input
+broken the way users break them, and checks what a responder sees: exit status 2, one ``error:``
+line that names the layer and file, no traceback and no file under a final name. Refusals found
+while planning never start the Prefect flow (``_no_flow`` fails the test if one starts).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import rasterio.windows
+from rasterio.transform import Affine
+
+from tasks.core.files import FolderBusyError
+from tasks.run.outputs import FINAL_NAMES, LOCK, run_folder_lock
+from tasks.run.plan import ScanRequest, plan_scan
+from tests.data.crops import write_catalog
+from tests.flows.test_cli import CATALOG, _no_flow, absolute_catalog, assert_refused, run_cli  # noqa: F401
+
+REPO = Path(__file__).resolve().parents[2]
+DEM = REPO / "data" / "iburi_2018" / "dem" / "AW3D30_DSM.tif"
+POST_B3 = REPO / "data" / "iburi_2018" / "s2_post" / "S2_post_B3.tif"
+# a 1.5 x 1.5 km ROI in the western part of the sample
+BBOX = (141.90, 42.70, 141.918, 42.714)
+
+
+def shifted_copy(src_path: Path, dst_path: Path, dx: float = 0.0, dy: float = 0.0,
+                 crop_cols: tuple[float, float] | None = None, fill=None) -> Path:
+    """A copy of a raster with its georeference moved by (dx, dy) CRS units; ``crop_cols`` keeps the
+    column fraction [a, b); ``fill`` overwrites every pixel (e.g. with nodata)."""
+    with rasterio.open(src_path) as src:
+        data, profile = src.read(), src.profile.copy()
+    if crop_cols is not None:
+        a, b = (int(f * data.shape[2]) for f in crop_cols)
+        data = data[:, :, a:b]
+        profile["transform"] = profile["transform"] * Affine.translation(a, 0)
+    if fill is not None:
+        data = np.full_like(data, fill)
+    profile.update(transform=Affine.translation(dx, dy) * profile["transform"], width=data.shape[2],
+                   driver="GTiff")
+    with rasterio.open(dst_path, "w", **profile) as dst:
+        dst.write(data)
+    return dst_path
+
+
+def iburi_catalog(tmp_path: Path, dem: Path | None = None, b3: Path | None = None) -> Path:
+    """The shipped catalog (absolute paths), its Iburi source's DEM and/or post-event B03 replaced."""
+    raw = absolute_catalog()
+    source = raw["sources"]["iburi-2018-local"]
+    if dem is not None:
+        source["dem"] = str(dem)
+    if b3 is not None:
+        post = source["scenes"][0]
+        template = post.pop("band_template")
+        tokens = post.pop("band_tokens")
+        post["bands"] = {b: template.replace("{band}", tok) for b, tok in tokens.items()}
+        post["bands"]["B03"] = str(b3)
+    return write_catalog(tmp_path / "cat.yaml", raw["sources"], raw["regions"])
+
+
+def scan(catalog: Path, out: Path, *extra) -> list:
+    return ["scan", "--catalog", catalog, "--region", "iburi-2018", "--bbox", ",".join(map(str, BBOX)),
+            "--detector", "index", "--out", out, "--no-progress", *extra]
+
+
+def test_dem_that_misses_the_roi_is_refused(tmp_path, capsys):
+    far = shifted_copy(DEM, tmp_path / "dem_far.tif", dx=0.5)  # 0.5 degrees east: beside the ROI
+    out = tmp_path / "run"
+    code, _, err = run_cli(scan(iburi_catalog(tmp_path, dem=far), out), capsys)
+    line = assert_refused(code, err, out, "DEM", str(far), "does not cover the ROI", "lon 142.3902")
+    assert "nodata or cloud" not in line
+
+
+def test_band_that_misses_the_roi_is_refused(tmp_path, capsys):
+    far = shifted_copy(POST_B3, tmp_path / "b3_far.tif", dy=-1.0)
+    out = tmp_path / "run"
+    code, _, err = run_cli(scan(iburi_catalog(tmp_path, b3=far), out), capsys)
+    assert_refused(code, err, out, "band B03", str(far), "does not cover the ROI")
+
+
+def test_dem_that_is_all_nodata_over_the_roi_is_refused(tmp_path, capsys):
+    blank = shifted_copy(DEM, tmp_path / "dem_blank.tif", fill=-32768)
+    out = tmp_path / "run"
+    code, _, err = run_cli(scan(iburi_catalog(tmp_path, dem=blank), out), capsys)
+    assert_refused(code, err, out, "DEM", str(blank), "no data in the ROI")
+
+
+def test_dem_that_covers_part_of_the_roi_is_analysed_there_with_a_note(tmp_path, caplog):
+    # the western 16 % of the DEM's columns ends inside the ROI: part of it has terrain, part none
+    part = shifted_copy(DEM, tmp_path / "dem_part.tif", crop_cols=(0.0, 0.16))
+    with rasterio.open(part) as src:
+        dem_east = src.bounds.right
+    assert BBOX[0] < dem_east < BBOX[2]
+    expected = (dem_east - BBOX[0]) / (BBOX[2] - BBOX[0])
+    plan = plan_scan(ScanRequest(out=str(tmp_path / "run"), catalog=str(iburi_catalog(tmp_path, dem=part)),
+                                 region="iburi-2018", bbox=BBOX, detector="index"))
+    notes = [n for n in plan.scene_inputs.notes if n.startswith("DEM covers")]
+    assert len(notes) == 1, plan.scene_inputs.notes
+    share = float(notes[0].split()[2]) / 100  # "DEM covers 37.5 % of the ROI; ..."
+    assert share == pytest.approx(expected, abs=0.03)
+    assert "pixels outside it are not analysed" in notes[0]
+    assert any("DEM covers" in r.getMessage() for r in caplog.records)
+
+
+# ---------------------------------------------------------------------------------------------
+# one run per output folder
+
+
+def _wait_for_holder(lock: Path, proc: subprocess.Popen, timeout_s: float = 120.0) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = lock.read_text().strip() if lock.exists() else ""
+        if text.startswith("pid "):
+            return text
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        time.sleep(0.05)
+    raise AssertionError(f"{lock} never named a holder")
+
+
+def test_a_second_scan_into_a_busy_folder_is_refused_and_the_first_finishes(tmp_path, capsys):
+    out = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, "-m", "flows.cli", *map(str, scan(CATALOG, out))],
+                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        holder = _wait_for_holder(out / LOCK, first)
+        assert f"pid {first.pid} " in holder
+        code, _, err = run_cli(scan(CATALOG, out), capsys)
+        assert_refused(code, err, None, "another scan is writing into --out", f"pid {first.pid}",
+                       "--wait")
+        _, first_err = first.communicate(timeout=600)
+    finally:
+        first.kill()
+    assert first.returncode == 0, first_err[-3000:]
+    assert all((out / name).exists() for name in FINAL_NAMES)
+    assert not (out / LOCK).exists()  # released cleanly: the run folder holds the outputs only
+
+
+def test_wait_takes_the_folder_when_the_holder_is_done(tmp_path):
+    lock = tmp_path / "run" / LOCK
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from tasks.run.outputs import run_folder_lock\n"
+        f"with run_folder_lock({str(tmp_path / 'run')!r}):\n"
+        "    print('held', flush=True); time.sleep(1.5)\n")], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(FolderBusyError, match=f"pid {holder.pid} host"):
+        with run_folder_lock(tmp_path / "run"):
+            pass
+    seen = []
+    t0 = time.monotonic()
+    with run_folder_lock(tmp_path / "run", wait=True, on_wait=seen.append):
+        waited_s = time.monotonic() - t0
+        assert lock.read_text().startswith(f"pid {os.getpid()} ")
+    assert holder.wait(timeout=60) == 0
+    assert waited_s > 1.0  # the holder kept it for 1.5 s after saying so
+    assert len(seen) == 1 and f"pid {holder.pid}" in seen[0]
+
+
+def test_a_lock_left_by_a_killed_run_is_taken_over_with_a_log_line(tmp_path, caplog):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / LOCK).write_text(f"pid {dead} host {socket.gethostname()} since 2026-12-04T00:00:00+00:00\n")
+    with caplog.at_level(logging.WARNING), run_folder_lock(tmp_path / "run"):
+        pass
+    assert any(f"left by pid {dead}" in r.getMessage() and "no longer running" in r.getMessage()
+               for r in caplog.records)
+
+
+# ---------------------------------------------------------------------------------------------
+# broken files: named with what is wrong, before any stage reads them
+
+
+def test_a_truncated_band_is_named_as_truncated_up_front(tmp_path, capsys):
+    cut = tmp_path / "S2_post_B3_cut.tif"
+    cut.write_bytes(POST_B3.read_bytes()[:1_000_000])  # an interrupted copy
+    with rasterio.open(cut) as src:  # GDAL still opens it: only reading the pixels would fail
+        assert src.shape == (970, 1533)
+    out = tmp_path / "run"
+    code, _, err = run_cli(scan(iburi_catalog(tmp_path, b3=cut), out), capsys)
+    assert_refused(code, err, out, "band B03", str(cut), "looks truncated", "1000000 bytes")
+
+
+def test_a_png_renamed_tif_is_named_as_png(tmp_path, capsys):
+    with rasterio.open(POST_B3) as src:
+        data = src.read(1, window=rasterio.windows.Window(0, 0, 300, 200))
+    fake = tmp_path / "S2_post_B3.tif"
+    with rasterio.open(fake, "w", driver="PNG", width=300, height=200, count=1, dtype=data.dtype) as dst:
+        dst.write(data, 1)
+    out = tmp_path / "run"
+    code, _, err = run_cli(scan(iburi_catalog(tmp_path, b3=fake), out), capsys)
+    line = assert_refused(code, err, out, "band B03", str(fake), "is a PNG file", "not a GeoTIFF")
+    assert "gdal_edit" not in line  # a fix that cannot work on a PNG
