@@ -222,6 +222,35 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _exception_chain(exc: BaseException):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _environment_error(exc: BaseException, args: argparse.Namespace) -> str | None:
+    """One line for what the machine refused (a full disk, a file name too long), wherever in GDAL,
+    SQLite or Python it surfaced; None for anything else (a bug: exit 1)."""
+    import errno
+
+    for e in _exception_chain(exc):
+        code, text = getattr(e, "errno", None), str(e)
+        if code == errno.ENOSPC or "No space left on device" in text or "database or disk is full" in text:
+            out = getattr(args, "out", None)
+            if out and "{run_id}" not in out:
+                from tasks.run.outputs import disk_full_message
+
+                return disk_full_message(out)
+            return "no space left on device; nothing was published: free space and run the command again"
+        if code == errno.ENAMETOOLONG or "File name too long" in text:
+            name = getattr(e, "filename", None)
+            return (f"a file name is too long for the file system{f' ({name})' if name else ''}: "
+                    "use shorter folder or file names (at most 255 bytes a component)")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     _offline_defaults()
     parser = build_parser()
@@ -247,6 +276,10 @@ def main(argv: list[str] | None = None) -> int:
         print("error: interrupted; no output was published", file=sys.stderr)
         return 130
     except Exception as exc:  # the CLI boundary: a bug or an environment failure, not a user mistake
+        line = _environment_error(exc, args)
+        if line is not None:
+            print(f"error: {line}", file=sys.stderr)
+            return EXIT_INPUT
         import logging
 
         logging.getLogger("landslide").debug("unexpected failure", exc_info=True)

@@ -144,9 +144,13 @@ def run_folder_lock(out: str | Path, wait: bool = False, on_wait=None) -> Iterat
         InputError: ``out`` is a file, or cannot be created or written.
     """
     out = Path(out)
-    if out.exists() and not out.is_dir():
+    try:
+        exists, is_dir = out.exists(), out.is_dir()
+    except OSError as exc:  # e.g. a component longer than the file system allows
+        raise InputError(f"--out {out} cannot be created or written ({exc.strerror})") from None
+    if exists and not is_dir:
         raise InputError(f"--out {out} exists and is not a folder")
-    created = not out.exists()
+    created = not exists
     try:
         with contextlib.ExitStack() as stack:
             try:
@@ -162,6 +166,32 @@ def run_folder_lock(out: str | Path, wait: bool = False, on_wait=None) -> Iterat
         if created:  # a run refused before writing anything leaves no empty folder behind
             with contextlib.suppress(OSError):
                 out.rmdir()
+
+
+def _mount_point(path: Path) -> Path:
+    path = path.resolve()
+    while not os.path.ismount(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def disk_full_message(out: str | Path) -> str:
+    """The one line for a run that filled its disk: which disk, what is free, what a run of this
+    size needs (from the plan, when there is one), and that a rerun resumes."""
+    out = Path(out)
+    existing = next((p for p in (out, *out.parents) if p.exists()), Path("."))
+    free_mb = shutil.disk_usage(existing).free / 1e6
+    needed = ""
+    plan = out / WORK / "plan.json"
+    if plan.exists():
+        import json
+
+        with contextlib.suppress(ValueError, KeyError, OSError):
+            grid = json.loads(plan.read_text())["grid"]
+            needed = f"; a run of this size needs up to ~{bytes_needed(grid['width'], grid['height']) / 1e6:.0f} MB"
+    return (f"no space left on the device of --out {out} (mounted at {_mount_point(existing)}; "
+            f"{free_mb:.0f} MB free now{needed}); nothing was published: free space and run the "
+            "same command again, it resumes from the finished blocks")
 
 
 def bytes_needed(width: int, height: int, n_channels: int = 14) -> int:

@@ -7,6 +7,7 @@ Relative paths in the catalog are relative to the catalog file's folder.
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import os
 from pathlib import Path
 from typing import Annotated, Literal, Union
@@ -273,15 +274,51 @@ def default_catalog_path() -> Path:
 
 
 def _format_validation_error(err: ValidationError, path: Path) -> str:
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]
-                   if not str(p).startswith(("LocalSource", "StacSource", "SentinelHubSource"))
-                   and str(p) not in ("local", "stac", "sentinelhub"))
+    """One line for the most telling problem: a misspelled (unknown) key first, since it usually
+    also causes the "Field required" of the key it was meant to be; the count of the others."""
+    errors = err.errors()
+
+    def loc_of(e: dict) -> str:
+        return ".".join(str(p) for p in e["loc"]
+                        if not str(p).startswith(("LocalSource", "StacSource", "SentinelHubSource"))
+                        and str(p) not in ("local", "stac", "sentinelhub"))
+
+    first = min(errors, key=lambda e: e["type"] != "extra_forbidden")
+    loc = loc_of(first)
+    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
     if first["type"] == "extra_forbidden":
-        return f"{path}: unknown key '{loc}' (misspelled?); see the documented keys in README.md"
+        parent, _, key = loc.rpartition(".")
+        missing = [loc_of(e).rpartition(".")[2] for e in errors
+                   if e["type"] == "missing" and loc_of(e).rpartition(".")[0] == parent]
+        close = difflib.get_close_matches(key, missing, n=1) if missing else []
+        hint = (f"did you mean '{close[0]}'?" if close else "misspelled?")
+        return f"{path}: unknown key '{loc}' ({hint}){more}; see the documented keys in README.md"
     if first["type"] == "union_tag_invalid":
-        return f"{path}: '{loc}': source kind must be one of local, sentinelhub, stac"
-    return f"{path}: '{loc}': {first['msg']}"
+        return f"{path}: '{loc}': source kind must be one of local, sentinelhub, stac{more}"
+    return f"{path}: '{loc}': {first['msg']}{more}"
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first on line {seen[key] + 1})",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """``line L, column C: problem`` of a YAML error (PyYAML's marks are 0-based)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{problem}"
 
 
 def load_catalog(path: str | Path | None = None) -> Catalog:
@@ -295,9 +332,9 @@ def load_catalog(path: str | Path | None = None) -> Catalog:
     if not path.exists():
         raise InputError(f"catalog {path} not found; pass --catalog PATH or set ${CATALOG_ENV}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
-        raise InputError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise InputError(f"{path} is not valid YAML: {_yaml_problem(exc)}") from None
     if not isinstance(raw, dict):
         raise InputError(f"{path} must hold a mapping with 'sources:' and 'regions:'")
     try:

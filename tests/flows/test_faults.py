@@ -8,6 +8,7 @@ while planning never start the Prefect flow (``_no_flow`` fails the test if one 
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -16,19 +17,34 @@ import sys
 import time
 from pathlib import Path
 
+import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
 import rasterio.windows
 from rasterio.transform import Affine
 
+from flows.cli import main
 from tasks.core.files import FolderBusyError
 from tasks.run.outputs import FINAL_NAMES, LOCK, run_folder_lock
 from tasks.run.plan import ScanRequest, plan_scan
 from tests.data.crops import write_catalog
-from tests.flows.test_cli import CATALOG, _no_flow, absolute_catalog, assert_refused, run_cli  # noqa: F401
+from tests.flows.test_cli import CATALOG, absolute_catalog, assert_refused, run_cli
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def no_flow(monkeypatch):
+    """A refusal must come while planning: starting the scan flow in this process fails the test."""
+    import flows.scan
+
+    def refuse(*args, **kwargs):
+        pytest.fail("a Prefect flow was started although the input is bad; it must be refused while "
+                    "planning")
+
+    monkeypatch.setattr(flows.scan, "scan_flow", refuse)
+
 DEM = REPO / "data" / "iburi_2018" / "dem" / "AW3D30_DSM.tif"
 POST_B3 = REPO / "data" / "iburi_2018" / "s2_post" / "S2_post_B3.tif"
 # a 1.5 x 1.5 km ROI in the western part of the sample
@@ -74,7 +90,7 @@ def scan(catalog: Path, out: Path, *extra) -> list:
             "--detector", "index", "--out", out, "--no-progress", *extra]
 
 
-def test_dem_that_misses_the_roi_is_refused(tmp_path, capsys):
+def test_dem_that_misses_the_roi_is_refused(tmp_path, capsys, no_flow):
     far = shifted_copy(DEM, tmp_path / "dem_far.tif", dx=0.5)  # 0.5 degrees east: beside the ROI
     out = tmp_path / "run"
     code, _, err = run_cli(scan(iburi_catalog(tmp_path, dem=far), out), capsys)
@@ -82,14 +98,14 @@ def test_dem_that_misses_the_roi_is_refused(tmp_path, capsys):
     assert "nodata or cloud" not in line
 
 
-def test_band_that_misses_the_roi_is_refused(tmp_path, capsys):
+def test_band_that_misses_the_roi_is_refused(tmp_path, capsys, no_flow):
     far = shifted_copy(POST_B3, tmp_path / "b3_far.tif", dy=-1.0)
     out = tmp_path / "run"
     code, _, err = run_cli(scan(iburi_catalog(tmp_path, b3=far), out), capsys)
     assert_refused(code, err, out, "band B03", str(far), "does not cover the ROI")
 
 
-def test_dem_that_is_all_nodata_over_the_roi_is_refused(tmp_path, capsys):
+def test_dem_that_is_all_nodata_over_the_roi_is_refused(tmp_path, capsys, no_flow):
     blank = shifted_copy(DEM, tmp_path / "dem_blank.tif", fill=-32768)
     out = tmp_path / "run"
     code, _, err = run_cli(scan(iburi_catalog(tmp_path, dem=blank), out), capsys)
@@ -128,7 +144,7 @@ def _wait_for_holder(lock: Path, proc: subprocess.Popen, timeout_s: float = 120.
     raise AssertionError(f"{lock} never named a holder")
 
 
-def test_a_second_scan_into_a_busy_folder_is_refused_and_the_first_finishes(tmp_path, capsys):
+def test_a_second_scan_into_a_busy_folder_is_refused_and_the_first_finishes(tmp_path, capsys, no_flow):
     out = tmp_path / "run"
     first = subprocess.Popen([sys.executable, "-m", "flows.cli", *map(str, scan(CATALOG, out))],
                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -181,7 +197,7 @@ def test_a_lock_left_by_a_killed_run_is_taken_over_with_a_log_line(tmp_path, cap
 # broken files: named with what is wrong, before any stage reads them
 
 
-def test_a_truncated_band_is_named_as_truncated_up_front(tmp_path, capsys):
+def test_a_truncated_band_is_named_as_truncated_up_front(tmp_path, capsys, no_flow):
     cut = tmp_path / "S2_post_B3_cut.tif"
     cut.write_bytes(POST_B3.read_bytes()[:1_000_000])  # an interrupted copy
     with rasterio.open(cut) as src:  # GDAL still opens it: only reading the pixels would fail
@@ -191,7 +207,7 @@ def test_a_truncated_band_is_named_as_truncated_up_front(tmp_path, capsys):
     assert_refused(code, err, out, "band B03", str(cut), "looks truncated", "1000000 bytes")
 
 
-def test_a_png_renamed_tif_is_named_as_png(tmp_path, capsys):
+def test_a_png_renamed_tif_is_named_as_png(tmp_path, capsys, no_flow):
     with rasterio.open(POST_B3) as src:
         data = src.read(1, window=rasterio.windows.Window(0, 0, 300, 200))
     fake = tmp_path / "S2_post_B3.tif"
@@ -201,3 +217,77 @@ def test_a_png_renamed_tif_is_named_as_png(tmp_path, capsys):
     code, _, err = run_cli(scan(iburi_catalog(tmp_path, b3=fake), out), capsys)
     line = assert_refused(code, err, out, "band B03", str(fake), "is a PNG file", "not a GeoTIFF")
     assert "gdal_edit" not in line  # a fix that cannot work on a PNG
+
+
+# ---------------------------------------------------------------------------------------------
+# the machine says no: a full disk at the publish step, a file name too long
+
+
+def test_a_full_disk_at_publish_is_one_line_and_a_rerun_resumes_to_the_clean_result(
+        prefect_harness, tmp_path, capsys, monkeypatch):
+    import tasks.run.steps
+
+    clean, out = tmp_path / "clean", tmp_path / "run"
+    assert main([str(a) for a in scan(CATALOG, clean)]) == 0
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(args[0]))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(tasks.run.steps, "write_manifest", disk_full)
+        code = main([str(a) for a in scan(CATALOG, out)])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert code == 2 and len(lines) == 1, err
+    assert "no space left on the device of --out" in lines[0] and "MB free now" in lines[0]
+    assert "needs up to ~" in lines[0] and "it resumes" in lines[0]
+    assert "Traceback" not in err and "INSERT" not in err
+    assert not any((out / name).exists() for name in FINAL_NAMES)
+    assert (out / ".work" / "plan.json").exists()  # what resume needs is kept
+
+    assert main([str(a) for a in scan(CATALOG, out)]) == 0  # the same command, space freed
+    assert "resuming the interrupted run" in capsys.readouterr().err
+    for name in ("mask.tif", "probability.tif"):
+        with rasterio.open(clean / name) as a, rasterio.open(out / name) as b:
+            assert np.array_equal(a.read(), b.read()), name
+    ref = gpd.read_file(clean / "landslides.gpkg", layer="landslides")
+    got = gpd.read_file(out / "landslides.gpkg", layer="landslides")
+    assert len(got) == len(ref) and got["area_m2"].sum() == pytest.approx(ref["area_m2"].sum())
+
+
+def test_an_out_path_with_a_component_too_long_is_one_line(tmp_path, capsys, no_flow):
+    out = tmp_path / ("x" * 300) / "run"
+    code, _, err = run_cli(scan(CATALOG, out), capsys)
+    assert_refused(code, err, None, "--out", "cannot be created or written", "File name too long")
+
+
+# ---------------------------------------------------------------------------------------------
+# catalog diagnostics
+
+
+def _catalog_text(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "cat.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_a_duplicate_catalog_key_is_refused_with_both_lines(tmp_path, capsys, no_flow):
+    cat = _catalog_text(tmp_path, "version: 1\nsources:\n  s:\n    kind: local\n    dem: a.tif\n"
+                                  "    dem: b.tif\n    scenes: []\nregions: {}\n")
+    code, _, err = run_cli(["regions", "--catalog", cat], capsys)
+    assert_refused(code, err, None, str(cat), "duplicate key 'dem'", "line 6", "first on line 5")
+
+
+def test_a_yaml_syntax_error_gives_its_line(tmp_path, capsys, no_flow):
+    cat = _catalog_text(tmp_path, "version: 1\nsources:\n  s:\n    kind: local\n     scenes: []\n")
+    code, _, err = run_cli(["regions", "--catalog", cat], capsys)
+    assert_refused(code, err, None, str(cat), "not valid YAML", "line 5, column")
+
+
+def test_a_misspelled_key_is_named_before_the_required_key_it_hides(tmp_path, capsys, no_flow):
+    cat = _catalog_text(tmp_path, "version: 1\nsources:\n  s:\n    kind: local\n    scenes: []\n"
+                                  "regions:\n  r:\n    sorce: s\n    bbox: [141.9, 42.7, 142.0, 42.75]\n")
+    code, _, err = run_cli(["regions", "--catalog", cat], capsys)
+    line = assert_refused(code, err, None, "unknown key 'regions.r.sorce'", "did you mean 'source'?",
+                          "more problem")
+    assert "Field required" not in line
