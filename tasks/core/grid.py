@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import shapely
 from affine import Affine
 from pyproj import CRS, Transformer
@@ -106,11 +107,32 @@ def read_aoi(path: str | Path) -> shapely.Geometry:
     polys = [g for g in geoms if g.geom_type in ("Polygon", "MultiPolygon")]
     if not polys:
         raise InputError(f"--aoi {path} holds no Polygon or MultiPolygon")
+    _check_antimeridian(polys, path)
     geom = shapely.make_valid(shapely.union_all(polys))
     minx, miny, maxx, maxy = geom.bounds
     if not (-180 <= minx <= maxx <= 180 and -90 <= miny <= maxy <= 90):
         raise InputError(f"--aoi {path} coordinates are not lon/lat degrees (bounds {geom.bounds})")
+    if maxx - minx > 180:
+        raise InputError(f"--aoi {path} spans lon {minx:g}..{maxx:g}: its parts lie on both sides of "
+                         "the antimeridian (180 degrees), which one UTM grid cannot hold; scan each "
+                         "side with its own --aoi")
     return geom
+
+
+def _check_antimeridian(polys: list[shapely.Geometry], path: Path) -> None:
+    """Refuse a ring that jumps across 180 degrees: read as lon/lat it would wrap the other way round
+    the globe (a 359-degree strip) instead of crossing the antimeridian."""
+    for poly in polys:
+        for part in getattr(poly, "geoms", [poly]):
+            for ring in [part.exterior, *part.interiors]:
+                lon = np.asarray(ring.coords)[:, 0]
+                jumps = np.flatnonzero(np.abs(np.diff(lon)) > 180)
+                if jumps.size:
+                    i = int(jumps[0])
+                    raise InputError(
+                        f"--aoi {path} crosses the antimeridian (a ring goes from lon {lon[i]:g} to "
+                        f"{lon[i + 1]:g}), which would be read as a strip round the globe; split it "
+                        "at 180 degrees (RFC 7946 section 3.1.9) and scan each side with its own --aoi")
 
 
 def resolve_roi(region_bbox: tuple[float, ...] | None, region_aoi: shapely.Geometry | None,

@@ -43,7 +43,7 @@ from tasks.core.bands import BAND_NAMES, SPECTRAL_BAND_NAMES, get_band
 from tasks.core.errors import InputError
 from tasks.core.files import atomic_write, work_raster_profile
 from tasks.core.grid import AnalysisGrid
-from tasks.raster.terrain import compute_slope_raster
+from tasks.raster.terrain import compute_slope_raster, plausible_dem
 from tasks.sources.cloud import check_cloud_mask, cloud_pixels
 from tasks.sources.cloud import write_records as write_cloud_records
 from tasks.sources.coverage import FULL_COVER
@@ -180,8 +180,11 @@ def build_stack(inputs: SceneInputs, grid: AnalysisGrid, work_dir: str | Path,
     if len(scenes) > MAX_SCENES:
         raise InputError(f"a mosaic of {len(scenes)} scenes exceeds {MAX_SCENES} (scene_index.tif is uint8)")
     nan_in_source = _source_nan_counts(scenes)
-    slope_path = _metric_slope(inputs.dem_path, grid, work_dir)
-    plan = _plan_stack(scenes, inputs.dem_path, inputs.dem_nodata, slope_path, grid, required_bands,
+    dem_path, dem_nodata = inputs.dem_path, inputs.dem_nodata
+    if dem_path:  # holes written as numbers without a nodata tag become nodata
+        dem_path, dem_nodata = plausible_dem(dem_path, dem_nodata, work_dir)
+    slope_path = _metric_slope(dem_path, dem_nodata, grid, work_dir)
+    plan = _plan_stack(scenes, dem_path, dem_nodata, slope_path, grid, required_bands,
                        roi_grid_crs, chunk_px)
     grid_px = grid.width * grid.height
     # the records are built before the rasters are renamed into place: a failure leaves no stack
@@ -246,14 +249,15 @@ def _source_nan_counts(scenes: list[dict]) -> dict[str, int]:
     return nan_in_source
 
 
-def _metric_slope(dem_path: str | None, grid: AnalysisGrid, work_dir: Path) -> Path | None:
+def _metric_slope(dem_path: str | None, dem_nodata: float | None, grid: AnalysisGrid,
+                  work_dir: Path) -> Path | None:
     """``work_dir/slope_metric.tif``, the DEM's slope in the grid CRS, computed unless it exists;
     None without a DEM."""
     if not dem_path:
         return None
     slope_path = work_dir / "slope_metric.tif"
     if not slope_path.exists():
-        compute_slope_raster(dem_path, slope_path, dst_crs=grid.crs)
+        compute_slope_raster(dem_path, slope_path, dst_crs=grid.crs, nodata=dem_nodata)
     return slope_path
 
 

@@ -233,8 +233,64 @@ def _default_bounds(src_crs: CRS, dst_crs: CRS, width: int, height: int,
     return transform, w, h, (left, bottom, right, top)
 
 
+# Elevations outside this range do not exist on Earth (Dead Sea shore -430 m, Everest 8,849 m): in a
+# DEM they are holes written as numbers (-9999, -32768, 3.4e38) without a nodata tag.
+MIN_ELEV_M = -500.0
+MAX_ELEV_M = 9000.0
+
+
+def plausible_dem(dem_path: str | Path, nodata: float | None, work_dir: str | Path) -> tuple[str, float | None]:
+    """The DEM to use: ``dem_path`` itself when every value is a plausible elevation (or nodata),
+    else a float32 copy in ``work_dir`` (``dem_plausible.tif``, NaN nodata) where the impossible
+    values (below ``MIN_ELEV_M`` or above ``MAX_ELEV_M``) are nodata too, with a warning that
+    counts them. Read and written block by block.
+
+    Returns:
+        (path, nodata) to read the DEM with: the inputs, or the copy's path and NaN.
+    """
+    dem_path, work_dir = Path(dem_path), Path(work_dir)
+    out = work_dir / "dem_plausible.tif"
+    with rasterio.open(dem_path) as src:
+        nodata = nodata if nodata is not None else src.nodata
+        n_bad, examples = 0, set()
+        for _, win in src.block_windows(1):
+            values = src.read(1, window=win, out_dtype="float64")
+            bad = _implausible(values, nodata)
+            if bad.any():
+                n_bad += int(bad.sum())
+                examples.update(np.unique(values[bad])[:3].tolist())
+        if n_bad == 0:
+            return str(dem_path), nodata
+        log.warning("DEM %s: %d pixels hold impossible elevations (below %g m or above %g m; values "
+                    "such as %s) without a nodata tag: treated as nodata", dem_path, n_bad, MIN_ELEV_M,
+                    MAX_ELEV_M, ", ".join(f"{v:g}" for v in sorted(examples)[:3]))
+        if out.exists():
+            return str(out), float("nan")
+        profile = dict(driver="GTiff", width=src.width, height=src.height, count=1, dtype="float32",
+                       crs=src.crs, transform=src.transform, nodata=float("nan"), compress="deflate",
+                       predictor=3, tiled=True, blockxsize=256, blockysize=256)
+        work_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_write(out, suffix=".tmp.tif") as tmp, rasterio.open(tmp, "w", **profile) as dst:
+            for _, win in src.block_windows(1):
+                values = src.read(1, window=win, out_dtype="float32")
+                values[_implausible(values, nodata)] = np.nan
+                if nodata is not None and not np.isnan(nodata):
+                    values[values == np.float32(nodata)] = np.nan
+                dst.write(values, 1, window=win)
+    return str(out), float("nan")
+
+
+def _implausible(values: np.ndarray, nodata: float | None) -> np.ndarray:
+    """Finite values outside the plausible elevation range that are not the nodata value."""
+    with np.errstate(invalid="ignore"):
+        bad = np.isfinite(values) & ((values < MIN_ELEV_M) | (values > MAX_ELEV_M))
+    if nodata is not None and not np.isnan(nodata):
+        bad &= values != nodata
+    return bad
+
+
 def compute_slope_raster(dem_path: str | Path, out_path: str | Path, dst_crs: CRS | str | None = None,
-                         res_m: float | None = None) -> Path:
+                         res_m: float | None = None, nodata: float | None = None) -> Path:
     """Read a DEM, bring it to a metric CRS if needed, and write its slope (degrees) as a GeoTIFF.
 
     A DEM in a projected CRS is used on its own grid (``dst_crs`` is ignored; tasks.raster.align warps the
@@ -242,8 +298,8 @@ def compute_slope_raster(dem_path: str | Path, out_path: str | Path, dst_crs: CR
     resampling to ``dst_crs`` on the grid of :func:`dem_metric_grid` first.
 
     Args:
-        dem_path: any single-band GDAL raster of elevations in metres. Nodata: the file's nodata
-            value and NaN.
+        dem_path: any single-band GDAL raster of elevations in metres. Nodata: ``nodata`` (the
+            catalog's), else the file's nodata value, and NaN.
         out_path: the slope GeoTIFF to write (float32, NaN nodata, tiled, deflate). Written under a
             temporary name in the same folder and renamed when complete.
         dst_crs: metric CRS for a geographic DEM (required then), e.g. ``utm_crs_for_lonlat(...)``.
@@ -269,8 +325,9 @@ def compute_slope_raster(dem_path: str | Path, out_path: str | Path, dst_crs: CR
                 f"DEM {dem_path} has no CRS; set one, e.g. `gdal_edit.py -a_srs EPSG:4326 {dem_path}` "
                 "(or the CRS it was produced in)")
         dem = src.read(1, out_dtype="float32")  # float32 holds DEM precision; halves memory
-        if src.nodata is not None and not np.isnan(src.nodata):
-            dem[dem == src.nodata] = np.nan
+        nodata = nodata if nodata is not None else src.nodata
+        if nodata is not None and not np.isnan(nodata):
+            dem[dem == np.float32(nodata)] = np.nan
         src_crs, src_transform = src.crs, src.transform
         bounds, width, height = tuple(src.bounds), src.width, src.height
 

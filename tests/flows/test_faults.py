@@ -9,6 +9,7 @@ while planning never start the Prefect flow (``_no_flow`` fails the test if one 
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import socket
@@ -291,3 +292,73 @@ def test_a_misspelled_key_is_named_before_the_required_key_it_hides(tmp_path, ca
     line = assert_refused(code, err, None, "unknown key 'regions.r.sorce'", "did you mean 'source'?",
                           "more problem")
     assert "Field required" not in line
+
+
+# ---------------------------------------------------------------------------------------------
+# DEM holes written as numbers without a nodata tag
+
+
+def _holed_dem(path: Path, tag_nodata: bool) -> tuple[Path, int]:
+    """The sample DEM with two -9999 holes inside the test ROI; tagged as nodata, or not."""
+    with rasterio.open(DEM) as src:
+        data, profile = src.read(1), src.profile.copy()
+        row, col = src.index(BBOX[0] + 0.006, BBOX[3] - 0.005)
+    data[row:row + 8, col:col + 10] = -9999
+    data[row + 20:row + 25, col + 20:col + 40] = -9999
+    profile.update(nodata=-9999 if tag_nodata else None)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data, 1)
+    return path, 8 * 10 + 5 * 20
+
+
+def test_untagged_dem_holes_are_nodata_with_a_counted_warning(prefect_harness, tmp_path, capsys, caplog):
+    untagged, n_holes = _holed_dem(tmp_path / "dem_untagged.tif", tag_nodata=False)
+    tagged, _ = _holed_dem(tmp_path / "dem_tagged.tif", tag_nodata=True)
+    with rasterio.open(untagged) as src:
+        assert src.nodata is None
+    runs = {}
+    for name, dem in (("untagged", untagged), ("tagged", tagged)):
+        cat_dir = tmp_path / name
+        cat_dir.mkdir()
+        runs[name] = cat_dir / "run"
+        with caplog.at_level(logging.WARNING):
+            assert main([str(a) for a in scan(iburi_catalog(cat_dir, dem=dem), runs[name])]) == 0
+    warnings = [r.getMessage() for r in caplog.records if "impossible elevations" in r.getMessage()]
+    assert len(warnings) == 1 and f": {n_holes} pixels" in warnings[0] and "-9999" in warnings[0]
+    # the holes are nodata exactly as if the file had said so: same mask, same polygons
+    for out_name in ("mask.tif", "probability.tif"):
+        with rasterio.open(runs["untagged"] / out_name) as a, rasterio.open(runs["tagged"] / out_name) as b:
+            assert np.array_equal(a.read(), b.read()), out_name
+    with rasterio.open(runs["untagged"] / "mask.tif") as src:
+        assert (src.read(1) == 255).sum() > 0  # the holes were not analysed
+    a = gpd.read_file(runs["untagged"] / "landslides.gpkg", layer="landslides")
+    b = gpd.read_file(runs["tagged"] / "landslides.gpkg", layer="landslides")
+    assert len(a) == len(b) and a["area_m2"].sum() == pytest.approx(b["area_m2"].sum())
+    assert a["mean_elev_m"].min() > -500
+
+
+# ---------------------------------------------------------------------------------------------
+# an AOI across the antimeridian
+
+
+def test_an_aoi_across_the_antimeridian_is_refused_not_read_round_the_globe(tmp_path, capsys, no_flow):
+    aoi = tmp_path / "fiji.geojson"
+    ring = [[179.8, -17.0], [-179.9, -17.0], [-179.9, -16.8], [179.8, -16.8], [179.8, -17.0]]
+    aoi.write_text(json.dumps({"type": "Feature", "properties": {},
+                               "geometry": {"type": "Polygon", "coordinates": [ring]}}))
+    out = tmp_path / "run"
+    code, _, err = run_cli(["scan", "--catalog", CATALOG, "--region", "iburi-2018", "--aoi", aoi,
+                            "--detector", "index", "--out", out, "--no-progress"], capsys)
+    assert_refused(code, err, out, str(aoi), "crosses the antimeridian", "lon 179.8 to -179.9",
+                   "split it at 180 degrees")
+
+
+def test_an_aoi_with_parts_on_both_sides_of_the_antimeridian_is_refused(tmp_path, capsys, no_flow):
+    aoi = tmp_path / "fiji_split.geojson"
+    east = [[179.8, -17.0], [180.0, -17.0], [180.0, -16.8], [179.8, -16.8], [179.8, -17.0]]
+    west = [[-180.0, -17.0], [-179.9, -17.0], [-179.9, -16.8], [-180.0, -16.8], [-180.0, -17.0]]
+    aoi.write_text(json.dumps({"type": "MultiPolygon", "coordinates": [[east], [west]]}))
+    out = tmp_path / "run"
+    code, _, err = run_cli(["scan", "--catalog", CATALOG, "--region", "iburi-2018", "--aoi", aoi,
+                            "--detector", "index", "--out", out, "--no-progress"], capsys)
+    assert_refused(code, err, out, str(aoi), "both sides of the antimeridian", "each side")
