@@ -43,6 +43,7 @@ from tasks.core.files import atomic_write, utc_now_iso
 CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
 CARD_SUFFIX = ".json"
 WEIGHTS_SUFFIX = ".safetensors"
+PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")  # torch.save and friends
 WEIGHTS_DTYPES: tuple[str, ...] = ("float32", "float16")
 _TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 _MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on the JSON header
@@ -386,8 +387,15 @@ def resolve_checkpoint(ref: str | Path) -> Path:
         raise CheckpointError("empty checkpoint reference; pass a card path or one of "
                               f"{_shipped_hint()}")
     path = Path(text)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        where = f"{path.resolve()}" if path.exists() else f"{text} (no such file here either)"
+        raise CheckpointError(
+            f"checkpoint {where} is a PyTorch pickle ({path.suffix}); scans load only a "
+            "<name>.json card with <name>.safetensors weights (pickles can run code when loaded): "
+            "on a machine you trust, load it and re-export it with "
+            "models.checkpoint.save_checkpoint, or `landslide train` one")
     is_path = (isinstance(ref, Path) or path.suffix in (CARD_SUFFIX, WEIGHTS_SUFFIX)
-               or "/" in text or os.sep in text)
+               or "/" in text or os.sep in text or path.exists())
     if is_path:
         if path.is_dir():
             raise CheckpointError(f"checkpoint {path} is a folder; pass the <name>.json card inside it "

@@ -362,3 +362,16 @@ def test_an_aoi_with_parts_on_both_sides_of_the_antimeridian_is_refused(tmp_path
     code, _, err = run_cli(["scan", "--catalog", CATALOG, "--region", "iburi-2018", "--aoi", aoi,
                             "--detector", "index", "--out", out, "--no-progress"], capsys)
     assert_refused(code, err, out, str(aoi), "both sides of the antimeridian", "each side")
+
+
+def test_a_relative_pickle_checkpoint_is_named_as_a_pickle_not_looked_up_as_shipped(
+        tmp_path, capsys, no_flow, monkeypatch):
+    import torch
+
+    torch.save({"w": torch.zeros(3)}, tmp_path / "model.pt")
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(["scan", "--catalog", CATALOG, "--region", "iburi-2018", "--checkpoint",
+                            "model.pt", "--out", tmp_path / "run", "--no-progress"], capsys)
+    line = assert_refused(code, err, tmp_path / "run", str(tmp_path / "model.pt"), "PyTorch pickle",
+                          "safetensors")
+    assert "models/checkpoints" not in line
