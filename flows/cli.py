@@ -138,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_scan(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
+    from flows.interrupts import exit_cleanly_on_interrupt, mark_process, reap_orphaned_servers
     from tasks.core.errors import InputError
     from tasks.run.outputs import run_folder_lock
     from tasks.run.plan import new_run_id, plan_scan
@@ -152,13 +153,17 @@ def cmd_scan(args: argparse.Namespace) -> int:
     def waiting(holder: str) -> None:
         print(f"waiting: another scan ({holder}) is writing into {request.out}", file=sys.stderr)
 
+    mark_process()  # what this scan starts (Prefect's server, Dask workers) carries its pid
+    reap_orphaned_servers()  # what scans killed with kill -9 left running
     # one run per folder: the lock is held from planning to publishing (the flow re-enters it)
     with run_folder_lock(request.out, wait=request.wait, on_wait=waiting):
         plan = plan_scan(request)  # every user mistake surfaces here, before Prefect starts
         if plan.resumed:
             print(f"resuming the interrupted run {plan.run_id} in {request.out}", file=sys.stderr)
-        # the flow's plan step finds this plan (same run id) and uses it as it is
-        return _run_scan_flow(args, request.model_copy(update={"run_id": plan.run_id}))
+        # Ctrl-C: one line, staging removed, the server and workers stopped, exit 130 in seconds
+        with exit_cleanly_on_interrupt(request.out):
+            # the flow's plan step finds this plan (same run id) and uses it as it is
+            return _run_scan_flow(args, request.model_copy(update={"run_id": plan.run_id}))
 
 
 def _scan_request(args: argparse.Namespace, run_id: str):

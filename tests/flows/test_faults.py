@@ -8,10 +8,12 @@ while planning never start the Prefect flow (``_no_flow`` fails the test if one 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -375,3 +377,106 @@ def test_a_relative_pickle_checkpoint_is_named_as_a_pickle_not_looked_up_as_ship
     line = assert_refused(code, err, tmp_path / "run", str(tmp_path / "model.pt"), "PyTorch pickle",
                           "safetensors")
     assert "models/checkpoints" not in line
+
+
+# ---------------------------------------------------------------------------------------------
+# Ctrl-C at several stages, and what kill -9 leaves behind
+
+
+def _start_scan(out: Path) -> subprocess.Popen:
+    """``landslide scan`` in its own process group (as a terminal runs it), stderr into stdout."""
+    return subprocess.Popen([sys.executable, "-m", "flows.cli", *map(str, scan(CATALOG, out))], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def _read_until(proc: subprocess.Popen, marker: str, timeout_s: float = 300.0) -> list[str]:
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"the scan ended before {marker!r}:\n" + "".join(lines[-30:]))
+        lines.append(line)
+        if marker in line:
+            return lines
+    raise AssertionError(f"no {marker!r} within {timeout_s} s")
+
+
+def _group(pgid: int) -> list[int]:
+    import psutil
+
+    return [p.pid for p in psutil.process_iter() if _safe_pgid(p.pid) == pgid]
+
+
+def _safe_pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
+@pytest.fixture(scope="module")
+def clean_index_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("clean") / "run"
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", *map(str, scan(CATALOG, out))], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+@pytest.mark.parametrize("stage", ["Task run 'plan", "Task run 'align", "Task run 'infer"])
+def test_ctrl_c_stops_everything_in_seconds_and_a_rerun_resumes_to_the_clean_result(
+        tmp_path, stage, clean_index_run):
+    out = tmp_path / "run"
+    proc = _start_scan(out)
+    try:
+        seen = _read_until(proc, stage)
+        t0 = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        rest, _ = proc.communicate(timeout=60)
+        took_s = time.monotonic() - t0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = "".join(seen) + rest
+    errors = [line for line in text.splitlines() if line.startswith("error: ")]
+    assert "Traceback" not in text, text[-3000:]
+    assert took_s < 15, f"{took_s:.1f} s to stop"
+    time.sleep(0.5)
+    assert _group(proc.pid) == [], "processes of the interrupted scan are still running"
+    if all((out / name).exists() for name in FINAL_NAMES):  # it finished before the signal came
+        assert "interrupted after the run was published" in text
+    else:
+        assert proc.returncode == 130 and len(errors) == 1, text[-3000:]
+        assert "interrupted; nothing was published" in errors[0] and "run the same command" in errors[0]
+        assert not any((out / name).exists() for name in FINAL_NAMES) and not (out / ".staging").exists()
+        assert not (out / LOCK).exists()
+        again = subprocess.run([sys.executable, "-m", "flows.cli", *map(str, scan(CATALOG, out))],
+                               cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert again.returncode == 0, again.stderr[-3000:]
+    for name in ("mask.tif", "probability.tif"):
+        with rasterio.open(clean_index_run / name) as a, rasterio.open(out / name) as b:
+            assert np.array_equal(a.read(), b.read()), name
+
+
+def test_the_server_of_a_scan_killed_with_kill_9_is_stopped_by_the_next_scan(tmp_path):
+    import psutil
+
+    from flows.interrupts import reap_orphaned_servers
+
+    proc = _start_scan(tmp_path / "run")
+    try:
+        _read_until(proc, "Beginning flow run")
+        server = [c for c in psutil.Process(proc.pid).children(recursive=True) if "uvicorn" in " ".join(c.cmdline())]
+        assert server, "no Prefect server child found"
+        proc.kill()  # kill -9: the CLI cannot clean up
+        proc.wait(timeout=30)
+        time.sleep(0.5)
+        assert server[0].is_running() and server[0].status() != psutil.STATUS_ZOMBIE  # the orphan
+        assert reap_orphaned_servers() >= 1
+        psutil.wait_procs(server, timeout=10)
+        assert not server[0].is_running() or server[0].status() == psutil.STATUS_ZOMBIE
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
