@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,8 @@ def _manifest_scenes(run_dir: Path) -> list[str]:
 
 
 def recover(state: RegionState, inventory: Path, iou_threshold: float) -> list[str]:
-    """Merge runs a kill left published-but-unmerged; forget runs that never published."""
+    """Merge runs a kill left published-but-unmerged (runs that never published are resumed or
+    cleaned up by :func:`_orphaned_runs`)."""
     done = []
     for rec in state.runs():
         if rec.status != "running":
@@ -60,8 +62,6 @@ def recover(state: RegionState, inventory: Path, iou_threshold: float) -> list[s
         if rec.run_dir and (Path(rec.run_dir) / "landslides.gpkg").exists() \
                 and (Path(rec.run_dir) / "manifest.json").exists():
             state.set_status(rec.run_id, "published", "recovered after an interrupted run")
-        else:
-            state.forget(rec.run_id)
     for rec in state.unmerged_runs():
         merge_run(inventory, Path(rec.run_dir) / "landslides.gpkg", rec.run_id, rec.scenes,
                   rec.model or "")
@@ -103,6 +103,30 @@ def _notify(markdown: str, key: str, webhook_block: str | None) -> None:
         Block.load(webhook_block).notify(body=markdown, subject="landslide scan")
 
 
+def _orphaned_runs(state: RegionState, model: str, todo: set[str], logger) -> dict[str, Any]:
+    """Runs a killed regional scan left ``running`` (the caller holds the region's lock, so none is
+    really running): scene id -> run, for those whose scene is still to do with this model and
+    whose folder is there (they are resumed); the others are forgotten and their unpublished
+    folders removed, each with a log line."""
+    resumable = {}
+    for run in state.runs():
+        if run.status != "running":
+            continue
+        folder = Path(run.run_dir) if run.run_dir else None
+        if (run.model == model and len(run.scenes) == 1 and run.scenes[0] in todo
+                and folder is not None and folder.is_dir() and run.scenes[0] not in resumable):
+            resumable[run.scenes[0]] = run
+            continue
+        state.forget(run.run_id)
+        if folder is not None and folder.is_dir() and not (folder / "manifest.json").exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            logger.info("removed %s, the unfinished run %s an interrupted regional scan left "
+                        "(its scene is done or no longer listed)", folder, run.run_id)
+        else:
+            logger.info("forgot run %s, left unfinished by an interrupted regional scan", run.run_id)
+    return resumable
+
+
 @flow(name="landslide-regional-scan", log_prints=False)
 def regional_scan_flow(region: str, state_dir: str = "state", runs_dir: str = "runs",
                        detector: str | None = None, catalog: str | None = None,
@@ -130,6 +154,7 @@ def regional_scan_flow(region: str, state_dir: str = "state", runs_dir: str = "r
                             ", ".join(recovered))
             processed = state.processed(model)
             todo = [s for s in scenes if s.scene_id not in processed]
+            orphans = _orphaned_runs(state, model, {s.scene_id for s in todo}, logger)
             logger.info("%s: %d scene(s), %d new for %s", region, len(scenes), len(todo), model)
             if cat.region(region).event_date:
                 logger.info("%s: event date %s: scenes ending before it were left out", region,
@@ -137,9 +162,15 @@ def regional_scan_flow(region: str, state_dir: str = "state", runs_dir: str = "r
             for scene in todo:
                 if scene.scene_id in processed:  # an earlier run of this loop mosaicked it in
                     continue
-                run_id = new_run_id()
-                run_dir = Path(runs_dir) / run_id
-                state.start_run(run_id, [scene.scene_id], model, str(run_dir))
+                orphan = orphans.pop(scene.scene_id, None)
+                if orphan is not None:  # a killed run of this scene: the scan resumes its blocks
+                    run_id, run_dir = orphan.run_id, Path(orphan.run_dir)
+                    logger.info("resuming run %s of %s in %s, left by an interrupted regional scan",
+                                run_id, scene.scene_id, run_dir)
+                else:
+                    run_id = new_run_id()
+                    run_dir = Path(runs_dir) / run_id
+                    state.start_run(run_id, [scene.scene_id], model, str(run_dir))
                 try:
                     scan_flow(out=str(run_dir), region=region, start=scene.first.isoformat(),
                               end=scene.last.isoformat(), detector=detector,
@@ -149,8 +180,14 @@ def regional_scan_flow(region: str, state_dir: str = "state", runs_dir: str = "r
                     if scene.scene_id not in got:
                         raise InputError(f"run {run_id} scanned scene(s) {got}, not {scene.scene_id!r}: "
                                          "scenes of the source overlap in time")
+                except (KeyboardInterrupt, SystemExit):
+                    raise  # the row stays 'running': the next regional run resumes this folder
                 except BaseException:
-                    state.forget(run_id)  # the scene stays unprocessed; a later run retries it
+                    # the scene stays unprocessed and a later run retries it afresh (the same
+                    # failure, e.g. other settings, must not be resumed into)
+                    state.forget(run_id)
+                    if not (run_dir / "manifest.json").exists():
+                        shutil.rmtree(run_dir, ignore_errors=True)
                     raise
                 state.set_status(run_id, "published")
                 merged = task(merge_run, name="merge-into-inventory")(

@@ -370,7 +370,8 @@ def _resumable_plan(out: Path, paths: RunPaths, request: ScanRequest) -> ScanPla
     """
     plan = ScanPlan.load(paths.work)
     same_run = request.run_id is not None and plan.run_id == request.run_id
-    if request.overwrite and not (same_run and (str(paths.plan), plan.run_id) in _PLANNED_HERE):
+    planned_here = same_run and (str(paths.plan), plan.run_id) in _PLANNED_HERE
+    if request.overwrite and not planned_here:
         shutil.rmtree(paths.work, ignore_errors=True)
         return None
     old = {k: v for k, v in plan.request.model_dump(mode="json").items() if k not in _VOLATILE}
@@ -383,7 +384,7 @@ def _resumable_plan(out: Path, paths: RunPaths, request: ScanRequest) -> ScanPla
                          "or pass --overwrite to start over")
     volatile = {k: getattr(request, k) for k in _VOLATILE if k not in ("run_id", "out")}
     updated = plan.model_copy(update={"request": plan.request.model_copy(update=volatile),
-                                      "resumed": plan.resumed or not same_run})
+                                      "resumed": plan.resumed or not planned_here})
     if updated != plan:
         updated.write()
     return updated

@@ -270,7 +270,7 @@ def default_catalog_path() -> Path:
     here = Path.cwd() / CATALOG_FILENAME
     if here.exists():
         return here
-    return Path(__file__).resolve().parents[1] / CATALOG_FILENAME
+    return Path(__file__).resolve().parents[2] / CATALOG_FILENAME  # the repository root
 
 
 def _format_validation_error(err: ValidationError, path: Path) -> str:

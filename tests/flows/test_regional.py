@@ -8,12 +8,14 @@ completed by the next run without duplicates; a second run of the region at once
 from __future__ import annotations
 
 import copy
+import json
+import logging
 from pathlib import Path
 
 import pytest
 import yaml
 
-from flows.regional import regional_scan_flow
+from flows.regional import detector_ref, regional_scan_flow
 from tasks.inventory import merge as inventory_mod
 from tasks.inventory.merge import read_inventory
 from tasks.inventory.region_state import RegionBusyError, RegionState, region_lock
@@ -170,3 +172,38 @@ def test_region_event_date_leaves_out_pre_event_scenes_and_checks_change(prefect
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: the --pre run's scenes end 2019-07-31")
     assert not swapped.exists()
+
+
+def test_a_run_left_by_a_killed_regional_scan_is_resumed_and_stale_ones_removed(
+        prefect_harness, tmp_path, caplog):
+    """kill -9 leaves the run 'running' in the state and a half-done folder: the next regional run
+    resumes that folder (same run id, finished work reused) instead of starting a second one, and
+    removes an unfinished folder whose scene is no longer to do."""
+    from tasks.run import plan as plan_module
+    from tasks.run.plan import ScanRequest, plan_scan
+
+    state, runs = tmp_path / "state", tmp_path / "runs"
+    cat = _catalog(tmp_path, [POST])
+    model = detector_ref("index")
+    killed_id, stale_id = "20261204T000000Z-aaaaaa", "20261204T000001Z-bbbbbb"
+    killed_dir, stale_dir = runs / killed_id, runs / stale_id
+    with region_lock(state / "atsuma"), RegionState(state / "atsuma") as st:
+        st.start_run(killed_id, [POST], model, str(killed_dir))
+        st.start_run(stale_id, ["a-scene-no-longer-listed"], model, str(stale_dir))
+    # what the killed scan had done: planned (the same request the regional flow makes)
+    plan_scan(ScanRequest(out=str(killed_dir), region="atsuma", start="2018-08-01", end="2019-07-31",
+                          detector="index", catalog=cat, run_id=killed_id, progress=False))
+    plan_module._PLANNED_HERE.clear()  # it was planned by the killed process, not this one
+    (stale_dir / ".work").mkdir(parents=True)
+    with caplog.at_level(logging.INFO):
+        result = regional_scan_flow("atsuma", state_dir=str(state), runs_dir=str(runs), detector="index",
+                                    catalog=cat)
+    assert [r["run_id"] for r in result["runs"]] == [killed_id]
+    assert sorted(p.name for p in runs.iterdir()) == [killed_id]  # no second folder, stale one gone
+    assert (killed_dir / "landslides.gpkg").exists()
+    manifest = json.loads((killed_dir / "manifest.json").read_text())
+    assert manifest["execution"]["resumed"] is True
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert f"resuming run {killed_id}" in messages and f"removed {stale_dir}" in messages
+    with RegionState(state / "atsuma") as st:
+        assert [(r.run_id, r.status) for r in st.runs()] == [(killed_id, "merged")]
