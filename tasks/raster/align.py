@@ -33,6 +33,7 @@ import rioxarray
 import shapely
 import xarray as xr
 from rasterio.enums import Resampling
+from rasterio.errors import RasterioIOError
 from rasterio.features import geometry_mask
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
@@ -141,6 +142,7 @@ class _StackPlan:
     cloud_specs: list[dict | None]  # per scene, its checked cloud mask spec (None = no mask)
     inside: da.Array  # (H, W) bool: the ROI
     layer_data: dict[str, da.Array]  # per required layer, (H, W) bool: in the ROI with data (any scene)
+    sources: tuple[str, ...] = ()  # every raster file the plan reads (named when a read fails)
 
 
 @dataclass
@@ -290,8 +292,10 @@ def _plan_stack(scenes: list[dict], dem_path: str | None, dem_nodata: float | No
         else:
             with_band = [da.isfinite(layers[name]) for layers, _, _, _ in per_scene if name in layers]
             layer_data[name] = inside & (da.stack(with_band).any(axis=0) if with_band else False)
+    sources = [p for scene in scenes for p in scene["band_paths"].values()]
+    sources += [spec["path"] for _, _, _, spec in per_scene if spec] + ([dem_path] if dem_path else [])
     return _StackPlan(stack, index, cloudy, cloud_lost, [spec for _, _, _, spec in per_scene], inside,
-                      layer_data)
+                      layer_data, tuple(dict.fromkeys(sources)))
 
 
 def _terrain_layers(dem_path: str | None, dem_nodata: float | None, slope_path: Path | None,
@@ -419,7 +423,15 @@ def _writing_stack(plan: _StackPlan, grid: AnalysisGrid, work_dir: Path, chunk_p
             pending = None
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stack-writer") as writer:
                 for win in tqdm(windows, desc="align", unit="window", disable=not progress, mininterval=1.0):
-                    block, idx, window_counts = _compute_window(plan, win)
+                    try:
+                        block, idx, window_counts = _compute_window(plan, win)
+                    except RasterioIOError as exc:  # a file damaged past the blocks checked up front
+                        files = ", ".join(plan.sources[:6]) + (" ..." if len(plan.sources) > 6 else "")
+                        raise InputError(
+                            f"reading the input rasters failed while aligning grid rows "
+                            f"{win.row_off}..{win.row_off + win.height} ({str(exc).splitlines()[0]}): "
+                            f"one of {files} is damaged; check each with `gdalinfo -checksum` and "
+                            "download or copy the bad one again") from None
                     _add_window_counts(counts, block, idx, window_counts)
                     if pending is not None:
                         pending.result()  # re-raises a failed write here

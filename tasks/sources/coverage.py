@@ -156,6 +156,17 @@ def measure_coverage(inputs: SceneInputs, roi_grid_crs: shapely.Geometry, grid_c
     return out
 
 
+def _has_data(layer: str, path: str, roi_grid_crs: shapely.Geometry, grid_crs: str,
+              nodata: float | None) -> bool:
+    """:func:`layer_has_data`, a read failure named as a damaged file."""
+    try:
+        return layer_has_data(path, roi_grid_crs, grid_crs, nodata)
+    except RasterioIOError as exc:
+        raise InputError(f"{layer} ({path}): reading it over the ROI failed "
+                         f"({str(exc).splitlines()[0]}): the file is damaged; check it with "
+                         "`gdalinfo -checksum` and download or copy it again") from None
+
+
 def _nodata(inputs: SceneInputs, layer: str, path: str) -> float | None:
     """The nodata value the scan applies to ``path`` (the catalog's, else the file's)."""
     if layer == "DEM":
@@ -190,7 +201,7 @@ def check_layer_coverage(inputs: SceneInputs, roi_grid_crs: shapely.Geometry, gr
                 f"{_fmt_extent(cov.extent_lonlat)}, the ROI {_fmt_extent(roi_extent)}; fix the "
                 "layer's path in data_catalog.yaml or choose an ROI inside it")
         if not cov.layer.startswith("cloud mask") and not any(
-                layer_has_data(p, roi_grid_crs, grid_crs, _nodata(inputs, cov.layer, p))
+                _has_data(cov.layer, p, roi_grid_crs, grid_crs, _nodata(inputs, cov.layer, p))
                 for p in cov.paths):
             raise InputError(
                 f"{prefix}{cov.layer} ({files}) has no data in the ROI: its file covers the ROI "

@@ -480,3 +480,31 @@ def test_the_server_of_a_scan_killed_with_kill_9_is_stopped_by_the_next_scan(tmp
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("found_by", ["plan", "align"])
+def test_a_band_damaged_in_the_middle_is_one_line_naming_the_file(prefect_harness, tmp_path, capsys,
+                                                                   monkeypatch, found_by):
+    """A block in the middle of the file is garbage: the first/last-block check passes; the read of
+    the layer over the ROI while planning finds it, and should that miss it, aligning reports it
+    (``align``: the planning read is switched off) - one line either way, not a GDAL traceback."""
+    if found_by == "align":
+        import tasks.sources.coverage
+
+        monkeypatch.setattr(tasks.sources.coverage, "layer_has_data", lambda *args, **kwargs: True)
+    data = bytearray(POST_B3.read_bytes())
+    with rasterio.open(POST_B3) as src:
+        offset = int(src.get_tag_item("BLOCK_OFFSET_2_2", "TIFF", bidx=1))
+        size = int(src.get_tag_item("BLOCK_SIZE_2_2", "TIFF", bidx=1))
+    data[offset:offset + size] = np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes()
+    bad = tmp_path / "S2_post_B3_damaged.tif"
+    bad.write_bytes(bytes(data))
+    out = tmp_path / "run"
+    code = main(["scan", "--catalog", str(iburi_catalog(tmp_path, b3=bad)), "--region", "iburi-2018",
+                 "--bbox", "141.93,42.70,141.965,42.73", "--detector", "index", "--out", str(out),
+                 "--no-progress"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert code == 2 and len(errors) == 1, errors
+    expected = ("band B03" if found_by == "plan" else "reading the input rasters failed while aligning")
+    assert expected in errors[0] and str(bad) in errors[0] and "damaged" in errors[0]
+    assert not any((out / name).exists() for name in FINAL_NAMES)
