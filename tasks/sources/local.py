@@ -133,7 +133,7 @@ def _tiff_data_end(src) -> int:
     """The byte where a GeoTIFF's last data block ends, from its block offsets and sizes (GDAL's TIFF
     metadata domain; no pixel is read). 0 when the driver does not say."""
     end = 0
-    (bh, bw), = set(src.block_shapes[:1])
+    bh, bw = src.block_shapes[0]
     n_rows, n_cols = -(-src.height // bh), -(-src.width // bw)
     bands = range(1, src.count + 1) if src.interleaving is None or src.interleaving.name == "BAND" else (1,)
     for b in bands:
