@@ -58,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     options.add_region(where)
     where.add_argument("--source", help="a source of the catalog (default: the region's)")
     options.add_bbox(where)
-    where.add_argument("--aoi", metavar="FILE.geojson", help="ROI polygon(s) in EPSG:4326")
+    where.add_argument("--aoi", metavar="FILE[:LAYER]",
+                       help="ROI polygon(s): GeoJSON, GeoPackage (file.gpkg:layer), shapefile or any "
+                            "vector file GDAL reads, in any CRS it declares (reprojected)")
     where.add_argument("--start", metavar="YYYY-MM-DD", help="first acquisition date to consider")
     where.add_argument("--end", metavar="YYYY-MM-DD", help="last acquisition date to consider")
     event = scan.add_argument_group(

@@ -39,7 +39,7 @@ def scan_flow(out: str = "runs/{run_id}", region: str | None = None, bbox: list[
         region: a region of data_catalog.yaml.
         bbox: [minx, miny, maxx, maxy] in EPSG:4326, restricting (or with ``options.source``
             defining) the ROI.
-        aoi: a GeoJSON polygon file (EPSG:4326).
+        aoi: a polygon file (GeoJSON, GeoPackage ``file.gpkg:layer``, shapefile; any declared CRS).
         start, end: ISO dates selecting scenes.
         detector: checkpoint name/path, ``index`` for the rule, None for the shipped model.
         options: any other ``ScanRequest`` field (overlap_px, batch_size, min_area_m2, ...).

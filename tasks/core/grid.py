@@ -6,7 +6,6 @@ onto this one grid.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ import numpy as np
 import shapely
 from affine import Affine
 from pyproj import CRS, Transformer
-from shapely.geometry import box, mapping, shape
+from shapely.geometry import box, mapping
 from shapely.ops import transform as shp_transform
 
 from tasks.core import defaults
@@ -79,44 +78,69 @@ def utm_epsg(lon: float, lat: float) -> int:
     return (32600 if lat >= 0 else 32700) + zone
 
 
-def read_aoi(path: str | Path) -> shapely.Geometry:
-    """Union of the (Multi)Polygons in a GeoJSON file, in EPSG:4326.
+def _aoi_path_and_layer(spec: str | Path) -> tuple[Path, str | None]:
+    """``file.gpkg:layer`` -> (file.gpkg, layer); a path that exists as given has no layer part."""
+    path = Path(spec)
+    if path.exists() or ":" not in str(spec):
+        return path, None
+    name, _, layer = str(spec).rpartition(":")
+    return Path(name), layer or None
+
+
+def read_aoi(spec: str | Path) -> shapely.Geometry:
+    """Union of the (Multi)Polygons of a vector file, in EPSG:4326.
+
+    Any format GDAL reads (GeoJSON, GeoPackage, shapefile, ...) in any CRS it declares; it is
+    reprojected to lon/lat. ``file.gpkg:layer`` picks a layer (the first one otherwise). A GeoJSON
+    without a ``crs`` member is EPSG:4326, as RFC 7946 says.
 
     Raises:
-        InputError: missing file, not GeoJSON, no polygon, or a CRS other than EPSG:4326/CRS84.
+        InputError: missing file or layer, not a vector file, no polygon, no CRS (a shapefile
+            without its .prj), a ring across the antimeridian, or parts on both sides of it.
     """
-    path = Path(path)
+    import pyogrio
+
+    path, layer = _aoi_path_and_layer(spec)
     if not path.exists():
         raise InputError(f"--aoi {path} does not exist")
     try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"--aoi {path} is not GeoJSON ({exc})") from None
-    crs_name = (data.get("crs") or {}).get("properties", {}).get("name", "")
-    if crs_name and not any(k in crs_name.upper() for k in ("4326", "CRS84")):
-        raise InputError(f"--aoi {path} is in {crs_name}; GeoJSON AOIs must be in EPSG:4326 (lon/lat)")
-    if data.get("type") == "FeatureCollection":
-        geoms = [shape(f["geometry"]) for f in data.get("features", []) if f.get("geometry")]
-    elif data.get("type") == "Feature":
-        geoms = [shape(data["geometry"])]
-    else:
-        try:
-            geoms = [shape(data)]
-        except (KeyError, ValueError, AttributeError):
-            geoms = []
-    polys = [g for g in geoms if g.geom_type in ("Polygon", "MultiPolygon")]
+        layers = [str(row[0]) for row in pyogrio.list_layers(path)]
+    except Exception as exc:  # pyogrio raises DataSourceError and friends for non-vector files
+        raise InputError(f"--aoi {path} is not a vector file GDAL can read (GeoJSON, GeoPackage, "
+                         f"shapefile, ...): {str(exc).splitlines()[0]}") from None
+    if layer is not None and layer not in layers:
+        raise InputError(f"--aoi {path} has no layer {layer!r}; its layers: {', '.join(layers)}")
+    try:
+        frame = pyogrio.read_dataframe(path, layer=layer or (layers[0] if layers else None))
+    except Exception as exc:
+        raise InputError(f"--aoi {path} cannot be read: {str(exc).splitlines()[0]}") from None
+    polys = [g for g in frame.geometry if g is not None and g.geom_type in ("Polygon", "MultiPolygon")]
     if not polys:
         raise InputError(f"--aoi {path} holds no Polygon or MultiPolygon")
+    if frame.crs is None:
+        raise InputError(f"--aoi {path} declares no CRS (a shapefile without its .prj?); add it, or "
+                         "write the AOI as GeoJSON in lon/lat")
+    if not frame.crs.equals("EPSG:4326") and not frame.crs.equals("OGC:CRS84"):
+        to_lonlat = Transformer.from_crs(frame.crs, "EPSG:4326", always_xy=True)
+        polys = [shp_transform(to_lonlat.transform, shapely.segmentize(g, _segment_length(g)))
+                 for g in polys]
     _check_antimeridian(polys, path)
     geom = shapely.make_valid(shapely.union_all(polys))
     minx, miny, maxx, maxy = geom.bounds
     if not (-180 <= minx <= maxx <= 180 and -90 <= miny <= maxy <= 90):
-        raise InputError(f"--aoi {path} coordinates are not lon/lat degrees (bounds {geom.bounds})")
+        raise InputError(f"--aoi {path} coordinates are not lon/lat degrees (bounds {geom.bounds}); "
+                         "if it is in a projected CRS, declare it in the file")
     if maxx - minx > 180:
         raise InputError(f"--aoi {path} spans lon {minx:g}..{maxx:g}: its parts lie on both sides of "
                          "the antimeridian (180 degrees), which one UTM grid cannot hold; scan each "
                          "side with its own --aoi")
     return geom
+
+
+def _segment_length(geom: shapely.Geometry) -> float:
+    """Densify step before reprojection: 1/50 of the geometry's larger side (edges stay curved)."""
+    minx, miny, maxx, maxy = geom.bounds
+    return max(maxx - minx, maxy - miny, 1e-9) / 50
 
 
 def _check_antimeridian(polys: list[shapely.Geometry], path: Path) -> None:

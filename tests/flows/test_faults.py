@@ -29,9 +29,10 @@ from rasterio.transform import Affine
 
 from flows.cli import main
 from tasks.core.files import FolderBusyError
+from tasks.core.grid import read_aoi
 from tasks.run.outputs import FINAL_NAMES, LOCK, run_folder_lock
 from tasks.run.plan import ScanRequest, plan_scan
-from tests.data.crops import write_catalog
+from tests.data.crops import SHARED, write_catalog
 from tests.flows.test_cli import CATALOG, absolute_catalog, assert_refused, run_cli
 
 REPO = Path(__file__).resolve().parents[2]
@@ -508,3 +509,43 @@ def test_a_band_damaged_in_the_middle_is_one_line_naming_the_file(prefect_harnes
     expected = ("band B03" if found_by == "plan" else "reading the input rasters failed while aligning")
     assert expected in errors[0] and str(bad) in errors[0] and "damaged" in errors[0]
     assert not any((out / name).exists() for name in FINAL_NAMES)
+
+
+# ---------------------------------------------------------------------------------------------
+# AOI formats (issue 21): any vector format, any declared CRS
+
+
+SERRA = SHARED / "serra_do_mar_relict_landslide_polygons" / "Cicatrizes_nova_area_inteira_CRS32723.geojson"
+
+
+def test_aois_in_geopackage_shapefile_and_projected_geojson_are_read_in_lon_lat(tmp_path):
+    frame = gpd.read_file(SERRA)
+    assert frame.crs.to_epsg() == 32723 and len(frame) == 276
+    expected = frame.to_crs("EPSG:4326").geometry.union_all()
+    frame.to_file(tmp_path / "scars.gpkg", layer="scars")
+    frame.iloc[:10].to_file(tmp_path / "scars.gpkg", layer="first_ten")
+    frame.to_file(tmp_path / "scars.shp")
+    for spec in (SERRA, f"{tmp_path / 'scars.gpkg'}:scars", tmp_path / "scars.shp",
+                 tmp_path / "scars.gpkg"):  # no layer: the first one
+        aoi = read_aoi(spec)
+        assert aoi.symmetric_difference(expected).area < 1e-6 * expected.area, spec
+        assert -45.6 < aoi.bounds[0] < aoi.bounds[2] < -45.3 and -23.8 < aoi.bounds[1] < -23.5
+    assert read_aoi(f"{tmp_path / 'scars.gpkg'}:first_ten").area < expected.area / 5
+
+
+def test_aoi_mistakes_are_one_line(tmp_path, capsys, no_flow):
+    gpd.read_file(SERRA).to_file(tmp_path / "scars.gpkg", layer="scars")
+    out = tmp_path / "run"
+    code, _, err = run_cli(["scan", "--catalog", CATALOG, "--region", "iburi-2018", "--aoi",
+                            f"{tmp_path / 'scars.gpkg'}:roads", "--out", out, "--no-progress"], capsys)
+    assert_refused(code, err, out, "has no layer 'roads'", "its layers: scars")
+    # read in lon/lat correctly, it lies in Brazil: outside the Iburi data, said so
+    code, _, err = run_cli(["scan", "--catalog", CATALOG, "--region", "iburi-2018", "--aoi",
+                            SERRA, "--out", out, "--no-progress"], capsys)
+    assert_refused(code, err, out, "the ROI does not intersect the data")
+    frame = gpd.read_file(SERRA).iloc[:3]
+    frame.to_file(tmp_path / "noprj.shp")
+    (tmp_path / "noprj.prj").unlink()
+    code, _, err = run_cli(["scan", "--catalog", CATALOG, "--region", "iburi-2018", "--aoi",
+                            tmp_path / "noprj.shp", "--out", out, "--no-progress"], capsys)
+    assert_refused(code, err, out, "declares no CRS")
