@@ -40,12 +40,26 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_INPUT, f"error: {message} (see `{self.prog} --help`)\n")
 
 
+def _version() -> str:
+    """``landslide-pipeline X.Y.Z (Python A.B.C)`` from the installed metadata (imports nothing heavy)."""
+    import platform
+    from importlib import metadata
+
+    try:
+        version = metadata.version("landslide-pipeline")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        version = "unknown (not installed)"
+    return f"landslide-pipeline {version} (Python {platform.python_version()})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="landslide",
         description="Find landslides in Sentinel-2 imagery and write polygons to a GeoPackage.",
         epilog="Example: landslide scan --region iburi-2018 --out runs/iburi",
     )
+    parser.add_argument("--version", action="version", version=_version(),
+                        help="print the package version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     scan = sub.add_parser(

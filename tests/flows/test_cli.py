@@ -345,3 +345,11 @@ def test_models_lists_the_paper_models(capsys):
     code, out, err = run_cli(["models"], capsys)
     assert code == 0, err
     assert all(name in out for name in list_models())
+
+
+def test_version(capsys):
+    from importlib import metadata
+
+    code, out, err = run_cli(["--version"], capsys)
+    assert code == 0 and err == ""
+    assert out.strip().startswith(f"landslide-pipeline {metadata.version('landslide-pipeline')} (Python 3.")
