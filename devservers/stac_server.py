@@ -94,6 +94,17 @@ S2_ASSETS: tuple[tuple[str, str, str, float, float, int], ...] = (
 ASSET_KEY_BY_BAND = {band: key for key, band, *_ in S2_ASSETS}
 
 
+RUSTAC_MISSING = ("the local STAC API needs the `rustac` program, which comes with the test extras: "
+                  "pip install -c constraints.txt -e '.[test]' (or just: pip install rustac)")
+
+
+def find_rustac() -> str | None:
+    """The ``rustac`` executable: beside the interpreter (a virtualenv that is not activated; CI
+    runs .venv/bin/python directly), else on PATH; None when it is not installed."""
+    beside = Path(sys.executable).parent / "rustac"
+    return str(beside) if beside.exists() else shutil.which("rustac")
+
+
 @dataclass(frozen=True)
 class Scene:
     """A served sentinel-2-l1c scene (test assignment of date, cloud cover and baseline)."""
@@ -351,10 +362,9 @@ class RustacServer:
 
         # the console script sits beside the interpreter of a virtualenv that is not activated
         # (CI runs .venv/bin/python directly, so .venv/bin is not on PATH)
-        beside = Path(sys.executable).parent / "rustac"
-        exe = str(beside) if beside.exists() else shutil.which("rustac")
+        exe = find_rustac()
         if exe is None:
-            raise RuntimeError("rustac not found on PATH: pip install rustac (see ../shared/TOOLCHAIN.md)")
+            raise RuntimeError(RUSTAC_MISSING)
         with self._log.open("wb") as log:
             self._proc = subprocess.Popen(
                 [exe, "serve", "-a", f"127.0.0.1:{self.port}", str(self.items_path)],

@@ -60,6 +60,13 @@ def cmd_dev_server(args: argparse.Namespace, stop: threading.Event | None = None
         os.environ["LANDSLIDE_SHARED_DATA"] = str(Path(args.data_dir).resolve())
     from devservers import session
 
+    if args.kind == "stac":
+        from devservers.stac_server import RUSTAC_MISSING, find_rustac
+
+        if find_rustac() is None:  # before any COG is cut
+            from tasks.core.errors import InputError
+
+            raise InputError(RUSTAC_MISSING)
     session.check_shared_data()
     port, static_port = DEFAULT_PORTS[args.kind]
     port = port if args.port is None else args.port

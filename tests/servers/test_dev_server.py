@@ -108,3 +108,15 @@ def test_dev_server_busy_port_is_a_one_line_error(tmp_path):
                                "--dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and f"port {port}" in done.stderr and "in use" in done.stderr
+
+
+def test_dev_server_stac_without_rustac_says_to_install_the_test_extras(tmp_path, capsys, monkeypatch):
+    import devservers.stac_server
+    from flows.cli import main
+
+    monkeypatch.setattr(devservers.stac_server, "find_rustac", lambda: None)
+    code = main(["dev-server", "stac", "--dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("error: ") and "rustac" in err and ".[test]" in err
+    assert list(tmp_path.iterdir()) == []  # refused before anything was built
