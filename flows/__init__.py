@@ -4,3 +4,7 @@
 (scheduled regional scans), ``train`` / ``evaluate`` (training and comparison flows), and the
 subcommands of ``train_cli``, ``regional_cli``, ``dev_server_cli``.
 """
+
+from tasks.core.torchvision_compat import install_import_hook
+
+install_import_hook()  # smp/timm/torchvision import on CPU-only torch, whatever imports them later

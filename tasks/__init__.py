@@ -14,3 +14,7 @@ import-linter contracts in ``pyproject.toml``):
 - ``tasks.inventory``: the regional landslide inventory and pre/post change.
 - ``tasks.datasets``: training datasets built from the catalog.
 """
+
+from tasks.core.torchvision_compat import install_import_hook
+
+install_import_hook()  # smp/timm/torchvision import on CPU-only torch, whatever imports them later

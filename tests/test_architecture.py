@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import grimp
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("flows", "tasks", "models", "devservers", "benchmarks")
@@ -98,3 +99,17 @@ def test_no_import_circle_anywhere():
     # the checker itself finds a circle
     graph.add_import(importer="tasks.core.bands", imported="tasks.run.plan")
     assert any("tasks.core.bands" in c for c in _cycles(graph))
+
+
+@pytest.mark.parametrize("first", ["models", "tasks", "flows", "tasks.core.grid"])
+def test_importing_any_of_our_packages_makes_smp_importable_on_cpu_torch(first):
+    """A user's own script: import one of our packages, then smp/timm/torchvision directly. The
+    registry's torchvision is a CUDA build that does not import on CPU torch without the fix."""
+    code = (f"import sys, {first}\n"
+            "lazy = 'torch' not in sys.modules  # tasks and flows defer the fix (and torch)\n"
+            "import segmentation_models_pytorch, timm, torchvision\n"
+            f"assert lazy or {first!r} == 'models', 'importing {first} imported torch'\n"
+            "print('ok')")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
