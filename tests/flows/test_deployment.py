@@ -42,3 +42,16 @@ def test_regional_deployments_load_and_match_the_flow(repo, monkeypatch):
         catalog.region(dep["parameters"]["region"])  # a region of the catalog
     dask = next(d for d in regional if "dask" in d["name"])
     assert dask["parameters"]["options"]["workers"] == 2
+
+
+def test_one_scheduled_deployment_per_region_and_it_is_the_incremental_one(repo):
+    """`prefect deploy --all` must not switch on two schedules that scan the same region."""
+    spec = yaml.safe_load((repo / "prefect.yaml").read_text())
+    active: dict[str, list[str]] = {}
+    for dep in spec["deployments"]:
+        if any(s.get("active", True) for s in dep.get("schedules") or []):
+            active.setdefault(dep["parameters"]["region"], []).append(dep)
+    assert active, "no scheduled deployment at all"
+    for region, deps in active.items():
+        assert len(deps) == 1, f"{region}: {[d['name'] for d in deps]} are all scheduled"
+        assert deps[0]["entrypoint"].endswith(":regional_scan_flow"), deps[0]["name"]
