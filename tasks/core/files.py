@@ -137,7 +137,8 @@ def _pid_alive(pid: int) -> bool:
 
 @contextlib.contextmanager
 def folder_lock(path: str | Path, *, busy: str, wait_s: float | None = 0.0, poll_s: float = 0.5,
-                on_wait=None, reentrant: bool = False, remove: bool = False) -> Iterator[Path]:
+                on_wait=None, reentrant: bool = False, remove: bool = False,
+                busy_error: type[FolderBusyError] | None = None) -> Iterator[Path]:
     """Hold the lock file ``path`` exclusively (``flock``) for the block.
 
     The file names the holder (``pid N host H since T``). The kernel releases an ``flock`` when its
@@ -153,9 +154,11 @@ def folder_lock(path: str | Path, *, busy: str, wait_s: float | None = 0.0, poll
             locks its run folder, then the flow it starts locks it too).
         remove: delete the lock file on a clean release (a waiter that locked the deleted file
             notices, because the path no longer leads to the file it locked, and tries again).
+        busy_error: the ``FolderBusyError`` subclass to raise (``RegionBusyError`` for regions).
 
     Raises:
-        FolderBusyError: still held by another process after ``wait_s`` (the holder is named).
+        FolderBusyError (or ``busy_error``): still held by another process after ``wait_s`` (the
+            holder is named).
     """
     import fcntl
     import logging
@@ -191,7 +194,8 @@ def folder_lock(path: str | Path, *, busy: str, wait_s: float | None = 0.0, poll
                 holder = _read_holder(path)
                 if deadline is not None and time.monotonic() >= deadline:
                     how = f" (waited {wait_s:g} s)" if wait_s else ""
-                    raise FolderBusyError(f"{busy}: {path.parent} is locked by {holder}{how}") from None
+                    raise (busy_error or FolderBusyError)(
+                        f"{busy}: {path.parent} is locked by {holder}{how}") from None
                 if not waited and on_wait is not None:
                     on_wait(holder)
                 waited = True

@@ -54,15 +54,10 @@ def region_lock(folder: str | Path, wait_s: float = 0.0, poll_s: float = 0.5):
     Raises:
         RegionBusyError: still held by another process after ``wait_s``.
     """
-    try:
-        with folder_lock(Path(folder) / "lock", wait_s=wait_s, poll_s=poll_s,
-                         busy="another run of this region is in progress; try again when it has "
-                              "finished") as path:
-            yield path
-    except FolderBusyError as exc:
-        if isinstance(exc, RegionBusyError):
-            raise
-        raise RegionBusyError(str(exc)) from None
+    with folder_lock(Path(folder) / "lock", wait_s=wait_s, poll_s=poll_s, busy_error=RegionBusyError,
+                     busy="another run of this region is in progress; try again when it has "
+                          "finished") as path:
+        yield path
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ final name (DESIGN.md section 5).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import shutil
@@ -184,8 +185,6 @@ def disk_full_message(out: str | Path) -> str:
     needed = ""
     plan = out / WORK / "plan.json"
     if plan.exists():
-        import json
-
         with contextlib.suppress(ValueError, KeyError, OSError):
             grid = json.loads(plan.read_text())["grid"]
             needed = f"; a run of this size needs up to ~{bytes_needed(grid['width'], grid['height']) / 1e6:.0f} MB"

@@ -138,11 +138,11 @@ def measure_coverage(inputs: SceneInputs, roi_grid_crs: shapely.Geometry, grid_c
     """The share of the ROI each layer of ``inputs`` covers (reads headers only)."""
     if roi_grid_crs.is_empty or roi_grid_crs.area <= 0:
         raise InputError("the ROI is empty")
-    footprints = {path: raster_footprint(path, grid_crs)
-                  for paths in scene_layers(inputs).values() for path in paths}
+    layers = scene_layers(inputs)
+    footprints = {path: raster_footprint(path, grid_crs) for paths in layers.values() for path in paths}
     scenes = {s["scene_id"]: s for s in inputs.scenes()}
     out = []
-    for layer, paths in scene_layers(inputs).items():
+    for layer, paths in layers.items():
         covered = shapely.union_all([footprints[p] for p in paths])
         target = roi_grid_crs
         if layer.startswith("cloud mask of scene "):  # judged where its scene's bands are
