@@ -6,7 +6,7 @@
 
 Everything is measured in one process, so the ratios (total / model forward, inference stage /
 model forward) stay meaningful on a noisy machine even when the absolute seconds do not
-(DESIGN.md section 9: ratios in one run, never timing thresholds). The stages are the plain
+(ratios in one run, never timing thresholds). The stages are the plain
 functions of ``tasks.run.steps`` called directly (the same functions the Prefect flow wraps), so
 their timings carry no orchestration cost; ``--prefect`` also times the Prefect flow end to end and
 reports its overhead separately.

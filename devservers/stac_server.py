@@ -56,7 +56,7 @@ from devservers.static_files import FaultControl, StaticFileServer, serve_until_
 LOGGER = logging.getLogger(__name__)
 
 SHARED_DATA_ENV = "LANDSLIDE_SHARED_DATA"
-# ../shared/data beside the repository (DESIGN.md section 8); $LANDSLIDE_SHARED_DATA points elsewhere
+# ../shared/data beside the repository; $LANDSLIDE_SHARED_DATA points elsewhere
 SHARED_DATA = Path(os.environ.get(SHARED_DATA_ENV) or Path(__file__).resolve().parents[2] / "shared" / "data")
 S2_JP2_DIR = SHARED_DATA / "s2_l1c_t18svg_20160112" / "jp2"
 GLO30_TIF = SHARED_DATA / "cop_dem_glo30_n00e006" / "Copernicus_DSM_COG_10_N00_00_E006_00_DEM.tif"

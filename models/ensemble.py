@@ -1,4 +1,4 @@
-"""Ensembles: a card listing member cards plus a combination rule (DESIGN.md section 6).
+"""Ensembles: a card listing member cards plus a combination rule (docs/contracts.md section 4).
 
 Rules, per pixel, over the member probabilities p_i:
 - ``mean``: the mean of p_i;

@@ -13,7 +13,7 @@ Where the two disagree, or the reference was not computed or is cloud-masked, th
 ``docs/weak_labels.md`` (reproduce with ``tests/data/measure_weak_labels.py``).
 
 All functions are pure numpy. Reflectance inputs are top-of-atmosphere reflectance x 10000 (the
-pipeline's physical S2 units, DESIGN.md section 3) as float arrays on one grid, NaN = nodata.
+pipeline's physical S2 units, docs/contracts.md section 1) as float arrays on one grid, NaN = nodata.
 """
 
 from __future__ import annotations

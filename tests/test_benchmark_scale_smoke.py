@@ -1,5 +1,5 @@
 """The scale benchmark's per-size run works on a tiny mirrored scene and its numbers hold together
-(no timing bars: DESIGN.md section 9)."""
+(no timing bars: speed is reported as ratios in one run, benchmarks/README.md)."""
 
 from __future__ import annotations
 

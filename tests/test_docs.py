@@ -14,7 +14,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "benchmarks" / "README.md",
+        ROOT / "tests" / "servers" / "README.md"]
+CODE = [p for d in ("tasks", "flows", "models", "benchmarks", "devservers", "tests")
+        for p in sorted((ROOT / d).rglob("*.py")) if p.name != "test_docs.py"]
 TOP = ("tasks/", "flows/", "models/", "tests/", "docs/", "benchmarks/", "devservers/", "data/", ".ci/",
        "../shared/", "README.md", "prefect.yaml", "pyproject.toml", "data_catalog.yaml", "constraints.txt")
 REF = re.compile(r"\]\(([^)#\s]+)\)|`([^`\s]+)`")
@@ -51,3 +54,9 @@ def test_no_doc_cites_files_outside_the_repository_or_this_machine():
         text = doc.read_text()
         assert "DESIGN.md" not in text, doc.name
         assert not re.search(r"cd /(work|root|home)/", text), doc.name
+
+
+def test_no_code_cites_a_document_outside_the_repository():
+    """Docstrings and messages point users at docs/contracts.md, never at a file they do not have."""
+    citing = [str(p.relative_to(ROOT)) for p in CODE if "DESIGN.md" in p.read_text()]
+    assert not citing, citing

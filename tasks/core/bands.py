@@ -1,6 +1,6 @@
 """The band contract: the Landslide4Sense channel layout as data.
 
-Channel order, always, in stacks, patches and checkpoints (DESIGN.md section 3)::
+Channel order, always, in stacks, patches and checkpoints (docs/contracts.md section 1)::
 
     B01 B02 B03 B04 B05 B06 B07 B08 B09 B10 B11 B12 SLOPE DEM
 

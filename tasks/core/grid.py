@@ -1,6 +1,6 @@
 """The analysis grid: 10 m pixels in the UTM zone of the ROI centroid, origin snapped to the pixel size.
 
-DESIGN.md section 4: ROI bounds are snapped outward to multiples of ``res_m``; every layer is resampled
+docs/contracts.md section 2: ROI bounds are snapped outward to multiples of ``res_m``; every layer is resampled
 onto this one grid.
 """
 

@@ -1,7 +1,7 @@
 """The regional landslide inventory: one GeoPackage per region that every scan run updates.
 
 Layer ``landslides`` holds one row per landslide ever detected in the region, with the attributes of
-DESIGN.md section 5 from its latest detection plus
+docs/contracts.md section 3 from its latest detection plus
 
 - ``inventory_id`` (int, stable across runs), ``first_seen`` / ``last_seen`` (the acquisition
   times of the first and latest scenes it was detected in), ``detections`` (how many runs saw it)

@@ -3,7 +3,7 @@
 Each band is opened through a GDAL ``WarpedVRT`` onto the analysis grid and wrapped by rioxarray as a
 dask array, so the stack is computed chunk by chunk and streamed to a tiled GeoTIFF: memory depends
 on the chunk size, not the scene size. Bands may come in any CRS and resolution (10/20/60 m): GDAL
-resamples each onto the grid (bilinear for reflectance and terrain, DESIGN.md section 4). Slope is
+resamples each onto the grid (bilinear for reflectance and terrain, docs/contracts.md section 2). Slope is
 computed on the DEM in a metric CRS at the DEM's own resolution first, then resampled.
 
 Output: ``stack.tif`` (float32, 14 bands in contract order, physical units, NaN = nodata; channels the

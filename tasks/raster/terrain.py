@@ -1,4 +1,4 @@
-"""Terrain: slope in degrees from a DEM, computed in a metric CRS (DESIGN.md section 3, band SLOPE).
+"""Terrain: slope in degrees from a DEM, computed in a metric CRS (docs/contracts.md section 1, band SLOPE).
 
 Slope uses Horn's (1981) method, the 3x3 weighted finite differences of ``gdaldem slope`` (its
 default ``-alg Horn``). For a cell ``e`` with neighbours::

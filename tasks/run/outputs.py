@@ -2,7 +2,7 @@
 
 Every file is written into a staging folder (``<out>/.staging``) and moved into place only when the
 whole run has succeeded, so a reader never sees half a run and a failed run leaves no file under a
-final name (DESIGN.md section 5).
+final name (docs/contracts.md section 3).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ A source that provides a cloud mask hands alignment a ``cloud_mask`` dict (in ``
 - ``origin``: what the mask is, for the manifest.
 
 Alignment turns cloud pixels to not-valid, so they leave the ``footprint`` layer and get no
-probability, mask value or polygon (DESIGN.md section 5: outside the footprint means "not looked
+probability, mask value or polygon (docs/contracts.md section 3: outside the footprint means "not looked
 at"). It writes ``cloud_mask.json`` in the work folder: per scene, how many pixels that would
 otherwise have been analysed were masked; the scan's finish step (``tasks.run.steps``) copies it
 into the manifest as ``inputs.cloud_mask``.

@@ -1,6 +1,6 @@
 """Scene choice and per-pixel mosaics: which scene every analysed pixel comes from.
 
-The rule (DESIGN.md section 7, docs/sources_stac.md, docs/sources_sentinelhub.md):
+The rule (docs/sources_stac.md, docs/sources_sentinelhub.md):
 
 1. Candidates are the search results under the cloud limit whose footprint meets the ROI.
 2. If one candidate covers the whole ROI, the least-cloudy such scene is used alone (ties: the one

@@ -1,8 +1,8 @@
 """Clean the stitched probability map into a binary landslide mask: pure numpy/scipy/skimage.
 
-Steps (DESIGN.md section 4-5): threshold, binary opening (removes speckle), binary closing (bridges
-small gaps), fill small holes, remove objects smaller than a minimum area, zero outside the valid
-mask.
+Steps (docs/contracts.md section 3): threshold, binary opening (removes speckle), binary closing
+(bridges small gaps), fill small holes, remove objects smaller than a minimum area, zero outside the
+valid mask.
 
 Connectivity: a landslide is a **4-connected** set of pixels (pixels sharing an edge). Diagonal-only
 contacts do not join two objects. The same rule is used here (labelling, minimum area) and in

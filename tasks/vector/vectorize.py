@@ -1,6 +1,6 @@
 """Vectorize the cleaned mask: one Polygon per landslide with attributes, plus the analysed footprint.
 
-DESIGN.md section 5 fixes the schema of ``landslides.gpkg``: layer ``landslides`` (Polygon, the
+docs/contracts.md section 3 fixes the schema of ``landslides.gpkg``: layer ``landslides`` (Polygon, the
 analysis CRS, columns :data:`LANDSLIDE_COLUMNS`) and layer ``footprint`` (MultiPolygon: the area that
 was actually analysed; outside it, no polygon means "not looked at", not "no landslide").
 

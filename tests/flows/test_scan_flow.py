@@ -39,7 +39,7 @@ PRE_SCENE = "iburi-2018-pre-s2-mosaic"
 IBURI_BBOX = (141.95, 42.72, 141.99, 42.75)
 SECRET = "do-not-leak-0123456789abcdef"
 
-# DESIGN.md section 5, written out here so the test pins the contract, not the implementation.
+# docs/contracts.md section 3, written out here so the test pins the contract, not the implementation.
 LANDSLIDE_SCHEMA = [
     ("landslide_id", "int"), ("area_m2", "real"), ("perimeter_m", "real"), ("mean_prob", "real"),
     ("max_prob", "real"), ("uncertainty", "real"), ("mean_slope_deg", "real"),

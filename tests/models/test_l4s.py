@@ -82,7 +82,7 @@ def test_l4s_scale_restores_integer_values(stack: np.ndarray) -> None:
 
 
 def test_l4s_scaled_means_are_about_one(stack: np.ndarray) -> None:
-    # DESIGN.md: per-channel means of the stored (scaled) values are about 1. Measured on these 14
+    # Landslide4Sense: per-channel means of the stored (scaled) values are about 1. Measured on these 14
     # test patches: 0.99..1.42 for B01-B08, B11, B12, SLOPE; B09 1.67, DEM 1.64, B10 4.06.
     scaled_means = (stack / np.asarray(L4S_SCALE)[None, :, None, None]).mean(axis=(0, 2, 3))
     m = dict(zip(BAND_NAMES, scaled_means))
