@@ -138,8 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     options.add_catalog(regions)
 
     models_p = sub.add_parser("models", help="list architectures and shipped checkpoints",
-                              description="List the 12 registry models and the checkpoints in "
-                                          "models/checkpoints.")
+                              description="List the source paper's 12 architectures and the shipped "
+                                          "checkpoints in models/checkpoints: network, size, bands, "
+                                          "labels (real or weak) and the metrics each card records.")
     models_p.add_argument("--json", action="store_true")
 
     from flows import dataset_cli, dev_server_cli, regional_cli, train_cli
@@ -226,20 +227,47 @@ def cmd_regions(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_models(args: argparse.Namespace) -> int:
-    from models.checkpoint import list_checkpoints
-    from models.registry import list_models
+def _size_text(n_bytes: int) -> str:
+    return f"{n_bytes / 1e6:.1f} MB" if n_bytes >= 1e5 else f"{n_bytes / 1e3:.0f} kB"
 
-    info = {"architectures": list_models(), "checkpoints": list_checkpoints()}
+
+def _print_card(summary) -> None:
+    default = "  (default)" if summary.default else ""
+    print(f"  {summary.name}{default}")
+    params = f", {summary.parameters / 1e6:.2f} M parameters" if summary.parameters else ""
+    dtype = f" {summary.weights_dtype}" if summary.weights_dtype else ""
+    print(f"      network  {summary.network}{params}, {_size_text(summary.size_bytes)}{dtype}")
+    if summary.members:
+        print(f"      members  {', '.join(summary.members)}")
+    print(f"      bands    {' '.join(summary.bands)}")
+    text = summary.labels_text
+    if not text.lower().startswith(summary.labels):
+        text = f"{summary.labels}: {text}"
+    print(f"      labels   {text[:160]}{'...' if len(text) > 160 else ''}")
+    if summary.dataset or summary.split:
+        print(f"      data     {summary.dataset}; {summary.split}")
+    for m in summary.metrics:
+        figures = "  ".join(f"{label} {value:.3f}" for label, value in
+                            (("F1", m.f1), ("IoU", m.iou), ("P", m.precision), ("R", m.recall))
+                            if value is not None)
+        print(f"      {m.name + ':':<9s}{figures}  [{m.basis}]")
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from models.cards import PAPER_MODEL_NAMES, summarize_checkpoints
+
+    summaries = summarize_checkpoints()
     if args.json:
-        print(json.dumps(info, indent=2))
-    else:
-        print("architectures (train with `landslide train --model NAME`):")
-        for name in info["architectures"]:
-            print(f"  {name}")
-        print("shipped checkpoints (use with `landslide scan --checkpoint NAME`):")
-        for name in info["checkpoints"]:
-            print(f"  {name}")
+        print(json.dumps({"architectures": list(PAPER_MODEL_NAMES),
+                          "checkpoints": [s.as_dict() for s in summaries]}, indent=2))
+        return 0
+    print("architectures (train with `landslide train --model NAME`):")
+    for name in PAPER_MODEL_NAMES:
+        print(f"  {name}")
+    print("shipped checkpoints (use with `landslide scan --checkpoint NAME`; metrics are those the "
+          "card records, on the data and split it names):")
+    for summary in summaries:
+        _print_card(summary)
     return 0
 
 

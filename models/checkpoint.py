@@ -1,4 +1,4 @@
-"""Checkpoints: safetensors weights plus a JSON model card (DESIGN.md section 6).
+"""Checkpoints: safetensors weights plus a JSON model card (docs/contracts.md section 4).
 
 A checkpoint is two files side by side::
 
@@ -35,14 +35,12 @@ from pydantic import (
     model_validator,
 )
 
+from models.cards import CARD_SUFFIX, CHECKPOINT_DIR, WEIGHTS_SUFFIX, list_checkpoints
 from models.registry import build_model, canonical_arch, check_encoder
 from tasks.core.bands import BAND_NAMES, normalize_band_name, validate_bands
 from tasks.core.errors import CheckpointError, InputError
 from tasks.core.files import atomic_write, utc_now_iso
 
-CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
-CARD_SUFFIX = ".json"
-WEIGHTS_SUFFIX = ".safetensors"
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")  # torch.save and friends
 WEIGHTS_DTYPES: tuple[str, ...] = ("float32", "float16")
 _TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}
@@ -353,22 +351,6 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def list_checkpoints(directory: str | Path | None = None) -> list[str]:
-    """Names of the model cards in a folder (default: the shipped ``models/checkpoints``).
-
-    Args:
-        directory: folder to list; None for ``CHECKPOINT_DIR``.
-
-    Returns:
-        Sorted card names (file stems); an empty list when the folder does not exist.
-    """
-    folder = Path(directory) if directory is not None else CHECKPOINT_DIR
-    if not folder.is_dir():
-        return []
-    return sorted(p.stem for p in folder.glob(f"*{CARD_SUFFIX}")
-                  if p.is_file() and not p.name.startswith("."))
-
-
 def resolve_checkpoint(ref: str | Path) -> Path:
     """Find the model card a reference points to.
 
@@ -453,7 +435,7 @@ def read_card(path: str | Path) -> ModelCard:
         return ModelCard.model_validate(data)
     except ValidationError as exc:
         raise CheckpointError(f"model card {path} is invalid: {_summarize_validation(exc)}; fix the "
-                              "card (format: DESIGN.md section 6)") from None
+                              "card (format: docs/contracts.md section 4)") from None
 
 
 def _check_safetensors_header(path: Path) -> None:

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from models.cards import DEFAULT_CHECKPOINT
 from models.checkpoint import CardFields, ModelCard, load_checkpoint, resolve_checkpoint, sha256_file
 from models.ensemble import EnsembleCard, is_ensemble_card, member_refs, read_ensemble
 from models.export import load_onnx_detector
@@ -24,7 +25,6 @@ from tasks.core.bands import validate_bands
 from tasks.core.blend import Detector
 from tasks.core.errors import CheckpointError, InputError
 
-DEFAULT_CHECKPOINT = "iburi2018-real-unet-efficientnet-b0"
 DEFAULT_EVENT_CHECKPOINT = "iburi2018-real-event-unet-efficientnet-b0"  # the default with --event-date
 INDEX_DETECTOR = "index"
 

@@ -26,25 +26,8 @@ import torch
 # `import models`): under pytest, tests/models can shadow the package name `models`.
 from models import _torchvision_compat  # noqa: F401,I001
 import segmentation_models_pytorch as smp  # noqa: I001  (after the shim)
+from models.cards import ARCHITECTURES, DEEPLAB_PAPER_ENCODER, PAPER_MODEL_NAMES, UNET_ENCODERS
 from tasks.core.errors import InputError
-
-ARCHITECTURES: tuple[str, ...] = ("Unet", "DeepLabV3Plus")
-
-UNET_ENCODERS: tuple[str, ...] = (
-    "mobilenet_v2",
-    "vgg16",
-    "resnet34",
-    "efficientnet-b0",
-    "mit_b1",
-    "inceptionv4",
-    "densenet121",
-    "resnext50_32x4d",
-    "se_resnet50",
-    "se_resnext50_32x4d",
-    "inceptionresnetv2",
-)
-
-DEEPLAB_PAPER_ENCODER = "resnet34"
 
 _ARCH_CLASSES: dict[str, type[torch.nn.Module]] = {
     "Unet": smp.Unet,
@@ -150,7 +133,7 @@ PAPER_MODELS: tuple[ModelSpec, ...] = tuple(ModelSpec("Unet", e) for e in UNET_E
 
 def list_models() -> list[str]:
     """Names of the source paper's 12 models (11 U-Net encoders, then DeepLabV3+ ResNet-34)."""
-    return [spec.name for spec in PAPER_MODELS]
+    return list(PAPER_MODEL_NAMES)
 
 
 def parse_model_name(name: str) -> ModelSpec:

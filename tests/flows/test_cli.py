@@ -7,6 +7,8 @@ makes starting a flow fail the test), so the whole file runs in seconds without 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -335,16 +337,43 @@ def test_regions_lists_the_catalog(capsys):
     assert "iburi-2018" in out and "iburi-2018-local" in out and "kind=local" in out
 
 
-def test_models_lists_the_paper_models(capsys):
+def test_models_lists_the_paper_models_and_what_each_card_holds(capsys):
+    from models.cards import DEFAULT_CHECKPOINT, list_checkpoints
     from models.registry import list_models
 
     code, out, err = run_cli(["models", "--json"], capsys)
     assert code == 0, err
     info = json.loads(out)
     assert info["architectures"] == list_models() and len(info["architectures"]) == 12
+    cards = {c["name"]: c for c in info["checkpoints"]}
+    assert sorted(cards) == list_checkpoints() and info["checkpoints"][0]["name"] == DEFAULT_CHECKPOINT
+    default = cards[DEFAULT_CHECKPOINT]
+    assert default["labels"] == "real" and default["bands"] == ["B02", "B03", "B04", "SLOPE", "DEM"]
+    val = next(m for m in default["metrics"] if m["name"] == "val")
+    assert val["basis"] == "real inventory labels" and 0 < val["f1"] < 1
     code, out, err = run_cli(["models"], capsys)
     assert code == 0, err
     assert all(name in out for name in list_models())
+    assert f"{DEFAULT_CHECKPOINT}  (default)" in out and f"F1 {val['f1']:.3f}" in out
+    # Weak-label agreement is never presented as accuracy against real labels.
+    weak_lines = [line for line in out.splitlines() if "weak_labels:" in line]
+    assert weak_lines and all("(not accuracy)" in line for line in weak_lines)
+
+
+def test_version_and_models_import_neither_torch_nor_prefect():
+    """`landslide --version` and `landslide models` answer without the heavy imports (issue 21)."""
+    code = ("import sys; from flows.cli import main\n"
+            "for argv in (['--version'], ['models'], ['models', '--json']):\n"
+            "    try:\n"
+            "        main(argv)\n"
+            "    except SystemExit as exc:\n"
+            "        assert exc.code in (0, None), exc.code\n"
+            "heavy = sorted(m for m in ('torch', 'prefect', 'segmentation_models_pytorch', 'rasterio')"
+            " if m in sys.modules)\n"
+            "assert not heavy, heavy\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def test_version(capsys):

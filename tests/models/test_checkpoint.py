@@ -11,7 +11,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from models import checkpoint  # noqa: E402
+from models import cards, checkpoint  # noqa: E402
 from models.checkpoint import (  # noqa: E402
     InputTransform,
     ModelCard,
@@ -119,6 +119,7 @@ def test_load_by_weights_path_and_by_name(saved, monkeypatch):
     assert resolve_checkpoint(weights_path) == card_path
     assert resolve_checkpoint(str(card_path.with_suffix(""))) == card_path
     monkeypatch.setattr(checkpoint, "CHECKPOINT_DIR", card_path.parent)
+    monkeypatch.setattr(cards, "CHECKPOINT_DIR", card_path.parent)  # where list_checkpoints looks
     assert list_checkpoints() == ["test-unet-mobilenet_v2"]
     assert resolve_checkpoint("test-unet-mobilenet_v2") == card_path
     _, card = load_checkpoint("test-unet-mobilenet_v2")

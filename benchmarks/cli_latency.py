@@ -1,0 +1,104 @@
+"""How fast the `landslide` command answers: fresh-process wall time per command, and what it imports.
+
+    python -m benchmarks.cli_latency                  # Markdown table, 5 runs per command, median
+    python -m benchmarks.cli_latency --repeat 9 --json
+
+Each command runs as a new ``python`` process, the way a user types it, in round-robin order so that
+machine load spreads evenly over the commands. Times are reported in seconds and as a ratio to the
+bare interpreter start (``python -c pass``) measured in the same rounds: ratios in one run, never
+timing thresholds. A second, untimed pass of each command reports which heavy packages it imported
+(torch, Prefect, rasterio, segmentation-models-pytorch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "prefect", "rasterio", "segmentation_models_pytorch")
+
+# name -> argv of `landslide`; None = the bare interpreter.
+COMMANDS: dict[str, list[str] | None] = {
+    "python -c pass": None,
+    "landslide --version": ["--version"],
+    "landslide models": ["models"],
+    "landslide scan (bad --bbox)": ["scan", "--bbox", "1,2,3", "--out", "/nonexistent/x"],
+    "landslide scan (unknown --region)": ["scan", "--region", "no-such-region", "--out", "/nonexistent/x"],
+}
+
+_RUN = ("import sys\nfrom flows.cli import main\ncode = 0\ntry:\n    code = main({argv!r})\n"
+        "except SystemExit as exc:\n    code = exc.code if isinstance(exc.code, int) else 1\n"
+        "{report}sys.exit(code or 0)\n")
+_REPORT = "print('HEAVY', sorted(m for m in {heavy!r} if m in sys.modules), file=sys.stderr)\n"
+
+
+def _code(argv: list[str] | None, report: bool) -> str:
+    if argv is None:
+        return "pass"
+    return _RUN.format(argv=argv, report=_REPORT.format(heavy=HEAVY) if report else "")
+
+
+def _time_once(argv: list[str] | None) -> tuple[float, int]:
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", _code(argv, report=False)], cwd=REPO,
+                          capture_output=True, text=True)
+    return time.perf_counter() - start, proc.returncode
+
+
+def _heavy_imports(argv: list[str] | None) -> list[str]:
+    if argv is None:
+        return []
+    proc = subprocess.run([sys.executable, "-c", _code(argv, report=True)], cwd=REPO,
+                          capture_output=True, text=True)
+    line = next((x for x in proc.stderr.splitlines() if x.startswith("HEAVY ")), "HEAVY []")
+    return json.loads(line[len("HEAVY "):].replace("'", '"'))
+
+
+def measure(repeat: int) -> dict:
+    times: dict[str, list[float]] = {name: [] for name in COMMANDS}
+    exit_codes: dict[str, int] = {}
+    for _ in range(repeat):
+        for name, argv in COMMANDS.items():
+            seconds, code = _time_once(argv)
+            times[name].append(seconds)
+            exit_codes[name] = code
+    base = statistics.median(times["python -c pass"])
+    rows = []
+    for name, argv in COMMANDS.items():
+        median_s = statistics.median(times[name])
+        rows.append({"command": name, "median_s": round(median_s, 3),
+                     "max_s": round(max(times[name]), 3),
+                     "ratio_to_bare_python": round(median_s / base, 2) if base else None,
+                     "exit_code": exit_codes[name], "heavy_imports": _heavy_imports(argv)})
+    return {"python": sys.version.split()[0], "repeat": repeat, "rows": rows}
+
+
+def to_markdown(report: dict) -> str:
+    lines = [f"{report['repeat']} runs per command (median), Python {report['python']}", "",
+             "| command | median s | max s | x bare python | exit | heavy imports |",
+             "|---|---|---|---|---|---|"]
+    for r in report["rows"]:
+        lines.append(f"| `{r['command']}` | {r['median_s']:.3f} | {r['max_s']:.3f} | "
+                     f"{r['ratio_to_bare_python']} | {r['exit_code']} | "
+                     f"{', '.join(r['heavy_imports']) or 'none'} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    report = measure(max(1, args.repeat))
+    print(json.dumps(report, indent=2) if args.json else to_markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

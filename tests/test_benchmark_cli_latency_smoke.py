@@ -1,0 +1,20 @@
+"""benchmarks/cli_latency.py runs and reports every command (no timing bars: speed is reported as
+ratios in one run, benchmarks/README.md)."""
+
+from __future__ import annotations
+
+from benchmarks.cli_latency import COMMANDS, measure, to_markdown
+
+
+def test_cli_latency_report_is_complete():
+    report = measure(repeat=1)
+    rows = {r["command"]: r for r in report["rows"]}
+    assert list(rows) == list(COMMANDS)
+    assert rows["landslide --version"]["exit_code"] == 0 and rows["landslide models"]["exit_code"] == 0
+    assert rows["landslide scan (bad --bbox)"]["exit_code"] == 2
+    assert rows["landslide scan (unknown --region)"]["exit_code"] == 2
+    # the answers issue 21 promises without torch or Prefect
+    for name in ("landslide --version", "landslide models", "landslide scan (bad --bbox)"):
+        assert rows[name]["heavy_imports"] == [], (name, rows[name]["heavy_imports"])
+    assert all(r["median_s"] > 0 and r["ratio_to_bare_python"] > 0 for r in rows.values())
+    assert "| `landslide models` |" in to_markdown(report)
