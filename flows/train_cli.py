@@ -22,6 +22,22 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     _add_export(sub)
     _add_evaluate(sub)
     _add_compare(sub)
+    _add_card_stats(sub)
+
+
+def _add_card_stats(sub: argparse._SubParsersAction) -> None:
+    cs = sub.add_parser(
+        "card-stats", help="add training statistics (band means and covariance) to an older card",
+        description="Recompute a card's training statistics from the split it was trained on and "
+                    "store them in the card (training_statistics): `landslide scan` compares every "
+                    "scene with them and warns when the scene is outside the training domain. The "
+                    "split is checked against the card's input transform first; the weights are "
+                    "not touched. Cards trained now carry the statistics already.")
+    options.add_checkpoint(cs, dest="checkpoint", metavar="NAME|PATH", required=True,
+                           help="model card name in models/checkpoints or a path to a .json card")
+    cs.add_argument("--data-dir", required=True, help="the card's training split")
+    cs.add_argument("--layout", choices=["scene", "l4s", "chips"], default="scene")
+    cs.add_argument("--split-list", help="official split list (l4s layout)")
 
 
 def _add_weak_labels(sub: argparse._SubParsersAction) -> None:
@@ -320,6 +336,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_card_stats(args: argparse.Namespace) -> int:
+    from models.training.train import add_training_statistics
+
+    path = add_training_statistics(args.checkpoint, args.data_dir, args.layout, args.split_list)
+    print(f"training statistics added to {path}")
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from flows.evaluate import compare_flow
     from models.data.datasets import load_scene_dataset
@@ -454,4 +478,4 @@ def _evaluate_run(args: argparse.Namespace) -> int:
 
 HANDLERS = {"weak-labels": cmd_weak_labels, "train": cmd_train, "train-suite": cmd_train_suite,
             "ensemble": cmd_ensemble, "export": cmd_export,
-            "evaluate": cmd_evaluate, "compare": cmd_compare}
+            "evaluate": cmd_evaluate, "compare": cmd_compare, "card-stats": cmd_card_stats}

@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 ARCHITECTURES: tuple[str, ...] = ("Unet", "DeepLabV3Plus")
 
 UNET_ENCODERS: tuple[str, ...] = (
@@ -240,3 +242,115 @@ def summarize_checkpoints(directory: str | Path | None = None) -> list[CardSumma
     """:func:`summarize_card` for every card in a folder (default: the shipped ones), default first."""
     summaries = [summarize_card(n, directory) for n in list_checkpoints(directory)]
     return sorted(summaries, key=lambda s: (not s.default, s.name))
+
+
+# Out-of-domain rule (issue 21; measurements in docs/domain_check.md). A pixel's squared Mahalanobis
+# distance d2 from the training pixels (their mean vector and covariance) averages k, the number of
+# bands, over the training pixels themselves. Over a scene it averages
+#     E[d2] = trace(C^-1 S) + (m - mu)^T C^-1 (m - mu)
+# (C, mu: training covariance and mean; S, m: the scene's). The check runs per group of bands, because
+# the groups shift for different reasons: the spectral bands with the sensor, its processing level,
+# the season and the land cover; the terrain bands with the relief of the area. A group is outside
+# the training domain when E[d2] / k exceeds its limit. Cards without a covariance use their per-band
+# means and standard deviations (a diagonal C).
+DOMAIN_GROUPS: dict[str, tuple[str, ...]] = {
+    "spectral": ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12",
+                 "PRE_B02", "PRE_B03", "PRE_B04", "PRE_B08", "PRE_B11", "PRE_B12"),
+    "terrain": ("SLOPE", "DEM"),
+}
+# spectral: the bundled sample gives 0.9-1.2 (the training area itself exactly 1.0), the real T18SVG
+# scene (January, Virginia coast) 5.0. terrain: the sample's own eastern hills reach 5.7 (elevation
+# ~3 training std above the training area), so only a grosser relief shift warns.
+DOMAIN_MAX_D2_RATIO: dict[str, float] = {"spectral": 2.5, "terrain": 8.0}
+
+
+def _training_moments(card: dict[str, Any]) -> tuple[list[str], np.ndarray, np.ndarray, str]:
+    stats = card.get("training_statistics")
+    if stats:
+        return (list(stats["bands"]), np.asarray(stats["mean"], float), np.asarray(stats["covariance"], float),
+                "training_statistics (mean vector and covariance of the training pixels)")
+    t = card["input_transform"]
+    scale, offset = np.asarray(t["scale"], float), np.asarray(t["offset"], float)
+    mean = (np.asarray(t["mean"], float) - offset) / scale  # back to physical units
+    std = np.asarray(t["std"], float) / np.abs(scale)
+    return (list(card["bands"]), mean, np.diag(std ** 2),
+            "input_transform means and standard deviations (this card has no covariance)")
+
+
+def _group_of(band: str) -> str:
+    return next((g for g, members in DOMAIN_GROUPS.items() if band in members), "other")
+
+
+def _mean_d2(mu: np.ndarray, cov: np.ndarray, m: np.ndarray, s: np.ndarray) -> float:
+    """E[d2] over pixels with mean m and covariance s, d2 measured against (mu, cov)."""
+    cov = cov + np.eye(len(mu)) * 1e-9 * max(float(np.trace(cov)), 1e-12)  # never singular
+    delta = m - mu
+    return float(np.trace(np.linalg.solve(cov, s)) + delta @ np.linalg.solve(cov, delta))
+
+
+def domain_check(card: dict[str, Any], scene_moments: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Compare a scene's band statistics with a model card's training statistics.
+
+    Args:
+        card: a model card as JSON (``bands``, ``input_transform``, optionally ``training_statistics``).
+        scene_moments: the scene's moments by label (``tasks.core.moments.BandMoments.to_json``:
+            ``bands``, ``n_px``, ``mean``, ``covariance``, physical units): ``{"": post}``, or with an
+            event scan's pre-event stack ``{"": post, "pre-event": pre}``; sets are compared
+            separately, the label suffixes the group names. Bands of the card in none of them are
+            listed as not checked.
+
+    Returns:
+        ``{"card", "basis", "groups": {group: {"bands", "d2_ratio", "limit", "outside"}}, "outside"
+        (any group), "bands": {band: {"scene_mean", "scene_std", "training_mean", "training_std",
+        "z", "spread_ratio"}}, "not_checked"}``.
+    """
+    train_bands, mu, cov, basis = _training_moments(card)
+    bands: dict[str, dict[str, float]] = {}
+    groups: dict[str, dict[str, Any]] = {}
+    for label, moments in scene_moments.items():
+        if not moments or not moments.get("n_px") or moments.get("mean") is None:
+            continue
+        for group in dict.fromkeys(_group_of(b) for b in train_bands):
+            common = [b for b in train_bands if _group_of(b) == group and b in moments["bands"]
+                      and b not in bands]
+            if not common:
+                continue
+            ti = [train_bands.index(b) for b in common]
+            si = [moments["bands"].index(b) for b in common]
+            c, t_mean = cov[np.ix_(ti, ti)], mu[ti]
+            m = np.asarray(moments["mean"], float)[si]
+            s = np.asarray(moments["covariance"], float)[np.ix_(si, si)]
+            ratio = _mean_d2(t_mean, c, m, s) / len(ti)
+            limit = DOMAIN_MAX_D2_RATIO.get(group, max(DOMAIN_MAX_D2_RATIO.values()))
+            key = f"{group} {label}".strip()
+            groups[key] = {"bands": common, "d2_ratio": round(ratio, 3), "limit": limit,
+                           "outside": ratio > limit}
+            for k, b in enumerate(common):
+                train_std = float(np.sqrt(max(c[k, k], 1e-24)))
+                scene_std = float(np.sqrt(max(s[k, k], 0.0)))
+                bands[b] = {"scene_mean": round(float(m[k]), 3), "scene_std": round(scene_std, 3),
+                            "training_mean": round(float(t_mean[k]), 3), "training_std": round(train_std, 3),
+                            "z": round(float(m[k] - t_mean[k]) / train_std, 3),
+                            "spread_ratio": round(scene_std / train_std, 3)}
+    return {"card": card.get("name"), "basis": basis, "groups": groups,
+            "outside": any(g["outside"] for g in groups.values()),
+            "bands": bands, "not_checked": [b for b in train_bands if b not in bands]}
+
+
+def domain_warning(check: dict[str, Any]) -> str | None:
+    """One line saying which band groups of the scene are outside the card's training domain, with
+    the bands that differ most; None when none is."""
+    outside = [(name, g) for name, g in check["groups"].items() if g["outside"]]
+    if not outside:
+        return None
+    parts = []
+    for name, g in outside:
+        worst = sorted(g["bands"], key=lambda b: -(check["bands"][b]["z"] ** 2
+                                                    + (check["bands"][b]["spread_ratio"] - 1) ** 2))[:3]
+        details = ", ".join(f"{b} mean {check['bands'][b]['scene_mean']:.4g} (training "
+                            f"{check['bands'][b]['training_mean']:.4g} +- {check['bands'][b]['training_std']:.3g})"
+                            for b in worst)
+        parts.append(f"{name} bands {g['d2_ratio']:.1f}x as far from the training pixels as those are "
+                     f"(limit {g['limit']}): {details}")
+    return (f"the scene is outside the training domain of {check['card']}: {'; '.join(parts)}; "
+            "detections here are less reliable than the card's metrics say")

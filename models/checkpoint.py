@@ -255,6 +255,25 @@ class Training(_Strict):
     seed: int
 
 
+class TrainingStatistics(_Strict):
+    """Mean vector and covariance of the card's bands over its training pixels, in physical units
+    (``tasks.core.moments``); ``models.cards.domain_check`` compares each scene's with them."""
+
+    bands: list[str]
+    n_px: int = Field(ge=1)
+    mean: list[FiniteFloat]
+    covariance: list[list[FiniteFloat]]
+    pixels: str = ""  # which pixels were counted
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainingStatistics":
+        k = len(self.bands)
+        if len(self.mean) != k or len(self.covariance) != k or any(len(r) != k for r in self.covariance):
+            raise InputError(f"training_statistics: mean and covariance need {k} values per band of "
+                             f"{self.bands}")
+        return self
+
+
 class ModelCard(_Strict):
     """The model card of one trained network (``<name>.json`` next to ``<name>.safetensors``)."""
 
@@ -271,6 +290,7 @@ class ModelCard(_Strict):
     trained_on: TrainedOn
     metrics: dict[str, dict[str, FiniteFloat]] = Field(default_factory=dict)
     training: Training
+    training_statistics: TrainingStatistics | None = None  # absent on cards trained before issue 21
     created: str = Field(default_factory=utc_now_iso)
     weights_sha256: str = Field(default="", pattern=r"^([0-9a-f]{64})?$")
     weights_dtype: Literal["float32", "float16"] = "float32"
@@ -295,6 +315,15 @@ class ModelCard(_Strict):
             raise InputError(f"bands {canon} are not in contract order; list them as {ordered} "
                              f"(order {' '.join(BAND_NAMES)}) and order input_transform the same way")
         return canon
+
+    @field_validator("training_statistics")
+    @classmethod
+    def _statistics(cls, v: TrainingStatistics | None, info: ValidationInfo) -> TrainingStatistics | None:
+        bands = info.data.get("bands")
+        if v is not None and bands is not None and not set(v.bands) <= set(bands):
+            raise InputError(f"training_statistics names bands the card does not read: "
+                             f"{sorted(set(v.bands) - set(bands))}")
+        return v
 
     @field_validator("fill")
     @classmethod

@@ -170,6 +170,14 @@ class EnsembleDetector:
                 "card": self.card.model_dump(mode="json")}
 
 
+def network_cards(detector) -> list[dict]:
+    """The model cards (as JSON) of the networks a detector runs: one for a network or its ONNX
+    export, one per member for an ensemble, none for the index rule."""
+    members = getattr(detector, "members", None) or [detector]
+    return [m.card.model_dump(mode="json") for m in members
+            if getattr(getattr(m, "card", None), "input_transform", None) is not None]
+
+
 def load_detector(spec: str | None, device: str = "auto", channels_last: bool | None = None) -> Detector:
     """``index`` -> the rule; None -> the shipped default checkpoint; a ``.onnx`` path -> an ONNX
     Runtime export (``landslide export``); else a checkpoint name/path (a model card, or an

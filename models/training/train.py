@@ -10,6 +10,7 @@ official validation list) after every epoch, and the checkpoint chosen on the va
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,7 +20,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from models.checkpoint import InputTransform, ModelCard, PCAProjection, save_checkpoint
+from models.checkpoint import (
+    InputTransform,
+    ModelCard,
+    PCAProjection,
+    read_card,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from models.data.datasets import SceneData, file_list_sha256, load_scene_dataset, load_training_data
 from models.metrics import IGNORE, evaluate_probabilities
 from models.registry import ModelSpec, build_model, parse_model_name
@@ -38,7 +46,8 @@ from models.training.state import (
 from tasks.core.bands import SPECTRAL_BAND_NAMES, band_index, validate_bands
 from tasks.core.blend import predict_array
 from tasks.core.errors import InputError
-from tasks.core.files import utc_now_iso
+from tasks.core.files import atomic_write, utc_now_iso
+from tasks.core.moments import moments_of
 from tasks.core.tiling import pad_to
 
 log = logging.getLogger(__name__)
@@ -155,6 +164,52 @@ def band_stats(data: SceneData, bands: tuple[str, ...]) -> tuple[list[float], li
     return means, stds
 
 
+def training_statistics(data: SceneData, bands: tuple[str, ...]) -> dict:
+    """The card's ``training_statistics``: mean vector and covariance of ``bands`` (physical units)
+    over the labelled training pixels where every band is finite. ``models.cards.domain_check``
+    compares a scene's with them."""
+    labelled = data.labels != IGNORE if data.labels is not None else np.ones(data.valid.shape, bool)
+    moments = moments_of(data.image[[band_index(b) for b in bands]][:, labelled], bands)
+    if not moments.n_px:
+        raise InputError(f"no labelled training pixel has every band of {', '.join(bands)}")
+    return {**moments.to_json(), "pixels": "labelled pixels of the training split with every band finite"}
+
+
+def add_training_statistics(card_ref: str | Path, train_dir: str | Path, layout: str = "scene",
+                            split_list: str | None = None) -> Path:
+    """Add ``training_statistics`` to a card trained before cards carried them, from its training split.
+
+    The split must be the one the card was trained on: each band's recomputed mean and standard
+    deviation must equal the card's input transform (to 0.1 %), else nothing is written.
+
+    Returns:
+        The card's path (rewritten atomically; the weights are untouched).
+
+    Raises:
+        InputError: the data does not reproduce the card's statistics, or the card uses PCA.
+    """
+    card_path = resolve_checkpoint(card_ref)
+    card = read_card(card_path)
+    bands = tuple(card.bands)
+    data = load_training_data(train_dir, layout, split_list)
+    data.require_bands(bands, "the card's bands")
+    means, stds = band_stats(data, bands)
+    t = card.input_transform
+    want_mean = [(m - o) / s for m, o, s in zip(t.mean, t.offset, t.scale)]
+    want_std = [sd / abs(s) for sd, s in zip(t.std, t.scale)]
+    for band, got_m, got_s, m, sd in zip(bands, means, stds, want_mean, want_std):
+        if abs(got_m - m) > 1e-3 * max(abs(m), sd) or abs(got_s - sd) > 1e-3 * sd:
+            raise InputError(f"{train_dir} is not the training split of {card.name}: band {band} has "
+                             f"mean {got_m:.4g} and std {got_s:.4g} there, the card {m:.4g} and {sd:.4g}")
+    stats = training_statistics(data, bands)
+    raw = json.loads(card_path.read_text(encoding="utf-8"))
+    raw["training_statistics"] = stats
+    ModelCard.model_validate(raw)  # the result must still be a valid card
+    with atomic_write(card_path) as tmp:
+        tmp.write_text(json.dumps(raw, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return card_path
+
+
 def _sample_crop(rng: np.random.Generator, labels: np.ndarray, size: int, min_frac: float,
                  pitch: int | None = None) -> tuple[int, int]:
     """A crop origin whose window holds at least ``min_frac`` labelled pixels (best of 30 tries).
@@ -227,6 +282,7 @@ class _TrainInputs:
     dem_std_m: float  # the DEM's standard deviation on the training split (m); 1.0 without DEM
     mean_over_std: np.ndarray  # (bands,) float32 per-band mean / std
     aug: AugmentConfig
+    statistics: dict  # the card's training_statistics (mean vector and covariance, physical units)
 
 
 @dataclass
@@ -329,7 +385,8 @@ def _prepare_inputs(cfg: TrainConfig, bands: tuple[str, ...], train: SceneData,
     dem_std_m = stds[bands.index("DEM")] if dem_idx is not None else 1.0
     mean_over_std = np.asarray(means, np.float32) / np.asarray(stds, np.float32)
     return _TrainInputs(transform, image_norm, pos_weight, loss_fn, spectral_idx, dem_idx, dem_std_m,
-                        mean_over_std, augment_config(cfg, bands, mean_over_std))
+                        mean_over_std, augment_config(cfg, bands, mean_over_std),
+                        training_statistics(train, bands))
 
 
 def _config_record(cfg: TrainConfig) -> dict:
@@ -482,6 +539,7 @@ def _model_card(name: str, spec: ModelSpec, bands: tuple[str, ...], cfg: TrainCo
                     "labels": provenance.get("labels", "see dataset.json"),
                     "attribution": provenance.get("attribution")},
         metrics=metrics,
+        training_statistics=inputs.statistics,
         training={**_config_record(cfg),
                   "loss": describe_loss(cfg.loss, inputs.pos_weight),
                   "augmentation": f"random {cfg.patch_size} px crops; {describe_augment(inputs.aug)}; "

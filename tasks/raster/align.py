@@ -40,10 +40,11 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 from tqdm.auto import tqdm
 
-from tasks.core.bands import BAND_NAMES, SPECTRAL_BAND_NAMES, get_band
+from tasks.core.bands import BAND_NAMES, SPECTRAL_BAND_NAMES, band_index, get_band
 from tasks.core.errors import InputError
 from tasks.core.files import atomic_write, work_raster_profile
 from tasks.core.grid import AnalysisGrid
+from tasks.core.moments import BandMoments
 from tasks.raster.terrain import compute_slope_raster, plausible_dem
 from tasks.sources.cloud import check_cloud_mask, cloud_pixels
 from tasks.sources.cloud import write_records as write_cloud_records
@@ -61,11 +62,13 @@ DEFAULT_CHUNK_PX = 1024
 class StackResult:
     stack_path: str
     valid_path: str
-    band_stats: dict  # band -> {"valid_fraction": f, "nan_pixels_in_source": n}
+    band_stats: dict  # band -> {"finite_fraction", "nan_pixels_in_source"; required: "mean", "std"}
     valid_fraction: float
     cloud_masked_px: int = 0  # pixels otherwise analysed that the source's cloud mask removed
     # per required layer, the share of the ROI's pixels where it has data (1.0 = everywhere)
     layer_data_fraction: dict = field(default_factory=dict)
+    # the required bands' mean vector and covariance over the valid pixels (tasks.core.moments)
+    band_moments: dict = field(default_factory=dict)
 
 
 def _warped_layer(path: str, grid: AnalysisGrid, resampling: Resampling, src_nodata: float | None,
@@ -152,6 +155,7 @@ class _WindowCounts:
     taken_px: np.ndarray  # (n_scenes + 1,) int64: pixels per scene index (0 = no scene)
     cloud_lost_px: np.ndarray  # (n_scenes,) int64: pixels each scene lost to its own cloud mask
     finite_px: np.ndarray  # (14,) int64: finite pixels per band of stack.tif
+    moments: BandMoments  # mean and covariance of the required bands over the valid pixels
     layer_data_px: np.ndarray  # (n required layers,) int64: ROI pixels where each layer has data
     cloudy_px: int = 0  # pixels not analysed only because of the cloud masks
     roi_px: int = 0  # pixels inside the ROI
@@ -191,7 +195,7 @@ def build_stack(inputs: SceneInputs, grid: AnalysisGrid, work_dir: str | Path,
     grid_px = grid.width * grid.height
     # the records are built before the rasters are renamed into place: a failure leaves no stack
     with _writing_stack(plan, grid, work_dir, chunk_px, progress) as counts:
-        stats = _stack_stats(counts.finite_px, grid_px, nan_in_source)
+        stats = _stack_stats(counts, grid_px, nan_in_source)
         valid_px = int(counts.taken_px[1:].sum())
         valid_fraction = valid_px / grid_px
         entries = _scene_entries(scenes, counts)
@@ -201,7 +205,7 @@ def build_stack(inputs: SceneInputs, grid: AnalysisGrid, work_dir: str | Path,
              grid.height, grid.crs, len(scenes), "/".join(str(int(t)) for t in counts.taken_px[1:]),
              100 * valid_fraction, counts.cloudy_px)
     return StackResult(str(work_dir / "stack.tif"), str(work_dir / "valid.tif"), stats, valid_fraction,
-                       counts.cloudy_px, layer_fraction)
+                       counts.cloudy_px, layer_fraction, counts.moments.to_json())
 
 
 def _layer_paths(name: str, scenes: list[dict], dem_path: str | None) -> str:
@@ -386,6 +390,7 @@ def _add_window_counts(counts: _WindowCounts, block: np.ndarray, idx: np.ndarray
     counts.layer_data_px += np.asarray(window_counts["layer_data_px"], dtype=np.int64)
     counts.taken_px += np.bincount(idx.ravel(), minlength=len(counts.taken_px))
     counts.finite_px += np.isfinite(block).reshape(len(BAND_NAMES), -1).sum(axis=1)
+    counts.moments.add(block[[band_index(b) for b in counts.moments.bands]])
 
 
 @contextmanager
@@ -409,6 +414,7 @@ def _writing_stack(plan: _StackPlan, grid: AnalysisGrid, work_dir: Path, chunk_p
     counts = _WindowCounts(taken_px=np.zeros(n_scenes + 1, dtype=np.int64),
                            cloud_lost_px=np.zeros(n_scenes, dtype=np.int64),
                            finite_px=np.zeros(len(BAND_NAMES), dtype=np.int64),
+                           moments=BandMoments(tuple(plan.layer_data)),
                            layer_data_px=np.zeros(len(plan.layer_data), dtype=np.int64))
     # renamed into place when the block ends, in this order: stack, valid, index
     with atomic_write(work_dir / SCENE_INDEX_NAME, suffix=".tmp.tif") as tmp_index, \
@@ -497,8 +503,17 @@ def _count_source_nan(path: str) -> int:
         return int(sum(np.isnan(src.read(1, window=w)).sum() for _, w in src.block_windows(1)))
 
 
-def _stack_stats(finite: np.ndarray, grid_px: int, nan_in_source: dict[str, int]) -> dict:
-    """Per-band finite fraction over the grid, from the finite-pixel counts taken while writing."""
-    return {name: {"finite_fraction": round(float(finite[i]) / grid_px, 6),
-                   **({"nan_pixels_in_source": nan_in_source[name]} if name in nan_in_source else {})}
-            for i, name in enumerate(BAND_NAMES)}
+def _stack_stats(counts: _WindowCounts, grid_px: int, nan_in_source: dict[str, int]) -> dict:
+    """Per band: the finite fraction over the grid; for the required bands also the mean and standard
+    deviation over the valid pixels (physical units; None without any), from the moments taken
+    while writing."""
+    mean, cov = counts.moments.mean, counts.moments.covariance
+    stats = {}
+    for i, name in enumerate(BAND_NAMES):
+        stats[name] = {"finite_fraction": round(int(counts.finite_px[i]) / grid_px, 6),
+                       **({"nan_pixels_in_source": nan_in_source[name]} if name in nan_in_source else {})}
+        if name in counts.moments.bands:
+            j = counts.moments.bands.index(name)
+            stats[name]["mean"] = None if mean is None else round(float(mean[j]), 4)
+            stats[name]["std"] = None if cov is None else round(float(np.sqrt(max(cov[j, j], 0.0))), 4)
+    return stats

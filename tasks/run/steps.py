@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from models.detectors import cached_detector
+from models.cards import domain_check, domain_warning
+from models.detectors import cached_detector, network_cards
 from tasks.core.bands import BAND_NAMES
 from tasks.core.files import atomic_write_json, utc_now, utc_now_iso
 from tasks.core.gdal import gdal_bounded
@@ -98,6 +99,7 @@ def step_infer(work: str, stack: dict) -> dict:
     if stack["valid_fraction"] == 0:
         log.warning("no valid pixel in the ROI: nothing to predict")
     detector = cached_detector(plan.detector.spec, req.device)  # the block jobs here reuse it
+    domain = _domain_checks(detector, stack)
     jobs = make_jobs(stack["stack_path"], stack["valid_path"], plan.detector.spec, req.device,
                      req.overlap_px, req.batch_size, req.block_px, paths.blocks,
                      _fingerprint(plan), torch_threads=1 if plan.distributed else None)
@@ -113,7 +115,23 @@ def step_infer(work: str, stack: dict) -> dict:
             "blocks": len(jobs), "blocks_resumed": sum(r["skipped"] for r in records),
             "forward_passes": int(sum(r["forward_passes"] for r in records)),
             "workers": sorted({r["worker_pid"] for r in records}),
-            "detector": detector.describe(), "seconds": time.perf_counter() - t0}
+            "detector": detector.describe(), "domain_check": domain,
+            "seconds": time.perf_counter() - t0}
+
+
+def _domain_checks(detector, stack: dict) -> list[dict]:
+    """Each network's card against the scene's band statistics, with one warning per card the scene
+    is outside of (event mode: the pre-event bands against the pre-event stack's statistics)."""
+    scene = {"": stack.get("band_moments") or {}}
+    pre = (stack.get("pre") or {}).get("band_moments")
+    if pre:
+        scene["pre-event"] = {**pre, "bands": [f"PRE_{b}" for b in pre["bands"]]}
+    checks = [domain_check(card, scene) for card in network_cards(detector)]
+    for check in checks:
+        warning = domain_warning(check)
+        if warning:
+            log.warning(warning)
+    return checks
 
 
 def _stack_record(plan: ScanPlan) -> dict:
@@ -246,11 +264,14 @@ def step_finish(work: str, stack: dict, infer: dict, cleaned: dict, vectors: dic
             "harmonization": {"processing_baseline": inputs["processing_baseline"],
                               "offset_removed_dn": inputs["offset_dn"]},
             "notes": inputs["notes"], "band_stats": stack["band_stats"],
+            "band_moments": stack.get("band_moments"),
             "layer_data_fraction": stack.get("layer_data_fraction"),
         },
         "roi_lonlat": plan.roi_lonlat,
         "grid": plan.grid,
         "detector": infer["detector"],
+        # the scene's band statistics against each network's training statistics (models/cards.py)
+        "domain_check": infer.get("domain_check"),
         "parameters": {"overlap_px": req.overlap_px, "batch_size": req.batch_size,
                        "block_px": req.block_px, "clean": dataclasses.asdict(plan.clean),
                        "uncertainty": infer["detector"].get(

@@ -78,6 +78,20 @@ def synthetic_dem_like(path: Path, like: Path, seed: int = 0) -> Path:
     return path
 
 
+def coastal_plain_dem_like(path: Path, like: Path) -> Path:
+    """A stand-in DEM for T18SVG, which has none: the Virginia coast there is a plain near sea level,
+    so elevations 1-4 m rising gently west to east (slope under 0.1 degrees). Not real elevations:
+    for tests that need some DEM over the real T18SVG bands."""
+    with rasterio.open(like) as src:
+        profile = src.profile.copy()
+        h, w = src.height, src.width
+    xx = np.mgrid[0:h, 0:w][1].astype(np.float32)
+    profile.update(driver="GTiff", dtype="float32", count=1, nodata=-9999.0)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write((1.0 + 3.0 * xx / max(w - 1, 1)).astype(np.float32), 1)
+    return path
+
+
 def iburi_stack(work_dir: Path, lonlat_box: tuple[float, float, float, float],
                 required_bands=("B02", "B03", "B04", "SLOPE")):
     """The bundled Iburi sample's RGB + terrain aligned over ``lonlat_box`` (EPSG:4326) in

@@ -306,14 +306,19 @@ def test_model_run_blends_patches_without_seams(prefect_harness, tmp_path, rando
 
 @pytest.mark.skipif(not DEFAULT_CARD.exists(), reason=f"shipped checkpoint {DEFAULT_CARD.name} "
                     "not built yet (landslide train ... --out models/checkpoints)")
-def test_default_model_run_has_no_seams(prefect_harness, tmp_path):
-    out = run_scan(tmp_path / "run", "--region", "iburi-2018", "--bbox", SEAM_BBOX, "--device", "cpu")
+def test_default_model_run_has_no_seams(prefect_harness, tmp_path, caplog):
+    with caplog.at_level("WARNING"):
+        out = run_scan(tmp_path / "run", "--region", "iburi-2018", "--bbox", SEAM_BBOX, "--device", "cpu")
     assert_published(out)
+    # the bundled sample is the card's own training scene: the out-of-domain check stays silent
+    assert not [r for r in caplog.records if "outside the training domain" in r.getMessage()]
     gdf = gpd.read_file(out / "landslides.gpkg", layer="landslides")
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["detector"]["kind"] == "model"
     assert manifest["detector"]["ref"].startswith("iburi2018-real-unet-efficientnet-b0@")
     assert (gdf["model"] == manifest["detector"]["ref"]).all()
+    (check,) = manifest["domain_check"]
+    assert not check["outside"] and sorted(check["bands"]) == ["B02", "B03", "B04", "DEM", "SLOPE"]
     prob, _ = read_u8(out / "probability.tif")
     p = decode(prob)
     assert min(p.shape) > 2 * 128, p.shape  # several patch borders in both directions

@@ -66,6 +66,20 @@ def test_train_few_steps_then_evaluate(weak_dataset, tmp_path, capsys):
         assert key in result
     assert result["f1"] == pytest.approx(card.metrics["val_weak_labels"]["f1"], abs=1e-3)
     assert result["auc"] == pytest.approx(card.metrics["val_weak_labels"]["auc"], abs=1e-3)
+    # the card carries its training pixels' joint statistics (the out-of-domain check's reference)
+    stats = card.training_statistics
+    assert stats is not None and stats.bands == card.bands and stats.n_px > 0
+    t = card.input_transform
+    assert stats.mean == pytest.approx(t.mean, rel=1e-6)
+    assert [stats.covariance[i][i] ** 0.5 for i in range(5)] == pytest.approx(t.std, rel=1e-5)
+    # `landslide card-stats` recomputes them from the training split, and refuses another split
+    before = json.loads(card_path.read_text())
+    code = main(["card-stats", "--checkpoint", str(card_path), "--data-dir", str(out / "train")])
+    assert code == 0 and json.loads(card_path.read_text()) == before
+    capsys.readouterr()
+    code = main(["card-stats", "--checkpoint", str(card_path), "--data-dir", str(out / "val")])
+    err = capsys.readouterr().err
+    assert code == 2 and "is not the training split" in err and json.loads(card_path.read_text()) == before
 
 
 def test_index_is_perfect_on_weak_labels_by_construction(weak_dataset):

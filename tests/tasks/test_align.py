@@ -70,6 +70,15 @@ def test_multiresolution_bands_align_to_10m(tmp_path):
         assert abs(np.nanmean(got) - native_mean) / native_mean < 0.02
     assert np.isnan(stack[BAND_NAMES.index("B05")]).all()  # not requested: all nodata
     assert res.valid_fraction > 0.8
+    # the joint moments of the required bands over the valid pixels, taken while writing
+    with rasterio.open(res.valid_path) as src:
+        valid = src.read(1) == 1
+    moments = res.band_moments
+    assert moments["bands"] == ["B01", "B02", "B11"] and moments["n_px"] == int(valid.sum())
+    pixels = np.stack([stack[BAND_NAMES.index(b)][valid] for b in moments["bands"]]).astype(np.float64)
+    np.testing.assert_allclose(moments["mean"], pixels.mean(axis=1), rtol=1e-9)
+    np.testing.assert_allclose(moments["covariance"], np.cov(pixels, bias=True), rtol=1e-6)
+    assert res.band_stats["B02"]["mean"] == round(float(pixels[1].mean()), 4)
 
 
 def test_band_in_another_crs_is_reprojected(tmp_path):
