@@ -130,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--wait", action="store_true",
                      help="when another scan is writing into --out, wait for it instead of refusing")
     run.add_argument("--keep-work", action="store_true", help="keep intermediate rasters in --out/.work")
+    options.add_format(run)
     options.add_no_progress(run)
     run.add_argument("--json", action="store_true", help="print the run summary as JSON")
 
