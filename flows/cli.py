@@ -66,8 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
         "scan", help="one-off scan of a region/ROI -> run folder with landslides.gpkg",
         description=f"Scan a region or ROI: align bands + DEM on a UTM grid ({defaults.RES_M:g} m unless "
                     "--res-m), tile, predict, stitch, clean, vectorize. Writes landslides.gpkg (layers "
-                    "landslides, footprint), probability.tif, uncertainty.tif, mask.tif (COGs) and "
-                    "manifest.json into --out.")
+                    "landslides, footprint), probability.tif, uncertainty.tif, mask.tif (COGs), "
+                    "manifest.json, quicklook.png, report.html and item.json (STAC) into --out, "
+                    "plus the --format exports.")
     where = scan.add_argument_group("where and when")
     options.add_region(where)
     where.add_argument("--source", help="a source of the catalog (default: the region's)")

@@ -214,8 +214,9 @@ def card_summary(detector: Mapping[str, Any]) -> dict[str, Any]:
     if kind == "index":
         return {"name": detector.get("ref"), "kind": "weights-free bare-soil rule " + str(detector.get("rule")),
                 "bands": detector.get("bands", []), "labels": "none (a fixed rule, not trained)",
-                "metrics": [], "caveats": ["A spectral-terrain rule: it flags bare soil on slopes, "
-                                           "landslide or not (fresh fields, quarries, river bars)."]}
+                "metrics": [], "caveats_heading": "Caveats (the rule has no model card)",
+                "caveats": ["A spectral-terrain rule: it flags bare soil on slopes, landslide or not "
+                            "(fresh fields, quarries, river bars)."]}
     bands = card.get("bands") or sorted({b for m in detector.get("members", [])
                                          for b in (m.get("card") or {}).get("bands", [])})
     metrics = []
@@ -329,7 +330,7 @@ def _model_html(card: Mapping[str, Any]) -> str:
                      "not a measure of this run's correctness on other places or scenes. Agreement "
                      "with weak labels or another model's predictions is not accuracy.</p>")
     if card.get("caveats"):
-        parts.append("<h3>Caveats the card states</h3>"
+        parts.append(f"<h3>{_e(card.get('caveats_heading', 'Caveats the card states'))}</h3>"
                      + "".join(f'<div class="caveat">{_e(c)}</div>' for c in card["caveats"]))
     return "\n".join(parts)
 

@@ -123,8 +123,9 @@ def scene_time(inputs: Mapping[str, Any]) -> dict[str, Any]:
     if end_s < start_s:
         end_s = _rfc3339(start, end_of_day=True)
     basis = (f"no scene date (the input is a composite of {composite[0]}..{composite[1]}): the "
-             f"date window the run asked for ({window[0] or 'open'}..{window[1] or 'open'}), an "
-             "open side taken from the composite's range")
+             f"date window the run asked for ({window[0] or 'open'}..{window[1] or 'open'})")
+    if not (window[0] and window[1]):
+        basis += ", its open side closed by the composite's range"
     return {"datetime": None, "start_datetime": start_s, "end_datetime": end_s,
             "landslide:time_basis": basis}
 
