@@ -66,8 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
         "scan", help="one-off scan of a region/ROI -> run folder with landslides.gpkg",
         description=f"Scan a region or ROI: align bands + DEM on a UTM grid ({defaults.RES_M:g} m unless "
                     "--res-m), tile, predict, stitch, clean, vectorize. Writes landslides.gpkg (layers "
-                    "landslides, footprint), probability.tif, uncertainty.tif, mask.tif (COGs) and "
-                    "manifest.json into --out.")
+                    "landslides, footprint), probability.tif, uncertainty.tif, mask.tif (COGs), "
+                    "manifest.json, quicklook.png, report.html and item.json (STAC) into --out, "
+                    "plus the --format exports.")
     where = scan.add_argument_group("where and when")
     options.add_region(where)
     where.add_argument("--source", help="a source of the catalog (default: the region's)")
@@ -130,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--wait", action="store_true",
                      help="when another scan is writing into --out, wait for it instead of refusing")
     run.add_argument("--keep-work", action="store_true", help="keep intermediate rasters in --out/.work")
+    options.add_format(run)
     options.add_no_progress(run)
     run.add_argument("--json", action="store_true", help="print the run summary as JSON")
 

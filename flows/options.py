@@ -46,6 +46,16 @@ def parse_bbox(text: str) -> list[float]:
     return values
 
 
+def parse_formats(text: str) -> list[str]:
+    """``"geojson,csv"`` -> ``["geojson", "csv"]`` (the ``type`` of ``--format``, which repeats)."""
+    names = [v.strip().lower() for v in text.split(",") if v.strip()]
+    unknown = [v for v in names if v not in defaults.EXPORT_FORMATS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"--format {text!r}: choose from "
+                                         f"{', '.join(defaults.EXPORT_FORMATS)} (comma-separated or repeated)")
+    return names
+
+
 def join_negative_values(argv: list[str]) -> list[str]:
     """``--bbox -75.7,37.6,...`` -> ``--bbox=-75.7,37.6,...``: argparse would take a value that
     starts with '-' (any western or southern coordinate) for an option."""
@@ -138,3 +148,13 @@ def add_threshold(parser: Any, **overrides: Any) -> argparse.Action:
 def add_no_progress(parser: Any, **overrides: Any) -> argparse.Action:
     """``--no-progress`` -> ``args.no_progress``."""
     return _add(parser, ("--no-progress",), overrides, action="store_true", help="no progress bars")
+
+
+def add_format(parser: Any, **overrides: Any) -> argparse.Action:
+    """``--format gpkg|geojson|csv|parquet`` (repeatable, or comma-separated) -> ``args.formats``:
+    the extra exports of the landslides layer beside landslides.gpkg."""
+    return _add(parser, ("--format",), overrides, dest="formats", type=parse_formats, action="extend",
+                default=[], metavar="|".join(defaults.EXPORT_FORMATS),
+                help="also write the landslides layer as landslides.geojson (EPSG:4326, RFC 7946), "
+                     "landslides.csv (WKT in EPSG:4326) or landslides.parquet (GeoParquet, needs "
+                     "pyarrow); repeat or comma-separate; default: gpkg only")

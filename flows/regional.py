@@ -34,6 +34,7 @@ from tasks.core.errors import InputError
 from tasks.inventory.merge import DEFAULT_IOU_THRESHOLD, merge_run, read_inventory
 from tasks.inventory.region_state import RegionState, region_dir, region_lock
 from tasks.run.plan import new_run_id
+from tasks.run.stac import write_region_collection
 from tasks.sources.catalog import LocalSource, load_catalog
 from tasks.sources.listing import region_scenes
 
@@ -127,6 +128,11 @@ def _orphaned_runs(state: RegionState, model: str, todo: set[str], logger) -> di
     return resumable
 
 
+def _write_collection(state: RegionState, folder: Path, region: str) -> None:
+    """The region's STAC ``collection.json``: every merged run's item and the inventory."""
+    write_region_collection(folder, region, [r.run_dir for r in state.runs() if r.status == "merged"])
+
+
 @flow(name="landslide-regional-scan", log_prints=False)
 def regional_scan_flow(region: str, state_dir: str = "state", runs_dir: str = "runs",
                        detector: str | None = None, catalog: str | None = None,
@@ -152,6 +158,7 @@ def regional_scan_flow(region: str, state_dir: str = "state", runs_dir: str = "r
             if recovered:
                 logger.info("merged %d run(s) an interrupted run had left: %s", len(recovered),
                             ", ".join(recovered))
+                _write_collection(state, folder, region)
             processed = state.processed(model)
             todo = [s for s in scenes if s.scene_id not in processed]
             orphans = _orphaned_runs(state, model, {s.scene_id for s in todo}, logger)
@@ -194,6 +201,7 @@ def regional_scan_flow(region: str, state_dir: str = "state", runs_dir: str = "r
                     inventory, run_dir / "landslides.gpkg", run_id, got, model, iou_threshold)
                 acquired = {s.scene_id: s.acquired for s in scenes}
                 state.mark_merged(run_id, [(g, acquired.get(g)) for g in got], model)
+                _write_collection(state, folder, region)
                 processed.update(got)
                 results.append({"run_id": run_id, "scene_id": scene.scene_id, "new": merged.new,
                                 "known": merged.known_updated, "new_area_m2": merged.new_area_m2,

@@ -30,6 +30,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                      help=f"IoU at which a detection updates a known landslide ({defaults.IOU_THRESHOLD:g})")
     reg.add_argument("--lock-wait-s", type=float, default=0.0,
                      help="wait this long for another run of the region before refusing (0)")
+    options.add_format(reg)
 
 
 def add_change(sub: argparse._SubParsersAction) -> None:
@@ -83,8 +84,12 @@ def cmd_regional_scan(args: argparse.Namespace) -> int:
         raise InputError(f"--iou-threshold must be in (0, 1], got {args.iou_threshold}")
     load_catalog(args.catalog).region(args.region)  # unknown regions fail before Prefect starts
     load_detector(args.detector, "cpu")
+    from tasks.vector.export import check_formats
+
+    check_formats(args.formats)  # parquet needs pyarrow: refused before Prefect starts
     result = regional_scan_flow(args.region, args.state_dir, args.runs_dir, args.detector,
-                                args.catalog, args.iou_threshold, args.lock_wait_s)
+                                args.catalog, args.iou_threshold, args.lock_wait_s,
+                                options={"formats": args.formats} if args.formats else None)
     print(result["summary"])
     return 0
 

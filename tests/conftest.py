@@ -53,3 +53,20 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+# A small Iburi scan (the shipped model) with every extra export this environment can write:
+# shared by the tests of a run's products (STAC item, report, quicklook, exports, STAC round trip).
+SAMPLE_BBOX = "141.95,42.72,141.99,42.75"
+
+
+@pytest.fixture(scope="session")
+def sample_run(prefect_harness, tmp_path_factory) -> Path:
+    from flows.cli import main
+
+    formats = "geojson,csv,parquet"
+    out = tmp_path_factory.mktemp("sample-run") / "run"
+    code = main(["scan", "--catalog", str(REPO / "data_catalog.yaml"), "--region", "iburi-2018",
+                 "--bbox", SAMPLE_BBOX, "--format", formats, "--out", str(out), "--no-progress"])
+    assert code == 0
+    return out

@@ -25,3 +25,8 @@ IOU_THRESHOLD = 0.3  # a detection this close to a known landslide updates it (r
 # event mode (--event-date): the date windows searched for the pre- and the post-event scene
 PRE_DAYS = 120  # the days before the event
 POST_DAYS = 60  # the event date and the days after it
+
+# --format: the landslides layer is always in landslides.gpkg; each other format adds one file beside
+# it (tasks.vector.export). Light on purpose: the CLI validates --format against this before any work.
+EXPORT_FORMATS = ("gpkg", "geojson", "csv", "parquet")
+EXPORT_FILES = {"geojson": "landslides.geojson", "csv": "landslides.csv", "parquet": "landslides.parquet"}

@@ -28,7 +28,10 @@ from tasks.core.tiling import iter_blocks
 
 PROB_SCALE = 254.0  # value = round(p * 254); 255 = nodata
 NODATA_U8 = 255
-FINAL_NAMES = ("landslides.gpkg", "probability.tif", "uncertainty.tif", "mask.tif", "manifest.json")
+FINAL_NAMES = ("landslides.gpkg", "probability.tif", "uncertainty.tif", "mask.tif", "manifest.json",
+               "quicklook.png", "report.html", "item.json")
+# written only when asked for (--format): a run published without one removes an earlier run's
+OPTIONAL_NAMES = tuple(defaults.EXPORT_FILES.values())
 STAGING = ".staging"
 WORK = ".work"
 LOCK = ".lock"  # held (flock) by the run writing into the folder; names its pid and host
@@ -217,6 +220,9 @@ def publish(out: str | Path, keep_work: bool = False) -> list[str]:
     missing = [n for n in FINAL_NAMES if n not in names]
     if missing:
         raise RuntimeError(f"run incomplete, not publishing: missing {missing}")
+    for name in OPTIONAL_NAMES:  # an earlier run's export this run was not asked for
+        if name not in names:
+            (out / name).unlink(missing_ok=True)
     for name in sorted(names, key=lambda n: n == "manifest.json"):
         os.replace(stage / name, out / name)
     stage.rmdir()

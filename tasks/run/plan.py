@@ -41,6 +41,7 @@ from tasks.sources.event import (
 from tasks.sources.local import SceneInputs, resolve_local_inputs
 from tasks.sources.remote import cache_root, fetch_remote_inputs
 from tasks.vector.clean import CleanParams
+from tasks.vector.export import check_formats
 
 
 class ScanRequest(BaseModel):
@@ -78,11 +79,24 @@ class ScanRequest(BaseModel):
     keep_work: bool = False
     progress: bool = True
     run_id: str | None = None
+    formats: tuple[str, ...] = Field(default=(), description="extra exports of the landslides layer "
+                                     "beside landslides.gpkg (geojson, csv, parquet)")
 
     @field_validator("bbox")
     @classmethod
     def _bbox(cls, v):
         return None if v is None else check_bbox(v)
+
+    @field_validator("formats", mode="before")
+    @classmethod
+    def _formats(cls, v):
+        if v is None:
+            return ()
+        names = [str(f).strip().lower() for f in ([v] if isinstance(v, str) else v)]
+        unknown = [f for f in names if f not in defaults.EXPORT_FORMATS]
+        if unknown:
+            raise ValueError(f"unknown format {unknown[0]!r}; choose from {', '.join(defaults.EXPORT_FORMATS)}")
+        return tuple(dict.fromkeys(names))
 
     def clean_params(self, card_threshold: float) -> CleanParams:
         """The cleanup parameters (validated): the request's threshold, else the card's."""
@@ -270,6 +284,7 @@ def plan_scan(request: ScanRequest) -> ScanPlan:
     with the same settings. ``--overwrite`` starts an earlier run over.
     """
     _check_numbers(request)
+    check_formats(request.formats)  # parquet needs pyarrow: refused before any work
     paths = RunPaths.of(request.out)
     if paths.plan.exists():
         resumed = _resumable_plan(check_output_dir(request.out, request.overwrite), paths, request)
@@ -355,7 +370,7 @@ _PLANNED_HERE: set[tuple[str, str]] = set()
 
 # Settings that do not change a run's result: a run may be resumed with different values.
 _VOLATILE = {"run_id", "progress", "keep_work", "overwrite", "workers", "dask_address", "out",
-             "cache_dir", "wait"}
+             "cache_dir", "wait", "formats"}
 
 
 def _resumable_plan(out: Path, paths: RunPaths, request: ScanRequest) -> ScanPlan | None:

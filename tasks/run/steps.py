@@ -29,6 +29,7 @@ from tasks.raster.align import build_stack
 from tasks.raster.event_stack import build_bitemporal
 from tasks.run.outputs import PROB_SCALE, encode_unit_interval, publish, write_cog_blockwise, write_manifest
 from tasks.run.plan import ScanPlan, ScanRequest, plan_scan
+from tasks.run.products import stage_quicklook_and_exports, stage_report_and_item
 from tasks.sources.cloud import read_record
 from tasks.sources.mosaic import assign_polygon_scenes, read_scenes
 from tasks.vector.clean import clean_raster
@@ -296,7 +297,10 @@ def step_finish(work: str, stack: dict, infer: dict, cleaned: dict, vectors: dic
         manifest["inputs"]["cloud_mask"] = cloud
     if plan.event is not None:
         manifest["inputs"]["event"] = _event_record(plan, stack)
+    quicklook, described = stage_quicklook_and_exports(plan.paths.staging, stack, req.formats)
+    manifest["outputs"].update(described)
     write_manifest(plan.paths.staged("manifest.json"), manifest)
+    stage_report_and_item(plan.paths.staging, quicklook)  # both read the staged manifest
     names = publish(plan.paths.out, keep_work=req.keep_work)
     return {"out": str(plan.paths.out), "files": names, "counts": manifest["counts"],
             "timings": timings}
