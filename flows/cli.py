@@ -157,10 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_scan(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from flows.interrupts import exit_cleanly_on_interrupt, mark_process, reap_orphaned_servers
     from tasks.core.errors import InputError
-    from tasks.run.outputs import run_folder_lock
-    from tasks.run.plan import new_run_id, plan_scan
+    from tasks.run.request import new_run_id, precheck_request
 
     run_id = new_run_id()
     try:
@@ -169,6 +167,14 @@ def cmd_scan(args: argparse.Namespace) -> int:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
         raise InputError(f"--{field.replace('_', '-')}: {first['msg']}") from None
+    # options, catalog, region, output folder and checkpoint name: refused in well under a second,
+    # before torch, the raster stack or Prefect are imported
+    precheck_request(request)
+
+    from flows.interrupts import exit_cleanly_on_interrupt, mark_process, reap_orphaned_servers
+    from tasks.run.outputs import run_folder_lock
+    from tasks.run.plan import plan_scan
+
     def waiting(holder: str) -> None:
         print(f"waiting: another scan ({holder}) is writing into {request.out}", file=sys.stderr)
 
@@ -187,7 +193,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 def _scan_request(args: argparse.Namespace, run_id: str):
     """The ScanRequest of the parsed options (each option's ``dest`` is the request field)."""
-    from tasks.run.plan import ScanRequest
+    from tasks.run.request import ScanRequest
 
     given = {name: getattr(args, name) for name in ScanRequest.model_fields if hasattr(args, name)}
     return ScanRequest(**{**given, "out": args.out.replace("{run_id}", run_id),

@@ -33,7 +33,7 @@ from models.detectors import cached_detector
 from tasks.core.errors import InputError
 from tasks.inventory.merge import DEFAULT_IOU_THRESHOLD, merge_run, read_inventory
 from tasks.inventory.region_state import RegionState, region_dir, region_lock
-from tasks.run.plan import new_run_id
+from tasks.run.request import new_run_id
 from tasks.run.stac import write_region_collection
 from tasks.sources.catalog import LocalSource, load_catalog
 from tasks.sources.listing import region_scenes

@@ -15,7 +15,7 @@ from prefect import flow, get_run_logger, task
 from flows.logs import quiet_user_error_tracebacks
 from tasks.run import steps
 from tasks.run.outputs import discard_partial, run_folder_lock
-from tasks.run.plan import new_run_id
+from tasks.run.request import new_run_id
 
 quiet_user_error_tracebacks()  # Prefect configured logging on import
 

@@ -16,12 +16,15 @@ which.
 from __future__ import annotations
 
 import json
+import os
 import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from tasks.core.errors import CheckpointError
 
 ARCHITECTURES: tuple[str, ...] = ("Unet", "DeepLabV3Plus")
 
@@ -49,7 +52,11 @@ PAPER_MODEL_NAMES: tuple[str, ...] = tuple(f"unet-{e}" for e in UNET_ENCODERS) +
 CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
 CARD_SUFFIX = ".json"
 WEIGHTS_SUFFIX = ".safetensors"
+PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")  # torch.save and friends
 DEFAULT_CHECKPOINT = "iburi2018-real-unet-efficientnet-b0"
+DEFAULT_EVENT_CHECKPOINT = "iburi2018-real-event-unet-efficientnet-b0"  # the default with --event-date
+INDEX_DETECTOR = "index"  # the weights-free bare-soil rule (models.index_rule)
+ONNX_SUFFIX = ".onnx"  # an export of `landslide export`
 
 _HEADER_LEN_BYTES = 8  # safetensors: little-endian u64 header length, then the JSON header
 _MAX_HEADER_BYTES = 100_000_000
@@ -71,6 +78,57 @@ def list_checkpoints(directory: str | Path | None = None) -> list[str]:
         return []
     return sorted(p.stem for p in folder.glob(f"*{CARD_SUFFIX}")
                   if p.is_file() and not p.name.startswith("."))
+
+
+def resolve_checkpoint(ref: str | Path) -> Path:
+    """Find the model card a reference points to.
+
+    Args:
+        ref: a path to ``<name>.json`` or ``<name>.safetensors`` (or the path without suffix),
+            or a bare name resolved in ``models/checkpoints/``.
+
+    Returns:
+        The path of the ``.json`` card (it exists).
+
+    Raises:
+        CheckpointError: no such card.
+    """
+    text = str(ref).strip()
+    if not text:
+        raise CheckpointError("empty checkpoint reference; pass a card path or one of "
+                              f"{_shipped_hint()}")
+    path = Path(text)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        where = f"{path.resolve()}" if path.exists() else f"{text} (no such file here either)"
+        raise CheckpointError(
+            f"checkpoint {where} is a PyTorch pickle ({path.suffix}); scans load only a "
+            "<name>.json card with <name>.safetensors weights (pickles can run code when loaded): "
+            "on a machine you trust, load it and re-export it with "
+            "models.checkpoint.save_checkpoint, or `landslide train` one")
+    is_path = (isinstance(ref, Path) or path.suffix in (CARD_SUFFIX, WEIGHTS_SUFFIX)
+               or "/" in text or os.sep in text or path.exists())
+    if is_path:
+        if path.is_dir():
+            raise CheckpointError(f"checkpoint {path} is a folder; pass the <name>.json card inside it "
+                                  f"(cards there: {', '.join(list_checkpoints(path)) or 'none'})")
+        if path.suffix == WEIGHTS_SUFFIX:
+            card = path.with_suffix(CARD_SUFFIX)
+        elif path.suffix == CARD_SUFFIX:
+            card = path
+        else:
+            card = path.with_name(path.name + CARD_SUFFIX)
+    else:
+        card = CHECKPOINT_DIR / f"{text}{CARD_SUFFIX}"
+    if not card.is_file():
+        raise CheckpointError(f"model card {card} not found; pass a path to a <name>.json card "
+                              f"(with <name>.safetensors beside it) or one of {_shipped_hint()}")
+    return card
+
+
+def _shipped_hint() -> str:
+    names = list_checkpoints()
+    return ("the shipped checkpoints: " + ", ".join(names)) if names else \
+        f"the shipped checkpoints (none in {CHECKPOINT_DIR})"
 
 
 def safetensors_parameter_count(path: str | Path) -> int:

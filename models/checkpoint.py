@@ -35,13 +35,18 @@ from pydantic import (
     model_validator,
 )
 
-from models.cards import CARD_SUFFIX, CHECKPOINT_DIR, WEIGHTS_SUFFIX, list_checkpoints
+from models.cards import (
+    CARD_SUFFIX,
+    CHECKPOINT_DIR,
+    WEIGHTS_SUFFIX,
+    list_checkpoints,
+    resolve_checkpoint,
+)
 from models.registry import build_model, canonical_arch, check_encoder
 from tasks.core.bands import BAND_NAMES, normalize_band_name, validate_bands
 from tasks.core.errors import CheckpointError, InputError
 from tasks.core.files import atomic_write, utc_now_iso
 
-PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")  # torch.save and friends
 WEIGHTS_DTYPES: tuple[str, ...] = ("float32", "float16")
 _TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 _MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on the JSON header
@@ -378,57 +383,6 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def resolve_checkpoint(ref: str | Path) -> Path:
-    """Find the model card a reference points to.
-
-    Args:
-        ref: a path to ``<name>.json`` or ``<name>.safetensors`` (or the path without suffix),
-            or a bare name resolved in ``models/checkpoints/``.
-
-    Returns:
-        The path of the ``.json`` card (it exists).
-
-    Raises:
-        CheckpointError: no such card.
-    """
-    text = str(ref).strip()
-    if not text:
-        raise CheckpointError("empty checkpoint reference; pass a card path or one of "
-                              f"{_shipped_hint()}")
-    path = Path(text)
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        where = f"{path.resolve()}" if path.exists() else f"{text} (no such file here either)"
-        raise CheckpointError(
-            f"checkpoint {where} is a PyTorch pickle ({path.suffix}); scans load only a "
-            "<name>.json card with <name>.safetensors weights (pickles can run code when loaded): "
-            "on a machine you trust, load it and re-export it with "
-            "models.checkpoint.save_checkpoint, or `landslide train` one")
-    is_path = (isinstance(ref, Path) or path.suffix in (CARD_SUFFIX, WEIGHTS_SUFFIX)
-               or "/" in text or os.sep in text or path.exists())
-    if is_path:
-        if path.is_dir():
-            raise CheckpointError(f"checkpoint {path} is a folder; pass the <name>.json card inside it "
-                                  f"(cards there: {', '.join(list_checkpoints(path)) or 'none'})")
-        if path.suffix == WEIGHTS_SUFFIX:
-            card = path.with_suffix(CARD_SUFFIX)
-        elif path.suffix == CARD_SUFFIX:
-            card = path
-        else:
-            card = path.with_name(path.name + CARD_SUFFIX)
-    else:
-        card = CHECKPOINT_DIR / f"{text}{CARD_SUFFIX}"
-    if not card.is_file():
-        raise CheckpointError(f"model card {card} not found; pass a path to a <name>.json card "
-                              f"(with <name>.safetensors beside it) or one of {_shipped_hint()}")
-    return card
-
-
-def _shipped_hint() -> str:
-    names = list_checkpoints()
-    return ("the shipped checkpoints: " + ", ".join(names)) if names else \
-        f"the shipped checkpoints (none in {CHECKPOINT_DIR})"
 
 
 def read_card(path: str | Path) -> ModelCard:

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from models.cards import DEFAULT_CHECKPOINT
+from models.cards import DEFAULT_CHECKPOINT, INDEX_DETECTOR, ONNX_SUFFIX
 from models.checkpoint import CardFields, ModelCard, load_checkpoint, resolve_checkpoint, sha256_file
 from models.ensemble import EnsembleCard, is_ensemble_card, member_refs, read_ensemble
 from models.export import load_onnx_detector
@@ -24,9 +24,6 @@ from models.index_rule import RuleParams, scar_score
 from tasks.core.bands import validate_bands
 from tasks.core.blend import Detector
 from tasks.core.errors import CheckpointError, InputError
-
-DEFAULT_EVENT_CHECKPOINT = "iburi2018-real-event-unet-efficientnet-b0"  # the default with --event-date
-INDEX_DETECTOR = "index"
 
 
 def select_device(preference: str = "auto") -> "torch.device":  # noqa: F821
@@ -188,7 +185,7 @@ def load_detector(spec: str | None, device: str = "auto", channels_last: bool | 
     ``benchmarks/README.md``). Not measured on a GPU, so CUDA keeps NCHW unless asked."""
     if spec == INDEX_DETECTOR:
         return IndexDetector()
-    if spec is not None and str(spec).endswith(".onnx"):  # an export of `landslide export`
+    if spec is not None and str(spec).endswith(ONNX_SUFFIX):  # an export of `landslide export`
         return load_onnx_detector(spec)
     ref = spec or DEFAULT_CHECKPOINT
     dev = select_device(device)

@@ -16,5 +16,8 @@ def test_cli_latency_report_is_complete():
     # the answers issue 21 promises without torch or Prefect
     for name in ("landslide --version", "landslide models", "landslide scan (bad --bbox)"):
         assert rows[name]["heavy_imports"] == [], (name, rows[name]["heavy_imports"])
+    # a catalog mistake is found before torch or Prefect is imported (issue 16 item 10, issue 19)
+    unknown = rows["landslide scan (unknown --region)"]["heavy_imports"]
+    assert "torch" not in unknown and "prefect" not in unknown, unknown
     assert all(r["median_s"] > 0 and r["ratio_to_bare_python"] > 0 for r in rows.values())
     assert "| `landslide models` |" in to_markdown(report)

@@ -113,6 +113,14 @@ def write_cog_blockwise(src_path: str | Path, path: str | Path, encode, *, descr
     return path
 
 
+def refuse_finished_run(out: str | Path, overwrite: bool) -> None:
+    """Raise InputError when ``out`` holds a finished run's files and ``overwrite`` is False."""
+    existing = [n for n in FINAL_NAMES if (Path(out) / n).exists()]
+    if existing and not overwrite:
+        raise InputError(f"--out {out} already holds a run ({', '.join(existing)}); "
+                         "choose another folder or pass --overwrite")
+
+
 def check_output_dir(out: str | Path, overwrite: bool) -> Path:
     """Fail early if the run folder cannot be written or already holds a run.
 
@@ -122,10 +130,7 @@ def check_output_dir(out: str | Path, overwrite: bool) -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} exists and is not a folder")
-    existing = [n for n in FINAL_NAMES if (out / n).exists()]
-    if existing and not overwrite:
-        raise InputError(f"--out {out} already holds a run ({', '.join(existing)}); "
-                         "choose another folder or pass --overwrite")
+    refuse_finished_run(out, overwrite)
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write_test"

@@ -12,28 +12,26 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import secrets
 import shutil
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import shapely
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict
 from shapely.geometry import mapping, shape
 
-from models.detectors import DEFAULT_EVENT_CHECKPOINT, cached_detector
-from tasks.core import defaults
+from models.cards import DEFAULT_EVENT_CHECKPOINT
+from models.detectors import cached_detector
 from tasks.core.bands import SPECTRAL_BAND_NAMES, is_bitemporal, pre_event_request
 from tasks.core.errors import InputError
 from tasks.core.files import atomic_write_text
-from tasks.core.grid import AnalysisGrid, check_bbox, make_grid, read_aoi, resolve_roi, roi_in_grid_crs
+from tasks.core.grid import AnalysisGrid, make_grid, read_aoi, resolve_roi, roi_in_grid_crs
 from tasks.raster.event_stack import REDNESS
 from tasks.run.outputs import STAGING, WORK, bytes_needed, check_free_space, check_output_dir
+from tasks.run.request import ScanRequest, detector_spec_of, new_run_id, precheck_request
 from tasks.sources.catalog import LocalSource, load_catalog
 from tasks.sources.coverage import check_layer_coverage
 from tasks.sources.event import (
-    DEFAULT_POST_DAYS,
-    DEFAULT_PRE_DAYS,
     EventInputs,
     EventWindows,
     resolve_event_inputs,
@@ -41,70 +39,6 @@ from tasks.sources.event import (
 from tasks.sources.local import SceneInputs, resolve_local_inputs
 from tasks.sources.remote import cache_root, fetch_remote_inputs
 from tasks.vector.clean import CleanParams
-from tasks.vector.export import check_formats
-
-
-class ScanRequest(BaseModel):
-    """Parameters of one scan (the flow's parameters; unknown keys are errors)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    out: str
-    region: str | None = None
-    source: str | None = None
-    bbox: tuple[float, float, float, float] | None = None
-    aoi: str | None = None
-    start: dt.date | None = None
-    end: dt.date | None = None
-    event_date: dt.date | None = Field(default=None, description="event mode: the best scenes before and after this date")
-    pre_days: int = DEFAULT_PRE_DAYS
-    post_days: int = DEFAULT_POST_DAYS
-    detector: str | None = Field(default=None, description="checkpoint name/path, 'index', or None for the default model (the bi-temporal default with an event date)")
-    catalog: str | None = None
-    res_m: float = defaults.RES_M
-    overlap_px: int = defaults.OVERLAP_PX
-    batch_size: int = defaults.BATCH_SIZE
-    block_px: int = defaults.BLOCK_PX
-    cache_dir: str | None = None
-    workers: int = defaults.WORKERS
-    dask_address: str | None = None
-    device: Literal["auto", "cpu", "cuda"] | str = defaults.DEVICE
-    threshold: float | None = Field(default=None, description="None: the detector card's")
-    opening_radius_px: int = defaults.OPENING_RADIUS_PX
-    closing_radius_px: int = defaults.CLOSING_RADIUS_PX
-    fill_holes_max_area_m2: float = defaults.FILL_HOLES_MAX_AREA_M2
-    min_area_m2: float = defaults.MIN_AREA_M2
-    overwrite: bool = False
-    wait: bool = Field(default=False, description="wait for another scan writing into --out instead of refusing")
-    keep_work: bool = False
-    progress: bool = True
-    run_id: str | None = None
-    formats: tuple[str, ...] = Field(default=(), description="extra exports of the landslides layer "
-                                     "beside landslides.gpkg (geojson, csv, parquet)")
-
-    @field_validator("bbox")
-    @classmethod
-    def _bbox(cls, v):
-        return None if v is None else check_bbox(v)
-
-    @field_validator("formats", mode="before")
-    @classmethod
-    def _formats(cls, v):
-        if v is None:
-            return ()
-        names = [str(f).strip().lower() for f in ([v] if isinstance(v, str) else v)]
-        unknown = [f for f in names if f not in defaults.EXPORT_FORMATS]
-        if unknown:
-            raise ValueError(f"unknown format {unknown[0]!r}; choose from {', '.join(defaults.EXPORT_FORMATS)}")
-        return tuple(dict.fromkeys(names))
-
-    def clean_params(self, card_threshold: float) -> CleanParams:
-        """The cleanup parameters (validated): the request's threshold, else the card's."""
-        return CleanParams(threshold=self.threshold if self.threshold is not None else card_threshold,
-                           opening_radius_px=self.opening_radius_px,
-                           closing_radius_px=self.closing_radius_px,
-                           fill_holes_max_area_m2=self.fill_holes_max_area_m2,
-                           min_area_m2=self.min_area_m2)
 
 
 class DetectorSpec(BaseModel):
@@ -216,20 +150,6 @@ class ScanPlan(BaseModel):
         return cls.model_validate_json((Path(work) / "plan.json").read_text())
 
 
-def new_run_id(now: dt.datetime | None = None) -> str:
-    now = now or dt.datetime.now(dt.timezone.utc)
-    return now.strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
-
-
-def _check_numbers(request: ScanRequest) -> None:
-    if request.batch_size < 1:
-        raise InputError(f"--batch-size must be >= 1, got {request.batch_size}")
-    if request.workers < 1:
-        raise InputError(f"--workers must be >= 1, got {request.workers}")
-    if request.overlap_px < 0:
-        raise InputError(f"--overlap must be >= 0, got {request.overlap_px}")
-
-
 def _check_patch_fit(request: ScanRequest, patch_px: int) -> None:
     if request.overlap_px >= patch_px:
         raise InputError(f"--overlap must be in [0, {patch_px}) for this detector's {patch_px} px "
@@ -237,13 +157,6 @@ def _check_patch_fit(request: ScanRequest, patch_px: int) -> None:
     if request.block_px < patch_px:
         raise InputError(f"--block-px must be >= {patch_px} (one patch of this detector), got "
                          f"{request.block_px}")
-
-
-def _detector_spec(request: ScanRequest) -> str | None:
-    """The detector to load: the request's, else the default (the bi-temporal one in event mode)."""
-    if request.detector is None and request.event_date is not None:
-        return DEFAULT_EVENT_CHECKPOINT
-    return request.detector
 
 
 def _check_event_mode(request: ScanRequest, spec: str | None, ref: str, bands: tuple[str, ...]) -> None:
@@ -283,8 +196,7 @@ def plan_scan(request: ScanRequest) -> ScanPlan:
     before the flow starts, the flow's plan step then loads it), or an interrupted run resumed
     with the same settings. ``--overwrite`` starts an earlier run over.
     """
-    _check_numbers(request)
-    check_formats(request.formats)  # parquet needs pyarrow: refused before any work
+    precheck_request(request)  # the cheap checks, again: the flow plans without the CLI too
     paths = RunPaths.of(request.out)
     if paths.plan.exists():
         resumed = _resumable_plan(check_output_dir(request.out, request.overwrite), paths, request)
@@ -301,7 +213,7 @@ def plan_scan(request: ScanRequest) -> ScanPlan:
     if request.event_date is not None and (request.start or request.end):
         raise InputError("--start/--end do not apply with --event-date: the scenes come from the "
                          "windows before and after the event (--pre-days, --post-days)")
-    detector_spec = _detector_spec(request)
+    detector_spec = detector_spec_of(request)
     detector = cached_detector(detector_spec, request.device)
     _check_event_mode(request, detector_spec, detector.ref, detector.bands)
     _check_patch_fit(request, detector.patch_size)

@@ -16,8 +16,6 @@ import importlib.util
 import logging
 from pathlib import Path
 
-import geopandas as gpd
-
 from tasks.core.defaults import EXPORT_FILES, EXPORT_FORMATS
 from tasks.core.errors import InputError
 from tasks.core.files import atomic_write
@@ -65,6 +63,8 @@ def export_landslides(gpkg_path: str | Path, formats, out_dir: str | Path | None
     if not formats:
         return []
     out_dir = Path(out_dir) if out_dir is not None else Path(gpkg_path).parent
+    import geopandas as gpd  # here, not at the top: the CLI validates --format with this module
+
     gdf = gpd.read_file(gpkg_path, layer=LANDSLIDES_LAYER, engine="pyogrio")
     written = []
     for fmt in formats:

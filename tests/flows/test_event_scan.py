@@ -13,7 +13,7 @@ import pytest
 import rasterio
 from rasterio.features import rasterize
 
-from models.detectors import DEFAULT_EVENT_CHECKPOINT
+from models.cards import DEFAULT_EVENT_CHECKPOINT
 from tasks.core.bands import is_bitemporal
 from tests.flows.test_scan_flow import LANDSLIDE_SCHEMA, POST_SCENE, PRE_SCENE, bbox_arg, run_scan
 

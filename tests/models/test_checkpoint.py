@@ -119,7 +119,7 @@ def test_load_by_weights_path_and_by_name(saved, monkeypatch):
     assert resolve_checkpoint(weights_path) == card_path
     assert resolve_checkpoint(str(card_path.with_suffix(""))) == card_path
     monkeypatch.setattr(checkpoint, "CHECKPOINT_DIR", card_path.parent)
-    monkeypatch.setattr(cards, "CHECKPOINT_DIR", card_path.parent)  # where list_checkpoints looks
+    monkeypatch.setattr(cards, "CHECKPOINT_DIR", card_path.parent)  # where list_checkpoints and resolve_checkpoint look
     assert list_checkpoints() == ["test-unet-mobilenet_v2"]
     assert resolve_checkpoint("test-unet-mobilenet_v2") == card_path
     _, card = load_checkpoint("test-unet-mobilenet_v2")
