@@ -53,3 +53,12 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+@pytest.fixture(scope="session")
+def iburi_run(prefect_harness, tmp_path_factory) -> Path:
+    """The small Iburi sample run (tests/data/sample_run.py), scanned once per session; read it,
+    do not change it."""
+    from tests.data.sample_run import run_iburi_sample
+
+    return run_iburi_sample(tmp_path_factory.mktemp("iburi") / "run")
