@@ -382,3 +382,27 @@ def test_the_run_opens_styled_in_qgis(iburi_run, tmp_path):
     assert (background.min(axis=1) > 250).mean() > 0.98  # no fill outside the polygons
 
     assert not list(run.glob("*.aux.xml")), "QGIS wrote statistics beside the COGs"
+
+
+def test_regional_inventory_has_styles_and_field_docs(iburi_run, tmp_path):
+    from tasks.inventory.merge import merge_run
+    from tasks.vector.fields import INVENTORY_FIELDS, SCAN_FIELDS
+    from tasks.vector.styles import STATUS_CLASSES
+
+    inv = tmp_path / "inventory.gpkg"
+    merge_run(inv, iburi_run / "landslides.gpkg", "r1", ["s1"], "m@abc")
+    assert query(inv, "PRAGMA user_version")[0][0] == GPKG_1_2_USER_VERSION
+    rows = dict(query(inv, "SELECT f_table_name, styleQML FROM layer_styles WHERE useAsDefault = 1"))
+    renderer = ET.fromstring(rows["landslides"]).find("renderer-v2")
+    assert renderer.get("type") == "categorizedSymbol" and renderer.get("attr") == "status"
+    categories = [(c.get("value"), c.get("label")) for c in renderer.iter("category")]
+    assert categories == [("new", "new"), ("known", "known")] == [(c.value, c.label) for c in STATUS_CLASSES]
+    colours = {p.get("v") for p in renderer.iter("prop") if p.get("k") == "color"}
+    assert len(colours) == len(STATUS_CLASSES)  # distinct colours
+    props = {p.get("k"): p.get("v") for p in ET.fromstring(rows["scans"]).iter("prop")}
+    assert props["style"] == "no" and props["outline_style"] == "dash"
+    for layer, docs in (("landslides", INVENTORY_FIELDS), ("scans", SCAN_FIELDS)):
+        documented = {r[0] for r in query(inv, "SELECT column_name FROM gpkg_data_columns "
+                                               "WHERE table_name = ?", layer)}
+        assert documented == set(attribute_columns(inv, layer)) and documented <= set(docs), layer
+    assert GPKG_DATETIME.match(query(inv, "SELECT merged_at FROM scans")[0][0])
