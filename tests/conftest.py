@@ -55,7 +55,7 @@ def prefect_harness():
         yield
 
 
-# A small Iburi scan (the shipped model) with every extra export this environment can write:
+# A small Iburi scan (the shipped model) with every extra export (--format geojson,csv,parquet):
 # shared by the tests of a run's products (STAC item, report, quicklook, exports, STAC round trip).
 SAMPLE_BBOX = "141.95,42.72,141.99,42.75"
 
@@ -70,3 +70,12 @@ def sample_run(prefect_harness, tmp_path_factory) -> Path:
                  "--bbox", SAMPLE_BBOX, "--format", formats, "--out", str(out), "--no-progress"])
     assert code == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def iburi_run(prefect_harness, tmp_path_factory) -> Path:
+    """The small Iburi sample run (tests/data/sample_run.py), scanned once per session; read it,
+    do not change it."""
+    from tests.data.sample_run import run_iburi_sample
+
+    return run_iburi_sample(tmp_path_factory.mktemp("iburi") / "run")

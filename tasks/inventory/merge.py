@@ -37,6 +37,8 @@ from shapely.ops import unary_union
 from tasks.core import defaults
 from tasks.core.errors import InputError
 from tasks.core.files import atomic_write
+from tasks.vector.geopackage import GPKG_DATASET_OPTIONS, GPKG_LAYER_OPTIONS, document_layers
+from tasks.vector.styles import inventory_layer_docs
 from tasks.vector.vectorize import FOOTPRINT_LAYER, LANDSLIDE_COLUMN_NAMES, LANDSLIDES_LAYER
 
 log = logging.getLogger(__name__)
@@ -202,8 +204,13 @@ def merge_run(inventory_path: str | Path, run_gpkg: str | Path, run_id: str, sce
 
 
 def _write_atomic(path: Path, landslides: gpd.GeoDataFrame, scans: gpd.GeoDataFrame) -> None:
+    """GeoPackage 1.2 with layer and field documentation and default QGIS styles (landslides by
+    status new/known, scans as dashed outlines), like a run's landslides.gpkg."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path, unique=True) as tmp:  # .NAME.PID-RANDOM.tmp.gpkg: a fresh GeoPackage
         landslides.to_file(tmp, layer=LANDSLIDES_LAYER, driver="GPKG",
-                           geometry_type="Polygon" if len(landslides) else "Polygon")
-        scans.to_file(tmp, layer=SCANS_LAYER, driver="GPKG", geometry_type="MultiPolygon")
+                           geometry_type="Polygon" if len(landslides) else "Polygon",
+                           dataset_options=GPKG_DATASET_OPTIONS, layer_options=GPKG_LAYER_OPTIONS)
+        scans.to_file(tmp, layer=SCANS_LAYER, driver="GPKG", geometry_type="MultiPolygon",
+                      layer_options=GPKG_LAYER_OPTIONS)
+        document_layers(tmp, inventory_layer_docs())

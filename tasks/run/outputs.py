@@ -12,7 +12,8 @@ import json
 import os
 import platform
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -28,10 +29,17 @@ from tasks.core.tiling import iter_blocks
 
 PROB_SCALE = 254.0  # value = round(p * 254); 255 = nodata
 NODATA_U8 = 255
-FINAL_NAMES = ("landslides.gpkg", "probability.tif", "uncertainty.tif", "mask.tif", "manifest.json",
-               "quicklook.png", "report.html", "item.json")
+# the QGIS sidecars: a style per COG (QGIS applies NAME.qml to NAME.tif) and a project of the run
+QGIS_NAMES = ("probability.qml", "uncertainty.qml", "mask.qml", "run.qgs")
+FINAL_NAMES = ("landslides.gpkg", "probability.tif", "uncertainty.tif", "mask.tif", *QGIS_NAMES,
+               "manifest.json", "quicklook.png", "report.html", "item.json")
 # written only when asked for (--format): a run published without one removes an earlier run's
 OPTIONAL_NAMES = tuple(defaults.EXPORT_FILES.values())
+# mask.tif's classes: value -> (name, colour table entry RGBA)
+MASK_CLASSES: dict[int, tuple[str, tuple[int, int, int, int]]] = {
+    0: ("no landslide", (255, 255, 255, 0)),
+    1: ("landslide", (227, 26, 28, 255)),
+}
 STAGING = ".staging"
 WORK = ".work"
 LOCK = ".lock"  # held (flock) by the run writing into the folder; names its pid and host
@@ -51,11 +59,72 @@ def decode_unit_interval(encoded: np.ndarray) -> np.ndarray:
     return out
 
 
+@dataclass
+class BandStats:
+    """Running statistics of a uint8 band's valid values (all but ``nodata``), block by block.
+
+    :meth:`tags` gives them as GDAL's ``STATISTICS_*`` band metadata: GDAL and QGIS then read
+    them instead of computing statistics and writing them to a ``.aux.xml`` beside the file.
+    Values are the stored (encoded) ones, as GDAL expects; readers apply the band's scale.
+    """
+
+    nodata: int = NODATA_U8
+    n_px: int = 0
+    count: int = 0
+    total: float = 0.0
+    total_sq: float = 0.0
+    minimum: float = np.inf
+    maximum: float = -np.inf
+
+    def add(self, values: np.ndarray) -> None:
+        self.n_px += int(values.size)
+        v = values[values != self.nodata].astype(np.float64)
+        if v.size:
+            self.count += int(v.size)
+            self.total += float(v.sum())
+            self.total_sq += float(np.square(v).sum())
+            self.minimum = min(self.minimum, float(v.min()))
+            self.maximum = max(self.maximum, float(v.max()))
+
+    def tags(self) -> dict[str, str]:
+        """``STATISTICS_*`` tags (exact, population standard deviation); empty without valid values."""
+        if self.count == 0:
+            return {}
+        mean = self.total / self.count
+        std = float(np.sqrt(max(self.total_sq / self.count - mean * mean, 0.0)))
+        return {"STATISTICS_MINIMUM": f"{self.minimum:.17g}", "STATISTICS_MAXIMUM": f"{self.maximum:.17g}",
+                "STATISTICS_MEAN": f"{mean:.17g}", "STATISTICS_STDDEV": f"{std:.17g}",
+                "STATISTICS_VALID_PERCENT": f"{100.0 * self.count / max(self.n_px, 1):.6g}"}
+
+
+def _describe_band(dst, description: str, *, scale: float | None, unit: str | None,
+                   tags: dict | None, stats: BandStats,
+                   classes: Mapping[int, tuple[str, tuple[int, int, int, int]]] | None) -> None:
+    """Band description, scale/offset, unit, statistics, and for class rasters a colour table and
+    ``CLASS_<value>`` names (GeoTIFF keeps GDAL category names only in a .aux.xml sidecar, so the
+    names go into band metadata and the QGIS style)."""
+    dst.set_band_description(1, description)
+    if scale is not None:
+        dst.scales = (scale,)
+        dst.offsets = (0.0,)
+    if unit:
+        dst.set_band_unit(1, unit)
+    dst.update_tags(**(tags or {}))
+    band_tags = stats.tags()
+    if classes:
+        dst.write_colormap(1, {value: rgba for value, (_, rgba) in classes.items()})
+        band_tags.update({f"CLASS_{value}": name for value, (name, _) in classes.items()})
+    dst.update_tags(1, **band_tags)
+
+
 def write_cog(array: np.ndarray, path: str | Path, *, crs: str, transform, description: str,
-              scale: float | None = None, tags: dict | None = None) -> Path:
+              scale: float | None = None, tags: dict | None = None, unit: str | None = None,
+              classes: Mapping[int, tuple[str, tuple[int, int, int, int]]] | None = None) -> Path:
     """Write a single-band uint8 array as a Cloud-Optimized GeoTIFF (deflate, overviews, 255 nodata).
 
-    ``scale`` goes into the band's scale metadata, so GDAL/QGIS show physical values.
+    ``scale`` goes into the band's scale metadata, so GDAL/QGIS show physical values; ``unit`` is
+    the physical values' unit; ``classes`` (value -> (name, RGBA)) makes a class raster with a
+    colour table. The band's statistics are stored in the file.
     """
     path = Path(path)
     h, w = array.shape
@@ -64,11 +133,10 @@ def write_cog(array: np.ndarray, path: str | Path, *, crs: str, transform, descr
     with MemoryFile() as mem:
         with mem.open(**profile) as tmp:
             tmp.write(array, 1)
-            tmp.set_band_description(1, description)
-            if scale is not None:
-                tmp.scales = (scale,)
-                tmp.offsets = (0.0,)
-            tmp.update_tags(**(tags or {}))
+            stats = BandStats()
+            stats.add(array)
+            _describe_band(tmp, description, scale=scale, unit=unit, tags=tags, stats=stats,
+                           classes=classes)
         with mem.open() as src, atomic_write(path) as tmp_path:
             rasterio.shutil.copy(src, tmp_path, driver="COG", compress="DEFLATE",
                                  overview_resampling="nearest", blocksize=256)
@@ -78,11 +146,15 @@ def write_cog(array: np.ndarray, path: str | Path, *, crs: str, transform, descr
 def write_cog_blockwise(src_path: str | Path, path: str | Path, encode, *, description: str,
                         scale: float | None = None, tags: dict | None = None,
                         valid_path: str | Path | None = None,
-                        block_px: int = defaults.BLOCK_PX) -> Path:
+                        block_px: int = defaults.BLOCK_PX, unit: str | None = None,
+                        classes: Mapping[int, tuple[str, tuple[int, int, int, int]]] | None = None
+                        ) -> Path:
     """Encode a single-band raster block by block into a tiled GeoTIFF, then copy it to a COG.
 
     ``encode(values, valid) -> uint8`` turns each block (``valid`` from ``valid_path``, or all True)
-    into the output's values; GDAL's COG driver streams the copy, so memory stays bounded.
+    into the output's values; GDAL's COG driver streams the copy, so memory stays bounded. The
+    band's statistics are gathered on the way and stored in the file; ``scale``, ``unit`` and
+    ``classes`` as for :func:`write_cog`.
     """
     path = Path(path)
     tmp_tiled = path.with_name(path.name + ".tiled.tmp.tif")
@@ -93,16 +165,16 @@ def write_cog_blockwise(src_path: str | Path, path: str | Path, encode, *, descr
         valid_src = rasterio.open(valid_path) if valid_path else None
         try:
             with rasterio.open(tmp_tiled, "w", **profile) as dst:
+                stats = BandStats()
                 for win in iter_blocks(src.height, src.width, block_px):
                     values = src.read(1, window=win)
                     ok = (valid_src.read(1, window=win).astype(bool) if valid_src
                           else np.ones(values.shape, bool))
-                    dst.write(encode(values, ok), 1, window=win)
-                dst.set_band_description(1, description)
-                if scale is not None:
-                    dst.scales = (scale,)
-                    dst.offsets = (0.0,)
-                dst.update_tags(**(tags or {}))
+                    encoded = encode(values, ok)
+                    stats.add(encoded)
+                    dst.write(encoded, 1, window=win)
+                _describe_band(dst, description, scale=scale, unit=unit, tags=tags, stats=stats,
+                               classes=classes)
         finally:
             if valid_src is not None:
                 valid_src.close()

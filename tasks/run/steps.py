@@ -27,12 +27,21 @@ from tasks.predict.blocks import assemble, make_jobs, run_jobs
 from tasks.predict.cluster import dask_client
 from tasks.raster.align import build_stack
 from tasks.raster.event_stack import build_bitemporal
-from tasks.run.outputs import PROB_SCALE, encode_unit_interval, publish, write_cog_blockwise, write_manifest
+from tasks.run.outputs import (
+    MASK_CLASSES,
+    PROB_SCALE,
+    encode_unit_interval,
+    publish,
+    write_cog_blockwise,
+    write_manifest,
+)
 from tasks.run.plan import ScanPlan, ScanRequest, plan_scan
 from tasks.run.products import stage_quicklook_and_exports, stage_report_and_item
+from tasks.run.qgis_project import write_project, write_raster_styles
 from tasks.sources.cloud import read_record
 from tasks.sources.mosaic import assign_polygon_scenes, read_scenes
 from tasks.vector.clean import clean_raster
+from tasks.vector.geopackage import write_lineage
 from tasks.vector.vectorize import (
     STATUS_ALL_CLOUD,
     STATUS_NO_VALID,
@@ -197,7 +206,7 @@ def _encode_mask(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
 @gdal_bounded
 def step_rasters(work: str, infer: dict, cleaned: dict) -> dict:
     """Staged COGs, block by block: probability.tif, uncertainty.tif (uint8, value / 254),
-    mask.tif (0/1, 255 = not analysed)."""
+    mask.tif (0/1, 255 = not analysed), each with statistics, and their QGIS styles (.qml)."""
     t0 = time.perf_counter()
     plan = ScanPlan.load(work)
     valid = _stack_record(plan)["valid_path"]
@@ -206,15 +215,17 @@ def step_rasters(work: str, infer: dict, cleaned: dict) -> dict:
     write_cog_blockwise(infer["prob_path"], staged("probability.tif"), _encode_probability,
                         description="landslide probability (value / 254); 255 = not analysed",
                         scale=1 / PROB_SCALE, tags={"model": plan.detector.ref},
-                        valid_path=valid, block_px=block_px)
+                        valid_path=valid, block_px=block_px, unit="1")
     unc_kind = infer["detector"].get("uncertainty", "binary predictive entropy, bits")
     write_cog_blockwise(infer["uncertainty_path"], staged("uncertainty.tif"), _encode_probability,
                         description=f"{unc_kind} (value / 254); 255 = not analysed",
                         scale=1 / PROB_SCALE, tags={"uncertainty": unc_kind},
-                        valid_path=valid, block_px=block_px)
+                        valid_path=valid, block_px=block_px,
+                        unit="bit" if "bits" in unc_kind else "1")
     write_cog_blockwise(cleaned["mask_path"], staged("mask.tif"), _encode_mask,
                         description="landslide mask (1), background (0); 255 = not analysed",
-                        valid_path=valid, block_px=block_px)
+                        valid_path=valid, block_px=block_px, classes=MASK_CLASSES)
+    write_raster_styles(plan.paths.staging)
     return {"seconds": time.perf_counter() - t0}
 
 
@@ -233,6 +244,19 @@ def _event_record(plan: ScanPlan, stack: dict) -> dict:
             "valid_fraction": {"post": stack.get("post_valid_fraction"),
                                "pre": stack["pre"]["valid_fraction"],
                                "both": stack["valid_fraction"]}}
+
+
+def _lineage(manifest: dict) -> dict:
+    """The run's lineage stored in landslides.gpkg (gpkg_metadata): a summary of the manifest."""
+    detector = manifest["detector"]
+    return {"run_id": manifest["run_id"], "finished_at": manifest["finished_at"],
+            "scene_ids": manifest["inputs"]["scene_ids"], "source": manifest["inputs"]["source"],
+            "acquired": manifest["inputs"]["acquired"],
+            "detector_kind": detector.get("kind"), "model": detector.get("ref"),
+            "checkpoint": Path(detector["card_path"]).name if detector.get("card_path") else None,
+            "parameters": manifest["parameters"], "grid_crs": manifest["grid"].get("crs"),
+            "manifest": "manifest.json",
+            "about": "full lineage (inputs, versions, timings) in manifest.json beside this file"}
 
 
 @gdal_bounded
@@ -290,7 +314,11 @@ def step_finish(work: str, stack: dict, infer: dict, cleaned: dict, vectors: dic
         "outputs": {"landslides.gpkg": "layers landslides (Polygon), footprint (MultiPolygon)",
                     "probability.tif": "uint8 COG, p = value/254, 255 nodata",
                     "uncertainty.tif": "uint8 COG, uncertainty = value/254 (see parameters), 255 nodata",
-                    "mask.tif": "uint8 COG, 1 landslide, 0 background, 255 nodata"},
+                    "mask.tif": "uint8 COG, 1 landslide, 0 background, 255 nodata",
+                    "probability.qml": "QGIS style of probability.tif",
+                    "uncertainty.qml": "QGIS style of uncertainty.tif",
+                    "mask.qml": "QGIS style of mask.tif",
+                    "run.qgs": "QGIS project of the run (relative paths)"},
     }
     cloud = read_record(plan.paths.work)  # per scene, the pixels the source's cloud mask removed
     if cloud is not None:
@@ -299,6 +327,8 @@ def step_finish(work: str, stack: dict, infer: dict, cleaned: dict, vectors: dic
         manifest["inputs"]["event"] = _event_record(plan, stack)
     quicklook, described = stage_quicklook_and_exports(plan.paths.staging, stack, req.formats)
     manifest["outputs"].update(described)
+    write_lineage(plan.paths.staged("landslides.gpkg"), _lineage(manifest))
+    write_project(plan.paths.staging, f"landslides {plan.run_id}")
     write_manifest(plan.paths.staged("manifest.json"), manifest)
     stage_report_and_item(plan.paths.staging, quicklook)  # both read the staged manifest
     names = publish(plan.paths.out, keep_work=req.keep_work)

@@ -29,6 +29,8 @@ from tasks.core.errors import InputError
 from tasks.core.files import atomic_write
 from tasks.core.tiling import iter_blocks
 from tasks.vector.clean import CONNECTIVITY, label_objects
+from tasks.vector.geopackage import GPKG_DATASET_OPTIONS, GPKG_LAYER_OPTIONS, document_layers
+from tasks.vector.styles import run_layer_docs
 
 log = logging.getLogger(__name__)
 
@@ -315,7 +317,9 @@ def write_geopackage(landslides_gdf: gpd.GeoDataFrame, footprint_gdf: gpd.GeoDat
 
     Written to a temporary name in the same folder and renamed to ``path`` when both layers are
     complete, so a reader never sees half a file. An empty landslides layer keeps its full schema and
-    its Polygon geometry type.
+    its Polygon geometry type. The file is GeoPackage 1.2 with millisecond datetimes, and carries
+    the layers' descriptions, field aliases/descriptions and default QGIS styles
+    (:mod:`tasks.vector.geopackage`).
 
     Args:
         landslides_gdf: from :func:`mask_to_polygons` (columns ``LANDSLIDE_COLUMN_NAMES``).
@@ -352,9 +356,11 @@ def write_geopackage(landslides_gdf: gpd.GeoDataFrame, footprint_gdf: gpd.GeoDat
     with atomic_write(path, unique=True) as tmp:  # .NAME.PID-RANDOM.tmp.gpkg: a fresh GeoPackage
         try:
             landslides_gdf.to_file(tmp, layer=LANDSLIDES_LAYER, driver="GPKG", engine="pyogrio",
-                                   geometry_type="Polygon")
+                                   geometry_type="Polygon", dataset_options=GPKG_DATASET_OPTIONS,
+                                   layer_options=GPKG_LAYER_OPTIONS)
             footprint_gdf.to_file(tmp, layer=FOOTPRINT_LAYER, driver="GPKG", engine="pyogrio",
-                                  geometry_type="MultiPolygon")
+                                  geometry_type="MultiPolygon", layer_options=GPKG_LAYER_OPTIONS)
+            document_layers(tmp, run_layer_docs())
         finally:  # SQLite's side files (the temporary GeoPackage itself goes with atomic_write)
             for leftover in (tmp.with_name(tmp.name + "-journal"), tmp.with_name(tmp.name + "-wal"),
                              tmp.with_name(tmp.name + "-shm")):

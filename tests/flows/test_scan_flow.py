@@ -30,14 +30,13 @@ from tasks.core.stitch import Stitcher
 from tasks.core.tiling import iter_windows
 from tasks.run.outputs import FINAL_NAMES, NODATA_U8, PROB_SCALE
 from tests.data.crops import local_source, lonlat_bounds, synthetic_dem_like, t18svg_crops, write_catalog
+from tests.data.sample_run import IBURI_BBOX, SECRET
 
 REPO = Path(__file__).resolve().parents[2]
 CATALOG = REPO / "data_catalog.yaml"
 DEFAULT_CARD = REPO / "models" / "checkpoints" / "iburi2018-real-unet-efficientnet-b0.json"
 POST_SCENE = "iburi-2018-post-s2-mosaic"
 PRE_SCENE = "iburi-2018-pre-s2-mosaic"
-IBURI_BBOX = (141.95, 42.72, 141.99, 42.75)
-SECRET = "do-not-leak-0123456789abcdef"
 
 # docs/contracts.md section 3, written out here so the test pins the contract, not the implementation.
 LANDSLIDE_SCHEMA = [
@@ -85,14 +84,8 @@ def to_utm(geom, crs: str):
 # 1. The Iburi sample on a small bbox, index detector
 
 
-@pytest.fixture(scope="module")
-def iburi_run(prefect_harness, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("iburi") / "run"
-    with pytest.MonkeyPatch.context() as mp:  # credentials in the environment never reach outputs
-        mp.setenv("SH_CLIENT_ID", SECRET + "-id")
-        mp.setenv("SH_CLIENT_SECRET", SECRET)
-        run_scan(out, "--region", "iburi-2018", "--bbox", bbox_arg(IBURI_BBOX), "--detector", "index")
-    return out
+# iburi_run (tests/conftest.py): the session's sample scan of IBURI_BBOX, with SECRET in the
+# environment (credentials there never reach outputs)
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +100,8 @@ def test_run_folder_holds_the_final_files_only(iburi_run):
 def test_geopackage_layers_and_schema(iburi_run):
     gpkg = iburi_run / "landslides.gpkg"
     assert [tuple(x) for x in pyogrio.list_layers(gpkg)] == [("landslides", "Polygon"),
-                                                             ("footprint", "MultiPolygon")]
+                                                             ("footprint", "MultiPolygon"),
+                                                             ("layer_styles", None)]  # QGIS styles
     info = pyogrio.read_info(gpkg, layer="landslides")
     assert info["crs"] == "EPSG:32654"
     assert info["geometry_type"] == "Polygon"

@@ -131,7 +131,8 @@ def test_geopackage_round_trip(scar_mask, grid, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["landslides.gpkg"]  # no temp file left
 
     layers = dict(pyogrio.list_layers(out))
-    assert layers == {"landslides": "Polygon", "footprint": "MultiPolygon"}
+    # GDAL lists the default styles' table (QGIS's layer_styles) as a non-spatial layer
+    assert layers == {"landslides": "Polygon", "footprint": "MultiPolygon", "layer_styles": None}
     info = pyogrio.read_info(out, layer="landslides")
     assert list(info["fields"]) == list(LANDSLIDE_COLUMN_NAMES)
     ogr = dict(zip(info["fields"], info["ogr_types"]))

@@ -1,0 +1,109 @@
+"""What each field of the GeoPackages means: alias, description and unit, one entry per field.
+
+These dicts are the single source of truth for the human-readable side of the schema. They are
+written into each GeoPackage (``gpkg_data_columns``, the GeoPackage schema extension), into the
+layers' default QGIS styles (field aliases) and must match README's "Fields of the `landslides`
+layer" table (``tests/tasks/test_qgis_outputs.py`` checks both ways).
+
+To add a field to a layer: add its column where the layer is built (e.g.
+``LANDSLIDE_COLUMNS`` in ``tasks/vector/vectorize.py``), add one ``FieldDoc`` line here and one row
+to the README table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FieldDoc:
+    """How a field is shown to people.
+
+    Attributes:
+        alias: short display name (QGIS field alias; GeoPackage ``gpkg_data_columns.name``/``title``).
+        description: one sentence on what the value is and how it was computed.
+        unit: the value's unit (``""`` for identifiers and text).
+    """
+
+    alias: str
+    description: str
+    unit: str = ""
+
+    @property
+    def full_description(self) -> str:
+        """The description with its unit, as stored in ``gpkg_data_columns.description``."""
+        return f"{self.description} [{self.unit}]" if self.unit else self.description
+
+
+# layer `landslides` of a scan's landslides.gpkg, in column order; the last three only in event mode
+LANDSLIDE_FIELDS: dict[str, FieldDoc] = {
+    "landslide_id": FieldDoc("Landslide ID", "Number of the landslide in this run (1..n, raster order "
+                             "of its first pixel)"),
+    "area_m2": FieldDoc("Area (m²)", "Polygon area in the analysis CRS", "m²"),
+    "perimeter_m": FieldDoc("Perimeter (m)", "Length of the polygon's outline, holes included", "m"),
+    "mean_prob": FieldDoc("Mean probability", "Mean landslide probability over the polygon's pixels",
+                          "1 (0 to 1)"),
+    "max_prob": FieldDoc("Max probability", "Highest landslide probability of the polygon's pixels",
+                         "1 (0 to 1)"),
+    "uncertainty": FieldDoc("Uncertainty", "Mean per-pixel uncertainty over the polygon: binary "
+                            "predictive entropy (0 certain, 1 at p = 0.5), or member disagreement for "
+                            "ensembles (manifest.json parameters.uncertainty)", "bit"),
+    "mean_slope_deg": FieldDoc("Mean slope (°)", "Mean terrain slope from the DEM over the polygon",
+                               "degree"),
+    "mean_elev_m": FieldDoc("Mean elevation (m)", "Mean DEM elevation over the polygon", "m"),
+    "centroid_lon": FieldDoc("Centroid longitude", "Longitude of the polygon's centroid, WGS 84 "
+                             "(EPSG:4326)", "degree east"),
+    "centroid_lat": FieldDoc("Centroid latitude", "Latitude of the polygon's centroid, WGS 84 "
+                             "(EPSG:4326)", "degree north"),
+    "scene_id": FieldDoc("Scene", "Sentinel-2 scene (or mosaic) the polygon was detected on"),
+    "acquired": FieldDoc("Acquired (UTC)", "Acquisition time of that scene; empty when unknown", "UTC"),
+    "model": FieldDoc("Model", "Detector that found it: checkpoint card name@sha256 prefix"),
+    "run_id": FieldDoc("Run", "Identifier of the scan run (run_id in manifest.json)"),
+    "detected_at": FieldDoc("Detected at (UTC)", "Time the run vectorized the polygon", "UTC"),
+    "pre_scene_id": FieldDoc("Pre-event scene", "Event mode: the pre-event scene compared against"),
+    "change_index": FieldDoc("Change index", "Event mode: the spectral index mean_change is of"),
+    "mean_change": FieldDoc("Mean change", "Event mode: mean post-minus-pre change of that index over "
+                            "the polygon", "index units"),
+}
+
+# layer `footprint` of a scan's landslides.gpkg
+FOOTPRINT_FIELDS: dict[str, FieldDoc] = {
+    "area_m2": FieldDoc("Analysed area (m²)", "Area that was actually analysed", "m²"),
+    "status": FieldDoc("Status", "'analysed', or why nothing was ('no valid data: ...')"),
+    "scene_id": FieldDoc("Scene", "Sentinel-2 scene (or mosaic) of the run"),
+    "run_id": FieldDoc("Run", "Identifier of the scan run (run_id in manifest.json)"),
+}
+
+# layer `landslides` of a regional inventory: the scan's fields of the latest detection plus these
+INVENTORY_FIELDS: dict[str, FieldDoc] = {
+    **LANDSLIDE_FIELDS,
+    "inventory_id": FieldDoc("Inventory ID", "Identifier of the landslide in the regional inventory, "
+                             "stable across runs"),
+    "first_seen": FieldDoc("First seen (UTC)", "Acquisition time of the first scene it was detected in",
+                           "UTC"),
+    "last_seen": FieldDoc("Last seen (UTC)", "Acquisition time of the latest scene it was detected in",
+                          "UTC"),
+    "detections": FieldDoc("Detections", "How many runs detected it", "count"),
+    "status": FieldDoc("Status", "'new' when the latest merged run added it, else 'known'"),
+}
+
+# layer `scans` of a regional inventory: one row per merged run
+SCAN_FIELDS: dict[str, FieldDoc] = {
+    "run_id": FieldDoc("Run", "Identifier of the merged scan run"),
+    "scenes": FieldDoc("Scenes", "Comma-separated scene ids of the run"),
+    "acquired": FieldDoc("Acquired (UTC)", "Latest acquisition time of the run's detections", "UTC"),
+    "model": FieldDoc("Model", "Detector of the run: checkpoint card name@sha256 prefix"),
+    "detections": FieldDoc("Detections", "Polygons the run detected", "count"),
+    "new": FieldDoc("New", "Detections added to the inventory as new landslides", "count"),
+    "known": FieldDoc("Known", "Detections that updated a known landslide", "count"),
+    "merged_at": FieldDoc("Merged at (UTC)", "Time the run was merged into the inventory", "UTC"),
+}
+
+LAYER_DESCRIPTIONS: dict[str, str] = {
+    "landslides": "Landslides detected by the scan: one polygon per 4-connected object of the "
+                  "cleaned mask, with probability, uncertainty, terrain and provenance attributes",
+    "footprint": "Area actually analysed by the scan; outside it, no polygon means 'not looked at'",
+    "inventory_landslides": "Regional landslide inventory: every landslide ever detected in the "
+                            "region, attributes of its latest detection, status new/known",
+    "scans": "Scan runs merged into the regional inventory, each with its analysed footprint",
+}
