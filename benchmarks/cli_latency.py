@@ -1,7 +1,9 @@
-"""How fast the `landslide` command answers: fresh-process wall time per command, and what it imports.
+"""How fast the `landslide` command answers: fresh-process wall time per command, and what it imports;
+with ``--scan``, the fixed overhead of a one-off scan.
 
     python -m benchmarks.cli_latency                  # Markdown table, 5 runs per command, median
     python -m benchmarks.cli_latency --repeat 9 --json
+    python -m benchmarks.cli_latency --scan           # + a small scan in-process and as a Prefect flow
 
 Each command runs as a new ``python`` process, the way a user types it, in round-robin order so that
 machine load spreads evenly over the commands. Times are reported in seconds and as a ratio to the
@@ -60,6 +62,37 @@ def _heavy_imports(argv: list[str] | None) -> list[str]:
     return json.loads(line[len("HEAVY "):].replace("'", '"'))
 
 
+SCAN_BBOX = "141.95,42.72,141.97,42.735"  # ~1.6 x 1.7 km of the bundled sample
+PIPELINE_STAGES = ("align_s", "inference_s", "clean_s", "vectorize_s", "rasters_s")
+
+
+def measure_scan(orchestration: str, out_dir: Path) -> dict:
+    """One small scan of the bundled sample with the shipped model, as a user runs it.
+
+    ``first_line_s``: until the scan's first stderr line; ``pipeline_s``: the manifest's stage
+    seconds (align, inference, clean, vectorize, rasters); ``overhead_s``: wall minus pipeline
+    (interpreter, imports, loading the detector, planning, the report, the orchestrator).
+    """
+    out = out_dir / f"scan-{orchestration}"
+    argv = ["scan", "--region", "iburi-2018", "--bbox", SCAN_BBOX, "--out", str(out), "--overwrite",
+            "--no-progress", "--orchestration", orchestration]
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", _code(argv, report=False)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first = proc.stderr.readline()
+    first_line_s = time.perf_counter() - start
+    proc.stderr.read()
+    code = proc.wait()
+    wall_s = time.perf_counter() - start
+    manifest = json.loads((out / "manifest.json").read_text()) if code == 0 else {}
+    timings = manifest.get("timings", {})
+    pipeline_s = sum(float(timings.get(k, 0.0)) for k in PIPELINE_STAGES)
+    return {"orchestration": orchestration, "exit_code": code, "first_line": first.strip()[:300],
+            "first_line_s": round(first_line_s, 3), "wall_s": round(wall_s, 3),
+            "pipeline_s": round(pipeline_s, 3), "overhead_s": round(wall_s - pipeline_s, 3),
+            "recorded": manifest.get("execution", {}).get("orchestration")}
+
+
 def measure(repeat: int) -> dict:
     times: dict[str, list[float]] = {name: [] for name in COMMANDS}
     exit_codes: dict[str, int] = {}
@@ -79,6 +112,14 @@ def measure(repeat: int) -> dict:
     return {"python": sys.version.split()[0], "repeat": repeat, "rows": rows}
 
 
+def measure_scans(orchestrations: tuple[str, ...] = ("in-process", "prefect")) -> list[dict]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        measure_scan(orchestrations[0], Path(tmp))  # warm the file cache (not reported)
+        return [measure_scan(o, Path(tmp)) for o in orchestrations]
+
+
 def to_markdown(report: dict) -> str:
     lines = [f"{report['repeat']} runs per command (median), Python {report['python']}", "",
              "| command | median s | max s | x bare python | exit | heavy imports |",
@@ -90,13 +131,33 @@ def to_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def scans_to_markdown(scans: list[dict]) -> str:
+    lines = [f"one-off scan of the sample (bbox {SCAN_BBOX}, shipped model)", "",
+             "| orchestration | first line s | wall s | pipeline s | overhead s | exit |",
+             "|---|---|---|---|---|---|"]
+    for r in scans:
+        lines.append(f"| {r['orchestration']} | {r['first_line_s']:.2f} | {r['wall_s']:.2f} | "
+                     f"{r['pipeline_s']:.2f} | {r['overhead_s']:.2f} | {r['exit_code']} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--scan", action="store_true",
+                        help="also time a small scan in-process and as a Prefect flow")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     report = measure(max(1, args.repeat))
-    print(json.dumps(report, indent=2) if args.json else to_markdown(report))
+    if args.scan:
+        report["scans"] = measure_scans()
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(to_markdown(report))
+        if args.scan:
+            print()
+            print(scans_to_markdown(report["scans"]))
     return 0
 
 

@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from flows import options
 from tasks.core import defaults
@@ -132,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="when another scan is writing into --out, wait for it instead of refusing")
     run.add_argument("--keep-work", action="store_true", help="keep intermediate rasters in --out/.work")
     options.add_format(run)
+    run.add_argument("--orchestration", choices=("auto", "prefect", "in-process"), default="auto",
+                     help="run the scan as a Prefect flow (against PREFECT_API_URL, or a temporary "
+                          "local server that costs 6-8 s), or its same steps in this process "
+                          "without Prefect; auto (default): Prefect when a server is configured "
+                          "(PREFECT_API_URL in the environment or the active Prefect profile), else "
+                          "in-process. The manifest records which")
     options.add_no_progress(run)
     run.add_argument("--json", action="store_true", help="print the run summary as JSON")
 
@@ -170,25 +177,41 @@ def cmd_scan(args: argparse.Namespace) -> int:
     # options, catalog, region, output folder and checkpoint name: refused in well under a second,
     # before torch, the raster stack or Prefect are imported
     precheck_request(request)
-
+    mode, why = _orchestration(args.orchestration)
     from flows.interrupts import exit_cleanly_on_interrupt, mark_process, reap_orphaned_servers
-    from tasks.run.outputs import run_folder_lock
-    from tasks.run.plan import plan_scan
 
-    def waiting(holder: str) -> None:
-        print(f"waiting: another scan ({holder}) is writing into {request.out}", file=sys.stderr)
+    if mode == "in-process":
+        from flows.logs import log_to_stderr
 
-    mark_process()  # what this scan starts (Prefect's server, Dask workers) carries its pid
-    reap_orphaned_servers()  # what scans killed with kill -9 left running
-    # one run per folder: the lock is held from planning to publishing (the flow re-enters it)
-    with run_folder_lock(request.out, wait=request.wait, on_wait=waiting):
-        plan = plan_scan(request)  # every user mistake surfaces here, before Prefect starts
-        if plan.resumed:
-            print(f"resuming the interrupted run {plan.run_id} in {request.out}", file=sys.stderr)
-        # Ctrl-C: one line, staging removed, the server and workers stopped, exit 130 in seconds
-        with exit_cleanly_on_interrupt(request.out):
+        log_to_stderr()
+    # Ctrl-C from here on: one line, the server and workers stopped, staging removed, exit 130
+    with exit_cleanly_on_interrupt(request.out):
+        print(f"scan {run_id}: {_where(request)} -> {request.out} ({mode}; loading the detector and "
+              "planning)", file=sys.stderr, flush=True)
+        from tasks.run.outputs import run_folder_lock
+        from tasks.run.plan import plan_scan
+
+        def waiting(holder: str) -> None:
+            print(f"waiting: another scan ({holder}) is writing into {request.out}", file=sys.stderr)
+
+        mark_process()  # what this scan starts (Prefect's server, Dask workers) carries its pid
+        reap_orphaned_servers()  # what scans killed with kill -9 left running
+        # one run per folder: the lock is held from planning to publishing (the flow re-enters it)
+        with run_folder_lock(request.out, wait=request.wait, on_wait=waiting):
+            plan = plan_scan(request)  # every user mistake surfaces here, before Prefect starts
+            if plan.resumed:
+                print(f"resuming the interrupted run {plan.run_id} in {request.out}", file=sys.stderr)
             # the flow's plan step finds this plan (same run id) and uses it as it is
-            return _run_scan_flow(args, request.model_copy(update={"run_id": plan.run_id}))
+            return _run_scan(args, request.model_copy(update={"run_id": plan.run_id}), mode, why)
+
+
+def _where(request) -> str:
+    parts = [f"region {request.region}"] if request.region else [f"source {request.source}"]
+    if request.bbox:
+        parts.append("bbox " + ",".join(f"{v:g}" for v in request.bbox))
+    if request.aoi:
+        parts.append(f"aoi {request.aoi}")
+    return ", ".join(parts)
 
 
 def _scan_request(args: argparse.Namespace, run_id: str):
@@ -200,14 +223,48 @@ def _scan_request(args: argparse.Namespace, run_id: str):
                           "progress": not args.no_progress, "run_id": run_id})
 
 
-def _run_scan_flow(args: argparse.Namespace, request) -> int:
-    from flows.scan import scan_flow
+def configured_prefect_api_url() -> str | None:
+    """The Prefect server a user has configured: ``PREFECT_API_URL`` in the environment, else in the
+    active profile of ``$PREFECT_HOME/profiles.toml`` (read as TOML: Prefect is not imported)."""
+    url = os.environ.get("PREFECT_API_URL")
+    if url:
+        return url
+    import tomllib
 
+    home = Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser()
+    try:
+        profiles = tomllib.loads((home / "profiles.toml").read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    active = os.environ.get("PREFECT_PROFILE") or profiles.get("active", "ephemeral")
+    return (profiles.get("profiles", {}).get(active, {}) or {}).get("PREFECT_API_URL") or None
+
+
+def _orchestration(choice: str) -> tuple[str, str]:
+    """(``prefect`` or ``in-process``, why)."""
+    if choice != "auto":
+        return choice, f"--orchestration {choice}"
+    url = configured_prefect_api_url()
+    if url:
+        return "prefect", f"Prefect server configured ({url})"
+    return "in-process", ("no Prefect server configured (PREFECT_API_URL): the scan's steps ran in "
+                          "this process; --orchestration prefect makes it a flow run")
+
+
+def _run_scan(args: argparse.Namespace, request, mode: str, why: str) -> int:
     options = request.model_dump(mode="json", exclude={"region", "bbox", "aoi", "start", "end",
                                                        "detector", "out"})
-    result = scan_flow(out=request.out, region=request.region,
-                       bbox=list(request.bbox) if request.bbox else None, aoi=request.aoi,
-                       start=args.start, end=args.end, detector=request.detector, options=options)
+    params = dict(out=request.out, region=request.region,
+                  bbox=list(request.bbox) if request.bbox else None, aoi=request.aoi,
+                  start=args.start, end=args.end, detector=request.detector, options=options)
+    if mode == "prefect":
+        from flows.scan import scan_flow
+
+        result = scan_flow(**params)
+    else:
+        from tasks.run.pipeline import scan_in_process
+
+        result = scan_in_process(**params, reason=why)
     if args.json:
         print(json.dumps(result, indent=2, default=str))
     else:
@@ -330,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:
-        print("error: interrupted; no output was published", file=sys.stderr)
+        print("error: interrupted; nothing was published", file=sys.stderr)
         return 130
     except Exception as exc:  # the CLI boundary: a bug or an environment failure, not a user mistake
         line = _environment_error(exc, args)

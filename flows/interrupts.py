@@ -82,11 +82,15 @@ def exit_cleanly_on_interrupt(out: str | Path) -> Iterator[None]:
         for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C does not cut the cleanup short
             signal.signal(sig, signal.SIG_IGN)
         print(interrupted_message(out), file=sys.stderr, flush=True)
-        with contextlib.suppress(Exception):
-            discard_partial(out)
-        with contextlib.suppress(Exception):  # our lock goes with the process; leave no holder named
-            lock = Path(out) / LOCK
-            if lock.read_text().startswith(f"pid {os.getpid()} "):
+        lock = Path(out) / LOCK
+        try:  # only the run holding the folder cleans it (a scan waiting with --wait does not)
+            ours = lock.read_text().startswith(f"pid {os.getpid()} ")
+        except OSError:
+            ours = False
+        if ours:
+            with contextlib.suppress(Exception):
+                discard_partial(out)
+            with contextlib.suppress(Exception):  # the flock goes with the process; leave no holder named
                 lock.unlink()
         with contextlib.suppress(Exception):
             stop_children()

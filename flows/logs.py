@@ -9,6 +9,7 @@ drops the traceback of those records and keeps everything else (bugs keep their 
 from __future__ import annotations
 
 import logging
+import sys
 
 from tasks.core.errors import LandslideError
 
@@ -34,3 +35,33 @@ def quiet_user_error_tracebacks() -> None:
         for handler in logger.handlers:
             if not any(isinstance(f, NoTracebackForUserErrors) for f in handler.filters):
                 handler.addFilter(NoTracebackForUserErrors())
+
+
+_STDERR_FORMAT = "%(asctime)s.%(msecs)03d | %(levelname)-7s | %(name)s - %(message)s"
+
+
+class _CurrentStderr(logging.StreamHandler):
+    """A StreamHandler writing to whatever ``sys.stderr`` is when a record comes (it may have been
+    replaced since the handler was made: a test's capture, a redirect)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ sets it; the property decides
+        pass
+
+
+def log_to_stderr(level: int = logging.INFO) -> None:
+    """Log the pipeline's own loggers (``tasks``, ``models``, ``landslide``) to stderr the way a
+    Prefect run shows them, for scans that run in-process without Prefect (idempotent)."""
+    for name in ("tasks", "models", "landslide"):
+        logger = logging.getLogger(name)
+        logger.setLevel(level)
+        if not any(getattr(h, "_landslide_stderr", False) for h in logger.handlers):
+            handler = _CurrentStderr()
+            handler.setFormatter(logging.Formatter(_STDERR_FORMAT, datefmt="%H:%M:%S"))
+            handler.addFilter(NoTracebackForUserErrors())
+            handler._landslide_stderr = True  # type: ignore[attr-defined]
+            logger.addHandler(handler)

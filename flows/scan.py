@@ -1,8 +1,9 @@
-"""The one-off ROI scan as a Prefect flow: wiring only, paths between tasks.
+"""The ROI scan as a Prefect flow: wiring only, paths between tasks.
 
-plan > align > infer (tile + predict + stitch) > clean > vectorize beside rasters > finish
-(manifest, atomic publish). Each task wraps a plain function of ``tasks.run.steps``; a failure
-removes the staging folder, so no file appears under a final name.
+The step sequence is ``tasks.run.pipeline.run_scan_steps`` (written once); here each step is a
+Prefect task of the ``landslide-scan`` flow. Deployments and users with a Prefect server run this;
+a one-off CLI scan without a server runs the same sequence in-process
+(``tasks.run.pipeline.scan_in_process``).
 """
 
 from __future__ import annotations
@@ -11,21 +12,41 @@ import time
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.context import get_run_context
+from prefect.settings import PREFECT_API_URL
 
 from flows.logs import quiet_user_error_tracebacks
 from tasks.run import steps
-from tasks.run.outputs import discard_partial, run_folder_lock
-from tasks.run.request import new_run_id
+from tasks.run.outputs import run_folder_lock
+from tasks.run.pipeline import prepare_request, run_scan_steps
 
 quiet_user_error_tracebacks()  # Prefect configured logging on import
 
-plan_task = task(steps.step_plan, name="plan")
-align_task = task(steps.step_stack, name="align")
-infer_task = task(steps.step_infer, name="infer")
-clean_task = task(steps.step_clean, name="clean")
-vectorize_task = task(steps.step_vectorize, name="vectorize")
-rasters_task = task(steps.step_rasters, name="write-rasters")
-finish_task = task(steps.step_finish, name="finish")
+_TASKS = {step: task(step, name=name) for step, name in (
+    (steps.step_plan, "plan"), (steps.step_stack, "align"), (steps.step_infer, "infer"),
+    (steps.step_clean, "clean"), (steps.step_vectorize, "vectorize"),
+    (steps.step_rasters, "write-rasters"), (steps.step_finish, "finish"))}
+
+
+class PrefectSteps:
+    """Each step a Prefect task of the running flow (tasks.run.pipeline.StepRunner)."""
+
+    def __init__(self) -> None:
+        self.log = get_run_logger()
+
+    def call(self, step, *args):
+        return _TASKS[step](*args)
+
+    def submit(self, step, *args):
+        return _TASKS[step].submit(*args)
+
+    def wait(self, future) -> None:
+        future.wait()
+
+    def describe(self) -> dict:
+        ctx = get_run_context()
+        return {"orchestration": "prefect", "flow_run_id": str(ctx.flow_run.id),
+                "flow_run_name": ctx.flow_run.name, "api_url": PREFECT_API_URL.value() or None}
 
 
 @flow(name="landslide-scan", log_prints=False, validate_parameters=True)
@@ -45,36 +66,6 @@ def scan_flow(out: str = "runs/{run_id}", region: str | None = None, bbox: list[
         options: any other ``ScanRequest`` field (overlap_px, batch_size, min_area_m2, ...).
     """
     started = time.time()
-    request = dict(options or {})
-    request.update(region=region, bbox=bbox, aoi=aoi, start=start, end=end, detector=detector)
-    run_id = request.get("run_id") or new_run_id()
-    request.update(run_id=run_id, out=out.replace("{run_id}", run_id))
+    request = prepare_request(out, region, bbox, aoi, start, end, detector, options)
     with run_folder_lock(request["out"], wait=bool(request.get("wait"))):  # one run per folder
-        return _scan(request, run_id, started)
-
-
-def _scan(request: dict, run_id: str, started: float) -> dict:
-    logger = get_run_logger()
-    rasters_future = None
-    try:
-        work = plan_task(request)
-        stack = align_task(work)
-        logger.info("aligned: %.1f%% of the grid valid", 100 * stack["valid_fraction"])
-        infer = infer_task(work, stack)
-        logger.info("inference: %d patches, model forward %.2fs", infer["n_patches"],
-                    infer["model_forward_s"])
-        cleaned = clean_task(work, infer)
-        # the COGs are written in a task-runner thread while the polygons are built: both are
-        # mostly GDAL/GEOS work that releases the GIL (about a third less wall time for the two)
-        rasters_future = rasters_task.submit(work, infer, cleaned)
-        vectors = vectorize_task(work, infer, cleaned)
-        rasters = rasters_future.result()
-        result = finish_task(work, stack, infer, cleaned, vectors, rasters, started)
-    except BaseException:
-        if rasters_future is not None:
-            rasters_future.wait()  # it writes into the staging folder that is about to go
-        discard_partial(request["out"])
-        raise
-    logger.info("run %s: %d landslide polygons -> %s", run_id, result["counts"]["polygons"],
-                result["out"])
-    return result
+        return run_scan_steps(request, started, PrefectSteps())

@@ -21,3 +21,13 @@ def test_cli_latency_report_is_complete():
     assert "torch" not in unknown and "prefect" not in unknown, unknown
     assert all(r["median_s"] > 0 and r["ratio_to_bare_python"] > 0 for r in rows.values())
     assert "| `landslide models` |" in to_markdown(report)
+
+
+def test_one_off_scan_overhead_is_measured_and_the_manifest_says_in_process(tmp_path):
+    from benchmarks.cli_latency import measure_scan
+
+    row = measure_scan("in-process", tmp_path)
+    assert row["exit_code"] == 0 and row["recorded"] == "in-process"
+    assert row["first_line"].startswith("scan ") and "(in-process;" in row["first_line"]
+    assert 0 < row["first_line_s"] < row["wall_s"] and 0 < row["pipeline_s"] < row["wall_s"]
+    assert row["overhead_s"] == round(row["wall_s"] - row["pipeline_s"], 3)

@@ -261,8 +261,9 @@ def _lineage(manifest: dict) -> dict:
 
 @gdal_bounded
 def step_finish(work: str, stack: dict, infer: dict, cleaned: dict, vectors: dict,
-                rasters: dict, flow_started: float) -> dict:
-    """Write the manifest and move every staged file to its final name."""
+                rasters: dict, flow_started: float, execution: dict | None = None) -> dict:
+    """Write the manifest and move every staged file to its final name; ``execution`` (how the
+    steps were run: Prefect flow run or in-process) goes into the manifest's ``execution``."""
     plan = ScanPlan.load(work)
     req = plan.request
     inputs = plan.inputs
@@ -304,7 +305,7 @@ def step_finish(work: str, stack: dict, infer: dict, cleaned: dict, vectors: dic
         "execution": {"blocks": infer["blocks"], "blocks_resumed": infer["blocks_resumed"],
                       "forward_passes": infer["forward_passes"], "worker_processes": len(infer["workers"]),
                       "dask_address": req.dask_address, "workers": req.workers,
-                      "resumed": plan.resumed},
+                      "resumed": plan.resumed, **(execution or {})},
         "counts": {"patches": infer["n_patches"], "patches_skipped_nodata": infer["n_skipped"],
                    "valid_fraction": stack["valid_fraction"], "landslide_px": cleaned["landslide_px"],
                    "polygons": vectors["n_polygons"], "landslide_area_m2": vectors["landslide_area_m2"],

@@ -7,6 +7,7 @@ makes starting a flow fail the test), so the whole file runs in seconds without 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -38,12 +39,14 @@ def _no_flow(monkeypatch):
     """Bad input must be found before any flow starts: starting one fails the test."""
     import flows.scan
     import flows.train
+    import tasks.run.pipeline
 
     def refuse(*args, **kwargs):
         pytest.fail("a Prefect flow was started although the input is bad; it must be refused while "
                     "planning")
 
     monkeypatch.setattr(flows.scan, "scan_flow", refuse)
+    monkeypatch.setattr(tasks.run.pipeline, "scan_in_process", refuse)
     monkeypatch.setattr(flows.train, "train_flow", refuse)
 
 
@@ -66,11 +69,19 @@ def final_files(out: Path) -> list[str]:
     return sorted([n for n in FINAL_NAMES if (out / n).exists()] + [p.name for p in out.glob("*.tif")])
 
 
+START_LINE = re.compile(r"^scan \d{8}T\d{6}Z-[0-9a-f]{6}: .* -> .* \((in-process|prefect); ")
+
+
 def assert_refused(code: int, err: str, out_dir: Path | None, *needles: str) -> str:
-    """Exit 2, one stderr line ``error: ...`` naming every needle, no traceback, no final files."""
+    """Exit 2, one stderr line ``error: ...`` naming every needle, no traceback, no final files.
+
+    A mistake found while planning comes after the scan's start line (``scan <run id>: <where> ->
+    <out> (...)``, printed within a second so a user sees the scan began); nothing else is printed."""
     assert "Traceback" not in err, err
     lines = err.strip().splitlines()
-    assert len(lines) == 1, f"stderr must be one line, got {len(lines)}:\n{err}"
+    if len(lines) == 2 and START_LINE.match(lines[0]):
+        lines = lines[1:]
+    assert len(lines) == 1, f"stderr must be one error line (after the start line), got {len(lines)}:\n{err}"
     line = lines[0]
     assert line.startswith("error: "), line
     for needle in needles:

@@ -40,14 +40,17 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def no_flow(monkeypatch):
-    """A refusal must come while planning: starting the scan flow in this process fails the test."""
+    """A refusal must come while planning: starting the scan (a Prefect flow, or its steps
+    in-process) in this process fails the test."""
     import flows.scan
+    import tasks.run.pipeline
 
     def refuse(*args, **kwargs):
         pytest.fail("a Prefect flow was started although the input is bad; it must be refused while "
                     "planning")
 
     monkeypatch.setattr(flows.scan, "scan_flow", refuse)
+    monkeypatch.setattr(tasks.run.pipeline, "scan_in_process", refuse)
 
 DEM = REPO / "data" / "iburi_2018" / "dem" / "AW3D30_DSM.tif"
 POST_B3 = REPO / "data" / "iburi_2018" / "s2_post" / "S2_post_B3.tif"
@@ -384,9 +387,10 @@ def test_a_relative_pickle_checkpoint_is_named_as_a_pickle_not_looked_up_as_ship
 # Ctrl-C at several stages, and what kill -9 leaves behind
 
 
-def _start_scan(out: Path) -> subprocess.Popen:
+def _start_scan(out: Path, orchestration: str = "prefect") -> subprocess.Popen:
     """``landslide scan`` in its own process group (as a terminal runs it), stderr into stdout."""
-    return subprocess.Popen([sys.executable, "-m", "flows.cli", *map(str, scan(CATALOG, out))], cwd=REPO,
+    argv = scan(CATALOG, out, "--orchestration", orchestration)
+    return subprocess.Popen([sys.executable, "-m", "flows.cli", *map(str, argv)], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
 
@@ -426,11 +430,14 @@ def clean_index_run(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("stage", ["Task run 'plan", "Task run 'align", "Task run 'infer"])
+@pytest.mark.parametrize("orchestration, stage", [
+    ("prefect", "Task run 'plan"), ("prefect", "Task run 'align"), ("prefect", "Task run 'infer"),
+    # in-process (no Prefect server): while planning, and once aligning has finished
+    ("in-process", "loading the detector and planning"), ("in-process", "aligned:")])
 def test_ctrl_c_stops_everything_in_seconds_and_a_rerun_resumes_to_the_clean_result(
-        tmp_path, stage, clean_index_run):
+        tmp_path, orchestration, stage, clean_index_run):
     out = tmp_path / "run"
-    proc = _start_scan(out)
+    proc = _start_scan(out, orchestration)
     try:
         seen = _read_until(proc, stage)
         t0 = time.monotonic()
@@ -466,7 +473,7 @@ def test_the_server_of_a_scan_killed_with_kill_9_is_stopped_by_the_next_scan(tmp
 
     from flows.interrupts import reap_orphaned_servers
 
-    proc = _start_scan(tmp_path / "run")
+    proc = _start_scan(tmp_path / "run", "prefect")
     try:
         _read_until(proc, "Beginning flow run")
         server = [c for c in psutil.Process(proc.pid).children(recursive=True) if "uvicorn" in " ".join(c.cmdline())]

@@ -391,10 +391,12 @@ def test_all_nodata_input_is_refused_not_reported_as_no_landslides(tmp_path, cap
     assert "nodata or cloud" not in line
 
 
-def test_layers_with_data_in_no_common_pixel_are_refused(tmp_path):
+@pytest.mark.parametrize("orchestration", ["prefect", "in-process"])
+def test_layers_with_data_in_no_common_pixel_are_refused(tmp_path, orchestration):
     """B02 has data only in the western half and B03 only in the eastern half: each layer passes
-    the planning check, and the align step (inside the Prefect flow) finds that no pixel can be
-    analysed. Run as a user runs it, in its own process: Prefect's log keeps no traceback for it."""
+    the planning check, and the align step (inside the Prefect flow, or run in-process) finds that
+    no pixel can be analysed. Run as a user runs it, in its own process: the log keeps no traceback
+    for it."""
     crops = t18svg_crops(tmp_path / "real", bands=("B02", "B03", "B04"))
     with rasterio.open(crops["B02"]) as src:
         half = src.width // 2
@@ -402,12 +404,14 @@ def test_layers_with_data_in_no_common_pixel_are_refused(tmp_path):
     cat = _t18svg_catalog(tmp_path, _blanked(crops, tmp_path, keep), crops["B02"])
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "flows.cli", "scan", "--catalog", str(cat), "--region",
-                           "r", "--detector", "index", "--out", str(out), "--no-progress"],
+                           "r", "--detector", "index", "--out", str(out), "--no-progress",
+                           "--orchestration", orchestration],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     _refused(proc.stderr, proc.returncode, out, "no pixel of the ROI has data in every layer",
              "B02 ", "B03 ")
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert "Task run 'align" in proc.stderr  # it was the flow's align step that refused
+    if orchestration == "prefect":
+        assert "Task run 'align" in proc.stderr  # it was the flow's align step that refused
 
 
 def test_nan_block_in_a_band_is_not_analysed(prefect_harness, tmp_path):
@@ -466,11 +470,14 @@ def assert_nothing_published(out: Path) -> None:
     assert not (out / ".staging").exists()
 
 
+@pytest.mark.parametrize("runner", ["prefect", "in-process"])
 @pytest.mark.parametrize("step", ["write_geopackage", "write_cog_blockwise", "write_manifest"])
-def test_failure_mid_run_leaves_no_final_files(prefect_harness, tmp_path, monkeypatch, step):
-    """A step failing after others have staged their files: the flow raises, nothing is published."""
+def test_failure_mid_run_leaves_no_final_files(prefect_harness, tmp_path, monkeypatch, step, runner):
+    """A step failing after others have staged their files: the flow (or the same steps run
+    in-process) raises, nothing is published."""
     import tasks.run.steps
     from flows.scan import scan_flow
+    from tasks.run.pipeline import scan_in_process
 
     def boom(*args, **kwargs):
         raise RuntimeError(f"injected failure in {step}")
@@ -478,9 +485,43 @@ def test_failure_mid_run_leaves_no_final_files(prefect_harness, tmp_path, monkey
     monkeypatch.setattr(tasks.run.steps, step, boom)
     out = tmp_path / "run"
     with pytest.raises(RuntimeError, match="injected failure"):
-        scan_flow(out=str(out), region="iburi-2018", bbox=FAIL_BBOX, detector="index",
-                  options={"catalog": str(CATALOG), "progress": False})
+        (scan_flow if runner == "prefect" else scan_in_process)(
+            out=str(out), region="iburi-2018", bbox=FAIL_BBOX, detector="index",
+            options={"catalog": str(CATALOG), "progress": False})
     assert_nothing_published(out)
+
+
+@pytest.mark.parametrize("orchestration", ["prefect", "in-process"])
+def test_the_manifest_records_how_the_run_was_executed(prefect_harness, tmp_path, orchestration):
+    out = run_scan(tmp_path / "run", "--region", "iburi-2018", "--bbox", bbox_arg(FAIL_BBOX),
+                   "--detector", "index", "--orchestration", orchestration)
+    execution = json.loads((out / "manifest.json").read_text())["execution"]
+    assert execution["orchestration"] == orchestration
+    if orchestration == "prefect":
+        assert execution["flow_run_id"] and execution["flow_run_name"]
+    else:
+        assert "--orchestration in-process" in execution["why"]
+
+
+def test_auto_orchestration_follows_the_configured_prefect_server(tmp_path, monkeypatch):
+    """auto: Prefect where a server is configured (the environment, or the active profile of
+    PREFECT_HOME/profiles.toml), else in-process."""
+    from flows.cli import _orchestration
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.delenv("PREFECT_PROFILE", raising=False)
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
+    assert _orchestration("auto")[0] == "in-process"
+    (tmp_path / "profiles.toml").write_text(
+        'active = "team"\n[profiles.team]\nPREFECT_API_URL = "http://prefect.example:4200/api"\n'
+        '[profiles.local]\n')
+    mode, why = _orchestration("auto")
+    assert mode == "prefect" and "prefect.example" in why
+    monkeypatch.setenv("PREFECT_PROFILE", "local")
+    assert _orchestration("auto")[0] == "in-process"
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
+    assert _orchestration("auto")[0] == "prefect"
+    assert _orchestration("in-process")[0] == "in-process"
 
 
 def test_cli_turns_an_internal_failure_into_an_exit_status(prefect_harness, tmp_path, monkeypatch,
