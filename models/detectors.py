@@ -68,8 +68,12 @@ class ModelDetector(CardFields):
         return prob
 
     def describe(self) -> dict:
+        import torch
+
         return {"kind": "model", "ref": self.ref, "card_path": self.card_path,
                 "card_sha256": sha256_file(self.card_path), "device": str(self.device),
+                "memory_format": "channels_last" if self.channels_last else "NCHW",
+                "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                 "card": self.card.model_dump(mode="json")}
 
 
@@ -180,9 +184,10 @@ def load_detector(spec: str | None, device: str = "auto", channels_last: bool | 
     Runtime export (``landslide export``); else a checkpoint name/path (a model card, or an
     ensemble card listing member cards).
 
-    ``channels_last`` (networks; None = on CPU only): weights and inputs in NHWC memory order.
-    Faster on CPU with probabilities within float rounding of the NCHW forward (measurements:
-    ``benchmarks/README.md``). Not measured on a GPU, so CUDA keeps NCHW unless asked."""
+    ``channels_last`` (networks; None = :func:`cpu_channels_last`): weights and inputs in NHWC
+    memory order. Faster on CPU with probabilities within float rounding of the NCHW forward
+    (measurements: ``benchmarks/README.md``). Not measured on a GPU, so CUDA keeps NCHW unless
+    asked."""
     if spec == INDEX_DETECTOR:
         return IndexDetector()
     if spec is not None and str(spec).endswith(ONNX_SUFFIX):  # an export of `landslide export`
@@ -201,13 +206,27 @@ def load_detector(spec: str | None, device: str = "auto", channels_last: bool | 
     model, card = load_checkpoint(ref, device=str(dev))
     batch_invariant_squeeze(model)
     if channels_last is None:
-        channels_last = dev.type == "cpu"
+        channels_last = dev.type == "cpu" and cpu_channels_last()
     if channels_last:
         import torch
 
         model = model.to(memory_format=torch.channels_last)
     return ModelDetector(model=model, card=card, card_path=str(card_path), device=dev,
                          channels_last=channels_last)
+
+
+# CPU ISA levels at which oneDNN has NHWC convolution kernels that the measurements found faster
+# (1.15-1.64x on AVX-512 here, benchmarks/README.md); elsewhere (e.g. "DEFAULT", ARM) NCHW is kept.
+CHANNELS_LAST_CPU_CAPABILITIES = ("AVX2", "AVX512")
+
+
+def cpu_channels_last() -> bool:
+    """Whether the CPU path uses channels-last: chosen from what the CPU and torch's build offer
+    (oneDNN present and an AVX2/AVX-512 kernel level), never assumed."""
+    import torch
+
+    return bool(torch.backends.mkldnn.is_available()
+                and torch.backends.cpu.get_cpu_capability() in CHANNELS_LAST_CPU_CAPABILITIES)
 
 
 def batch_invariant_squeeze(model: "torch.nn.Module") -> None:  # noqa: F821

@@ -6,7 +6,7 @@ import numpy as np
 import rasterio
 import torch
 
-from models.detectors import DEFAULT_CHECKPOINT, load_detector
+from models.detectors import DEFAULT_CHECKPOINT, cpu_channels_last, load_detector
 from tasks.core.bands import band_index
 from tasks.core.tiling import iter_windows, read_patches
 
@@ -14,9 +14,10 @@ from tasks.core.tiling import iter_windows, read_patches
 def test_cpu_detector_runs_channels_last_and_matches_nchw(tmp_path):
     from tests.data.crops import iburi_stack
 
-    fast = load_detector(DEFAULT_CHECKPOINT, "cpu")
+    fast = load_detector(DEFAULT_CHECKPOINT, "cpu", channels_last=True)
     plain = load_detector(DEFAULT_CHECKPOINT, "cpu", channels_last=False)
     assert fast.channels_last and not plain.channels_last
+    assert load_detector(DEFAULT_CHECKPOINT, "cpu").channels_last == cpu_channels_last()
     conv = next(m for m in fast.model.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert not conv.weight.is_contiguous()  # really NHWC, not a 1x1 kernel that is both
@@ -40,3 +41,13 @@ def test_ensemble_members_follow_the_memory_order():
     assert all(m.channels_last for m in det.members)
     det = load_detector("iburi2018-weak-ensemble", "cpu", channels_last=False)
     assert not any(m.channels_last for m in det.members)
+
+
+def test_channels_last_is_chosen_from_the_cpu_capability(monkeypatch):
+    """Issue 19 item 5: a CPU speed option follows what the CPU offers, never assumed."""
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert cpu_channels_last() == torch.backends.mkldnn.is_available()
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "DEFAULT")
+    assert not cpu_channels_last()
+    det = load_detector(DEFAULT_CHECKPOINT, "cpu")
+    assert not det.channels_last and det.describe()["memory_format"] == "NCHW"
