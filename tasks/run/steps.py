@@ -45,6 +45,7 @@ from tasks.vector.geopackage import write_lineage
 from tasks.vector.vectorize import (
     STATUS_ALL_CLOUD,
     STATUS_NO_VALID,
+    acquired_note,
     add_event_attributes,
     footprint_raster,
     vectorize_raster,
@@ -170,14 +171,18 @@ def step_vectorize(work: str, infer: dict, cleaned: dict) -> dict:
     stack = stack_record["stack_path"]
     acquired = (dt.datetime.fromisoformat(inputs["acquired"]) if inputs["acquired"] else None)
     static = {"scene_id": inputs["scene_id"], "acquired": acquired,
+              "acquired_note": acquired_note(inputs.get("acquired_range")),
               "model": plan.detector.ref, "run_id": plan.run_id, "detected_at": utc_now()}
     layers = {"prob": (infer["prob_path"], 1), "uncertainty": (infer["uncertainty_path"], 1),
               "slope_deg": (stack, BAND_NAMES.index("SLOPE") + 1),
               "elev_m": (stack, BAND_NAMES.index("DEM") + 1)}
-    polygons = vectorize_raster(cleaned["mask_path"], layers, static_attrs=static, block_px=block_px)
+    polygons = vectorize_raster(cleaned["mask_path"], layers, static_attrs=static, block_px=block_px,
+                                geometry=plan.geometry)
     scenes = read_scenes(work)
     if scenes and scenes.get("mosaic"):  # a per-pixel mosaic: each polygon names its own scene
         polygons = assign_polygon_scenes(polygons, Path(work) / scenes["scene_index"], scenes)
+        # the note only explains a missing date: gone where the polygon's scene has one
+        polygons["acquired_note"] = polygons["acquired_note"].where(polygons["acquired"].isna(), None)
     event = plan.event_inputs
     if event is not None:  # event mode: each polygon's change evidence
         polygons = add_event_attributes(polygons, event.pre.scene_id, stack_record["change_path"],
@@ -299,6 +304,7 @@ def step_finish(work: str, stack: dict, infer: dict, cleaned: dict, vectors: dic
         "domain_check": infer.get("domain_check"),
         "parameters": {"overlap_px": req.overlap_px, "batch_size": req.batch_size,
                        "block_px": req.block_px, "clean": dataclasses.asdict(plan.clean),
+                       "geometry": dataclasses.asdict(plan.geometry),
                        "uncertainty": infer["detector"].get(
                            "uncertainty", "binary predictive entropy of the blended probability, bits")},
         "execution": {"blocks": infer["blocks"], "blocks_resumed": infer["blocks_resumed"],
