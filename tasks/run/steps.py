@@ -181,8 +181,6 @@ def step_vectorize(work: str, infer: dict, cleaned: dict) -> dict:
     scenes = read_scenes(work)
     if scenes and scenes.get("mosaic"):  # a per-pixel mosaic: each polygon names its own scene
         polygons = assign_polygon_scenes(polygons, Path(work) / scenes["scene_index"], scenes)
-        # the note only explains a missing date: gone where the polygon's scene has one
-        polygons["acquired_note"] = polygons["acquired_note"].where(polygons["acquired"].isna(), None)
     event = plan.event_inputs
     if event is not None:  # event mode: each polygon's change evidence
         polygons = add_event_attributes(polygons, event.pre.scene_id, stack_record["change_path"],

@@ -455,6 +455,7 @@ def test_nan_block_in_a_band_is_not_analysed(prefect_harness, tmp_path):
     gdf = gpd.read_file(out / "landslides.gpkg", layer="landslides")
     assert not gdf.geometry.intersects(nan_box.buffer(-10)).any()
     assert len(gdf) > 0 and (gdf["acquired"] == pd.Timestamp("2016-01-12T15:58:00Z")).all()
+    assert gdf["acquired_note"].isna().all()  # only explains a missing date
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["inputs"]["band_stats"]["B03"]["nan_pixels_in_source"] == (r1 - r0) * (c1 - c0)
 

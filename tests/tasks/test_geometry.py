@@ -21,6 +21,7 @@ from tasks.raster.terrain import aspect_deg
 from tasks.vector.classes import CONFIDENCE_HIGH_MIN_PROB, CONFIDENCE_MEDIUM_MIN_PROB
 from tasks.vector.geometry import (
     GeometryParams,
+    _fallback,
     area_change_bound_m2,
     chaikin,
     default_simplify_m,
@@ -229,3 +230,16 @@ def test_acquired_note_only_where_the_date_is_missing():
                                                         "acquired": "2018-09-11T01:30:00Z"})
     assert dated["acquired_note"].isna().all() and dated["acquired"].notna().all()
     assert (dated["confidence_class"] == "no value").all()  # no probability layer
+
+
+def test_a_polygon_that_breaks_the_coverage_keeps_its_previous_outline():
+    """The safety net behind both operations: an invalid or overlapping result is replaced by the
+    input outline, together with the polygons near it."""
+    ref = np.array([shapely.box(0, 0, 10, 10), shapely.box(10, 10, 20, 20),
+                    shapely.box(100, 100, 110, 110)], dtype=object)
+    bowtie = shapely.Polygon([(0, 0), (10, 10), (10, 0), (0, 10)])  # self-intersecting
+    overlapping = shapely.box(5, 5, 20, 20)  # into the first box
+    out = _fallback(np.array([bowtie, overlapping, shapely.box(101, 101, 109, 109)], dtype=object),
+                    ref, "tested")
+    assert shapely.equals(out[:2], ref[:2]).all()
+    assert shapely.equals(out[2], shapely.box(101, 101, 109, 109))  # far away: kept as drawn
