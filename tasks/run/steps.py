@@ -47,6 +47,7 @@ from tasks.vector.vectorize import (
     STATUS_NO_VALID,
     acquired_note,
     add_event_attributes,
+    draw_landslides,
     footprint_raster,
     vectorize_raster,
     write_geopackage,
@@ -176,8 +177,8 @@ def step_vectorize(work: str, infer: dict, cleaned: dict) -> dict:
     layers = {"prob": (infer["prob_path"], 1), "uncertainty": (infer["uncertainty_path"], 1),
               "slope_deg": (stack, BAND_NAMES.index("SLOPE") + 1),
               "elev_m": (stack, BAND_NAMES.index("DEM") + 1)}
-    polygons = vectorize_raster(cleaned["mask_path"], layers, static_attrs=static, block_px=block_px,
-                                geometry=plan.geometry)
+    # exact pixel outlines first: the statistics under each polygon below count the mask's pixels
+    polygons = vectorize_raster(cleaned["mask_path"], layers, static_attrs=static, block_px=block_px)
     scenes = read_scenes(work)
     if scenes and scenes.get("mosaic"):  # a per-pixel mosaic: each polygon names its own scene
         polygons = assign_polygon_scenes(polygons, Path(work) / scenes["scene_index"], scenes)
@@ -186,6 +187,7 @@ def step_vectorize(work: str, infer: dict, cleaned: dict) -> dict:
         polygons = add_event_attributes(polygons, event.pre.scene_id, stack_record["change_path"],
                                         stack_record["change_index"], plan.analysis_grid,
                                         block_px=block_px)
+    polygons = draw_landslides(polygons, plan.geometry)  # simplified (and smoothed) as one coverage
     no_valid = STATUS_ALL_CLOUD if stack_record.get("cloud_masked_px") else STATUS_NO_VALID
     footprint = footprint_raster(stack_record["valid_path"], block_px=block_px, no_valid_status=no_valid,
                                  attrs={"scene_id": inputs["scene_id"], "run_id": plan.run_id})

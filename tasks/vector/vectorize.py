@@ -324,6 +324,43 @@ def _rectangle_sides(geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.maximum(a, b), np.minimum(a, b)
 
 
+def _shape_columns(drawn: np.ndarray, crs) -> dict[str, np.ndarray]:
+    """The columns measured on the written polygons ``drawn``: area, perimeter, minimum rotated
+    rectangle and centroid."""
+    centroids = shapely.centroid(drawn)
+    to_lonlat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    lon, lat = to_lonlat.transform(shapely.get_x(centroids), shapely.get_y(centroids))
+    length_m, width_m = _rectangle_sides(drawn)
+    return {"area_m2": shapely.area(drawn).astype(np.float64),
+            "perimeter_m": shapely.length(drawn).astype(np.float64),
+            "length_m": length_m, "width_m": width_m,
+            "elongation": np.divide(length_m, width_m, out=np.full(len(drawn), np.nan),
+                                    where=width_m > 0),
+            "centroid_lon": np.asarray(lon, dtype=np.float64),
+            "centroid_lat": np.asarray(lat, dtype=np.float64)}
+
+
+def draw_landslides(landslides_gdf: gpd.GeoDataFrame, geometry: GeometryParams) -> gpd.GeoDataFrame:
+    """The landslides (exact pixel outlines, e.g. from :func:`vectorize_raster` with its default
+    ``geometry``) with their outlines drawn as ``geometry`` says and the shape columns (area,
+    perimeter, rectangle, centroid) measured again on them; every other column as it was.
+
+    The scan draws last, so the statistics taken under each polygon after vectorizing (the
+    mosaic's scene, event mode's ``mean_change``) still count exactly the mask's pixels.
+    """
+    if (geometry.simplify_m == 0 and geometry.smooth_iterations == 0) or not len(landslides_gdf):
+        return landslides_gdf
+    drawn = draw_polygons(landslides_gdf.geometry.values, geometry)
+    out = landslides_gdf.copy()
+    for name, values in _shape_columns(drawn, landslides_gdf.crs).items():
+        out[name] = values
+    out[out.geometry.name] = gpd.GeoSeries(drawn, index=out.index, crs=landslides_gdf.crs)
+    log.info("drew %d landslides (%.0f m2 in total, %.0f m2 in pixels; %d vertices)", len(out),
+             float(out["area_m2"].sum()), float(out["area_px_m2"].sum()),
+             int(shapely.get_num_coordinates(drawn).sum()))
+    return out
+
+
 def _assemble_landslides(geoms: list[Polygon], stats: Mapping[str, np.ndarray], crs, attrs,
                          id_offset: int, *, px_area_m2: float,
                          geometry: GeometryParams = GeometryParams()) -> gpd.GeoDataFrame:
@@ -332,25 +369,13 @@ def _assemble_landslides(geoms: list[Polygon], stats: Mapping[str, np.ndarray], 
     says, and areas, perimeters and rectangles measured on what is written."""
     n = len(geoms)
     drawn = draw_polygons(geoms, geometry)
-    geo = gpd.GeoSeries(drawn, crs=crs)
-    centroids = shapely.centroid(drawn)
-    to_lonlat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
-    lon, lat = to_lonlat.transform(shapely.get_x(centroids), shapely.get_y(centroids))
-    length_m, width_m = _rectangle_sides(drawn)
     mean_prob = np.asarray(stats["mean_prob"], dtype=np.float64)
-
     data = {
         "landslide_id": np.arange(id_offset + 1, id_offset + n + 1, dtype=np.int64),
-        "area_m2": geo.area.to_numpy(dtype=np.float64),
-        "perimeter_m": geo.length.to_numpy(dtype=np.float64),
         "area_px_m2": np.asarray(stats["px_count"], dtype=np.float64) * px_area_m2,
-        "length_m": length_m,
-        "width_m": width_m,
-        "elongation": np.divide(length_m, width_m, out=np.full(n, np.nan), where=width_m > 0),
         "confidence_class": confidence_class(mean_prob),
         **{k: np.asarray(stats[k], dtype=np.float64) for k in _STAT_COLUMNS},
-        "centroid_lon": np.asarray(lon, dtype=np.float64),
-        "centroid_lat": np.asarray(lat, dtype=np.float64),
+        **_shape_columns(drawn, crs),
     }
     for key in STATIC_ATTRS + OPTIONAL_STATIC_ATTRS:
         data[key] = [attrs.get(key)] * n
@@ -360,7 +385,7 @@ def _assemble_landslides(geoms: list[Polygon], stats: Mapping[str, np.ndarray], 
             df[name] = pd.to_datetime(df[name], utc=True).astype(_PANDAS_DTYPES[kind])
         else:
             df[name] = df[name].astype(_PANDAS_DTYPES[kind])
-    gdf = gpd.GeoDataFrame(df[list(LANDSLIDE_COLUMN_NAMES)], geometry=geo.values, crs=crs)
+    gdf = gpd.GeoDataFrame(df[list(LANDSLIDE_COLUMN_NAMES)], geometry=drawn, crs=crs)
     log.info("vectorized %d landslides (%.0f m2 in total, %.0f m2 in pixels; %d vertices)", n,
              float(gdf["area_m2"].sum()), float(gdf["area_px_m2"].sum()),
              int(shapely.get_num_coordinates(drawn).sum()) if n else 0)
@@ -747,7 +772,8 @@ def add_event_attributes(landslides_gdf: gpd.GeoDataFrame, pre_scene_id: str,
 
     ``mean_change`` is the mean of ``change_path`` (per-pixel post-minus-pre change of the index
     ``change_index`` on the analysis ``grid``) over each polygon's pixels (pixel centres, which
-    are exactly the mask's pixels the polygon was traced from); NaN without a change raster.
+    are exactly the mask's pixels the polygon was traced from: call it before
+    :func:`draw_landslides`); NaN without a change raster.
     """
     from tasks.vector.zonal import zonal_mean
 

@@ -243,3 +243,21 @@ def test_a_polygon_that_breaks_the_coverage_keeps_its_previous_outline():
                     ref, "tested")
     assert shapely.equals(out[:2], ref[:2]).all()
     assert shapely.equals(out[2], shapely.box(101, 101, 109, 109))  # far away: kept as drawn
+
+
+def test_drawing_afterwards_equals_drawing_while_vectorizing(tmp_path):
+    """The scan vectorizes exact outlines, takes its per-polygon statistics on them, and draws
+    last (draw_landslides): the same polygons and shape columns as drawing in vectorize_raster."""
+    from tasks.vector.vectorize import draw_landslides
+
+    mask = _write(tmp_path / "m.tif", coverage_mask(), "uint8")
+    params = GeometryParams(simplify_m=default_simplify_m(RES), smooth_iterations=2)
+    at_once = vectorize_raster(mask, {}, static_attrs=ATTRS, geometry=params)
+    exact = vectorize_raster(mask, {}, static_attrs=ATTRS)
+    later = draw_landslides(exact, params)
+    assert list(later.columns) == list(at_once.columns)
+    assert shapely.equals(later.geometry.values, at_once.geometry.values).all()
+    for col in ("area_m2", "perimeter_m", "length_m", "width_m", "elongation", "centroid_lon",
+                "area_px_m2"):
+        np.testing.assert_allclose(later[col], at_once[col], rtol=1e-12, err_msg=col)
+    assert draw_landslides(exact, GeometryParams()) is exact
