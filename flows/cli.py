@@ -123,6 +123,15 @@ def build_parser() -> argparse.ArgumentParser:
     post.add_argument("--min-area-m2", type=float, default=defaults.MIN_AREA_M2,
                       help=f"drop detections smaller than this ({defaults.MIN_AREA_M2:g} m2 = "
                            f"{defaults.MIN_AREA_M2 / defaults.RES_M ** 2:g} pixels at {defaults.RES_M:g} m)")
+    shape_g = scan.add_argument_group("polygon outlines")
+    shape_g.add_argument("--simplify-m", type=float, default=defaults.SIMPLIFY_M, metavar="M",
+                         help="simplify the pixel outlines, shared corners kept, moving no point "
+                              "more than M metres (default: half the pixel diagonal, "
+                              f"{defaults.RES_M * 2 ** 0.5 / 2:.2f} m at {defaults.RES_M:g} m; 0 keeps "
+                              "the exact pixel outline)")
+    shape_g.add_argument("--smooth", action="store_true",
+                         help=f"round the simplified outlines ({defaults.SMOOTH_ITERATIONS} passes of "
+                              "Chaikin corner cutting; see README)")
     run = scan.add_argument_group("run")
     run.add_argument("--out", default="runs/{run_id}", help="run folder (default runs/<run_id>)")
     run.add_argument("--overwrite", action="store_true",

@@ -20,6 +20,11 @@ CLOSING_RADIUS_PX = 1
 FILL_HOLES_MAX_AREA_M2 = 2000.0
 MIN_AREA_M2 = 500.0  # 5 pixels at 10 m
 
+# the polygons' outline (tasks.vector.geometry.GeometryParams)
+SIMPLIFY_M = None  # None: half the pixel diagonal, res_m * sqrt(2) / 2 (7.07 m at 10 m); 0: exact pixels
+SMOOTH = False  # --smooth: Chaikin corner cutting after simplification
+SMOOTH_ITERATIONS = 2  # its passes
+
 IOU_THRESHOLD = 0.3  # a detection this close to a known landslide updates it (regional inventory)
 
 # event mode (--event-date): the date windows searched for the pre- and the post-event scene

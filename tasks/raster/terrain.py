@@ -1,4 +1,4 @@
-"""Terrain: slope in degrees from a DEM, computed in a metric CRS (docs/contracts.md section 1, band SLOPE).
+"""Terrain: slope (and aspect) in degrees from a DEM, computed in a metric CRS (docs/contracts.md section 1, band SLOPE).
 
 Slope uses Horn's (1981) method, the 3x3 weighted finite differences of ``gdaldem slope`` (its
 default ``-alg Horn``). For a cell ``e`` with neighbours::
@@ -96,6 +96,51 @@ def slope_deg(dem: np.ndarray, res_x_m: float, res_y_m: float, *,
         s[np.isnan(win.centre)] = np.nan
         out[r0:r1] = s
     return out
+
+
+def aspect_deg(dem: np.ndarray, res_x_m: float, res_y_m: float) -> np.ndarray:
+    """Aspect in degrees clockwise from grid north (0..360): the direction the slope faces, i.e.
+    of steepest descent, from Horn's gradient as in :func:`slope_deg` (same neighbour filling).
+
+    The rows of ``dem`` must run north to south (a north-up grid); in a UTM grid, grid north
+    differs from true north by the meridian convergence (under about 2 degrees in Japan's zones).
+
+    Args:
+        dem: (H, W) elevations in metres on a metric grid; NaN marks nodata.
+        res_x_m: pixel width in metres (> 0).
+        res_y_m: pixel height in metres (> 0, its absolute value).
+
+    Returns:
+        (H, W) float32 aspect in [0, 360); NaN where ``dem`` is NaN and where the cell is flat
+        (gradient below :data:`FLAT_GRADIENT`, where no direction is defined).
+
+    Raises:
+        InputError: ``dem`` is not 2-D or a resolution is not a positive finite number.
+    """
+    dem = np.asarray(dem)
+    if dem.ndim != 2:
+        raise InputError(f"aspect_deg needs a 2-D (H, W) DEM, got shape {dem.shape}")
+    for name, res in (("res_x_m", res_x_m), ("res_y_m", res_y_m)):
+        if not (math.isfinite(res) and res > 0):
+            raise InputError(f"{name} must be a positive number of metres, got {res}")
+    h, w = dem.shape
+    out = np.full((h, w), np.nan, dtype=np.float32)
+    if h == 0 or w == 0:
+        return out
+    zp = np.pad(dem.astype(np.float64, copy=False), 1, mode="constant", constant_values=np.nan)
+    for r0 in range(0, h, _BLOCK_ROWS):
+        r1 = min(r0 + _BLOCK_ROWS, h)
+        win = _Window3x3(zp[r0:r1 + 2])
+        dzdx, dzdy = _horn(win, float(res_x_m), float(res_y_m))
+        # dzdy is per metre southward (rows run south): steepest descent is (-dzdx east, +dzdy north)
+        a = np.degrees(np.arctan2(-dzdx, dzdy)) % 360.0
+        a[(np.hypot(dzdx, dzdy) < FLAT_GRADIENT) | np.isnan(win.centre)] = np.nan
+        out[r0:r1] = a
+    return np.where(out >= 360.0, 0.0, out).astype(np.float32)  # float32 rounding of 359.99999
+
+
+# a cell whose gradient is below this (m per m, i.e. 0.00006 degrees of slope) is flat: no aspect
+FLAT_GRADIENT = 1e-6
 
 
 class _Window3x3:

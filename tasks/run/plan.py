@@ -39,6 +39,7 @@ from tasks.sources.event import (
 from tasks.sources.local import SceneInputs, resolve_local_inputs
 from tasks.sources.remote import cache_root, fetch_remote_inputs
 from tasks.vector.clean import CleanParams
+from tasks.vector.geometry import GeometryParams
 
 
 class DetectorSpec(BaseModel):
@@ -118,6 +119,7 @@ class ScanPlan(BaseModel):
     grid: dict[str, Any]  # tasks.core.grid.AnalysisGrid.to_dict()
     detector: DetectorSpec
     clean: CleanParams
+    geometry: GeometryParams = GeometryParams()  # plans written before --simplify-m: exact outlines
     paths: RunPaths
     resumed: bool = False  # a rerun that resumes an interrupted run
 
@@ -271,7 +273,7 @@ def plan_scan(request: ScanRequest) -> ScanPlan:
         roi_grid_crs=mapping(roi_grid), grid=grid.to_dict(),
         detector=DetectorSpec(spec=detector_spec, ref=detector.ref, bands=detector.bands,
                               threshold=detector.threshold, patch_size=detector.patch_size),
-        clean=clean, paths=paths)
+        clean=clean, geometry=request.geometry_params(), paths=paths)
     plan.write()
     _PLANNED_HERE.add((str(paths.plan), plan.run_id))
     return plan

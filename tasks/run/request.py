@@ -11,6 +11,7 @@ everything that needs the data and the detector.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import secrets
 from pathlib import Path
@@ -57,6 +58,9 @@ class ScanRequest(BaseModel):
     closing_radius_px: int = defaults.CLOSING_RADIUS_PX
     fill_holes_max_area_m2: float = defaults.FILL_HOLES_MAX_AREA_M2
     min_area_m2: float = defaults.MIN_AREA_M2
+    simplify_m: float | None = Field(default=defaults.SIMPLIFY_M, description="outline simplification "
+                                     "tolerance (m); None: half the pixel diagonal; 0: exact pixels")
+    smooth: bool = Field(default=defaults.SMOOTH, description="Chaikin-smooth the simplified outlines")
     overwrite: bool = False
     wait: bool = Field(default=False, description="wait for another scan writing into --out instead of refusing")
     keep_work: bool = False
@@ -92,6 +96,16 @@ class ScanRequest(BaseModel):
                            min_area_m2=self.min_area_m2)
 
 
+    def geometry_params(self):
+        """How the polygons are drawn (validated ``GeometryParams``): ``simplify_m`` (None: half the
+        pixel diagonal of ``res_m``) and ``smooth``."""
+        from tasks.vector.geometry import GeometryParams, default_simplify_m
+
+        simplify_m = default_simplify_m(self.res_m) if self.simplify_m is None else self.simplify_m
+        return GeometryParams(simplify_m=simplify_m,
+                              smooth_iterations=defaults.SMOOTH_ITERATIONS if self.smooth else 0)
+
+
 def new_run_id(now: dt.datetime | None = None) -> str:
     """``20261204T051500Z-1a2b3c``: UTC start time and 6 random hex digits."""
     now = now or dt.datetime.now(dt.timezone.utc)
@@ -105,6 +119,10 @@ def check_numbers(request: ScanRequest) -> None:
         raise InputError(f"--workers must be >= 1, got {request.workers}")
     if request.overlap_px < 0:
         raise InputError(f"--overlap must be >= 0, got {request.overlap_px}")
+    s = request.simplify_m
+    if s is not None and not (math.isfinite(s) and s >= 0):
+        raise InputError(f"--simplify-m must be a distance in metres >= 0 (0 keeps the exact pixel "
+                         f"outline), got {s:g}")
 
 
 def detector_spec_of(request: ScanRequest) -> str | None:

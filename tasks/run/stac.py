@@ -181,6 +181,10 @@ def _cog_fields(path: Path, unit: str | None, scale: float | None) -> dict[str, 
 def _lineage(manifest: Mapping[str, Any]) -> str:
     inputs, grid, params = manifest["inputs"], manifest["grid"], manifest["parameters"]
     clean = params.get("clean", {})
+    geometry = params.get("geometry") or {}
+    outline = (f"outlines simplified at {geometry['simplify_m']:.2f} m"
+               + (" and smoothed" if geometry.get("smooth_iterations") else "")
+               if geometry.get("simplify_m") else "exact pixel outlines")
     scenes = ", ".join(inputs.get("scene_ids") or []) or "unknown scene"
     return (f"Sentinel-2 scene(s) {scenes} from source {inputs.get('source')} and the DEM "
             f"({inputs.get('dem_path') and 'slope derived from it' or 'none'}) aligned onto a "
@@ -188,7 +192,7 @@ def _lineage(manifest: Mapping[str, Any]) -> str:
             f"{params.get('overlap_px')} px-overlapping patches and blended; probability thresholded at "
             f"{clean.get('threshold')}, cleaned (opening {clean.get('opening_radius_px')} px, closing "
             f"{clean.get('closing_radius_px')} px, holes under {clean.get('fill_holes_max_area_m2')} m2 "
-            f"filled, areas under {clean.get('min_area_m2')} m2 dropped) and vectorized by "
+            f"filled, areas under {clean.get('min_area_m2')} m2 dropped) and vectorized ({outline}) by "
             f"landslide-pipeline {manifest.get('versions', {}).get('landslide-pipeline', '')}.")
 
 

@@ -45,7 +45,9 @@ from tasks.vector.geopackage import write_lineage
 from tasks.vector.vectorize import (
     STATUS_ALL_CLOUD,
     STATUS_NO_VALID,
+    acquired_note,
     add_event_attributes,
+    draw_landslides,
     footprint_raster,
     vectorize_raster,
     write_geopackage,
@@ -170,10 +172,12 @@ def step_vectorize(work: str, infer: dict, cleaned: dict) -> dict:
     stack = stack_record["stack_path"]
     acquired = (dt.datetime.fromisoformat(inputs["acquired"]) if inputs["acquired"] else None)
     static = {"scene_id": inputs["scene_id"], "acquired": acquired,
+              "acquired_note": acquired_note(inputs.get("acquired_range")),
               "model": plan.detector.ref, "run_id": plan.run_id, "detected_at": utc_now()}
     layers = {"prob": (infer["prob_path"], 1), "uncertainty": (infer["uncertainty_path"], 1),
               "slope_deg": (stack, BAND_NAMES.index("SLOPE") + 1),
               "elev_m": (stack, BAND_NAMES.index("DEM") + 1)}
+    # exact pixel outlines first: the statistics under each polygon below count the mask's pixels
     polygons = vectorize_raster(cleaned["mask_path"], layers, static_attrs=static, block_px=block_px)
     scenes = read_scenes(work)
     if scenes and scenes.get("mosaic"):  # a per-pixel mosaic: each polygon names its own scene
@@ -183,6 +187,7 @@ def step_vectorize(work: str, infer: dict, cleaned: dict) -> dict:
         polygons = add_event_attributes(polygons, event.pre.scene_id, stack_record["change_path"],
                                         stack_record["change_index"], plan.analysis_grid,
                                         block_px=block_px)
+    polygons = draw_landslides(polygons, plan.geometry)  # simplified (and smoothed) as one coverage
     no_valid = STATUS_ALL_CLOUD if stack_record.get("cloud_masked_px") else STATUS_NO_VALID
     footprint = footprint_raster(stack_record["valid_path"], block_px=block_px, no_valid_status=no_valid,
                                  attrs={"scene_id": inputs["scene_id"], "run_id": plan.run_id})
@@ -300,6 +305,7 @@ def step_finish(work: str, stack: dict, infer: dict, cleaned: dict, vectors: dic
         "domain_check": infer.get("domain_check"),
         "parameters": {"overlap_px": req.overlap_px, "batch_size": req.batch_size,
                        "block_px": req.block_px, "clean": dataclasses.asdict(plan.clean),
+                       "geometry": dataclasses.asdict(plan.geometry),
                        "uncertainty": infer["detector"].get(
                            "uncertainty", "binary predictive entropy of the blended probability, bits")},
         "execution": {"blocks": infer["blocks"], "blocks_resumed": infer["blocks_resumed"],

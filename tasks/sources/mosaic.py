@@ -221,7 +221,9 @@ def assign_polygon_scenes(polygons, scene_index_path: str | Path, scenes: dict):
     """Set each polygon's ``scene_id`` / ``acquired`` to the scene most of its pixels came from.
 
     Reads ``scene_index.tif`` one polygon's bounding window at a time (bounded memory); a polygon
-    whose pixels have no scene keeps its attributes. Returns the same GeoDataFrame, modified.
+    whose pixels have no scene keeps its attributes. An ``acquired_note`` column (why ``acquired``
+    is empty) is emptied where the polygon's scene has a date. Returns the same GeoDataFrame,
+    modified.
     """
     import pandas as pd
     import rasterio
@@ -246,4 +248,6 @@ def assign_polygon_scenes(polygons, scene_index_path: str | Path, scenes: dict):
                 times[i] = pd.Timestamp(acquired) if acquired else pd.NaT
     polygons["scene_id"] = ids
     polygons["acquired"] = pd.to_datetime(times, utc=True)
+    if "acquired_note" in polygons:  # the note only explains a missing date
+        polygons["acquired_note"] = polygons["acquired_note"].where(polygons["acquired"].isna(), None)
     return polygons

@@ -3,7 +3,7 @@
 These dicts are the single source of truth for the human-readable side of the schema. They are
 written into each GeoPackage (``gpkg_data_columns``, the GeoPackage schema extension), into the
 layers' default QGIS styles (field aliases) and must match README's "Fields of the `landslides`
-layer" table (``tests/tasks/test_qgis_outputs.py`` checks both ways).
+layer" table (``tests/flows/test_qgis_run.py`` checks both ways).
 
 To add a field to a layer: add its column where the layer is built (e.g.
 ``LANDSLIDE_COLUMNS`` in ``tasks/vector/vectorize.py``), add one ``FieldDoc`` line here and one row
@@ -13,6 +13,8 @@ to the README table.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from tasks.vector.classes import CONFIDENCE_HIGH_MIN_PROB, CONFIDENCE_MEDIUM_MIN_PROB
 
 
 @dataclass(frozen=True)
@@ -39,24 +41,50 @@ class FieldDoc:
 LANDSLIDE_FIELDS: dict[str, FieldDoc] = {
     "landslide_id": FieldDoc("Landslide ID", "Number of the landslide in this run (1..n, raster order "
                              "of its first pixel)"),
-    "area_m2": FieldDoc("Area (m²)", "Polygon area in the analysis CRS", "m²"),
-    "perimeter_m": FieldDoc("Perimeter (m)", "Length of the polygon's outline, holes included", "m"),
+    "area_m2": FieldDoc("Area (m²)", "Area of the written (simplified, smoothed) polygon in the "
+                        "analysis CRS", "m²"),
+    "perimeter_m": FieldDoc("Perimeter (m)", "Length of the written polygon's outline, holes "
+                            "included", "m"),
+    "area_px_m2": FieldDoc("Pixel area (m²)", "Raster-exact area: the object's pixel count times "
+                           "the pixel area (equals area_m2 with --simplify-m 0)", "m²"),
+    "length_m": FieldDoc("Length (m)", "Long side of the written polygon's minimum rotated "
+                         "rectangle", "m"),
+    "width_m": FieldDoc("Width (m)", "Short side of the written polygon's minimum rotated rectangle",
+                        "m"),
+    "elongation": FieldDoc("Elongation", "length_m / width_m (1 for a square footprint)",
+                           "1 (>= 1)"),
     "mean_prob": FieldDoc("Mean probability", "Mean landslide probability over the polygon's pixels",
                           "1 (0 to 1)"),
     "max_prob": FieldDoc("Max probability", "Highest landslide probability of the polygon's pixels",
                          "1 (0 to 1)"),
-    "uncertainty": FieldDoc("Uncertainty", "Mean per-pixel uncertainty over the polygon: binary "
-                            "predictive entropy (0 certain, 1 at p = 0.5), or member disagreement for "
-                            "ensembles (manifest.json parameters.uncertainty)", "bit"),
+    "confidence_class": FieldDoc("Confidence", "Class of mean_prob: high (>= "
+                                 f"{CONFIDENCE_HIGH_MIN_PROB:g}), medium (>= "
+                                 f"{CONFIDENCE_MEDIUM_MIN_PROB:g}), low (below); 'no value' without a "
+                                 "probability; not a calibrated error rate"),
+    "uncertainty": FieldDoc("Uncertainty", "Mean per-pixel uncertainty over the polygon: for a single "
+                            "model the binary predictive entropy in bits (0 certain, 1 at p = 0.5); "
+                            "for an ensemble the standard deviation of the members' probabilities "
+                            "(0 to 0.5, unit 1); manifest.json parameters.uncertainty says which",
+                            "bit (single model) or 1 (ensemble)"),
     "mean_slope_deg": FieldDoc("Mean slope (°)", "Mean terrain slope from the DEM over the polygon",
                                "degree"),
+    "max_slope_deg": FieldDoc("Max slope (°)", "Steepest terrain slope from the DEM among the "
+                              "polygon's pixels", "degree"),
+    "aspect_deg": FieldDoc("Aspect (°)", "Circular mean of the terrain aspect (direction the slope "
+                           "faces, Horn gradient of the DEM on the analysis grid) over the polygon's "
+                           "pixels, clockwise from grid north, 0 to 360; empty without a DEM or "
+                           "where flat", "degree"),
     "mean_elev_m": FieldDoc("Mean elevation (m)", "Mean DEM elevation over the polygon", "m"),
+    "relief_m": FieldDoc("Relief (m)", "Highest minus lowest DEM elevation among the polygon's pixels",
+                         "m"),
     "centroid_lon": FieldDoc("Centroid longitude", "Longitude of the polygon's centroid, WGS 84 "
                              "(EPSG:4326)", "degree east"),
     "centroid_lat": FieldDoc("Centroid latitude", "Latitude of the polygon's centroid, WGS 84 "
                              "(EPSG:4326)", "degree north"),
     "scene_id": FieldDoc("Scene", "Sentinel-2 scene (or mosaic) the polygon was detected on"),
     "acquired": FieldDoc("Acquired (UTC)", "Acquisition time of that scene; empty when unknown", "UTC"),
+    "acquired_note": FieldDoc("Acquisition note", "Why acquired is empty, e.g. 'composite "
+                              "2018-08-01..2019-07-31, no scene date'; empty when acquired is set"),
     "model": FieldDoc("Model", "Detector that found it: checkpoint card name@sha256 prefix"),
     "run_id": FieldDoc("Run", "Identifier of the scan run (run_id in manifest.json)"),
     "detected_at": FieldDoc("Detected at (UTC)", "Time the run vectorized the polygon", "UTC"),

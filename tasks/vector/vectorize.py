@@ -28,7 +28,10 @@ from tasks.core import defaults
 from tasks.core.errors import InputError
 from tasks.core.files import atomic_write
 from tasks.core.tiling import iter_blocks
+from tasks.raster.terrain import aspect_deg
+from tasks.vector.classes import confidence_class
 from tasks.vector.clean import CONNECTIVITY, label_objects
+from tasks.vector.geometry import GeometryParams, simplify_coverage, smooth_coverage
 from tasks.vector.geopackage import GPKG_DATASET_OPTIONS, GPKG_LAYER_OPTIONS, document_layers
 from tasks.vector.styles import run_layer_docs
 
@@ -40,15 +43,24 @@ LANDSLIDE_COLUMNS: list[tuple[str, str]] = [
     ("landslide_id", "int"),
     ("area_m2", "real"),
     ("perimeter_m", "real"),
+    ("area_px_m2", "real"),
+    ("length_m", "real"),
+    ("width_m", "real"),
+    ("elongation", "real"),
     ("mean_prob", "real"),
     ("max_prob", "real"),
+    ("confidence_class", "text"),
     ("uncertainty", "real"),
     ("mean_slope_deg", "real"),
+    ("max_slope_deg", "real"),
+    ("aspect_deg", "real"),
     ("mean_elev_m", "real"),
+    ("relief_m", "real"),
     ("centroid_lon", "real"),
     ("centroid_lat", "real"),
     ("scene_id", "text"),
     ("acquired", "datetime"),
+    ("acquired_note", "text"),
     ("model", "text"),
     ("run_id", "text"),
     ("detected_at", "datetime"),
@@ -62,6 +74,8 @@ EVENT_COLUMNS: list[tuple[str, str]] = [
 ]
 EVENT_COLUMN_NAMES: tuple[str, ...] = tuple(name for name, _ in EVENT_COLUMNS)
 STATIC_ATTRS: tuple[str, ...] = ("scene_id", "acquired", "model", "run_id", "detected_at")
+# optional static attributes (None when not given)
+OPTIONAL_STATIC_ATTRS: tuple[str, ...] = ("acquired_note",)
 LANDSLIDES_LAYER = "landslides"
 FOOTPRINT_LAYER = "footprint"
 STATUS_ANALYSED = "analysed"
@@ -94,21 +108,31 @@ def _check_static_attrs(static_attrs: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(static_attrs, Mapping):
         raise InputError(f"static_attrs must be a dict with keys {', '.join(STATIC_ATTRS)}")
     missing = [k for k in STATIC_ATTRS if k not in static_attrs]
-    extra = sorted(set(static_attrs) - set(STATIC_ATTRS))
+    extra = sorted(set(static_attrs) - set(STATIC_ATTRS) - set(OPTIONAL_STATIC_ATTRS))
     if missing or extra:
         parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
             [f"unknown {', '.join(extra)}"] if extra else [])
         raise InputError(f"static_attrs: {'; '.join(parts)}; expected exactly "
                          f"{', '.join(STATIC_ATTRS)}")
     out: dict[str, Any] = {}
-    for key in ("scene_id", "model", "run_id"):
-        v = static_attrs[key]
+    for key in ("scene_id", "model", "run_id", "acquired_note"):
+        v = static_attrs.get(key)
         if v is not None and not isinstance(v, str):
             raise InputError(f"static_attrs[{key!r}] must be text, got {type(v).__name__}")
         out[key] = v
     out["acquired"] = _to_utc(static_attrs["acquired"], "acquired", allow_none=True)
     out["detected_at"] = _to_utc(static_attrs["detected_at"], "detected_at", allow_none=False)
+    if out["acquired"] is not pd.NaT:
+        out["acquired_note"] = None  # the note only explains a missing date
     return out
+
+
+def acquired_note(acquired_range) -> str:
+    """The ``acquired_note`` of a polygon without a scene date: the composite's date range
+    (``inputs.acquired_range`` of the plan) when known."""
+    if acquired_range and all(acquired_range):
+        return f"composite {acquired_range[0]}..{acquired_range[1]}, no scene date"
+    return "no scene date"
 
 
 def _check_layer(arr: np.ndarray | None, name: str, shape2d: tuple[int, int]) -> np.ndarray | None:
@@ -147,6 +171,33 @@ def _per_label_mean(values: np.ndarray | None, labels: np.ndarray, n: int) -> np
         return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
 
+def _per_label_min(values: np.ndarray | None, labels: np.ndarray, n: int) -> np.ndarray:
+    return -_per_label_max(None if values is None else -values, labels, n)
+
+
+def _per_label_aspect(aspect: np.ndarray | None, labels: np.ndarray, n: int) -> np.ndarray:
+    """Circular mean of ``aspect`` (degrees) over each label (NaN: no finite aspect)."""
+    if aspect is None:
+        return np.full(n, np.nan)
+    rad = np.radians(aspect)
+    return _circular_mean_deg(_per_label_sum(np.sin(rad), labels, n),
+                              _per_label_sum(np.cos(rad), labels, n))
+
+
+def _per_label_sum(values: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
+    sel = (labels > 0) & np.isfinite(values)
+    return np.bincount(labels[sel], weights=values[sel], minlength=n + 1)[1:]
+
+
+def _circular_mean_deg(sin_sum, cos_sum) -> np.ndarray:
+    """The direction (degrees clockwise from north, [0, 360)) of the summed unit vectors; NaN when
+    there are none or they cancel out (e.g. the two faces of a ridge in equal parts)."""
+    s, c = np.asarray(sin_sum, dtype=np.float64), np.asarray(cos_sum, dtype=np.float64)
+    deg = np.degrees(np.arctan2(s, c)) % 360.0
+    deg = np.where(deg >= 360.0, 0.0, deg)
+    return np.where(np.hypot(s, c) > 1e-9, deg, np.nan)
+
+
 def _per_label_max(values: np.ndarray | None, labels: np.ndarray, n: int) -> np.ndarray:
     if values is None:
         return np.full(n, np.nan)
@@ -178,7 +229,8 @@ def _one_polygon(parts: list[Polygon], label: int) -> Polygon:
 def mask_to_polygons(mask: np.ndarray, transform, crs, *, prob: np.ndarray | None,
                      uncertainty: np.ndarray | None, slope_deg: np.ndarray | None,
                      elev_m: np.ndarray | None, static_attrs: Mapping[str, Any],
-                     id_offset: int = 0) -> gpd.GeoDataFrame:
+                     id_offset: int = 0, geometry: GeometryParams = GeometryParams()
+                     ) -> gpd.GeoDataFrame:
     """One row per 4-connected object of ``mask``, with the landslides layer's attributes.
 
     Args:
@@ -188,11 +240,15 @@ def mask_to_polygons(mask: np.ndarray, transform, crs, *, prob: np.ndarray | Non
         prob: (H, W) probability; ``mean_prob``/``max_prob`` over the object's pixels (NaN-aware).
         uncertainty: (H, W) per-pixel uncertainty; ``uncertainty`` is its mean over the object.
         slope_deg: (H, W) slope; ``mean_slope_deg``. None (no DEM) gives NaN.
-        elev_m: (H, W) elevation; ``mean_elev_m``. None (no DEM) gives NaN.
+        elev_m: (H, W) elevation; ``mean_elev_m``, ``relief_m`` and ``aspect_deg`` (from the
+            DEM's Horn gradient on this grid, tasks.raster.terrain.aspect_deg). None (no DEM)
+            gives NaN.
         static_attrs: ``scene_id``, ``acquired`` (aware datetime or None when unknown), ``model``,
             ``run_id``, ``detected_at`` (aware datetime): the same for every row; stored in UTC.
+            Optional: ``acquired_note`` (text, kept only where ``acquired`` is unknown).
         id_offset: ``landslide_id`` is ``id_offset + 1 .. id_offset + n`` in raster order of each
             object's first pixel (row, then column).
+        geometry: simplification and smoothing of the outlines (default: exact pixel outlines).
 
     Returns:
         GeoDataFrame with columns ``LANDSLIDE_COLUMN_NAMES`` + ``geometry`` (valid Polygons, CRS
@@ -222,44 +278,117 @@ def mask_to_polygons(mask: np.ndarray, transform, crs, *, prob: np.ndarray | Non
     if len(parts) != n:
         raise RuntimeError(f"shapes() returned {len(parts)} objects for {n} labels")
     geoms = [_one_polygon(parts[k], k) for k in range(1, n + 1)]
+    elev = layers["elev_m"]
+    aspect = None if elev is None else aspect_deg(elev, abs(transform.a), abs(transform.e))
     stats = {
         "mean_prob": _per_label_mean(layers["prob"], labels, n),
         "max_prob": _per_label_max(layers["prob"], labels, n),
         "uncertainty": _per_label_mean(layers["uncertainty"], labels, n),
         "mean_slope_deg": _per_label_mean(layers["slope_deg"], labels, n),
-        "mean_elev_m": _per_label_mean(layers["elev_m"], labels, n),
+        "max_slope_deg": _per_label_max(layers["slope_deg"], labels, n),
+        "aspect_deg": _per_label_aspect(aspect, labels, n),
+        "mean_elev_m": _per_label_mean(elev, labels, n),
+        "relief_m": _per_label_max(elev, labels, n) - _per_label_min(elev, labels, n),
+        "px_count": np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(np.float64),
     }
-    return _assemble_landslides(geoms, stats, crs, attrs, id_offset)
+    return _assemble_landslides(geoms, stats, crs, attrs, id_offset,
+                                px_area_m2=abs(transform.a * transform.e), geometry=geometry)
+
+
+_STAT_COLUMNS: tuple[str, ...] = ("mean_prob", "max_prob", "uncertainty", "mean_slope_deg",
+                                  "max_slope_deg", "aspect_deg", "mean_elev_m", "relief_m")
+
+
+def draw_polygons(geoms, geometry: GeometryParams) -> np.ndarray:
+    """The exact pixel outlines ``geoms`` (the whole run's coverage) simplified and smoothed as
+    ``geometry`` says (tasks.vector.geometry)."""
+    out = np.asarray(geoms, dtype=object)
+    if geometry.simplify_m > 0:
+        out = simplify_coverage(out, geometry.simplify_m)
+    if geometry.smooth_iterations > 0:
+        out = smooth_coverage(out, geometry.smooth_iterations)
+    return out
+
+
+def _rectangle_sides(geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Length and width (long and short side) of each polygon's minimum rotated rectangle."""
+    if len(geoms) == 0:
+        return np.zeros(0), np.zeros(0)
+    # about the first polygon's first corner: UTM coordinates (~1e6 m) would cost the rotated
+    # rectangle five significant digits
+    origin = shapely.get_coordinates(geoms[0])[0]
+    local = shapely.transform(geoms, lambda xy: xy - origin)
+    coords = shapely.get_coordinates(shapely.oriented_envelope(local)).reshape(len(geoms), 5, 2)
+    a = np.hypot(*(coords[:, 1] - coords[:, 0]).T)
+    b = np.hypot(*(coords[:, 2] - coords[:, 1]).T)
+    return np.maximum(a, b), np.minimum(a, b)
+
+
+def _shape_columns(drawn: np.ndarray, crs) -> dict[str, np.ndarray]:
+    """The columns measured on the written polygons ``drawn``: area, perimeter, minimum rotated
+    rectangle and centroid."""
+    centroids = shapely.centroid(drawn)
+    to_lonlat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    lon, lat = to_lonlat.transform(shapely.get_x(centroids), shapely.get_y(centroids))
+    length_m, width_m = _rectangle_sides(drawn)
+    return {"area_m2": shapely.area(drawn).astype(np.float64),
+            "perimeter_m": shapely.length(drawn).astype(np.float64),
+            "length_m": length_m, "width_m": width_m,
+            "elongation": np.divide(length_m, width_m, out=np.full(len(drawn), np.nan),
+                                    where=width_m > 0),
+            "centroid_lon": np.asarray(lon, dtype=np.float64),
+            "centroid_lat": np.asarray(lat, dtype=np.float64)}
+
+
+def draw_landslides(landslides_gdf: gpd.GeoDataFrame, geometry: GeometryParams) -> gpd.GeoDataFrame:
+    """The landslides (exact pixel outlines, e.g. from :func:`vectorize_raster` with its default
+    ``geometry``) with their outlines drawn as ``geometry`` says and the shape columns (area,
+    perimeter, rectangle, centroid) measured again on them; every other column as it was.
+
+    The scan draws last, so the statistics taken under each polygon after vectorizing (the
+    mosaic's scene, event mode's ``mean_change``) still count exactly the mask's pixels.
+    """
+    if (geometry.simplify_m == 0 and geometry.smooth_iterations == 0) or not len(landslides_gdf):
+        return landslides_gdf
+    drawn = draw_polygons(landslides_gdf.geometry.values, geometry)
+    out = landslides_gdf.copy()
+    for name, values in _shape_columns(drawn, landslides_gdf.crs).items():
+        out[name] = values
+    out[out.geometry.name] = gpd.GeoSeries(drawn, index=out.index, crs=landslides_gdf.crs)
+    log.info("drew %d landslides (%.0f m2 in total, %.0f m2 in pixels; %d vertices)", len(out),
+             float(out["area_m2"].sum()), float(out["area_px_m2"].sum()),
+             int(shapely.get_num_coordinates(drawn).sum()))
+    return out
 
 
 def _assemble_landslides(geoms: list[Polygon], stats: Mapping[str, np.ndarray], crs, attrs,
-                         id_offset: int) -> gpd.GeoDataFrame:
-    """The typed landslides frame from polygons (in id order) and their per-object statistics."""
+                         id_offset: int, *, px_area_m2: float,
+                         geometry: GeometryParams = GeometryParams()) -> gpd.GeoDataFrame:
+    """The typed landslides frame from the exact pixel outlines (in id order) and their per-object
+    statistics (``px_count``: pixels of each object); the outlines are drawn as ``geometry``
+    says, and areas, perimeters and rectangles measured on what is written."""
     n = len(geoms)
-    geo = gpd.GeoSeries(geoms, crs=crs)
-    centroids = shapely.centroid(np.asarray(geoms, dtype=object))
-    to_lonlat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
-    lon, lat = to_lonlat.transform(shapely.get_x(centroids), shapely.get_y(centroids))
-
+    drawn = draw_polygons(geoms, geometry)
+    mean_prob = np.asarray(stats["mean_prob"], dtype=np.float64)
     data = {
         "landslide_id": np.arange(id_offset + 1, id_offset + n + 1, dtype=np.int64),
-        "area_m2": geo.area.to_numpy(dtype=np.float64),
-        "perimeter_m": geo.length.to_numpy(dtype=np.float64),
-        **{k: np.asarray(stats[k], dtype=np.float64) for k in
-           ("mean_prob", "max_prob", "uncertainty", "mean_slope_deg", "mean_elev_m")},
-        "centroid_lon": np.asarray(lon, dtype=np.float64),
-        "centroid_lat": np.asarray(lat, dtype=np.float64),
+        "area_px_m2": np.asarray(stats["px_count"], dtype=np.float64) * px_area_m2,
+        "confidence_class": confidence_class(mean_prob),
+        **{k: np.asarray(stats[k], dtype=np.float64) for k in _STAT_COLUMNS},
+        **_shape_columns(drawn, crs),
     }
-    for key in STATIC_ATTRS:
-        data[key] = [attrs[key]] * n
+    for key in STATIC_ATTRS + OPTIONAL_STATIC_ATTRS:
+        data[key] = [attrs.get(key)] * n
     df = pd.DataFrame(data)
     for name, kind in LANDSLIDE_COLUMNS:
         if kind == "datetime":  # an all-NaT column (unknown acquisition date) is tz-naive
             df[name] = pd.to_datetime(df[name], utc=True).astype(_PANDAS_DTYPES[kind])
         else:
             df[name] = df[name].astype(_PANDAS_DTYPES[kind])
-    gdf = gpd.GeoDataFrame(df[list(LANDSLIDE_COLUMN_NAMES)], geometry=geo.values, crs=crs)
-    log.info("vectorized %d landslides (%.0f m2 in total)", n, float(gdf["area_m2"].sum()))
+    gdf = gpd.GeoDataFrame(df[list(LANDSLIDE_COLUMN_NAMES)], geometry=drawn, crs=crs)
+    log.info("vectorized %d landslides (%.0f m2 in total, %.0f m2 in pixels; %d vertices)", n,
+             float(gdf["area_m2"].sum()), float(gdf["area_px_m2"].sum()),
+             int(shapely.get_num_coordinates(drawn).sum()) if n else 0)
     return gdf
 
 
@@ -393,12 +522,25 @@ def _block_stats(v: np.ndarray | None, lab: np.ndarray, n: int) -> dict[str, np.
     """Per-label finite sum, finite count and max (index 0 = background, unused), from the values
     ``v`` (float64) of the labelled pixels and their labels ``lab``, both in raster order."""
     if v is None:
-        return {"sum": np.zeros(n + 1), "count": np.zeros(n + 1), "max": np.full(n + 1, -np.inf)}
+        return {"sum": np.zeros(n + 1), "count": np.zeros(n + 1), "max": np.full(n + 1, -np.inf),
+                "min": np.full(n + 1, np.inf)}
     ok = np.isfinite(v)
     mx = np.full(n + 1, -np.inf)
     np.maximum.at(mx, lab[ok], v[ok])
+    mn = np.full(n + 1, np.inf)
+    np.minimum.at(mn, lab[ok], v[ok])
     return {"sum": np.bincount(lab[ok], weights=v[ok], minlength=n + 1).astype(np.float64),
-            "count": np.bincount(lab[ok], minlength=n + 1).astype(np.float64), "max": mx}
+            "count": np.bincount(lab[ok], minlength=n + 1).astype(np.float64), "max": mx, "min": mn}
+
+
+def _block_aspect_sums(aspect: np.ndarray | None, lab: np.ndarray, n: int) -> dict[str, np.ndarray]:
+    """Per-label sums of the sine and cosine of the finite aspects (degrees) ``aspect``."""
+    if aspect is None:
+        return {"sin": np.zeros(n + 1), "cos": np.zeros(n + 1)}
+    ok = np.isfinite(aspect)
+    rad = np.radians(aspect[ok])
+    return {"sin": np.bincount(lab[ok], weights=np.sin(rad), minlength=n + 1),
+            "cos": np.bincount(lab[ok], weights=np.cos(rad), minlength=n + 1)}
 
 
 # the value layers vectorize_raster reduces per object, in the order of their statistics
@@ -407,7 +549,8 @@ _VALUE_LAYERS: tuple[str, ...] = ("prob", "uncertainty", "slope_deg", "elev_m")
 
 def vectorize_raster(mask_path, layers: Mapping[str, tuple[str, int] | None], *,
                      static_attrs: Mapping[str, Any], block_px: int = defaults.BLOCK_PX,
-                     id_offset: int = 0) -> gpd.GeoDataFrame:
+                     id_offset: int = 0, geometry: GeometryParams = GeometryParams()
+                     ) -> gpd.GeoDataFrame:
     """Block-wise :func:`mask_to_polygons` over rasters, with bounded memory.
 
     Each block's 4-connected objects are polygonized with partial statistics (finite sums, counts,
@@ -415,6 +558,9 @@ def vectorize_raster(mask_path, layers: Mapping[str, tuple[str, int] | None], *,
     are joined with union-find, their polygons unioned and their statistics combined. The result
     has the same objects, ids (raster order of each object's first pixel), geometries and
     attributes as vectorizing the whole mask at once (means may differ in the last float bits).
+    The aspect is computed per block from the DEM read with a one-pixel halo, so it equals the
+    whole-raster aspect. The joined pixel outlines are then simplified and smoothed together, as
+    one coverage (``geometry``; memory: the run's polygons, which are held anyway).
 
     Args:
         mask_path: cleaned uint8 mask (1 = landslide) on the analysis grid.
@@ -422,6 +568,7 @@ def vectorize_raster(mask_path, layers: Mapping[str, tuple[str, int] | None], *,
             on the same grid, or None for a layer that does not exist (NaN attributes).
         static_attrs: as for :func:`mask_to_polygons`.
         block_px: block side in pixels.
+        geometry: simplification and smoothing of the outlines (default: exact pixel outlines).
     """
     import rasterio
 
@@ -431,6 +578,7 @@ def vectorize_raster(mask_path, layers: Mapping[str, tuple[str, int] | None], *,
     try:
         with rasterio.open(mask_path) as src:
             crs = _check_crs(src.crs)
+            px_area_m2 = abs(src.transform.a * src.transform.e)
             edges, polys, stats = _read_block_objects(src, sources, block_px)
     finally:
         for item in sources.values():
@@ -440,7 +588,8 @@ def vectorize_raster(mask_path, layers: Mapping[str, tuple[str, int] | None], *,
     if not groups:
         return _empty_landslides(crs)
     geoms, object_stats = _merged_attributes(_merge_groups(groups, polys, stats))
-    return _assemble_landslides(geoms, object_stats, crs, attrs, id_offset)
+    return _assemble_landslides(geoms, object_stats, crs, attrs, id_offset, px_area_m2=px_area_m2,
+                                geometry=geometry)
 
 
 def _read_block_objects(src, sources: Mapping[str, tuple[Any, int] | None],
@@ -465,6 +614,7 @@ def _read_block_objects(src, sources: Mapping[str, tuple[Any, int] | None],
             polys[(bi, bj, lab)] = parts
         idx, lab_px = _labelled_pixels(labels)
         values = _read_values_at(sources, win, idx)
+        values["aspect_deg"] = _read_aspect_at(sources.get("elev_m"), src, win, idx)
         for lab, object_stats in _partial_stats(idx, lab_px, n, labels.shape[1], (r, c), values).items():
             stats[(bi, bj, lab)] = object_stats
     return edges, polys, stats
@@ -506,6 +656,26 @@ def _read_values_at(sources: Mapping[str, tuple[Any, int] | None], win,
     return values
 
 
+def _read_aspect_at(elev, src, win, idx: np.ndarray) -> np.ndarray | None:
+    """The aspect (degrees) at the flat pixel indices ``idx`` of window ``win``, from the DEM
+    ``elev`` ((open dataset, band) or None) read with a one-pixel halo (NaN outside the raster),
+    so a block's border pixels see their real neighbours."""
+    if elev is None:
+        return None
+    from rasterio.windows import Window
+
+    ds, band = elev
+    r0, c0 = int(win.row_off) - 1, int(win.col_off) - 1
+    h, w = int(win.height) + 2, int(win.width) + 2
+    dem = np.full((h, w), np.nan)
+    rr0, cc0 = max(r0, 0), max(c0, 0)
+    rr1, cc1 = min(r0 + h, src.height), min(c0 + w, src.width)
+    dem[rr0 - r0:rr1 - r0, cc0 - c0:cc1 - c0] = ds.read(
+        band, window=Window(cc0, rr0, cc1 - cc0, rr1 - rr0)).astype(np.float64)
+    aspect = aspect_deg(dem, abs(src.transform.a), abs(src.transform.e))[1:-1, 1:-1]
+    return aspect.ravel()[idx].astype(np.float64)
+
+
 def _partial_stats(idx: np.ndarray, lab_px: np.ndarray, n: int, width_px: int, origin: tuple[int, int],
                    values: Mapping[str, np.ndarray | None]) -> dict[int, dict]:
     """Label 1..n of a block -> ``first`` (grid row, col of its first pixel, the block's top-left
@@ -514,12 +684,15 @@ def _partial_stats(idx: np.ndarray, lab_px: np.ndarray, n: int, width_px: int, o
     _, first_pos = np.unique(lab_px, return_index=True)  # labels 1..n all occur
     first[1:] = idx[first_pos]
     per_layer = {k: _block_stats(values[k], lab_px, n) for k in _VALUE_LAYERS}
+    aspect = _block_aspect_sums(values.get("aspect_deg"), lab_px, n)
+    px = np.bincount(lab_px, minlength=n + 1).astype(np.float64)
     out = {}
     for lab in range(1, n + 1):
         fr, fc = divmod(int(first[lab]), width_px)
-        out[lab] = {"first": (origin[0] + fr, origin[1] + fc),
+        out[lab] = {"first": (origin[0] + fr, origin[1] + fc), "px_sum": px[lab],
+                    "aspect_sin_sum": aspect["sin"][lab], "aspect_cos_sum": aspect["cos"][lab],
                     **{f"{k}_{m}": per_layer[k][m][lab] for k in _VALUE_LAYERS
-                       for m in ("sum", "count", "max")}}
+                       for m in ("sum", "count", "max", "min")}}
     return out
 
 
@@ -556,6 +729,8 @@ def _merge_groups(groups: Mapping[tuple, list[tuple]], polys: Mapping[tuple, lis
         s = {k: sum(stats[m][k] for m in members) for k in stats[members[0]]
              if k.endswith(("_sum", "_count"))}
         mx = {k: max(stats[m][k] for m in members) for k in stats[members[0]] if k.endswith("_max")}
+        mx.update({k: min(stats[m][k] for m in members) for k in stats[members[0]]
+                   if k.endswith("_min")})
         first = min(stats[m]["first"] for m in members)
         merged.append((first, geom, s, mx))
     merged.sort(key=lambda item: item[0])
@@ -571,13 +746,21 @@ def _merged_attributes(merged: list[tuple]) -> tuple[list[Polygon], dict[str, np
     def maximum(mx, k):
         return mx[f"{k}_max"] if np.isfinite(mx[f"{k}_max"]) else np.nan
 
+    def value_range(mx, k):
+        return mx[f"{k}_max"] - mx[f"{k}_min"] if np.isfinite(mx[f"{k}_max"]) else np.nan
+
     geoms = [g for _, g, _, _ in merged]
     out_stats = {
         "mean_prob": np.array([mean(s, "prob") for _, _, s, _ in merged]),
         "max_prob": np.array([maximum(mx, "prob") for _, _, _, mx in merged]),
         "uncertainty": np.array([mean(s, "uncertainty") for _, _, s, _ in merged]),
         "mean_slope_deg": np.array([mean(s, "slope_deg") for _, _, s, _ in merged]),
+        "max_slope_deg": np.array([maximum(mx, "slope_deg") for _, _, _, mx in merged]),
+        "aspect_deg": _circular_mean_deg([s["aspect_sin_sum"] for _, _, s, _ in merged],
+                                         [s["aspect_cos_sum"] for _, _, s, _ in merged]),
         "mean_elev_m": np.array([mean(s, "elev_m") for _, _, s, _ in merged]),
+        "relief_m": np.array([value_range(mx, "elev_m") for _, _, _, mx in merged]),
+        "px_count": np.array([s["px_sum"] for _, _, s, _ in merged]),
     }
     return geoms, out_stats
 
@@ -589,7 +772,8 @@ def add_event_attributes(landslides_gdf: gpd.GeoDataFrame, pre_scene_id: str,
 
     ``mean_change`` is the mean of ``change_path`` (per-pixel post-minus-pre change of the index
     ``change_index`` on the analysis ``grid``) over each polygon's pixels (pixel centres, which
-    are exactly the mask's pixels the polygon was traced from); NaN without a change raster.
+    are exactly the mask's pixels the polygon was traced from: call it before
+    :func:`draw_landslides`); NaN without a change raster.
     """
     from tasks.vector.zonal import zonal_mean
 

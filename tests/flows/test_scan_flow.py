@@ -40,11 +40,13 @@ PRE_SCENE = "iburi-2018-pre-s2-mosaic"
 
 # docs/contracts.md section 3, written out here so the test pins the contract, not the implementation.
 LANDSLIDE_SCHEMA = [
-    ("landslide_id", "int"), ("area_m2", "real"), ("perimeter_m", "real"), ("mean_prob", "real"),
-    ("max_prob", "real"), ("uncertainty", "real"), ("mean_slope_deg", "real"),
-    ("mean_elev_m", "real"), ("centroid_lon", "real"), ("centroid_lat", "real"),
-    ("scene_id", "text"), ("acquired", "datetime"), ("model", "text"), ("run_id", "text"),
-    ("detected_at", "datetime"),
+    ("landslide_id", "int"), ("area_m2", "real"), ("perimeter_m", "real"), ("area_px_m2", "real"),
+    ("length_m", "real"), ("width_m", "real"), ("elongation", "real"), ("mean_prob", "real"),
+    ("max_prob", "real"), ("confidence_class", "text"), ("uncertainty", "real"),
+    ("mean_slope_deg", "real"), ("max_slope_deg", "real"), ("aspect_deg", "real"),
+    ("mean_elev_m", "real"), ("relief_m", "real"), ("centroid_lon", "real"), ("centroid_lat", "real"),
+    ("scene_id", "text"), ("acquired", "datetime"), ("acquired_note", "text"), ("model", "text"),
+    ("run_id", "text"), ("detected_at", "datetime"),
 ]
 
 
@@ -124,7 +126,7 @@ def test_polygons_and_attributes(iburi_run, iburi_manifest):
     assert gdf["landslide_id"].is_unique and (gdf["landslide_id"] >= 1).all()
     np.testing.assert_allclose(gdf["area_m2"], gdf.geometry.area, rtol=1e-9)
     np.testing.assert_allclose(gdf["perimeter_m"], gdf.geometry.length, rtol=1e-9)
-    assert (gdf["area_m2"] >= 500).all()  # --min-area-m2 default
+    assert (gdf["area_px_m2"] >= 500).all()  # --min-area-m2 default (on pixels, before simplifying)
     assert gdf["mean_prob"].between(0, 1).all() and gdf["max_prob"].between(0, 1).all()
     assert (gdf["mean_prob"] <= gdf["max_prob"] + 1e-9).all()
     assert (gdf["mean_prob"] >= 0.5 - 1e-6).all()  # every pixel passed the index threshold
@@ -176,9 +178,14 @@ def test_mask_matches_polygons(iburi_run):
     gdf = gpd.read_file(iburi_run / "landslides.gpkg", layer="landslides")
     burned = rasterize(((g, 1) for g in gdf.geometry), out_shape=mask.shape,
                        transform=profile["transform"], fill=0, dtype="uint8")
-    assert burned.sum() == (mask == 1).sum()
-    assert ((burned == 1) == (mask == 1)).all()
-    assert gdf["area_m2"].sum() == pytest.approx((mask == 1).sum() * 100.0)
+    # the raster-exact area is the mask's; the written outlines are simplified (by default half a
+    # pixel diagonal, README "Geometry of the polygons"), so a few border pixels' centres change
+    # side (the exact outlines: tests/flows/test_geometry_run.py)
+    assert gdf["area_px_m2"].sum() == (mask == 1).sum() * 100.0
+    # (840 of 13,651 on this sample: a one-pixel stair's chord runs through the pixel centres)
+    differ = ((burned == 1) != (mask == 1)).sum()
+    assert differ <= 0.10 * (mask == 1).sum()
+    assert gdf["area_m2"].sum() == pytest.approx((mask == 1).sum() * 100.0, rel=0.01)
 
 
 def test_manifest(iburi_run, iburi_manifest):
@@ -452,6 +459,7 @@ def test_nan_block_in_a_band_is_not_analysed(prefect_harness, tmp_path):
     gdf = gpd.read_file(out / "landslides.gpkg", layer="landslides")
     assert not gdf.geometry.intersects(nan_box.buffer(-10)).any()
     assert len(gdf) > 0 and (gdf["acquired"] == pd.Timestamp("2016-01-12T15:58:00Z")).all()
+    assert gdf["acquired_note"].isna().all()  # only explains a missing date
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["inputs"]["band_stats"]["B03"]["nan_pixels_in_source"] == (r1 - r0) * (c1 - c0)
 

@@ -181,11 +181,13 @@ def test_assign_polygon_scenes_takes_each_polygons_majority_scene(tmp_path):
     scenes = {"mosaic": True, "scenes": [
         {"index": 1, "scene_id": "west", "acquired": "2017-01-03T15:50:00+00:00"},
         {"index": 2, "scene_id": "east", "acquired": "2017-01-13T15:50:00+00:00"}]}
-    polys = gpd.GeoDataFrame({"scene_id": ["west+east"] * 3, "acquired": [pd.NaT] * 3}, geometry=[
+    polys = gpd.GeoDataFrame({"scene_id": ["west+east"] * 3, "acquired": [pd.NaT] * 3,
+                              "acquired_note": ["composite, no scene date"] * 3}, geometry=[
         box(1000, 1900, 1100, 2000),   # columns 0-9: all west
         box(1120, 1900, 1200, 2000),   # columns 12-19: 3 west, 5 east -> east
         box(1140, 1800, 1160, 1900),   # columns 14-15: one each -> the better-ranked, west
     ], crs="EPSG:32618")
     out = assign_polygon_scenes(polys, tmp_path / "scene_index.tif", scenes)
     assert list(out["scene_id"]) == ["west", "east", "west"]
+    assert out["acquired_note"].isna().all()  # every polygon's scene has a date now
     assert out["acquired"].iloc[1] == pd.Timestamp("2017-01-13T15:50:00Z")
