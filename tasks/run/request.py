@@ -95,7 +95,6 @@ class ScanRequest(BaseModel):
                            fill_holes_max_area_m2=self.fill_holes_max_area_m2,
                            min_area_m2=self.min_area_m2)
 
-
     def geometry_params(self):
         """How the polygons are drawn (validated ``GeometryParams``): ``simplify_m`` (None: half the
         pixel diagonal of ``res_m``) and ``smooth``."""
