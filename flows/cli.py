@@ -13,6 +13,7 @@ User mistakes print one line ``error: ...`` on stderr and exit with status 2; no
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -188,13 +189,12 @@ def cmd_scan(args: argparse.Namespace) -> int:
     precheck_request(request)
     mode, why = _orchestration(args.orchestration)
     from flows.interrupts import exit_cleanly_on_interrupt, mark_process, reap_orphaned_servers
+    from flows.logs import log_to_stderr
 
-    if mode == "in-process":
-        from flows.logs import log_to_stderr
-
-        log_to_stderr()
-    # Ctrl-C from here on: one line, the server and workers stopped, staging removed, exit 130
-    with exit_cleanly_on_interrupt(request.out):
+    # Ctrl-C from here on: one line, the server and workers stopped, staging removed, exit 130;
+    # in-process, the pipeline's log lines go to stderr as a Prefect run would show them
+    with exit_cleanly_on_interrupt(request.out), \
+            (log_to_stderr() if mode == "in-process" else contextlib.nullcontext()):
         print(f"scan {run_id}: {_where(request)} -> {request.out} ({mode}; loading the detector and "
               "planning)", file=sys.stderr, flush=True)
         from tasks.run.outputs import run_folder_lock

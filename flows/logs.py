@@ -8,8 +8,10 @@ drops the traceback of those records and keeps everything else (bugs keep their 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 
 from tasks.core.errors import LandslideError
 
@@ -53,15 +55,23 @@ class _CurrentStderr(logging.StreamHandler):
         pass
 
 
-def log_to_stderr(level: int = logging.INFO) -> None:
-    """Log the pipeline's own loggers (``tasks``, ``models``, ``landslide``) to stderr the way a
-    Prefect run shows them, for scans that run in-process without Prefect (idempotent)."""
+@contextlib.contextmanager
+def log_to_stderr(level: int = logging.INFO) -> Iterator[None]:
+    """While the block runs, log the pipeline's own loggers (``tasks``, ``models``, ``landslide``)
+    to stderr the way a Prefect run shows them: for scans that run in-process without Prefect. The
+    loggers are left as they were afterwards."""
+    saved = []
     for name in ("tasks", "models", "landslide"):
         logger = logging.getLogger(name)
+        handler = _CurrentStderr()
+        handler.setFormatter(logging.Formatter(_STDERR_FORMAT, datefmt="%H:%M:%S"))
+        handler.addFilter(NoTracebackForUserErrors())
+        saved.append((logger, logger.level, handler))
         logger.setLevel(level)
-        if not any(getattr(h, "_landslide_stderr", False) for h in logger.handlers):
-            handler = _CurrentStderr()
-            handler.setFormatter(logging.Formatter(_STDERR_FORMAT, datefmt="%H:%M:%S"))
-            handler.addFilter(NoTracebackForUserErrors())
-            handler._landslide_stderr = True  # type: ignore[attr-defined]
-            logger.addHandler(handler)
+        logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        for logger, old_level, handler in saved:
+            logger.removeHandler(handler)
+            logger.setLevel(old_level)

@@ -501,6 +501,9 @@ def test_failure_mid_run_leaves_no_final_files(prefect_harness, tmp_path, monkey
 
 @pytest.mark.parametrize("orchestration", ["prefect", "in-process"])
 def test_the_manifest_records_how_the_run_was_executed(prefect_harness, tmp_path, orchestration):
+    import logging
+
+    before = {n: list(logging.getLogger(n).handlers) for n in ("tasks", "models", "landslide")}
     out = run_scan(tmp_path / "run", "--region", "iburi-2018", "--bbox", bbox_arg(FAIL_BBOX),
                    "--detector", "index", "--orchestration", orchestration)
     execution = json.loads((out / "manifest.json").read_text())["execution"]
@@ -509,6 +512,8 @@ def test_the_manifest_records_how_the_run_was_executed(prefect_harness, tmp_path
         assert execution["flow_run_id"] and execution["flow_run_name"]
     else:
         assert "--orchestration in-process" in execution["why"]
+    # the in-process scan's stderr logging is gone once the scan is (later commands stay quiet)
+    assert {n: list(logging.getLogger(n).handlers) for n in before} == before
 
 
 def test_auto_orchestration_follows_the_configured_prefect_server(tmp_path, monkeypatch):
