@@ -92,6 +92,18 @@ def test_catalog_keys_are_validated(tmp_path):
             load_catalog(path)
 
 
+def test_shipped_catalog_example_validates(tmp_path):
+    """The commented-out Planetary Computer source in data_catalog.yaml is a valid entry."""
+    shipped = (Path(__file__).resolve().parents[2] / "data_catalog.yaml").read_text()
+    block = shipped.split("# BEGIN pc-l2a-alos\n", 1)[1].split("  # END pc-l2a-alos", 1)[0]
+    entry = "\n".join(line.replace("  # ", "  ", 1) for line in block.splitlines())
+    path = tmp_path / "data_catalog.yaml"
+    path.write_text("version: 1\nsources:\n" + entry + "\n")
+    source = load_catalog(path).source("pc-l2a-alos")
+    assert source.sign == "planetary-computer" and source.dem_collection == "alos-dem" and source.signs_dem
+    assert source.collection == "sentinel-2-l2a" and "B10" not in source.assets
+
+
 @pytest.mark.parametrize("collection, roi, local, item_id", [
     (ALOS_COLLECTION, IBURI_ROI, AW3D30_TIF, ALOS_ITEM_ID),
     (GLO30_COLLECTION, SAO_TOME_ROI, GLO30_TIF, DEM_ITEM_ID)])
