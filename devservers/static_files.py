@@ -28,7 +28,7 @@ from typing import Iterable
 
 LOGGER = logging.getLogger(__name__)
 
-FAULT_MODES = ("429", "500", "401", "truncate", "delay")
+FAULT_MODES = ("429", "500", "401", "403", "truncate", "delay")
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -37,7 +37,7 @@ class Fault:
     """One scripted fault.
 
     Attributes:
-        mode: "429" (with Retry-After), "500", "401", "truncate" (Content-Length promises the full
+        mode: "429" (with Retry-After), "500", "401", "403", "truncate" (Content-Length promises the full
             body, half of it is sent, then the connection closes) or "delay" (sleep, then answer
             normally).
         retry_after: value of the Retry-After header for "429" (seconds for plain HTTP clients;
@@ -191,7 +191,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         fault = self.server.faults.take(path, self.command)
         if fault is not None and fault.mode == "delay":
             time.sleep(fault.delay_s)
-        elif fault is not None and fault.mode in ("429", "500", "401"):
+        elif fault is not None and fault.mode in ("429", "500", "401", "403"):
             status = int(fault.mode)
             extra = {"Retry-After": fault.retry_after} if status == 429 else {}
             self._record(status, fault=fault.mode)

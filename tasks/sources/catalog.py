@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
@@ -137,8 +138,20 @@ class StacSource(_Strict):
         default_factory=lambda: dict(STAC_EARTH_SEARCH_L1C_ASSETS),
         description="contract band -> asset key of the collection")
     dem_url: str | None = Field(default=None, description="STAC API of the DEM (default: url)")
-    dem_collection: str | None = "cop-dem-glo-30"
-    dem_asset: str = "data"
+    dem_collection: str | None = Field(
+        default="cop-dem-glo-30", description="DEM collection: one of STAC_DEM_PRODUCTS (alos-dem, "
+                                              "cop-dem-glo-30, cop-dem-glo-90); None = no DEM")
+    dem_asset: str | None = Field(default=None, description="asset key of the DEM raster (default: the "
+                                                            "product's, 'data' for all three)")
+    sign: Literal["planetary-computer"] | None = Field(
+        default=None, description="sign asset hrefs with SAS tokens (Planetary Computer's token API) "
+                                  "before reading them; None = read them as they are")
+    sas_url: str | None = Field(
+        default=None, description="token API root for 'sign' (default: Planetary Computer's "
+                                  "https://planetarycomputer.microsoft.com/api/sas/v1)")
+    dem_sign: Literal["planetary-computer", "none"] | None = Field(
+        default=None, description="signing of the DEM's hrefs; None = as 'sign' when the DEM comes from "
+                                  "the same API (no dem_url), unsigned when dem_url names another one")
     max_cloud_pct: float = Field(default=30.0, ge=0, le=100)
     cloud_mask_asset: str | None = Field(
         default=None, description="asset key of a per-pixel cloud mask of the collection (e.g. 'scl' "
@@ -162,11 +175,44 @@ class StacSource(_Strict):
             out[name] = key
         return out
 
+    @field_validator("dem_collection")
+    @classmethod
+    def _dem_product(cls, value: str | None) -> str | None:
+        if value is not None and value not in STAC_DEM_PRODUCTS:
+            raise ValueError(f"dem_collection {value!r} is not a known DEM product; use one of "
+                             f"{', '.join(sorted(STAC_DEM_PRODUCTS))} or null (no DEM)")
+        return value
+
     @model_validator(mode="after")
     def _cloud_mask(self) -> "StacSource":
         if bool(self.cloud_mask_asset) != bool(self.cloud_mask_values):
             raise ValueError("cloud_mask_asset and cloud_mask_values go together (e.g. scl with [3, 8, 9, 10])")
+        if self.sas_url and not (self.sign or self.dem_sign == "planetary-computer"):
+            raise ValueError("sas_url is only used with sign: planetary-computer (or dem_sign)")
         return self
+
+    @property
+    def dem_product(self) -> "DemProduct | None":
+        """The DEM collection's product facts (asset, nodata, units, vertical datum); None = no DEM."""
+        return STAC_DEM_PRODUCTS[self.dem_collection] if self.dem_collection else None
+
+    @property
+    def dem_asset_key(self) -> str:
+        """``dem_asset``, else the DEM product's asset key."""
+        product = self.dem_product
+        return self.dem_asset or (product.asset if product else "data")
+
+    @property
+    def token_api(self) -> str:
+        """Root of the SAS token API used by ``sign`` / ``dem_sign``."""
+        return self.sas_url or PLANETARY_COMPUTER_SAS_URL
+
+    @property
+    def signs_dem(self) -> bool:
+        """Whether the DEM's hrefs are signed (``dem_sign``, else ``sign`` for a DEM from the same API)."""
+        if self.dem_sign is not None:
+            return self.dem_sign == "planetary-computer"
+        return self.sign is not None and self.dem_url is None
 
 
 class SentinelHubSource(_Strict):
@@ -193,6 +239,48 @@ class SentinelHubSource(_Strict):
     max_mosaic_scenes: int = Field(
         default=6, ge=1, le=255, description="most scenes of a per-pixel mosaic when no single scene "
                                              "covers the ROI (tasks.sources.mosaic); 1 = never mosaic")
+
+
+PLANETARY_COMPUTER_SAS_URL = "https://planetarycomputer.microsoft.com/api/sas/v1"
+
+
+@dataclass(frozen=True)
+class DemProduct:
+    """What a STAC DEM collection's rasters hold (facts of the product, not of one API).
+
+    Attributes:
+        collection: STAC collection id (the same on Planetary Computer and Earth Search).
+        name: the product's name, as recorded in the manifest.
+        asset: asset key of the elevation raster.
+        nodata: the product's no-data value, used when a file carries no nodata tag; None = the product
+            has none (Copernicus DEM: sea is 0 m, not no data).
+        units: of the values.
+        vertical_datum: the geoid the heights refer to.
+        res_arcsec: nominal posting.
+    """
+
+    collection: str
+    name: str
+    asset: str
+    nodata: float | None
+    units: str
+    vertical_datum: str
+    res_arcsec: float
+
+
+# Sources of the facts: the Copernicus DEM product handbook and the real GLO-30 COG in
+# ../shared/data/cop_dem_glo30_n00e006 (float32 m, no nodata tag, sea = 0, EGM2008 heights); JAXA's
+# AW3D30 product description (int16 m DSM, -9999 = no data, EGM96 heights) and Planetary Computer's
+# `alos-dem` collection (asset `data`). No alos-dem metadata is in the repository's fixtures: check
+# a live item's raster:bands before relying on the nodata value.
+STAC_DEM_PRODUCTS: dict[str, DemProduct] = {
+    "alos-dem": DemProduct("alos-dem", "ALOS World 3D 30 m DSM (AW3D30)", "data", -9999.0, "m",
+                           "EGM96 geoid", 1.0),
+    "cop-dem-glo-30": DemProduct("cop-dem-glo-30", "Copernicus DEM GLO-30", "data", None, "m",
+                                 "EGM2008 geoid", 1.0),
+    "cop-dem-glo-90": DemProduct("cop-dem-glo-90", "Copernicus DEM GLO-90", "data", None, "m",
+                                 "EGM2008 geoid", 3.0),
+}
 
 
 # Earth Search v1 `sentinel-2-l1c` asset keys (see ../shared/data/api_fixtures/stac)

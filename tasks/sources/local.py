@@ -51,6 +51,9 @@ class SceneInputs:
     # cloud_pct, processing_baseline, offset_dn, band_paths, band_nodata, cloud_mask; None = the one
     # scene described by the fields above
     mosaic: list[dict] | None = None
+    # the DEM product (collection, product name, units, vertical datum, ...) when the source names one;
+    # None = a local DEM file or no DEM (tasks.sources.stac.dem_record)
+    dem_product: dict | None = None
 
     def scenes(self) -> list[dict]:
         """The scenes alignment reads, best first (one entry for a single-scene input)."""

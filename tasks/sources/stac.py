@@ -54,6 +54,7 @@ from tasks.core.files import atomic_write, atomic_write_text
 from tasks.sources.catalog import StacSource
 from tasks.sources.local import SceneInputs, harmonization_offset, raster_extent_lonlat
 from tasks.sources.mosaic import SceneCandidate, choose_mosaic, window_end
+from tasks.sources.signing import HrefSigner, redact_hrefs, strip_query
 
 log = logging.getLogger(__name__)
 
@@ -258,21 +259,39 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         write(tmp)
 
 
+Signer = Callable[[str, bool], str]  # (unsigned href, refresh) -> signed href (tasks.sources.signing)
+
+
 def read_roi_window(href: str, roi_bounds_lonlat: tuple[float, float, float, float],
-                    source: StacSource, what: str) -> tuple[np.ndarray, dict]:
+                    source: StacSource, what: str, sign: Signer | None = None,
+                    collection: str | None = None) -> tuple[np.ndarray, dict]:
     """Read the ROI window (plus margin) of the first band of a remote raster.
+
+    Args:
+        href: the asset's href as the STAC item gives it (unsigned; the only form messages show).
+        sign: signs ``href`` just before the read (None = read it as it is); after a 403 it is
+            called once more with ``refresh=True`` for a new token.
+        collection: the asset's STAC collection, named in a 403's message.
 
     Returns:
         ((H, W) array at native resolution, profile with crs/transform/nodata/dtype); the part of the
         window outside the raster is filled with its nodata (0 when it has none).
 
     Raises:
-        SourceError: 401/403, or a read still failing after GDAL's retries and one more attempt.
+        SourceError: 401/403 (after one fresh token when signing), or a read still failing after GDAL's
+            retries and one more attempt. Messages never hold a signed href.
     """
+    href = strip_query(href) if sign is not None else href
+    shown = strip_query(href)
     attempts = 2  # GDAL retries each HTTP request; one more open covers a truncated body or timeout
-    for attempt in range(1, attempts + 1):
+    refreshed = False
+    attempt = 0
+    while True:
+        attempt += 1
+        # the signed URL exists only here; NON_CACHED is set for the unsigned prefix (it matches it)
+        url = sign(href, refreshed) if sign is not None else href
         try:
-            with rasterio.Env(**gdal_options(source, href)), rasterio.open(href) as src:
+            with rasterio.Env(**gdal_options(source, href)), rasterio.open(url) as src:
                 bounds = transform_bounds("EPSG:4326", src.crs, *roi_bounds_lonlat, densify_pts=21)
                 win = pixel_window(bounds, src.transform)
                 nodata = src.nodata
@@ -285,18 +304,28 @@ def read_roi_window(href: str, roi_bounds_lonlat: tuple[float, float, float, flo
                            "dtype": src.dtypes[0]}
                 return data, profile
         except rasterio.errors.WindowError:
-            raise SourceError(f"{what}: {href} does not overlap the ROI; the item's footprint is "
+            raise SourceError(f"{what}: {shown} does not overlap the ROI; the item's footprint is "
                               "wrong or the ROI is outside the scene") from None
         except RasterioIOError as exc:
             status = http_status(str(exc))
+            of = f" (collection {collection!r})" if collection else ""
+            if status == 403 and sign is not None and not refreshed:
+                refreshed = True  # the token expired or was revoked early: one retry with a new one
+                log.info("%s: %s answered HTTP 403 with a cached SAS token; retrying with a new token",
+                         what, shown)
+                continue
+            if status in AUTH_STATUSES and sign is not None:
+                raise SourceError(f"{what}: {shown}{of} answered HTTP {status} even with a new SAS token "
+                                  f"from {source.token_api}; check 'sas_url' and the collection in "
+                                  "data_catalog.yaml") from None
             if status in AUTH_STATUSES:
-                raise SourceError(f"{what}: {href} answered HTTP {status}: the credentials or the URL "
-                                  "are wrong (a signed or requester-pays URL may be needed)") from None
-            if attempt == attempts:
-                raise SourceError(f"{what}: reading {href} failed after {source.max_retries} retries "
-                                  f"({first_line(exc)}); try again later") from None
-            log.warning("%s: read of %s failed (%s); retrying", what, href, first_line(exc))
-    raise AssertionError("unreachable")
+                raise SourceError(f"{what}: {shown}{of} answered HTTP {status}: the credentials or the URL "
+                                  "are wrong; a storage that needs signed URLs (Planetary Computer) needs "
+                                  "sign: planetary-computer on the source (dem_sign for the DEM)") from None
+            if attempt >= attempts:
+                raise SourceError(f"{what}: reading {shown} failed after {source.max_retries} retries "
+                                  f"({redact_hrefs(first_line(exc))}); try again later") from None
+            log.warning("%s: read of %s failed (%s); retrying", what, shown, redact_hrefs(first_line(exc)))
 
 
 def _write_geotiff(path: Path, data: np.ndarray, profile: dict) -> None:
@@ -306,12 +335,13 @@ def _write_geotiff(path: Path, data: np.ndarray, profile: dict) -> None:
 
 
 def fetch_window(href: str, roi_bounds: tuple[float, float, float, float], source: StacSource,
-                 path: Path, what: str) -> Path:
-    """Cached: write the ROI window of ``href`` to ``path`` unless it is already there."""
+                 path: Path, what: str, sign: Signer | None = None, collection: str | None = None) -> Path:
+    """Cached: write the ROI window of ``href`` to ``path`` unless it is already there (``sign``,
+    ``collection``: as :func:`read_roi_window`)."""
     if path.exists():
         log.debug("%s: cached %s", what, path)
         return path
-    data, profile = read_roi_window(href, roi_bounds, source, what)
+    data, profile = read_roi_window(href, roi_bounds, source, what, sign, collection)
     _atomic_write(path, lambda tmp: _write_geotiff(tmp, data, profile))
     return path
 
@@ -400,9 +430,14 @@ def fetch_stac_inputs(source: StacSource, source_name: str, spectral_bands: tupl
         if best.cover_fraction < 0.999:
             notes.append(f"scene {best.item_id} covers only {best.cover_fraction:.0%} of the ROI and no other "
                          "scene under the cloud limit adds to it: the rest is nodata")
-    scenes = [_fetch_item(by_id[c.item_id], c, source, source_name, wanted, roi_bounds, cache_dir, notes)
+    sign = (HrefSigner(source.token_api, source.collection, source.timeout_s, source.max_retries)
+            if source.sign else None)
+    if sign is not None:
+        notes.append(f"asset hrefs of {source.collection!r} signed with SAS tokens from {source.token_api}")
+    scenes = [_fetch_item(by_id[c.item_id], c, source, source_name, wanted, roi_bounds, cache_dir, notes, sign)
               for c in chosen]
     dem_path, dem_nodata = fetch_dem(source, roi_lonlat, roi_bounds, cache_dir, notes)
+    dem_product = dem_record(source) if dem_path else None
     first_scene = scenes[0]
     item = by_id[best.item_id]
     available = tuple(b for b in SPECTRAL_BAND_NAMES
@@ -421,7 +456,8 @@ def fetch_stac_inputs(source: StacSource, source_name: str, spectral_bands: tupl
             acquired_range=(days[0], days[-1]) if days else None,
             band_paths=first_scene["band_paths"], available_bands=available, dem_path=dem_path,
             band_nodata=S2_NODATA, dem_nodata=dem_nodata, offset_dn=0.0, processing_baseline=None,
-            extent_lonlat=extent, notes=notes, cloud_mask=None, cloud_pct=None, mosaic=scenes)
+            extent_lonlat=extent, notes=notes, cloud_mask=None, cloud_pct=None, mosaic=scenes,
+            dem_product=dem_product)
     return SceneInputs(
         source=source_name,
         scene_id=item.id,
@@ -438,12 +474,16 @@ def fetch_stac_inputs(source: StacSource, source_name: str, spectral_bands: tupl
         notes=notes,
         cloud_mask=first_scene["cloud_mask"],
         cloud_pct=best.cloud_pct,
+        dem_product=dem_product,
     )
 
 
 def _fetch_item(item: Any, cand: Candidate, source: StacSource, source_name: str, wanted: tuple[str, ...],
-                roi_bounds: tuple[float, float, float, float], cache_dir: Path, notes: list[str]) -> dict:
-    """Download the ROI windows of one item's bands (and cloud mask); a ``SceneInputs.mosaic`` entry."""
+                roi_bounds: tuple[float, float, float, float], cache_dir: Path, notes: list[str],
+                sign: Signer | None = None) -> dict:
+    """Download the ROI windows of one item's bands (and cloud mask); a ``SceneInputs.mosaic`` entry.
+
+    Cache names and keys use the unsigned href (a token never reaches a file name)."""
     missing = [b for b in wanted if source.assets[b] not in item.assets]
     if missing:
         raise InputError(
@@ -455,10 +495,10 @@ def _fetch_item(item: Any, cand: Candidate, source: StacSource, source_name: str
     scene_dir = cache_dir / _safe(item.id)
     for band in wanted:
         key = source.assets[band]
-        href = item.assets[key].href
+        href = strip_query(item.assets[key].href)
         name = f"{band}_{_safe(key)}_{cache_key(item.id, href, roi_bounds, MARGIN_PX)}.tif"
         path = fetch_window(href, roi_bounds, source, scene_dir / name,
-                            f"band {band} (asset {key!r}) of {item.id}")
+                            f"band {band} (asset {key!r}) of {item.id}", sign, source.collection)
         band_paths[band] = str(path)
     log.info("stac source %r: %s, %d band(s) in %s", source_name, item.id, len(band_paths), scene_dir)
 
@@ -473,10 +513,10 @@ def _fetch_item(item: Any, cand: Candidate, source: StacSource, source_name: str
                      "pixels are analysed")
     else:
         key = source.cloud_mask_asset
-        href = item.assets[key].href
+        href = strip_query(item.assets[key].href)
         path = fetch_window(href, roi_bounds, source,
                             scene_dir / f"cloudmask_{_safe(key)}_{cache_key(item.id, href, roi_bounds, MARGIN_PX)}.tif",
-                            f"cloud mask (asset {key!r}) of {item.id}")
+                            f"cloud mask (asset {key!r}) of {item.id}", sign, source.collection)
         cloud_mask = {"path": str(path), "cloud_values": list(source.cloud_mask_values),
                       "origin": f"STAC asset {key!r} of {item.id}, cloud = {list(source.cloud_mask_values)}"}
         notes.append(f"cloud mask: asset {key!r} of {item.id}, values {list(source.cloud_mask_values)} are not "
@@ -494,37 +534,59 @@ def _fetch_item(item: Any, cand: Candidate, source: StacSource, source_name: str
             "band_nodata": S2_NODATA, "cloud_mask": cloud_mask}
 
 
+def dem_record(source: StacSource) -> dict | None:
+    """What the manifest says about the DEM product of a source (``SceneInputs.dem_product``)."""
+    product = source.dem_product
+    if product is None:
+        return None
+    return {"collection": product.collection, "product": product.name, "asset": source.dem_asset_key,
+            "url": source.dem_url or source.url, "units": product.units,
+            "vertical_datum": product.vertical_datum, "res_arcsec": product.res_arcsec,
+            "signed": source.signs_dem}
+
+
 def fetch_dem(source: StacSource, roi_lonlat: shapely.Geometry, roi_bounds: tuple[float, ...],
                cache_dir: Path, notes: list[str]) -> tuple[str | None, float | None]:
-    """Mosaic of the ROI windows of the DEM items; (None, None) plus a note when there is none."""
-    if not source.dem_collection:
+    """Mosaic of the ROI windows of the DEM items; (None, None) plus a note when there is none.
+
+    The DEM's hrefs are signed when ``source.signs_dem`` (tokens of ``dem_collection``). A file without
+    a nodata tag gets the product's (``STAC_DEM_PRODUCTS``: -9999 for AW3D30; none for Copernicus DEM,
+    whose sea is 0 m).
+    """
+    product = source.dem_product
+    if product is None:
         notes.append("source has no DEM collection: SLOPE and DEM channels and terrain attributes are nodata")
         return None, None
     url = source.dem_url or source.url
+    asset = source.dem_asset_key
     # DEM collections are static products: their search answer is cached like their pixels
-    found = search_items(source, url, source.dem_collection, roi_bounds, None,
-                         search_cache_path(cache_dir, url, source.dem_collection, roi_bounds, None))
+    found = search_items(source, url, product.collection, roi_bounds, None,
+                         search_cache_path(cache_dir, url, product.collection, roi_bounds, None))
     items = [i for i in found
              if cover_fraction(i.geometry, roi_lonlat) > 0 or i.geometry is None]
-    with_asset = [i for i in items if source.dem_asset in i.assets]
+    with_asset = [i for i in items if asset in i.assets]
     if not with_asset:
-        extra = f" ({len(items)} item(s) without asset {source.dem_asset!r})" if items else ""
-        notes.append(f"no item of DEM collection {source.dem_collection!r} at {url} intersects the ROI"
-                     f"{extra}: SLOPE and DEM channels and terrain attributes are nodata")
+        extra = f" ({len(items)} item(s) without asset {asset!r})" if items else ""
+        bbox_text = ",".join(f"{v:.5f}" for v in roi_bounds)
+        notes.append(f"no item of DEM collection {product.collection!r} at {url} intersects the ROI "
+                     f"(bbox {bbox_text}){extra}: SLOPE and DEM channels and terrain attributes are nodata")
         return None, None
     with_asset.sort(key=lambda i: i.id)
-    hrefs = [(i.id, i.assets[source.dem_asset].href) for i in with_asset]
+    hrefs = [(i.id, strip_query(i.assets[asset].href)) for i in with_asset]
+    sign = (HrefSigner(source.token_api, product.collection, source.timeout_s, source.max_retries)
+            if source.signs_dem else None)
     dem_dir = cache_dir / "dem"
     path = dem_dir / f"dem_{cache_key(hrefs, roi_bounds, MARGIN_PX)}.tif"
     if not path.exists():
         parts = [fetch_window(href, roi_bounds, source,
                               dem_dir / "parts" / f"{_safe(item_id)}_{cache_key(item_id, href, roi_bounds, MARGIN_PX)}.tif",
-                              f"DEM asset {source.dem_asset!r} of {item_id}")
+                              f"DEM asset {asset!r} of {item_id}", sign, product.collection)
                  for item_id, href in hrefs]
         mosaic_dem(parts, path)
     with rasterio.open(path) as src:
-        nodata = src.nodata
-    notes.append(f"DEM: {len(hrefs)} item(s) of {source.dem_collection!r} mosaicked "
+        nodata = src.nodata if src.nodata is not None else product.nodata
+    notes.append(f"DEM: {product.name} ({product.collection!r}, {product.units}, heights above the "
+                 f"{product.vertical_datum}{', signed hrefs' if sign else ''}): {len(hrefs)} item(s) mosaicked "
                  f"({', '.join(i for i, _ in hrefs)})")
     return str(path), nodata
 

@@ -4,6 +4,9 @@
   pystac-client), ``static_url`` (COG file server), ``faults`` (fault script + request log of the COG
   server), ``items`` (served item dicts), ``cog_paths[item_id][asset_key]`` (local copy of each served
   COG), ``scenes``. The servers live for the session; faults and the log are reset around each test.
+- ``pc_api`` -> :class:`devservers.sas_storage.PcApi`: a STAC API whose assets need SAS tokens (Planetary
+  Computer's protocol): ``url``, ``sas_url``, ``storage`` (``faults``, ``tokens.token_requests``,
+  ``tokens.token_lifetime_s``, ``tokens.revoke()``), ``items``, ``paths``.
 - ``sentinelhub_api`` -> :class:`SentinelHubApi`: ``base_url``, ``token_url``, ``client_id``,
   ``client_secret``, ``faults``, ``server``, ``collection`` (``DataCollection.SENTINEL2_L1C`` with its
   ``service_url`` pointing here) and ``config(**overrides)`` building an ``SHConfig(use_defaults=True, ...)``
@@ -112,3 +115,32 @@ def sentinelhub_api(_sentinelhub_session: SentinelHubApi) -> Iterator[SentinelHu
     api.faults.clear_log()
     yield api
     api.faults.clear()
+
+
+@pytest.fixture(scope="session")
+def _pc_api_session(_stac_api_session: StacApi, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from devservers.sas_storage import S2_ITEM_ID, run_pc_api
+
+    with run_pc_api(tmp_path_factory.mktemp("pc-api"), _stac_api_session.cog_paths[S2_ITEM_ID]) as api:
+        yield api
+
+
+@pytest.fixture
+def pc_api(_pc_api_session: Any) -> Iterator[Any]:
+    """A Planetary-Computer-like STAC API (``devservers.sas_storage.PcApi``): assets behind SAS-token
+    storage, token API at ``sas_url``. Per test: no faults, empty logs, token counts at 0, the default
+    token lifetime, and the client's token cache emptied."""
+    from devservers.sas_storage import DEFAULT_TOKEN_LIFETIME_S
+    from tasks.sources.signing import clear_token_cache
+
+    api = _pc_api_session
+    storage = api.storage
+    storage.faults.clear()
+    storage.faults.clear_log()
+    storage.tokens.token_requests.clear()
+    storage.tokens.token_lifetime_s = DEFAULT_TOKEN_LIFETIME_S
+    clear_token_cache()
+    yield api
+    storage.faults.clear()
+    storage.tokens.token_lifetime_s = DEFAULT_TOKEN_LIFETIME_S
+    clear_token_cache()
