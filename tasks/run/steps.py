@@ -291,6 +291,8 @@ def step_finish(work: str, stack: dict, infer: dict, cleaned: dict, vectors: dic
             "acquired_range": inputs["acquired_range"],
             "date_window": [d.isoformat() if d else None for d in plan.window],
             "band_paths": inputs["band_paths"], "dem_path": inputs["dem_path"],
+            # the remote DEM's product (collection, units, vertical datum, signing); None locally
+            "dem_product": inputs.get("dem_product"),
             "bands_available": inputs["available_bands"],
             "harmonization": {"processing_baseline": inputs["processing_baseline"],
                               "offset_removed_dn": inputs["offset_dn"]},

@@ -546,6 +546,10 @@ def test_scan_over_partial_scenes_runs_on_the_mosaic(stac_api, prefect_harness, 
     assert any("per-pixel mosaic of 2" in n for n in manifest["inputs"]["notes"])
     assert manifest["inputs"]["kind"] == "stac" and manifest["inputs"]["mosaic"] is True
     assert manifest["inputs"]["scene_ids"] == [WEST, EAST]
+    dem = manifest["inputs"]["dem_product"]  # which DEM product the slope and DEM came from
+    assert (dem is None) == (manifest["inputs"]["dem_path"] is None)
+    if dem is not None:
+        assert dem["collection"] == "cop-dem-glo-30", dem
     assert [e["pixels"] for e in manifest["inputs"]["scenes"]] == [e["pixels"] for e in record["scenes"]]
     # every polygon names the scene most of its pixels came from, never the joined "A+B"
     import geopandas as gpd
