@@ -146,6 +146,14 @@ def _domain_checks(detector, stack: dict) -> list[dict]:
     return checks
 
 
+def dem_label(inputs: dict) -> str | None:
+    """The polygons' ``dem`` attribute: the remote DEM product, else the local DEM file's name."""
+    product = inputs.get("dem_product")
+    if product:
+        return f"{product['collection']}: {product['product']}"
+    return Path(inputs["dem_path"]).name if inputs.get("dem_path") else None
+
+
 def _stack_record(plan: ScanPlan) -> dict:
     return json.loads(plan.paths.stack_record.read_text())
 
@@ -173,6 +181,7 @@ def step_vectorize(work: str, infer: dict, cleaned: dict) -> dict:
     acquired = (dt.datetime.fromisoformat(inputs["acquired"]) if inputs["acquired"] else None)
     static = {"scene_id": inputs["scene_id"], "acquired": acquired,
               "acquired_note": acquired_note(inputs.get("acquired_range")),
+              "dem": dem_label(inputs),
               "model": plan.detector.ref, "run_id": plan.run_id, "detected_at": utc_now()}
     layers = {"prob": (infer["prob_path"], 1), "uncertainty": (infer["uncertainty_path"], 1),
               "slope_deg": (stack, BAND_NAMES.index("SLOPE") + 1),

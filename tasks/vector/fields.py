@@ -77,6 +77,9 @@ LANDSLIDE_FIELDS: dict[str, FieldDoc] = {
     "mean_elev_m": FieldDoc("Mean elevation (m)", "Mean DEM elevation over the polygon", "m"),
     "relief_m": FieldDoc("Relief (m)", "Highest minus lowest DEM elevation among the polygon's pixels",
                          "m"),
+    "dem": FieldDoc("DEM", "Elevation model the slope, aspect, elevation and relief attributes come "
+                    "from: the STAC DEM product (e.g. 'cop-dem-glo-30: Copernicus DEM GLO-30') or the "
+                    "local DEM file's name; empty when the source has none"),
     "centroid_lon": FieldDoc("Centroid longitude", "Longitude of the polygon's centroid, WGS 84 "
                              "(EPSG:4326)", "degree east"),
     "centroid_lat": FieldDoc("Centroid latitude", "Latitude of the polygon's centroid, WGS 84 "

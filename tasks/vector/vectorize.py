@@ -56,6 +56,7 @@ LANDSLIDE_COLUMNS: list[tuple[str, str]] = [
     ("aspect_deg", "real"),
     ("mean_elev_m", "real"),
     ("relief_m", "real"),
+    ("dem", "text"),
     ("centroid_lon", "real"),
     ("centroid_lat", "real"),
     ("scene_id", "text"),
@@ -75,7 +76,7 @@ EVENT_COLUMNS: list[tuple[str, str]] = [
 EVENT_COLUMN_NAMES: tuple[str, ...] = tuple(name for name, _ in EVENT_COLUMNS)
 STATIC_ATTRS: tuple[str, ...] = ("scene_id", "acquired", "model", "run_id", "detected_at")
 # optional static attributes (None when not given)
-OPTIONAL_STATIC_ATTRS: tuple[str, ...] = ("acquired_note",)
+OPTIONAL_STATIC_ATTRS: tuple[str, ...] = ("acquired_note", "dem")
 LANDSLIDES_LAYER = "landslides"
 FOOTPRINT_LAYER = "footprint"
 STATUS_ANALYSED = "analysed"
@@ -115,7 +116,7 @@ def _check_static_attrs(static_attrs: Mapping[str, Any]) -> dict[str, Any]:
         raise InputError(f"static_attrs: {'; '.join(parts)}; expected exactly "
                          f"{', '.join(STATIC_ATTRS)}")
     out: dict[str, Any] = {}
-    for key in ("scene_id", "model", "run_id", "acquired_note"):
+    for key in ("scene_id", "model", "run_id", "acquired_note", "dem"):
         v = static_attrs.get(key)
         if v is not None and not isinstance(v, str):
             raise InputError(f"static_attrs[{key!r}] must be text, got {type(v).__name__}")
@@ -245,7 +246,8 @@ def mask_to_polygons(mask: np.ndarray, transform, crs, *, prob: np.ndarray | Non
             gives NaN.
         static_attrs: ``scene_id``, ``acquired`` (aware datetime or None when unknown), ``model``,
             ``run_id``, ``detected_at`` (aware datetime): the same for every row; stored in UTC.
-            Optional: ``acquired_note`` (text, kept only where ``acquired`` is unknown).
+            Optional: ``acquired_note`` (text, kept only where ``acquired`` is unknown) and
+            ``dem`` (text: the elevation model the terrain attributes come from).
         id_offset: ``landslide_id`` is ``id_offset + 1 .. id_offset + n`` in raster order of each
             object's first pixel (row, then column).
         geometry: simplification and smoothing of the outlines (default: exact pixel outlines).

@@ -44,7 +44,7 @@ LANDSLIDE_SCHEMA = [
     ("length_m", "real"), ("width_m", "real"), ("elongation", "real"), ("mean_prob", "real"),
     ("max_prob", "real"), ("confidence_class", "text"), ("uncertainty", "real"),
     ("mean_slope_deg", "real"), ("max_slope_deg", "real"), ("aspect_deg", "real"),
-    ("mean_elev_m", "real"), ("relief_m", "real"), ("centroid_lon", "real"), ("centroid_lat", "real"),
+    ("mean_elev_m", "real"), ("relief_m", "real"), ("dem", "text"), ("centroid_lon", "real"), ("centroid_lat", "real"),
     ("scene_id", "text"), ("acquired", "datetime"), ("acquired_note", "text"), ("model", "text"),
     ("run_id", "text"), ("detected_at", "datetime"),
 ]
@@ -121,6 +121,9 @@ def test_geopackage_layers_and_schema(iburi_run):
 def test_polygons_and_attributes(iburi_run, iburi_manifest):
     gdf = gpd.read_file(iburi_run / "landslides.gpkg", layer="landslides")
     assert len(gdf) > 0
+    # which DEM the terrain attributes come from: the catalog's local AW3D30 file
+    assert (gdf["dem"] == Path(iburi_manifest["inputs"]["dem_path"]).name).all()
+    assert iburi_manifest["inputs"]["dem_product"] is None  # a local file, not a STAC product
     assert gdf.crs.to_epsg() == 32654
     assert gdf.is_valid.all() and (gdf.geom_type == "Polygon").all()
     assert gdf["landslide_id"].is_unique and (gdf["landslide_id"] >= 1).all()

@@ -556,4 +556,6 @@ def test_scan_over_partial_scenes_runs_on_the_mosaic(stac_api, prefect_harness, 
 
     polygons = gpd.read_file(out / "landslides.gpkg", layer="landslides")
     assert len(polygons) and set(polygons["scene_id"]) <= {WEST, EAST}
+    expected_dem = f"{dem['collection']}: {dem['product']}" if dem else None
+    assert (polygons["dem"].isna() if dem is None else polygons["dem"] == expected_dem).all()
     assert polygons["acquired"].notna().all()
