@@ -34,8 +34,8 @@ import pandas as pd
 import pyogrio
 import rasterio
 import shapely
+from PIL import Image
 from pyproj import Transformer
-from rasterio.warp import Resampling, reproject
 
 from models.metrics import IGNORE, confusion, roc_auc, scores_from_confusion
 from tasks.core.errors import InputError
@@ -634,33 +634,23 @@ def to_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def read_quicklook(manifest: dict, grid: AnalysisGrid) -> tuple[np.ndarray | None, str]:
-    """The run's post-event B04/B03/B02 on the grid, 2-98 % stretched to [0, 1] (H, W, 3), or None
-    and why not."""
-    paths = ((manifest.get("inputs") or {}).get("band_paths") or {})
-    if not all(b in paths for b in ("B04", "B03", "B02")):
-        return None, "grey (the manifest names no B04/B03/B02 files)"
-    bands = []
+QUICKLOOK_NAME = "quicklook.png"  # written by every run (tasks.raster.quicklook), over the whole grid
+
+
+def read_quicklook(run: RunOutputs) -> tuple[np.ndarray | None, str]:
+    """The run's own ``quicklook.png`` as (H, W, 3) floats in [0, 1] (grey where it has no data),
+    or None and why not. It spans the run's grid, so it is drawn over the grid's bounds."""
+    path = run.path / QUICKLOOK_NAME
+    if not path.is_file():
+        return None, f"grey (the run folder has no {QUICKLOOK_NAME})"
     try:
-        with gdal_env():
-            for b in ("B04", "B03", "B02"):
-                dst = np.full(grid.shape, np.nan, dtype=np.float32)
-                with rasterio.open(paths[b]) as src:
-                    reproject(rasterio.band(src, 1), dst, dst_transform=grid.transform,
-                              dst_crs=grid.crs, dst_nodata=np.nan, resampling=Resampling.bilinear)
-                bands.append(dst)
-    except (OSError, ValueError, rasterio.errors.RasterioError) as exc:  # moved or unreadable inputs
-        return None, f"grey (the run's input bands are not readable: {type(exc).__name__})"
-    rgb = np.stack(bands, axis=-1)
-    ok = np.isfinite(rgb).all(axis=-1) & (rgb > 0).all(axis=-1)
-    if not ok.any():
-        return None, "grey (the run's input bands hold no data on its grid)"
-    out = np.zeros_like(rgb)
-    for i in range(3):
-        lo, hi = np.percentile(rgb[..., i][ok], [2, 98])
-        out[..., i] = np.clip((rgb[..., i] - lo) / max(hi - lo, 1e-6), 0, 1)
-    out[~ok] = 0.5
-    return out, "post-event B04/B03/B02 (the run's inputs), 2-98 % stretch"
+        with Image.open(path) as im:
+            rgba = np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0
+    except (OSError, ValueError) as exc:  # damaged or not a PNG
+        return None, f"grey ({QUICKLOOK_NAME} is not readable: {type(exc).__name__})"
+    rgb = rgba[..., :3].copy()
+    rgb[rgba[..., 3] == 0] = 0.5
+    return rgb, f"the run's {QUICKLOOK_NAME} (post-event B04/B03/B02, 2-98 % stretch)"
 
 
 def write_map(path: str | Path, ev: Evaluation) -> str:
@@ -675,7 +665,7 @@ def write_map(path: str | Path, ev: Evaluation) -> str:
 
     result, match, run, scored_outline = ev.result, ev.match, ev.run, ev.scored_area
     grid = run.grid
-    rgb, background = read_quicklook(run.manifest, grid)
+    rgb, background = read_quicklook(run)
     x0, y0, x1, y1 = grid.bounds
     long_in = 10.0
     w, h = (long_in, long_in * grid.height / grid.width) if grid.width >= grid.height else \

@@ -233,7 +233,7 @@ def test_real_scan_scored_against_the_real_inventory(index_run, shared_data, tmp
         assert im.width > 300 and im.height > 300
         px = np.asarray(im.convert("RGB"))
     assert px.std() > 20  # the RGB quicklook, not a blank page
-    assert result["outputs"]["map_background"].startswith("post-event B04/B03/B02")
+    assert result["outputs"]["map_background"].startswith("the run's quicklook.png")
 
     # without --json the Markdown goes to stdout; without --mapped-area the footprint is scored
     assert main(["evaluate", "--reference", str(inventory), "--reference-layer", "collapse_scars",
@@ -241,7 +241,7 @@ def test_real_scan_scored_against_the_real_inventory(index_run, shared_data, tmp
     text = capsys.readouterr().out
     assert text.startswith("# Inventory evaluation") and "run's footprint" in text
 
-    # a run without its manifest (no input bands to show): the same figures over a grey map
+    # a run without its manifest and quicklook: the same figures over a grey map
     bare = tmp_path / "bare"
     bare.mkdir()
     for name in ("probability.tif", "mask.tif", "landslides.gpkg"):
