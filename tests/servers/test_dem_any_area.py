@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import rasterio
 import yaml
+from rasterio.windows import from_bounds
 
-from devservers.sas_storage import ALOS_COLLECTION, S2_COLLECTION
+from devservers.sas_storage import ALOS_COLLECTION, AW3D30_TIF, S2_COLLECTION
 from flows.cli import main
 from tests.data.crops import IBURI, lonlat_bounds, t18svg_crops
 
@@ -102,3 +103,53 @@ def test_dem_source_is_validated(pc_api, tmp_path, capsys, local_kw, target, nee
                  "--detector", "index", "--out", str(tmp_path / "run"), "--no-progress"])
     errors, text = _errors(capsys)
     assert code == 2 and len(errors) == 1 and needle in errors[0], text
+
+
+def test_landslide_dem_writes_the_served_window(pc_api, tmp_path, capsys):
+    catalog = _catalog(tmp_path, pc_api, _iburi_bands())
+    out = tmp_path / "dems" / "iburi.tif"
+    code = main(["dem", f"--bbox={IBURI_BBOX}", "--source", "pc", "--catalog", str(catalog), "--out", str(out),
+                 "--cache-dir", str(tmp_path / "cache")])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    with rasterio.open(out) as got, rasterio.open(AW3D30_TIF) as src:
+        assert got.crs == src.crs and got.res == pytest.approx(src.res) and got.nodata == src.nodata
+        assert got.units == ("metre",) and got.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        win = from_bounds(*got.bounds, transform=src.transform).round_offsets().round_lengths()
+        values, expected = got.read(1), src.read(1, window=win)
+        west, south, east, north = (float(v) for v in IBURI_BBOX.split(","))
+        assert got.bounds.left < west and got.bounds.right > east and got.bounds.bottom < south < north < got.bounds.top
+        width, height = got.width, got.height
+    np.testing.assert_array_equal(values, expected)  # the served file's pixels, not resampled
+    assert values.max() > 100  # Iburi's hills, metres
+    lines = captured.out.strip().splitlines()
+    assert len(lines) == 1 and ALOS_COLLECTION in lines[0] and f"{width} x {height} px" in lines[0]
+    assert str(out) in lines[0]
+    assert pc_api.storage.tokens.token_requests == {ALOS_COLLECTION: 1}  # signed reads, one token
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--bbox=141.98,42.70,141.93,42.74", "--source", "pc"], "is not minx,miny,maxx,maxy"),
+    ([f"--bbox={IBURI_BBOX}", "--source", "nowhere"], "unknown source 'nowhere'"),
+    ([f"--bbox={IBURI_BBOX}", "--source", "no-dem"], "--source 'no-dem' has no dem_collection"),
+    ([f"--bbox={IBURI_BBOX}", "--source", "plain"], "--source 'plain' is a 'local' source"),
+    ([f"--bbox={IBURI_BBOX}", "--source", "pc", "--exists"], "exists; choose another file or pass --overwrite"),
+    (["--bbox=-75.69,37.64,-75.66,37.65", "--source", "pc"], "'alos-dem' of source 'pc'")])
+def test_landslide_dem_refusals(pc_api, tmp_path, capsys, args, needle):
+    catalog = _catalog(tmp_path, pc_api, _iburi_bands())
+    raw = yaml.safe_load(catalog.read_text())
+    raw["sources"]["no-dem"] = _pc_source(pc_api, dem_collection=None)
+    catalog.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "dem.tif"
+    if "--exists" in args:
+        args = [a for a in args if a != "--exists"]
+        out.write_bytes(b"earlier")
+    code = main(["dem", *args, "--catalog", str(catalog), "--out", str(out), "--cache-dir", str(tmp_path / "cache")])
+    errors, text = _errors(capsys)
+    assert code == 2 and len(errors) == 1 and needle in errors[0], text
+    assert "Traceback" not in text
+    if "(no item" in needle or "'alos-dem'" in needle:  # searched, then refused: no file
+        assert not out.exists() and "-75.69000,37.64000,-75.66000,37.65000" in errors[0]
+    else:  # refused before any request
+        assert pc_api.storage.faults.records == [] and pc_api.storage.tokens.token_requests == {}
+        assert (not out.exists()) if "exists" not in needle else out.read_bytes() == b"earlier"
