@@ -22,7 +22,7 @@ from shapely.geometry import mapping, shape
 
 from models.cards import DEFAULT_EVENT_CHECKPOINT
 from models.detectors import cached_detector
-from tasks.core.bands import SPECTRAL_BAND_NAMES, is_bitemporal, pre_event_request
+from tasks.core.bands import SPECTRAL_BAND_NAMES, TERRAIN_BAND_NAMES, is_bitemporal, pre_event_request
 from tasks.core.errors import InputError
 from tasks.core.files import atomic_write_text
 from tasks.core.grid import AnalysisGrid, make_grid, read_aoi, resolve_roi, roi_in_grid_crs
@@ -37,7 +37,7 @@ from tasks.sources.event import (
     resolve_event_inputs,
 )
 from tasks.sources.local import SceneInputs, resolve_local_inputs
-from tasks.sources.remote import cache_root, fetch_remote_inputs
+from tasks.sources.remote import attach_dem_source, cache_root, fetch_remote_inputs
 from tasks.vector.clean import CleanParams
 from tasks.vector.geometry import GeometryParams
 
@@ -250,6 +250,16 @@ def plan_scan(request: ScanRequest) -> ScanPlan:
     elif inputs is None:  # remote: search and download for this ROI (cached by request)
         inputs = fetch_remote_inputs(source, source_name, spectral, roi, start, end,
                                      cache_root(request.cache_dir))
+    if isinstance(source, LocalSource) and source.dem_source is not None:  # the DEM of a stac source
+        terrain = tuple(b for b in detector.bands if b in TERRAIN_BAND_NAMES)
+        cache = cache_root(request.cache_dir)
+        if event is not None:
+            event = dataclasses.replace(
+                event, post=attach_dem_source(catalog, event.post, roi, cache, terrain),
+                pre=attach_dem_source(catalog, event.pre, roi, cache, terrain))
+            inputs = event.post
+        else:
+            inputs = attach_dem_source(catalog, inputs, roi, cache, terrain)
     terrain_needed = [b for b in detector.bands if b not in SPECTRAL_BAND_NAMES]
     if terrain_needed and inputs.dem_path is None:
         raise InputError(f"detector {detector.ref} needs {', '.join(terrain_needed)} but source "

@@ -107,14 +107,27 @@ class LocalScene(_Strict):
 
 
 class LocalSource(_Strict):
-    """Rasters on disk: per-band files per scene, and a DEM."""
+    """Rasters on disk: per-band files per scene, and a DEM.
+
+    The DEM is a file (``dem``) or the DEM collection of a ``stac`` source of the same catalog
+    (``dem_source``: its ``dem_collection``, fetched for the ROI when the scan is planned).
+    """
 
     kind: Literal["local"]
     description: str = ""
     scenes: tuple[LocalScene, ...]
     dem: str | None = Field(default=None, description="DEM raster (metres); SLOPE and DEM come from it")
+    dem_source: str | None = Field(
+        default=None, description="name of a 'stac' source of this catalog whose dem_collection gives "
+                                  "the DEM over the ROI (instead of a 'dem' file)")
     dem_nodata: float | None = None
     dem_name: str = "DEM"
+
+    @model_validator(mode="after")
+    def _one_dem(self) -> "LocalSource":
+        if self.dem is not None and self.dem_source is not None:
+            raise ValueError("give 'dem' (a file) or 'dem_source' (a stac source's DEM collection), not both")
+        return self
 
     @field_validator("scenes")
     @classmethod
@@ -329,6 +342,22 @@ class Catalog(_Strict):
             if region.source not in self.sources:
                 raise ValueError(f"region {name!r} names unknown source {region.source!r}; "
                                  f"sources are {', '.join(sorted(self.sources))}")
+        for name, source in self.sources.items():
+            ref = getattr(source, "dem_source", None)
+            if ref is None:
+                continue
+            key = f"sources.{name}.dem_source"
+            stac = sorted(n for n, s in self.sources.items() if isinstance(s, StacSource) and s.dem_collection)
+            target = self.sources.get(ref)
+            if target is None:
+                raise ValueError(f"{key}: unknown source {ref!r}; stac sources with a DEM collection: "
+                                 f"{', '.join(stac) or '(none)'}")
+            if not isinstance(target, StacSource):
+                raise ValueError(f"{key}: source {ref!r} is of kind {target.kind!r}; name a 'stac' source "
+                                 f"with a dem_collection ({', '.join(stac) or 'none in this catalog'})")
+            if target.dem_collection is None:
+                raise ValueError(f"{key}: source {ref!r} has no dem_collection; set one "
+                                 f"({', '.join(sorted(STAC_DEM_PRODUCTS))}) or name another source")
         return self
 
     def region(self, name: str) -> Region:
@@ -383,6 +412,8 @@ def _format_validation_error(err: ValidationError, path: Path) -> str:
         return f"{path}: unknown key '{loc}' ({hint}){more}; see the documented keys in README.md"
     if first["type"] == "union_tag_invalid":
         return f"{path}: '{loc}': source kind must be one of local, sentinelhub, stac{more}"
+    if not loc:  # a check across sources (Catalog._refs): its message names the key itself
+        return f"{path}: {first['msg'].removeprefix('Value error, ')}{more}"
     return f"{path}: '{loc}': {first['msg']}{more}"
 
 

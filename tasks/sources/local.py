@@ -225,7 +225,7 @@ def resolve_local_inputs(catalog: Catalog, source_name: str, spectral_bands: tup
     notes: list[str] = []
     if dem_path is not None:
         check_raster(dem_path, f"DEM of source {source_name!r}")
-    else:
+    elif source.dem_source is None:  # a dem_source's DEM is fetched for the ROI (tasks.sources.remote)
         notes.append("source has no DEM: SLOPE and DEM channels and terrain attributes are nodata")
     first = Path(next(iter(band_paths.values()))) if band_paths else dem_path
     if first is None:
