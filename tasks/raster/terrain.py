@@ -74,27 +74,43 @@ def slope_deg(dem: np.ndarray, res_x_m: float, res_y_m: float, *,
         InputError: ``dem`` is not 2-D, a resolution is not a positive finite number, or the method
             is unknown.
     """
+    if method not in _GRADIENTS:
+        raise InputError(f"unknown slope method {method!r}; use one of {', '.join(_GRADIENTS)}")
+
+    def slope(win: "_Window3x3", dzdx: np.ndarray, dzdy: np.ndarray) -> np.ndarray:
+        s = np.degrees(np.arctan(np.hypot(dzdx, dzdy)))
+        s[np.isnan(win.centre)] = np.nan
+        return s
+
+    return _per_cell_from_gradient("slope_deg", dem, res_x_m, res_y_m, _GRADIENTS[method], slope)
+
+
+def _per_cell_from_gradient(what: str, dem: np.ndarray, res_x_m: float, res_y_m: float, gradient,
+                            value) -> np.ndarray:
+    """``value(window, dzdx, dzdy)`` for every cell of ``dem``, row block by row block (bounded
+    memory): the DEM and resolutions checked, the DEM NaN-padded by one cell, each block's 3 x 3
+    windows filled as :class:`_Window3x3` does and its gradient taken with ``gradient``.
+
+    Raises:
+        InputError: ``dem`` is not 2-D or a resolution is not a positive finite number (``what``
+            names the caller in the message).
+    """
     dem = np.asarray(dem)
     if dem.ndim != 2:
-        raise InputError(f"slope_deg needs a 2-D (H, W) DEM, got shape {dem.shape}")
+        raise InputError(f"{what} needs a 2-D (H, W) DEM, got shape {dem.shape}")
     for name, res in (("res_x_m", res_x_m), ("res_y_m", res_y_m)):
         if not (math.isfinite(res) and res > 0):
             raise InputError(f"{name} must be a positive number of metres, got {res}")
-    if method not in _GRADIENTS:
-        raise InputError(f"unknown slope method {method!r}; use one of {', '.join(_GRADIENTS)}")
     h, w = dem.shape
     out = np.full((h, w), np.nan, dtype=np.float32)
     if h == 0 or w == 0:
         return out
     zp = np.pad(dem.astype(np.float64, copy=False), 1, mode="constant", constant_values=np.nan)
-    gradient = _GRADIENTS[method]
     for r0 in range(0, h, _BLOCK_ROWS):
         r1 = min(r0 + _BLOCK_ROWS, h)
         win = _Window3x3(zp[r0:r1 + 2])
         dzdx, dzdy = gradient(win, float(res_x_m), float(res_y_m))
-        s = np.degrees(np.arctan(np.hypot(dzdx, dzdy)))
-        s[np.isnan(win.centre)] = np.nan
-        out[r0:r1] = s
+        out[r0:r1] = value(win, dzdx, dzdy)
     return out
 
 
@@ -117,25 +133,13 @@ def aspect_deg(dem: np.ndarray, res_x_m: float, res_y_m: float) -> np.ndarray:
     Raises:
         InputError: ``dem`` is not 2-D or a resolution is not a positive finite number.
     """
-    dem = np.asarray(dem)
-    if dem.ndim != 2:
-        raise InputError(f"aspect_deg needs a 2-D (H, W) DEM, got shape {dem.shape}")
-    for name, res in (("res_x_m", res_x_m), ("res_y_m", res_y_m)):
-        if not (math.isfinite(res) and res > 0):
-            raise InputError(f"{name} must be a positive number of metres, got {res}")
-    h, w = dem.shape
-    out = np.full((h, w), np.nan, dtype=np.float32)
-    if h == 0 or w == 0:
-        return out
-    zp = np.pad(dem.astype(np.float64, copy=False), 1, mode="constant", constant_values=np.nan)
-    for r0 in range(0, h, _BLOCK_ROWS):
-        r1 = min(r0 + _BLOCK_ROWS, h)
-        win = _Window3x3(zp[r0:r1 + 2])
-        dzdx, dzdy = _horn(win, float(res_x_m), float(res_y_m))
+    def aspect(win: "_Window3x3", dzdx: np.ndarray, dzdy: np.ndarray) -> np.ndarray:
         # dzdy is per metre southward (rows run south): steepest descent is (-dzdx east, +dzdy north)
         a = np.degrees(np.arctan2(-dzdx, dzdy)) % 360.0
         a[(np.hypot(dzdx, dzdy) < FLAT_GRADIENT) | np.isnan(win.centre)] = np.nan
-        out[r0:r1] = a
+        return a
+
+    out = _per_cell_from_gradient("aspect_deg", dem, res_x_m, res_y_m, _horn, aspect)
     return np.where(out >= 360.0, 0.0, out).astype(np.float32)  # float32 rounding of 359.99999
 
 
