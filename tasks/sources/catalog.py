@@ -347,7 +347,7 @@ class Catalog(_Strict):
             if ref is None:
                 continue
             key = f"sources.{name}.dem_source"
-            stac = sorted(n for n, s in self.sources.items() if isinstance(s, StacSource) and s.dem_collection)
+            stac = self.dem_stac_sources()
             target = self.sources.get(ref)
             if target is None:
                 raise ValueError(f"{key}: unknown source {ref!r}; stac sources with a DEM collection: "
@@ -359,6 +359,10 @@ class Catalog(_Strict):
                 raise ValueError(f"{key}: source {ref!r} has no dem_collection; set one "
                                  f"({', '.join(sorted(STAC_DEM_PRODUCTS))}) or name another source")
         return self
+
+    def dem_stac_sources(self) -> list[str]:
+        """Names of the stac sources that have a DEM collection (sorted)."""
+        return sorted(n for n, s in self.sources.items() if isinstance(s, StacSource) and s.dem_collection)
 
     def region(self, name: str) -> Region:
         if name not in self.regions:

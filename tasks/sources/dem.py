@@ -60,8 +60,7 @@ def dem_source_of(catalog: Catalog, name: str) -> tuple[str, StacSource]:
     source = catalog.source(name)
     if isinstance(source, LocalSource) and source.dem_source is not None:
         name, source = source.dem_source, catalog.source(source.dem_source)
-    with_dem = sorted(n for n, s in catalog.sources.items() if isinstance(s, StacSource) and s.dem_collection)
-    choices = ", ".join(with_dem) or "none in this catalog"
+    choices = ", ".join(catalog.dem_stac_sources()) or "none in this catalog"
     if not isinstance(source, StacSource):
         raise InputError(f"--source {name!r} is a {source.kind!r} source; a DEM comes from a stac source's "
                          f"dem_collection ({choices})")
