@@ -29,7 +29,7 @@ from tasks.core.grid import AnalysisGrid, make_grid, read_aoi, resolve_roi, roi_
 from tasks.raster.event_stack import REDNESS
 from tasks.run.outputs import STAGING, WORK, bytes_needed, check_free_space, check_output_dir
 from tasks.run.request import ScanRequest, detector_spec_of, new_run_id, precheck_request
-from tasks.sources.catalog import LocalSource, load_catalog
+from tasks.sources.catalog import LocalSource
 from tasks.sources.coverage import check_layer_coverage
 from tasks.sources.event import (
     EventInputs,
@@ -198,23 +198,16 @@ def plan_scan(request: ScanRequest) -> ScanPlan:
     before the flow starts, the flow's plan step then loads it), or an interrupted run resumed
     with the same settings. ``--overwrite`` starts an earlier run over.
     """
-    precheck_request(request)  # the cheap checks, again: the flow plans without the CLI too
+    # the cheap checks (options, output folder, catalog, region, source), again: the flow plans
+    # without the CLI too
+    checked = precheck_request(request)
     paths = RunPaths.of(request.out)
     if paths.plan.exists():
         resumed = _resumable_plan(check_output_dir(request.out, request.overwrite), paths, request)
         if resumed is not None:
             return resumed
-    catalog = load_catalog(request.catalog)
-    region = catalog.region(request.region) if request.region else None
-    source_name = request.source or (region.source if region else None)
-    if source_name is None:
-        raise InputError("name a --region from data_catalog.yaml, or a --source with --bbox/--aoi")
-    source = catalog.source(source_name)
-    if region is None and request.bbox is None and request.aoi is None:
-        raise InputError("--source without --region needs --bbox or --aoi to define the ROI")
-    if request.event_date is not None and (request.start or request.end):
-        raise InputError("--start/--end do not apply with --event-date: the scenes come from the "
-                         "windows before and after the event (--pre-days, --post-days)")
+    catalog, region, source_name, source = (checked.catalog, checked.region, checked.source_name,
+                                            checked.source)
     detector_spec = detector_spec_of(request)
     detector = cached_detector(detector_spec, request.device)
     _check_event_mode(request, detector_spec, detector.ref, detector.bands)

@@ -14,6 +14,7 @@ import datetime as dt
 import math
 import os
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -24,7 +25,7 @@ from tasks.core import defaults
 from tasks.core.errors import InputError
 from tasks.core.grid import check_bbox
 from tasks.run.outputs import refuse_finished_run
-from tasks.sources.catalog import load_catalog
+from tasks.sources.catalog import Catalog, LocalSource, Region, SentinelHubSource, StacSource, load_catalog
 from tasks.vector.export import check_formats
 
 
@@ -156,8 +157,22 @@ def _check_out(out: str, overwrite: bool) -> None:
         raise InputError(f"--out {out} is not writable ({parent}: permission denied)")
 
 
-def precheck_request(request: ScanRequest) -> None:
+@dataclass(frozen=True)
+class CheckedRequest:
+    """What :func:`precheck_request` resolved on the way: the loaded catalog, the region (None
+    without ``--region``) and the source the scan reads."""
+
+    catalog: Catalog
+    region: Region | None
+    source_name: str
+    source: LocalSource | StacSource | SentinelHubSource
+
+
+def precheck_request(request: ScanRequest) -> CheckedRequest:
     """Every check that needs neither pixels nor the detector's weights nor a server.
+
+    Returns:
+        The catalog, region and source it resolved (``plan_scan`` goes on from them).
 
     Raises:
         InputError: bad numbers or formats, an output folder that cannot take the run, an unknown
@@ -171,10 +186,11 @@ def precheck_request(request: ScanRequest) -> None:
     source_name = request.source or (region.source if region else None)
     if source_name is None:
         raise InputError("name a --region from data_catalog.yaml, or a --source with --bbox/--aoi")
-    catalog.source(source_name)
+    source = catalog.source(source_name)
     if region is None and request.bbox is None and request.aoi is None:
         raise InputError("--source without --region needs --bbox or --aoi to define the ROI")
     if request.event_date is not None and (request.start or request.end):
         raise InputError("--start/--end do not apply with --event-date: the scenes come from the "
                          "windows before and after the event (--pre-days, --post-days)")
     _check_detector_ref(detector_spec_of(request))
+    return CheckedRequest(catalog, region, source_name, source)
