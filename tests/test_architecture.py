@@ -13,7 +13,7 @@ import grimp
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("flows", "tasks", "models", "devservers", "benchmarks")
+PACKAGES = ("flows", "tasks", "models", "devservers", "benchmarks", "webapp")
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 

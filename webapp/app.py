@@ -1,0 +1,450 @@
+"""The landslide web app (Streamlit). Start it with ``landslide app``.
+
+Pages: New scan (a catalog region, a bbox, or uploaded files; the scan is the ``landslide scan``
+command in a child process, see ``webapp/jobs.py``), Results (map, attribute table, summary,
+downloads), Runs & inventories, Review. The map is deck.gl as Streamlit bundles it, with no
+basemap unless ``--basemap-style`` names one: it works with no internet at all.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+from pathlib import Path
+
+import pandas as pd
+import pydeck as pdk
+import streamlit as st
+
+from tasks.core.errors import InputError
+from tasks.run.view import fit_view, list_runs, read_run_view, zip_run
+from webapp import uploads
+from webapp.jobs import JobStore
+from webapp.settings import load_settings
+
+MAP_HEIGHT_PX = 560
+MAP_WIDTH_GUESS_PX = 640  # about the map column's width in a 1280-1600 px window; the fit only needs it roughly
+FOOTPRINT_COLOUR = [40, 40, 40, 255]
+# a MapLibre style with no source: a plain background and nothing fetched (no internet needed)
+# (as a data: URL: Streamlit's map takes a style URL, and the browser reads this one from itself)
+OFFLINE_MAP_STYLE = "data:application/json;base64," + base64.b64encode(json.dumps(
+    {"version": 8, "sources": {}, "layers": [
+        {"id": "background", "type": "background", "paint": {"background-color": "#eef0ec"}}]}).encode()).decode()
+SELECTED_COLOUR = [0, 200, 255, 255]
+
+st.set_page_config(page_title="Landslide pipeline", layout="wide")
+SETTINGS = load_settings()
+
+
+@st.cache_resource
+def job_store() -> JobStore:
+    return JobStore(SETTINGS.app_dir / "jobs", python=SETTINGS.python)
+
+
+@st.cache_data(show_spinner=False)
+def detector_cards() -> list[dict]:
+    from models.cards import summarize_checkpoints
+
+    return [s.as_dict() for s in summarize_checkpoints()]
+
+
+@st.cache_data(show_spinner=False, ttl=30)
+def catalog_lists() -> tuple[dict[str, dict], dict[str, str]]:
+    from tasks.sources.catalog import load_catalog
+
+    catalog = load_catalog(SETTINGS.catalog)
+    regions = {name: {"source": r.source, "description": r.description,
+                      "bbox": list(r.bbox) if r.bbox else None} for name, r in catalog.regions.items()}
+    sources = {name: s.kind for name, s in catalog.sources.items()}
+    return regions, sources
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def run_view(path: str, stamp: float):  # stamp: the manifest's mtime, so a rerun into the folder shows
+    return read_run_view(path)
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _card_label(card: dict) -> str:
+    """One line per detector: network, bands, and the validation F1 only for real labels (a weak-label
+    agreement is not accuracy)."""
+    default = " (default)" if card.get("default") else ""
+    val = next((m for m in card["metrics"] if m["name"] == "val" and m.get("f1") is not None), None)
+    if card["labels"] == "real" and val is not None:
+        metric = f"val F1 {val['f1']:.2f} on real labels"
+    else:
+        metric = f"{card['labels']} labels, no accuracy figure"
+    return f"{card['name']}{default}: {card['network']}, {' '.join(card['bands'])}; {metric}"
+
+
+# ---------------------------------------------------------------------------------------------
+# the map
+
+
+def run_deck(view, *, quicklook: bool, probability: bool, polygons: bool, footprint: bool,
+             selected_id: int | None = None, id_field: str = "landslide_id", geojson=None) -> tuple[pdk.Deck, dict]:
+    layers = []
+    if quicklook and view.quicklook_png:
+        layers.append(pdk.Layer("BitmapLayer", id="quicklook", image=pdk.types.String(_data_uri(view.quicklook_png)),
+                                bounds=view.corners_lonlat))
+    if probability and view.probability_png:
+        layers.append(pdk.Layer("BitmapLayer", id="probability", image=pdk.types.String(_data_uri(view.probability_png)),
+                                bounds=view.corners_lonlat))
+    if footprint:
+        layers.append(pdk.Layer("GeoJsonLayer", id="footprint", data=view.footprint_geojson, stroked=True,
+                                filled=False, get_line_color=FOOTPRINT_COLOUR, line_width_min_pixels=2))
+    if polygons:
+        data = geojson if geojson is not None else view.polygons_geojson()
+        layers.append(pdk.Layer("GeoJsonLayer", id="landslides", data=data, pickable=True, stroked=True,
+                                filled=True, get_fill_color="properties.fill",
+                                get_line_color="properties.line", line_width_min_pixels=1,
+                                auto_highlight=True, highlight_color=[0, 200, 255, 160]))
+        if selected_id is not None:
+            chosen = [f for f in data["features"] if f["properties"].get(id_field) == selected_id]
+            layers.append(pdk.Layer("GeoJsonLayer", id="selected", data={"type": "FeatureCollection",
+                                                                        "features": chosen},
+                                    stroked=True, filled=False, get_line_color=SELECTED_COLOUR,
+                                    line_width_min_pixels=3))
+    fit = fit_view(view.bounds_lonlat, MAP_WIDTH_GUESS_PX, MAP_HEIGHT_PX)
+    deck = pdk.Deck(layers=layers, initial_view_state=pdk.ViewState(**fit, pitch=0, bearing=0),
+                    map_provider="carto", map_style=SETTINGS.basemap_style or OFFLINE_MAP_STYLE,
+                    tooltip={"html": f"<b>#{{{id_field}}}</b> p̄ {{mean_prob}}<br/>{{area_m2}} m²<br/>"
+                                     "slope {mean_slope_deg}°"})
+    return deck, fit
+
+
+def _selected_feature(event, layer_id: str = "landslides") -> dict | None:
+    try:
+        objects = event.selection["objects"].get(layer_id) or []
+    except (AttributeError, KeyError, TypeError):
+        return None
+    return objects[0] if objects else None
+
+
+def show_attributes(props: dict) -> None:
+    shown = {k: v for k, v in props.items() if k not in ("fill", "line")}
+    st.dataframe(pd.DataFrame({"field": list(shown), "value": [str(v) for v in shown.values()]}),
+                 hide_index=True, width="stretch")
+
+
+# ---------------------------------------------------------------------------------------------
+# pages
+
+
+def page_new_scan() -> None:
+    st.title("New scan")
+    regions, sources = catalog_lists()
+    cards = detector_cards()
+    kind = st.radio("Input", ["Catalog region", "Bounding box", "Upload files"], horizontal=True,
+                    key="scan_kind")
+    args: list[str] = []
+    problem = None
+    upload_dir = None
+    if kind == "Catalog region":
+        region = st.selectbox("Region", sorted(regions), key="scan_region",
+                              format_func=lambda r: f"{r} — {regions[r]['description']}")
+        args += ["--region", region]
+        bbox_text = st.text_input("Crop to a bbox inside the region (optional): west,south,east,north "
+                                  "in degrees", key="scan_bbox_crop")
+        if bbox_text.strip():
+            args += ["--bbox", bbox_text.replace(" ", "")]
+    elif kind == "Bounding box":
+        source = st.selectbox("Source", sorted(sources), key="scan_source",
+                              format_func=lambda s: f"{s} ({sources[s]})")
+        bbox_text = st.text_input("Bounding box: west,south,east,north in degrees (EPSG:4326)",
+                                  key="scan_bbox", placeholder="141.95,42.70,141.98,42.72")
+        args += ["--source", source]
+        if bbox_text.strip():
+            args += ["--bbox", bbox_text.replace(" ", "")]
+        else:
+            problem = "type a bounding box"
+        c1, c2 = st.columns(2)
+        start = c1.date_input("First date", value=None, key="scan_start")
+        end = c2.date_input("Last date", value=None, key="scan_end")
+        if start:
+            args += ["--start", start.isoformat()]
+        if end:
+            args += ["--end", end.isoformat()]
+    else:
+        args, problem, upload_dir = _upload_inputs()
+        if args and args[0] == "predict-patch":
+            return  # the patch was handled on the spot
+    if kind != "Upload files":
+        event = st.checkbox("Event mode: compare the best scenes before and after an event date",
+                            key="scan_event_on")
+        if event:
+            event_date = st.date_input("Event date", value=dt.date(2018, 9, 6), key="scan_event_date")
+            args += ["--event-date", event_date.isoformat()]
+    choice = st.selectbox("Detector", ["(the card's default)"] + [c["name"] for c in cards],
+                          key="scan_detector",
+                          format_func=lambda n: n if n.startswith("(") else
+                          _card_label(next(c for c in cards if c["name"] == n)))
+    if not choice.startswith("("):
+        args += ["--checkpoint", choice]
+        card = next(c for c in cards if c["name"] == choice)
+        with st.expander("Detector card"):
+            st.write(f"**bands** {' '.join(card['bands'])}  \n**labels** {card['labels_text']}")
+            rows = [{"metrics": m["name"], "F1": m.get("f1"), "IoU": m.get("iou"),
+                     "measured against": m["basis"]} for m in card["metrics"]]
+            if rows:
+                st.dataframe(pd.DataFrame(rows), hide_index=True)
+    if st.button("Run scan", type="primary", disabled=problem is not None, key="scan_run",
+                 help=problem):
+        store = job_store()
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        out = SETTINGS.runs_dir / f"app-{stamp}-{len(store.jobs()):03d}"
+        job_id = store.start(args, out)
+        st.session_state["job_id"] = job_id
+        if upload_dir is not None:
+            st.session_state.setdefault("upload_dirs", []).append(str(upload_dir))
+    if problem:
+        st.caption(f"Not ready: {problem}.")
+    if st.session_state.get("job_id"):
+        job_panel(st.session_state["job_id"])
+
+
+@st.fragment(run_every=1.0)
+def job_panel(job_id: str) -> None:
+    state = job_store().state(job_id)
+    box = st.container(border=True, key="job_panel")
+    box.markdown(f"**Scan {job_id}** → `{state.out}`")
+    if state.status == "running":
+        pct = state.progress[1] if state.progress else 0
+        label = f"{state.stage}" + (f" ({state.progress[0]} {pct} %)" if state.progress else "")
+        box.progress(pct / 100, text=label)
+        if box.button("Stop this scan", key=f"stop_{job_id}"):
+            job_store().cancel(job_id)
+    elif state.status == "failed":
+        box.error(f"error: {state.error}", icon=":material/error:")
+    else:
+        c = (state.result or {}).get("counts", {})
+        if c and not c.get("valid_fraction"):
+            box.warning(f"nothing was analysed ({c.get('footprint_status')}): 0 landslide polygons")
+        else:
+            box.success(f"done: {c.get('polygons', '?')} landslide polygons "
+                        f"({c.get('landslide_area_m2', 0) / 1e6:.3f} km²)", icon=":material/check_circle:")
+        if box.button("Open the results", key=f"open_{job_id}", type="primary"):
+            st.session_state["run_path"] = (state.result or {}).get("out", state.out)
+            st.switch_page(PAGES["results"])
+    with box.expander("Log"):
+        st.code("\n".join(state.log_tail) or "(nothing yet)", language=None)
+
+
+def _upload_inputs() -> tuple[list[str], str | None, Path | None]:
+    """The upload form: (scan arguments, what is missing or None, the session's upload folder)."""
+    max_bytes = SETTINGS.max_upload_mb * 1_000_000
+    what = st.radio("Files", ["One multi-band GeoTIFF", "Separate band files",
+                              "Landslide4Sense .h5 patch (no georeference)"], key="upload_kind")
+    sid = st.session_state.setdefault("upload_session", uploads.session_folder(
+        SETTINGS.app_dir / "uploads").name)
+    folder = uploads.session_folder(SETTINGS.app_dir / "uploads", sid)
+    try:
+        if what.startswith("Landslide4Sense"):
+            patch = st.file_uploader("L4S patch (.h5)", type=["h5"], key="upload_patch")
+            if patch is None:
+                return [], "upload a patch", folder
+            path = uploads.save_upload(folder, patch.name, patch.getvalue(), max_bytes, uploads.PATCH_SUFFIXES)
+            _patch_result(path, folder)
+            return ["predict-patch"], None, folder
+        if what == "One multi-band GeoTIFF":
+            image = st.file_uploader("Image (GeoTIFF)", type=["tif", "tiff"], key="upload_image")
+            if image is None:
+                return [], "upload an image", folder
+            image_path = uploads.save_upload(folder, image.name, image.getvalue(), max_bytes,
+                                             uploads.RASTER_SUFFIXES)
+            count, descriptions = uploads.check_raster(image_path)
+            st.caption(f"{image_path.name}: {count} bands; descriptions: "
+                       f"{', '.join(d or '—' for d in descriptions)}")
+        else:
+            files = st.file_uploader("Band files (one band each, same CRS)", type=["tif", "tiff", "jp2"],
+                                     accept_multiple_files=True, key="upload_bands")
+            if not files:
+                return [], "upload the band files", folder
+            paths = [uploads.save_upload(folder, f.name, f.getvalue(), max_bytes, uploads.RASTER_SUFFIXES)
+                     for f in files]
+            for p in paths:
+                uploads.check_raster(p)
+            from tasks.raster.vrt import band_names_from_filenames, stack_band_files
+
+            guessed = band_names_from_filenames([p.name for p in paths])
+            names_text = st.text_input("Band of each file, in the order listed (e.g. B02,B03,B04)",
+                                       value=",".join(guessed) if all(guessed) else "", key="upload_band_names")
+            names = [n.strip() for n in names_text.split(",") if n.strip()]
+            if len(names) != len(paths):
+                return [], f"name one band per file ({len(paths)} files, {len(names)} names)", folder
+            image_path = stack_band_files(paths, names, folder / "bands.vrt")
+            count, descriptions = len(paths), names
+        bands_text = st.text_input("Band names in file order, if the file's band descriptions do not "
+                                   "say (e.g. B02,B03,B04)", key="upload_image_bands")
+        dem = st.file_uploader("DEM (GeoTIFF, metres; optional: slope and elevation come from it)",
+                               type=["tif", "tiff"], key="upload_dem")
+        acquired = st.date_input("Acquisition date (optional; else from the file's metadata)", value=None,
+                                 key="upload_acquired")
+        args = ["--image", str(image_path)]
+        if bands_text.strip():
+            args += ["--bands", bands_text.replace(" ", "")]
+        if dem is not None:
+            dem_path = uploads.save_upload(folder, dem.name, dem.getvalue(), max_bytes, uploads.RASTER_SUFFIXES)
+            uploads.check_raster(dem_path)
+            args += ["--dem", str(dem_path)]
+        if acquired:
+            args += ["--acquired", acquired.isoformat()]
+        return args, None, folder
+    except uploads.UploadError as exc:
+        st.error(str(exc), icon=":material/error:")
+        return [], "fix the upload", folder
+
+
+def _patch_result(path: Path, folder: Path) -> None:
+    """Run ``landslide predict-patch`` on an uploaded L4S patch and offer its PNG and .npy."""
+    import subprocess
+
+    out = folder / f"{path.stem}-prediction"
+    if st.button("Predict", type="primary", key="patch_run"):
+        with st.spinner("predicting"):
+            proc = subprocess.run([SETTINGS.python, "-m", "flows.cli", "predict-patch", str(path),
+                                   "--out", str(out)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+            st.error(lines[-1] if lines else proc.stderr.strip().splitlines()[-1], icon=":material/error:")
+            return
+        st.session_state["patch_out"] = str(out)
+    done = st.session_state.get("patch_out")
+    if done and Path(done).is_dir() and Path(done).name == out.name:
+        pngs = sorted(Path(done).glob("*.png"))
+        cols = st.columns(max(1, len(pngs)))
+        for col, png in zip(cols, pngs):
+            col.image(str(png), caption=png.name, width=256)
+        for f in sorted(Path(done).iterdir()):
+            st.download_button(f"Download {f.name}", f.read_bytes(), file_name=f.name, key=f"dl_{f.name}")
+
+
+def page_results() -> None:
+    st.title("Results")
+    runs = list_runs(SETTINGS.runs_dir)
+    if not runs:
+        st.info(f"No finished run in {SETTINGS.runs_dir} yet: start one on the New scan page.")
+        return
+    paths = [str(r.path) for r in runs]
+    wanted = st.session_state.get("run_path")
+    index = paths.index(str(Path(wanted).resolve())) if wanted and str(Path(wanted).resolve()) in paths else 0
+    by_path = {str(r.path): r for r in runs}
+    chosen = st.selectbox("Run", paths, index=index, key="results_run",
+                          format_func=lambda p: f"{by_path[p].run_id} — {by_path[p].where} — "
+                                                f"{by_path[p].polygons} polygons")
+    st.session_state["run_path"] = chosen
+    view = run_view(chosen, (Path(chosen) / "manifest.json").stat().st_mtime)
+    counts = view.manifest.get("counts", {})
+    if not counts.get("valid_fraction"):
+        st.warning(f"Nothing was analysed ({counts.get('footprint_status')}): no polygon here means "
+                   "\"not looked at\", not \"no landslide\".")
+    left, right = st.columns([3, 2])
+    with left:
+        t = st.columns(4)
+        show = dict(quicklook=t[0].checkbox("Quicklook", True, key="layer_quicklook"),
+                    probability=t[1].checkbox("Probability", True, key="layer_probability"),
+                    polygons=t[2].checkbox("Polygons", True, key="layer_polygons"),
+                    footprint=t[3].checkbox("Footprint", True, key="layer_footprint"))
+        deck, fit = run_deck(view, **show)
+        event = st.pydeck_chart(deck, height=MAP_HEIGHT_PX, on_select="rerun",
+                                selection_mode="single-object", key=f"map_{Path(chosen).name}")
+        st.caption(f"Map view: {fit['latitude']:.6f} N, {fit['longitude']:.6f} E, zoom {fit['zoom']:.4f}; "
+                   "click a polygon for its attributes.")
+    with right:
+        s = view.summary
+        st.markdown(f"#### {s['polygons']} landslides, {s['area_m2'] / 1e6:.3f} km²  \n"
+                    f"in {counts.get('footprint_area_m2', 0) / 1e6:.2f} km² analysed")
+        st.markdown("**Area by slope class**")
+        st.dataframe(pd.DataFrame(s["slope"]), hide_index=True, width="stretch")
+        st.markdown("**By confidence (mean probability)**")
+        st.dataframe(pd.DataFrame(s["confidence"]), hide_index=True, width="stretch")
+        feature = _selected_feature(event)
+        if feature is not None:
+            props = feature.get("properties", feature)
+            st.markdown(f"**Landslide #{props.get('landslide_id')}**")
+            show_attributes(props)
+    st.markdown("**Attribute table** (click a column to sort)")
+    table = view.polygons.drop(columns=view.polygons.geometry.name)
+    st.dataframe(table, hide_index=True, width="stretch", key="results_table")
+    _downloads(Path(chosen))
+
+
+def _downloads(run: Path) -> None:
+    st.markdown("**Downloads**")
+    cols = st.columns(6)
+    files = [("GeoPackage", "landslides.gpkg", "application/geopackage+sqlite3"),
+             ("Probability COG", "probability.tif", "image/tiff"),
+             ("Uncertainty COG", "uncertainty.tif", "image/tiff"),
+             ("Mask COG", "mask.tif", "image/tiff"),
+             ("Manifest", "manifest.json", "application/json")]
+    for col, (label, name, mime) in zip(cols, files):
+        path = run / name
+        if path.is_file():
+            col.download_button(label, path.read_bytes(), file_name=name, mime=mime, key=f"dl_{name}")
+    cols[5].download_button("Run (zip)", zip_run(run), file_name=f"{run.name}.zip", mime="application/zip",
+                            key="dl_zip")
+
+
+def page_runs() -> None:
+    st.title("Runs and inventories")
+    runs = list_runs(SETTINGS.runs_dir)
+    st.subheader(f"Runs in {SETTINGS.runs_dir}")
+    if runs:
+        table = pd.DataFrame([{"run": r.run_id, "finished": r.created, "where": r.where,
+                               "polygons": r.polygons, "area km²": round(r.landslide_area_m2 / 1e6, 3),
+                               "status": r.status, "folder": str(r.path)} for r in runs])
+        picked = st.dataframe(table, hide_index=True, width="stretch", on_select="rerun",
+                              selection_mode="single-row", key="runs_table")
+        rows = picked.selection.rows if picked is not None else []
+        if rows and st.button("Open the selected run", key="runs_open"):
+            st.session_state["run_path"] = table.iloc[rows[0]]["folder"]
+            st.switch_page(PAGES["results"])
+    else:
+        st.info("No finished run yet.")
+    st.subheader(f"Regional inventories in {SETTINGS.state_dir}")
+    inventories = sorted(SETTINGS.state_dir.glob("*/inventory.gpkg"))
+    if not inventories:
+        st.info("No regional inventory yet: `landslide regional-scan --region R --state-dir "
+                f"{SETTINGS.state_dir}` writes one.")
+        return
+    from tasks.inventory.merge import read_inventory
+
+    inv_path = st.selectbox("Inventory", [str(p) for p in inventories], key="inventory_pick",
+                            format_func=lambda p: Path(p).parent.name)
+    landslides, scans = read_inventory(inv_path)
+    if landslides is None:
+        st.warning(f"{inv_path} has no landslides layer yet.")
+        return
+    n_new = int((landslides["status"] == "new").sum())
+    m = st.columns(3)
+    m[0].metric("Landslides", len(landslides))
+    m[1].metric("New in the latest scan", n_new)
+    m[2].metric("Scans merged", 0 if scans is None else len(scans))
+    cols = [c for c in ("inventory_id", "status", "first_seen", "last_seen", "detections", "area_m2",
+                        "mean_prob", "review_status") if c in landslides.columns]
+    st.dataframe(landslides[cols], hide_index=True, width="stretch", key="inventory_table")
+    if scans is not None:
+        st.markdown("**Scans layer**")
+        st.dataframe(scans.drop(columns=scans.geometry.name), hide_index=True, width="stretch")
+
+
+PAGES = {
+    "scan": st.Page(page_new_scan, title="New scan", url_path="scan", default=True),
+    "results": st.Page(page_results, title="Results", url_path="results"),
+    "runs": st.Page(page_runs, title="Runs & inventories", url_path="runs"),
+}
+
+
+def main() -> None:
+    nav = st.navigation(list(PAGES.values()), position="top")
+    try:
+        nav.run()
+    except InputError as exc:  # the same one line the CLI prints
+        st.error(f"error: {exc}", icon=":material/error:")
+
+
+main()
