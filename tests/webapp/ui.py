@@ -1,0 +1,112 @@
+"""Selenium helpers for Streamlit pages: find widgets by their visible label, as a person does."""
+
+from __future__ import annotations
+
+import re
+import time
+
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+
+
+def wait_for(predicate, timeout_s: float = 60.0, poll_s: float = 0.3, what: str = "the page"):
+    deadline = time.time() + timeout_s
+    last = None
+    while time.time() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except (StaleElementReferenceException, WebDriverException) as exc:
+            last = exc
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}" + (f" ({last})" if last else ""))
+
+
+def idle(driver, timeout_s: float = 60.0) -> None:
+    """Wait until Streamlit finished running the script (no 'running' status widget)."""
+    time.sleep(0.4)
+    wait_for(lambda: not driver.find_elements(By.CSS_SELECTOR, '[data-testid="stStatusWidget"]'),
+             timeout_s, what="the script run to finish")
+
+
+def widget(driver, testid: str, label: str):
+    """The ``data-testid=testid`` block whose visible text starts with ``label``."""
+    def find():
+        for el in driver.find_elements(By.CSS_SELECTOR, f'[data-testid="{testid}"]'):
+            if el.text.strip().startswith(label):
+                return el
+        return None
+    return wait_for(find, 30, what=f"{testid} {label!r}")
+
+
+def type_text(driver, label: str, value: str) -> None:
+    box = widget(driver, "stTextInput", label).find_element(By.TAG_NAME, "input")
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys(value, Keys.ENTER)
+    idle(driver)
+
+
+def button(driver, text: str, testid: str = "stButton"):
+    def find():
+        for el in driver.find_elements(By.CSS_SELECTOR, f'[data-testid="{testid}"] button'):
+            if el.text.strip() == text and el.is_enabled():
+                return el
+        return None
+    return wait_for(find, 60, what=f"the button {text!r}")
+
+
+def click(driver, text: str, testid: str = "stButton") -> None:
+    button(driver, text, testid).click()
+    idle(driver)
+
+
+def set_checkbox(driver, label: str, checked: bool) -> None:
+    box = widget(driver, "stCheckbox", label)
+    current = box.find_element(By.TAG_NAME, "input").is_selected()
+    if current != checked:
+        box.find_element(By.TAG_NAME, "label").click()
+        idle(driver)
+
+
+def choose(driver, label: str, option: str) -> None:
+    """Pick ``option`` (its visible text starts with it) in the selectbox labelled ``label``."""
+    box = widget(driver, "stSelectbox", label)
+    box.find_element(By.CSS_SELECTOR, "input").click()
+    def find():
+        for el in driver.find_elements(By.CSS_SELECTOR, '[role="option"]'):
+            if el.text.strip().startswith(option):
+                return el
+        return None
+    wait_for(find, 10, what=f"the option {option!r}").click()
+    idle(driver)
+
+
+def radio(driver, label: str, option: str) -> None:
+    box = widget(driver, "stRadio", label)
+    for el in box.find_elements(By.TAG_NAME, "label"):
+        if el.text.strip().startswith(option):
+            el.click()
+            idle(driver)
+            return
+    raise AssertionError(f"no option {option!r} in the radio {label!r}")
+
+
+def page_text(driver) -> str:
+    return driver.find_element(By.TAG_NAME, "body").text
+
+
+def map_view(driver) -> dict[str, float]:
+    """The view the results map was drawn with, from its caption."""
+    m = re.search(r"Map view: ([\d.-]+) N, ([\d.-]+) E, zoom ([\d.]+)", page_text(driver))
+    assert m, "no map view caption on the page"
+    return {"latitude": float(m[1]), "longitude": float(m[2]), "zoom": float(m[3])}
+
+
+def open_app(driver, url: str, heading: str, timeout_s: float = 60.0) -> None:
+    """Load the app and wait for the page whose title is ``heading``."""
+    driver.get(url)
+    wait_for(lambda: any(h.text.strip() == heading for h in driver.find_elements(By.TAG_NAME, "h1")),
+             timeout_s, what=f"the page {heading!r}")
+    idle(driver)
