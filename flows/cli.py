@@ -54,6 +54,15 @@ def _version() -> str:
     return f"landslide-pipeline {version} (Python {platform.python_version()})"
 
 
+def _command_modules() -> tuple:
+    """The modules that add subcommands (``add_subcommands(sub)``) and their ``HANDLERS``, in the
+    order ``--help`` lists them."""
+    from flows import (app_cli, dataset_cli, dem_cli, dev_server_cli, patch_cli, regional_cli,
+                       train_cli)
+
+    return (train_cli, dataset_cli, dev_server_cli, regional_cli, dem_cli, patch_cli, app_cli)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="landslide",
@@ -79,6 +88,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="ROI polygon(s): GeoJSON, GeoPackage (file.gpkg:layer), shapefile or any "
                             "vector file GDAL reads, in any CRS it declares (reprojected)")
     where.add_argument("--start", metavar="YYYY-MM-DD", help="first acquisition date to consider")
+    image = scan.add_argument_group(
+        "one raster file (--image)",
+        "Scan a multi-band raster (GeoTIFF or any file GDAL reads) without a catalog entry; the ROI is "
+        "the whole image unless --bbox/--aoi. Excludes --region, --source, --catalog, --event-date, "
+        "--start/--end. See README 'Scan a GeoTIFF directly'.")
+    image.add_argument("--image", metavar="FILE", help="the raster to scan")
+    image.add_argument("--bands", dest="image_bands", metavar="B02,B03,...",
+                       help="Sentinel-2 name of each band of --image, in band order (default: the "
+                            "file's band descriptions)")
+    image.add_argument("--dem", metavar="FILE", help="DEM raster in metres covering --image (SLOPE "
+                                                     "and DEM channels, terrain attributes)")
+    image.add_argument("--acquired", metavar="YYYY-MM-DD[THH:MM[:SS]]",
+                       help="acquisition time of --image, UTC (default: the file's metadata, else "
+                            "recorded as unknown)")
     where.add_argument("--end", metavar="YYYY-MM-DD", help="last acquisition date to consider")
     event = scan.add_argument_group(
         "event mode (pre/post)",
@@ -162,14 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
                                           "labels (real or weak) and the metrics each card records.")
     models_p.add_argument("--json", action="store_true")
 
-    from flows import app_cli, dataset_cli, dem_cli, dev_server_cli, regional_cli, train_cli
-
-    train_cli.add_subcommands(sub)
-    dataset_cli.add_subcommands(sub)
-    dev_server_cli.add_subcommands(sub)
-    regional_cli.add_subcommands(sub)
-    dem_cli.add_subcommands(sub)
-    app_cli.add_subcommands(sub)
+    for module in _command_modules():
+        module.add_subcommands(sub)
     return parser
 
 
@@ -185,7 +202,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
-        raise InputError(f"--{field.replace('_', '-')}: {first['msg']}") from None
+        flag = {"image_bands": "bands"}.get(field, field).replace("_", "-")
+        raise InputError(f"--{flag}: {first['msg'].removeprefix('Value error, ')}") from None
     # options, catalog, region, output folder and checkpoint name: refused in well under a second,
     # before torch, the raster stack or Prefect are imported
     precheck_request(request)
@@ -217,7 +235,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 def _where(request) -> str:
-    parts = [f"region {request.region}"] if request.region else [f"source {request.source}"]
+    parts = ([f"image {request.image}"] if request.image else
+             [f"region {request.region}"] if request.region else [f"source {request.source}"])
     if request.bbox:
         parts.append("bbox " + ",".join(f"{v:g}" for v in request.bbox))
     if request.aoi:
@@ -386,14 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     from tasks.core.errors import LandslideError
 
     handlers = {"scan": cmd_scan, "regions": cmd_regions, "models": cmd_models}
-    from flows import app_cli, dataset_cli, dem_cli, dev_server_cli, regional_cli, train_cli
-
-    handlers.update(train_cli.HANDLERS)
-    handlers.update(dataset_cli.HANDLERS)
-    handlers.update(dev_server_cli.HANDLERS)
-    handlers.update(regional_cli.HANDLERS)
-    handlers.update(dem_cli.HANDLERS)
-    handlers.update(app_cli.HANDLERS)
+    for module in _command_modules():
+        handlers.update(module.HANDLERS)
     try:
         return handlers[args.command](args)
     except LandslideError as exc:

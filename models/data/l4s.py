@@ -167,14 +167,7 @@ class L4SDataset(PatchDataset):
         return (img, self.mask_paths[i]) if self.mask_paths else (img,)
 
     def _read_raw_image(self, i: int) -> np.ndarray:
-        path = self.image_paths[i]
-        arr = _read_h5(path, IMAGE_KEY)
-        if arr.ndim != 3 or arr.shape[-1] != len(BAND_NAMES):
-            raise InputError(
-                f"{path} key '{IMAGE_KEY}' has shape {arr.shape}; expected (H, W, {len(BAND_NAMES)}) "
-                f"channels last ({' '.join(BAND_NAMES)}): re-export it with all "
-                f"{len(BAND_NAMES)} channels")
-        return arr
+        return _read_raw_image(self.image_paths[i])
 
     def __getitem__(self, i: int) -> Sample:
         if not -len(self) <= i < len(self):
@@ -184,8 +177,7 @@ class L4SDataset(PatchDataset):
         raw = self._read_raw_image(i)
         if self.on_nonfinite == "raise":
             self._refuse_nonfinite(raw, path)
-        # float64 product, then float32: the stored values are DN / scale, so this restores the DN.
-        image = np.ascontiguousarray((raw * _SCALE).transpose(2, 0, 1), dtype=np.float32)
+        image = _to_physical(raw)
         labels = None
         if self.mask_paths is not None:
             labels = self._read_mask(self.mask_paths[i], image.shape[1:], path)
@@ -209,6 +201,46 @@ class L4SDataset(PatchDataset):
         except ValueError:
             rel = path
         return rel.with_suffix("").as_posix()
+
+
+def _read_raw_image(path: Path) -> np.ndarray:
+    """The ``img`` array of one L4S file as stored: (H, W, 14), L4S units."""
+    arr = _read_h5(path, IMAGE_KEY)
+    if arr.ndim != 3 or arr.shape[-1] != len(BAND_NAMES):
+        raise InputError(
+            f"{path} key '{IMAGE_KEY}' has shape {arr.shape}; expected (H, W, {len(BAND_NAMES)}) "
+            f"channels last ({' '.join(BAND_NAMES)}): re-export it with all "
+            f"{len(BAND_NAMES)} channels")
+    return arr
+
+
+def _to_physical(raw: np.ndarray) -> np.ndarray:
+    """(H, W, 14) L4S units -> (14, H, W) float32 physical units (reflectance x 10000, deg, m)."""
+    # float64 product, then float32: the stored values are DN / scale, so this restores the DN.
+    return np.ascontiguousarray((raw * _SCALE).transpose(2, 0, 1), dtype=np.float32)
+
+
+def read_l4s_patch(path: str | Path) -> np.ndarray:
+    """One L4S image patch in the band contract's physical units, as :class:`L4SDataset` reads it.
+
+    Returns:
+        (14, H, W) float32, channels in ``BAND_NAMES`` order.
+
+    Raises:
+        InputError: a missing file, not HDF5, no ``img`` dataset, a layout other than (H, W, 14),
+            or NaN/inf values.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path} does not exist or is not a file")
+    if not h5py.is_hdf5(path):
+        raise InputError(f"{path} is not an HDF5 file; a Landslide4Sense patch is HDF5 with the image "
+                         f"under key '{IMAGE_KEY}', (128, 128, {len(BAND_NAMES)})")
+    raw = _read_raw_image(path)
+    bad = int((~np.isfinite(raw)).sum())
+    if bad:
+        raise InputError(f"{path} holds {bad} NaN/inf values; an L4S patch has none: repair the file")
+    return _to_physical(raw)
 
 
 def _read_h5(path: Path, key: str) -> np.ndarray:

@@ -161,22 +161,31 @@ def _check_antimeridian(polys: list[shapely.Geometry], path: Path) -> None:
 
 def resolve_roi(region_bbox: tuple[float, ...] | None, region_aoi: shapely.Geometry | None,
                 bbox: tuple[float, ...] | None, aoi: shapely.Geometry | None,
-                data_extent: tuple[float, float, float, float]) -> shapely.Geometry:
+                data_extent: tuple[float, float, float, float], *,
+                data_label: str = "the source") -> shapely.Geometry:
     """Intersect the region's area, the user's ``--bbox``/``--aoi`` and the data's extent (EPSG:4326).
 
+    Args:
+        data_label: what the data is, in the message (``the source``, ``the image FILE``).
+
     Raises:
-        InputError: the ROI does not intersect the data (the message gives the data's extent).
+        InputError: the ROI does not intersect the data (the message gives both extents).
     """
-    roi = box(*data_extent)
+    asked = None
     for part in (box(*check_bbox(region_bbox)) if region_bbox else None, region_aoi,
                  box(*check_bbox(bbox)) if bbox else None, aoi):
         if part is not None:
-            roi = roi.intersection(part)
+            asked = part if asked is None else asked.intersection(part)
+    roi = box(*data_extent) if asked is None else box(*data_extent).intersection(asked)
     if roi.is_empty or roi.area == 0:
         e = data_extent
+        where = ""
+        if asked is not None and not asked.is_empty:
+            a = asked.bounds
+            where = f", the ROI lon {a[0]:.4f}..{a[2]:.4f}, lat {a[1]:.4f}..{a[3]:.4f}"
         raise InputError(
-            "the ROI does not intersect the data: the source covers lon "
-            f"{e[0]:.4f}..{e[2]:.4f}, lat {e[1]:.4f}..{e[3]:.4f}; choose a --bbox/--aoi inside it")
+            f"the ROI does not intersect the data: {data_label} covers lon "
+            f"{e[0]:.4f}..{e[2]:.4f}, lat {e[1]:.4f}..{e[3]:.4f}{where}; choose a --bbox/--aoi inside it")
     return roi
 
 

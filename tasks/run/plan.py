@@ -114,6 +114,7 @@ class ScanPlan(BaseModel):
     window: tuple[dt.date | None, dt.date | None]  # the scenes' date window
     inputs: dict[str, Any]  # tasks.sources.local.SceneInputs.to_dict(); the post-event scene in event mode
     event: dict[str, Any] | None = None  # event mode: tasks.sources.event.EventInputs.to_dict()
+    image: dict[str, Any] | None = None  # --image: tasks.sources.image.ImageInputs.to_dict()
     roi_lonlat: dict[str, Any]  # GeoJSON geometry, EPSG:4326
     roi_grid_crs: dict[str, Any]  # GeoJSON geometry in the grid's CRS
     grid: dict[str, Any]  # tasks.core.grid.AnalysisGrid.to_dict()
@@ -235,7 +236,9 @@ def plan_scan(request: ScanRequest) -> ScanPlan:
             extent = inputs.extent_lonlat
     region_aoi = read_aoi(catalog.resolve(region.aoi)) if region and region.aoi else None
     user_aoi = read_aoi(request.aoi) if request.aoi else None
-    roi = resolve_roi(region.bbox if region else None, region_aoi, request.bbox, user_aoi, extent)
+    data_label = f"the image {checked.image.path}" if checked.image else "the source"
+    roi = resolve_roi(region.bbox if region else None, region_aoi, request.bbox, user_aoi, extent,
+                      data_label=data_label)
     if inputs is None and windows is not None:  # remote, event mode: two searches
         event = _event_inputs(catalog, source_name, windows, detector.bands, roi,
                               cache_root(request.cache_dir))
@@ -255,6 +258,10 @@ def plan_scan(request: ScanRequest) -> ScanPlan:
             inputs = attach_dem_source(catalog, inputs, roi, cache, terrain)
     terrain_needed = [b for b in detector.bands if b not in SPECTRAL_BAND_NAMES]
     if terrain_needed and inputs.dem_path is None:
+        if checked.image:
+            raise InputError(f"detector {detector.ref} needs {', '.join(terrain_needed)}: pass the "
+                             f"elevation of --image {request.image} as --dem FILE (a DEM raster in "
+                             "metres covering it), or choose a detector without terrain bands")
         raise InputError(f"detector {detector.ref} needs {', '.join(terrain_needed)} but source "
                          f"{source_name!r} has no DEM; add 'dem:' to the source in data_catalog.yaml")
     grid = make_grid(roi, res_m=request.res_m)
@@ -272,7 +279,8 @@ def plan_scan(request: ScanRequest) -> ScanPlan:
     plan = ScanPlan(
         run_id=request.run_id or new_run_id(), request=request, catalog_path=str(catalog.root),
         source=source_name, source_kind=source.kind, region=request.region, window=(start, end),
-        inputs=inputs.to_dict(), event=event.to_dict() if event else None, roi_lonlat=mapping(roi),
+        inputs=inputs.to_dict(), event=event.to_dict() if event else None,
+        image=checked.image.to_dict() if checked.image else None, roi_lonlat=mapping(roi),
         roi_grid_crs=mapping(roi_grid), grid=grid.to_dict(),
         detector=DetectorSpec(spec=detector_spec, ref=detector.ref, bands=detector.bands,
                               threshold=detector.threshold, patch_size=detector.patch_size),

@@ -16,7 +16,7 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -27,6 +27,9 @@ from tasks.core.grid import check_bbox
 from tasks.run.outputs import refuse_finished_run
 from tasks.sources.catalog import Catalog, LocalSource, Region, SentinelHubSource, StacSource, load_catalog
 from tasks.vector.export import check_formats
+
+if TYPE_CHECKING:
+    from tasks.sources.image import ImageInputs
 
 
 class ScanRequest(BaseModel):
@@ -69,11 +72,34 @@ class ScanRequest(BaseModel):
     run_id: str | None = None
     formats: tuple[str, ...] = Field(default=(), description="extra exports of the landslides layer "
                                      "beside landslides.gpkg (geojson, csv, parquet)")
+    image: str | None = Field(default=None, description="scan this raster file (GeoTIFF or any raster "
+                              "GDAL reads) instead of a catalog source; see tasks.sources.image")
+    image_bands: tuple[str, ...] | None = Field(
+        default=None, description="--bands: the image's band names in band order; None: its band "
+                                  "descriptions")
+    dem: str | None = Field(default=None, description="DEM raster (metres) of an --image scan")
+    acquired: dt.datetime | None = Field(
+        default=None, description="acquisition time (UTC) of --image; None: a standard metadata item's, "
+                                  "else recorded as unknown")
 
     @field_validator("bbox")
     @classmethod
     def _bbox(cls, v):
         return None if v is None else check_bbox(v)
+
+    @field_validator("image_bands", mode="before")
+    @classmethod
+    def _image_bands(cls, v):
+        if isinstance(v, str):
+            v = [b for b in v.split(",") if b.strip()]
+        return None if v is None else tuple(str(b).strip() for b in v)
+
+    @field_validator("acquired", mode="before")
+    @classmethod
+    def _acquired(cls, v):
+        from tasks.sources.image import parse_acquired
+
+        return parse_acquired(v)
 
     @field_validator("formats", mode="before")
     @classmethod
@@ -160,27 +186,66 @@ def _check_out(out: str, overwrite: bool) -> None:
 @dataclass(frozen=True)
 class CheckedRequest:
     """What :func:`precheck_request` resolved on the way: the loaded catalog, the region (None
-    without ``--region``) and the source the scan reads."""
+    without ``--region``) and the source the scan reads; with ``--image``, the file's metadata
+    (``tasks.sources.image.ImageInputs``) and the one-source catalog made of it."""
 
     catalog: Catalog
     region: Region | None
     source_name: str
     source: LocalSource | StacSource | SentinelHubSource
+    image: "ImageInputs | None" = None
+
+
+# options a scan of one --image file does not take: they choose data from the catalog
+_CATALOG_OPTIONS = (("region", "--region"), ("source", "--source"), ("catalog", "--catalog"),
+                    ("event_date", "--event-date"), ("start", "--start"), ("end", "--end"))
+_IMAGE_OPTIONS = (("image_bands", "--bands"), ("dem", "--dem"), ("acquired", "--acquired"))
+
+
+def _check_image_options(request: ScanRequest) -> None:
+    """``--image`` excludes the catalog's options; ``--bands``/``--dem``/``--acquired`` need it."""
+    if request.image is not None:
+        given = [flag for field, flag in _CATALOG_OPTIONS if getattr(request, field) is not None]
+        if given:
+            raise InputError(f"--image scans one raster file without the catalog: drop "
+                             f"{', '.join(given)} (use --bbox/--aoi to scan part of the image)")
+        return
+    given = [flag for field, flag in _IMAGE_OPTIONS if getattr(request, field) is not None]
+    if given:
+        raise InputError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} only with --image "
+                         "FILE (a scan of one raster file); catalog sources name their bands, DEM and "
+                         "dates in data_catalog.yaml")
+
+
+def _precheck_image(request: ScanRequest) -> CheckedRequest:
+    from tasks.sources.image import IMAGE_SOURCE, open_image  # rasterio: only for an --image scan
+
+    image = open_image(request.image, request.image_bands, request.dem, request.acquired)
+    catalog = image.catalog()
+    return CheckedRequest(catalog, None, IMAGE_SOURCE, catalog.source(IMAGE_SOURCE), image)
 
 
 def precheck_request(request: ScanRequest) -> CheckedRequest:
     """Every check that needs neither pixels nor the detector's weights nor a server.
+
+    With ``--image`` the catalog is one local source made of the file (``tasks.sources.image``):
+    its metadata is read here (no pixel).
 
     Returns:
         The catalog, region and source it resolved (``plan_scan`` goes on from them).
 
     Raises:
         InputError: bad numbers or formats, an output folder that cannot take the run, an unknown
-            catalog, region or source, conflicting options, or a checkpoint that does not exist.
+            catalog, region or source, conflicting options, a checkpoint that does not exist, or an
+            ``--image`` that cannot be read or whose bands cannot be named.
     """
     check_numbers(request)
     check_formats(request.formats)  # parquet needs pyarrow
     _check_out(request.out, request.overwrite)
+    _check_image_options(request)
+    if request.image is not None:
+        _check_detector_ref(detector_spec_of(request))
+        return _precheck_image(request)
     catalog = load_catalog(request.catalog)
     region = catalog.region(request.region) if request.region else None
     source_name = request.source or (region.source if region else None)

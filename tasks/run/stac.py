@@ -95,13 +95,19 @@ def _rfc3339(value: str | dt.date | dt.datetime, end_of_day: bool = False) -> st
     return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def scene_time(inputs: Mapping[str, Any]) -> dict[str, Any]:
+# The first Sentinel-2 satellite's launch: no input of the band contract was acquired before it.
+SENTINEL2_FIRST_LAUNCH = dt.date(2015, 6, 23)
+
+
+def scene_time(inputs: Mapping[str, Any], finished_at: str | None = None) -> dict[str, Any]:
     """The item's time properties from the manifest's ``inputs``.
 
     One scene with a date: ``datetime``. Several dated scenes (a mosaic): ``start_datetime`` /
     ``end_datetime`` over them. No scene date (a composite): the date window the run asked for
     (``date_window``), an open side completed from the input's ``acquired_range``; then
-    ``landslide:time_basis`` says so.
+    ``landslide:time_basis`` says so. No date at all (an ``--image`` whose acquisition time is
+    unknown): STAC still needs an interval, so the only bounds that are known are given, the first
+    Sentinel-2 launch and the run's end (``finished_at``), and ``landslide:time_basis`` says so.
     """
     dates = sorted(s["acquired"] for s in (inputs.get("scenes") or []) if s.get("acquired"))
     if not dates and inputs.get("acquired"):
@@ -116,6 +122,12 @@ def scene_time(inputs: Mapping[str, Any]) -> dict[str, Any]:
     composite = list(inputs.get("acquired_range") or [None, None])
     start = window[0] or composite[0]
     end = window[1] or composite[1]
+    if start is None and end is None and finished_at:
+        return {"datetime": None, "start_datetime": _rfc3339(SENTINEL2_FIRST_LAUNCH),
+                "end_datetime": _rfc3339(finished_at),
+                "landslide:time_basis": "acquisition time unknown: only bounded by the first "
+                                        f"Sentinel-2 launch ({SENTINEL2_FIRST_LAUNCH}) and the end of "
+                                        "this run; not a scene date"}
     if start is None or end is None:
         raise InputError("the run names no scene date, no date window and no acquired range: "
                          "STAC needs a time")
@@ -219,7 +231,7 @@ def build_item(run_dir: str | Path, manifest: Mapping[str, Any]) -> dict[str, An
     detector = manifest["detector"]
     versions = manifest.get("versions", {})
     properties: dict[str, Any] = {
-        **scene_time(manifest["inputs"]),
+        **scene_time(manifest["inputs"], manifest.get("finished_at")),
         "created": manifest.get("finished_at") or manifest.get("written_at"),
         "description": f"Landslides detected by landslide-pipeline run {manifest['run_id']}",
         "proj:code": grid["crs"],

@@ -308,6 +308,8 @@ def step_finish(work: str, stack: dict, infer: dict, cleaned: dict, vectors: dic
             "notes": inputs["notes"], "band_stats": stack["band_stats"],
             "band_moments": stack.get("band_moments"),
             "layer_data_fraction": stack.get("layer_data_fraction"),
+            # --image: the file, its bands and where their names and the date came from; None otherwise
+            "image": plan.image,
         },
         "roi_lonlat": plan.roi_lonlat,
         "grid": plan.grid,

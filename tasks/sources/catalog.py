@@ -34,7 +34,12 @@ class LocalScene(_Strict):
     Band files are given per band (``bands``) or with a template (``band_template`` containing
     ``{band}``; ``band_tokens`` maps a contract name such as ``B02`` to the token in the file name,
     e.g. ``B2``). Bands may have different resolutions and CRSs: they are all warped onto the
-    analysis grid.
+    analysis grid. Several bands may live in one multi-band file: ``band_indexes`` gives each such
+    band's 1-based band number in its file (bands it does not name are band 1 of their file).
+
+    The acquisition time is ``acquired`` (one scene), ``acquired_range`` (a composite) or, when
+    nothing records it, ``acquired_unknown: true``: the scan then writes no date (never a guessed
+    one), and such a scene is chosen only when no date window (``--start``/``--end``) is given.
     """
 
     scene_id: str
@@ -42,9 +47,14 @@ class LocalScene(_Strict):
         default=None, description="acquisition time (UTC) of a single scene")
     acquired_range: tuple[dt.date, dt.date] | None = Field(
         default=None, description="first and last date of a composite whose scene dates are unknown")
+    acquired_unknown: bool = Field(
+        default=False, description="true when no acquisition time is known (none is invented)")
     band_template: str | None = None
     band_tokens: dict[str, str] = Field(default_factory=dict)
     bands: dict[str, str] = Field(default_factory=dict)
+    band_indexes: dict[str, int] = Field(
+        default_factory=dict, description="band -> its 1-based band number in a multi-band file "
+                                          "(default 1)")
     available_bands: tuple[str, ...] | None = Field(
         default=None, description="bands this scene has (required with band_template)")
     nodata: float | None = Field(default=None, description="overrides the files' nodata value")
@@ -60,9 +70,9 @@ class LocalScene(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> "LocalScene":
-        if (self.acquired is None) == (self.acquired_range is None):
-            raise ValueError("give exactly one of 'acquired' (a date-time) or 'acquired_range' "
-                             "([first, last] dates of a composite)")
+        if (self.acquired is not None) + (self.acquired_range is not None) + self.acquired_unknown != 1:
+            raise ValueError("give exactly one of 'acquired' (a date-time), 'acquired_range' "
+                             "([first, last] dates of a composite) or 'acquired_unknown: true'")
         if self.acquired_range and self.acquired_range[0] > self.acquired_range[1]:
             raise ValueError("acquired_range must be [first, last]")
         if not self.bands and not self.band_template:
@@ -71,9 +81,13 @@ class LocalScene(_Strict):
             raise ValueError("band_template must contain '{band}'")
         if self.band_template and not self.available_bands:
             raise ValueError("band_template needs 'available_bands' (the bands the files exist for)")
-        for name in list(self.bands) + list(self.band_tokens) + list(self.available_bands or ()):
+        for name in (list(self.bands) + list(self.band_tokens) + list(self.band_indexes)
+                     + list(self.available_bands or ())):
             if normalize_band_name(name) not in SPECTRAL_BAND_NAMES:
                 raise ValueError(f"{name!r} is not a Sentinel-2 band of the contract")
+        for name, index in self.band_indexes.items():
+            if index < 1:
+                raise ValueError(f"band_indexes[{name!r}] must be a band number >= 1, got {index}")
         return self
 
     @property
@@ -93,17 +107,36 @@ class LocalScene(_Strict):
         path = Path(os.path.expandvars(raw)).expanduser()
         return path if path.is_absolute() else root / path
 
+    def band_number(self, band: str) -> int:
+        """1-based band number of ``band`` in its file (``band_indexes``, else 1)."""
+        band = normalize_band_name(band)
+        return {normalize_band_name(k): v for k, v in self.band_indexes.items()}.get(band, 1)
+
     def overlaps(self, start: dt.date | None, end: dt.date | None) -> bool:
-        """Whether the scene falls in the window [start, end] (dates inclusive)."""
+        """Whether the scene falls in the window [start, end] (dates inclusive). A scene of unknown
+        date falls in no window, only in the open one."""
+        if self.acquired_unknown:
+            return start is None and end is None
         first, last = self.date_span
         return (start is None or last >= start) and (end is None or first <= end)
 
     @property
     def date_span(self) -> tuple[dt.date, dt.date]:
+        """(first, last) day; a scene of unknown date sorts before every dated one (``date.min``)."""
         if self.acquired is not None:
             day = self.acquired.astimezone(dt.timezone.utc).date()
             return day, day
+        if self.acquired_unknown:
+            return dt.date.min, dt.date.min
         return self.acquired_range  # type: ignore[return-value]
+
+    @property
+    def date_text(self) -> str:
+        """``first..last`` for messages (``date unknown`` when it is)."""
+        if self.acquired_unknown:
+            return "date unknown"
+        first, last = self.date_span
+        return f"{first}..{last}"
 
 
 class LocalSource(_Strict):

@@ -98,7 +98,7 @@ def choose_event_scene(scenes: tuple[LocalScene, ...] | list[LocalScene], window
                          f"which straddles the event date {event}: some of its pixels may predate "
                          "the event")
     if chosen is None:
-        have = "; ".join(f"{s.scene_id} ({s.date_span[0]}..{s.date_span[1]})" for s in scenes)
+        have = "; ".join(f"{s.scene_id} ({s.date_text})" for s in scenes)
         rule = ("ending before the event" if role == "pre" else "reaching the event date or later")
         raise InputError(
             f"event date {event}: no {role}-event scene of source {source_name!r} in the "

@@ -46,6 +46,8 @@ def region_scenes(catalog_path: str | None, region: str, after: dt.date | None =
     scenes = []
     if isinstance(source, LocalSource):
         for s in source.scenes:
+            if s.acquired_unknown:  # regional scans track scenes by their dates
+                continue
             first, last = s.date_span
             if (start and last < start) or (reg.end and first > reg.end):
                 continue

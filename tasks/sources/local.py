@@ -103,7 +103,7 @@ def select_scene(source: LocalSource, start: dt.date | None, end: dt.date | None
         raise InputError(f"--start {start} is after --end {end}")
     hits = [s for s in source.scenes if s.overlaps(start, end)]
     if not hits:
-        have = "; ".join(f"{s.scene_id} ({s.date_span[0]}..{s.date_span[1]})" for s in source.scenes)
+        have = "; ".join(f"{s.scene_id} ({s.date_text})" for s in source.scenes)
         raise InputError(f"no scene of source {source_name!r} falls in {start or '...'}..{end or '...'}; "
                          f"available: {have}")
     return max(hits, key=lambda s: (s.date_span[1], s.date_span[0]))
@@ -180,6 +180,21 @@ def check_complete(path: Path, what: str) -> None:
                                      "corrupt; download or copy it again") from None
 
 
+def band_reference(path: Path, band_number: int) -> str:
+    """What the readers open for one band: ``path`` itself for band 1, else GDAL's ``vrt://``
+    connection string selecting that band (``vrt:///data/img.tif?bands=3``), which every later
+    stage opens as a one-band raster with the file's georeference and nodata; no file is written."""
+    return str(path) if band_number == 1 else f"vrt://{path}?bands={band_number}"
+
+
+def _check_band_number(path: Path, band_number: int, what: str) -> None:
+    with rasterio.open(path) as src:
+        count = src.count
+    if band_number > count:
+        raise InputError(f"{what}: {path} has {count} band(s), not band {band_number}; fix band_indexes "
+                         "in data_catalog.yaml")
+
+
 def raster_extent_lonlat(path: Path) -> tuple[float, float, float, float]:
     """Bounds of a raster in EPSG:4326."""
     with rasterio.open(path) as src:
@@ -217,19 +232,28 @@ def resolve_local_inputs(catalog: Catalog, source_name: str, spectral_bands: tup
             f"{', '.join(missing)}: it has {', '.join(scene.band_names)}; use a model whose card "
             "lists only those bands, or a source with the missing bands")
     band_paths: dict[str, str] = {}
+    checked: dict[Path, None] = {}  # a multi-band file holds several bands: check it once
     for band in wanted:
         path = scene.band_path(band, catalog.root)
-        check_raster(path, f"band {band} of scene {scene.scene_id}")
-        band_paths[band] = str(path)
+        what = f"band {band} of scene {scene.scene_id}"
+        if path not in checked:
+            check_raster(path, what)
+            checked[path] = None
+        number = scene.band_number(band)
+        _check_band_number(path, number, what)
+        band_paths[band] = band_reference(path, number)
     dem_path = catalog.resolve(source.dem)
     notes: list[str] = []
     if dem_path is not None:
         check_raster(dem_path, f"DEM of source {source_name!r}")
     elif source.dem_source is None:  # a dem_source's DEM is fetched for the ROI (tasks.sources.remote)
         notes.append("source has no DEM: SLOPE and DEM channels and terrain attributes are nodata")
-    first = Path(next(iter(band_paths.values()))) if band_paths else dem_path
+    first = next(iter(checked), None) or dem_path
     if first is None:
         raise InputError(f"source {source_name!r}: nothing to read (no bands requested and no DEM)")
+    if scene.acquired_unknown:
+        notes.append(f"acquisition time of scene {scene.scene_id} unknown: the polygons carry no "
+                     "'acquired' date")
     offset = harmonization_offset(scene.processing_baseline)
     if offset:
         notes.append(f"processing baseline {scene.processing_baseline} >= 04.00: "

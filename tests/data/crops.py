@@ -122,3 +122,27 @@ def predict_blocks(stack_path, valid_path, work: Path, block_px: int = 2048,
     prob, unc = work / "prob.tif", work / "uncertainty_raw.tif"
     assemble(jobs, prob, unc)
     return prob, unc, len({tuple(p) for r in records for p in r["patches"]})
+
+
+def iburi_multiband_image(path: Path, lonlat_box: tuple[float, float, float, float],
+                          descriptions: tuple[str, ...] | None = ("B2", "B3", "B4"),
+                          tags: dict[str, str] | None = None) -> Path:
+    """The bundled Iburi post-event B2, B3, B4 cropped to ``lonlat_box`` as ONE 3-band GeoTIFF
+    (real pixels, CRS and grid), each band described as ``descriptions`` (None: no descriptions),
+    with the metadata items ``tags``: the file a user would pass to ``landslide scan --image``."""
+    layers = []
+    for b in ("B2", "B3", "B4"):
+        crop = crop_raster(IBURI / "s2_post" / f"S2_post_{b}.tif", path.with_suffix(f".{b}.tmp.tif"),
+                           lonlat_box)
+        with rasterio.open(crop) as src:
+            layers.append(src.read(1))
+            profile = src.profile.copy()
+        crop.unlink()
+    profile.update(count=len(layers))
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(np.stack(layers))
+        for i, name in enumerate(descriptions or ()):
+            dst.set_band_description(i + 1, name)
+        if tags:
+            dst.update_tags(**tags)
+    return path
