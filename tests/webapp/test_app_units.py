@@ -14,8 +14,15 @@ import rasterio
 
 from tasks.core.errors import InputError
 from tasks.raster.vrt import band_names_from_filenames, stack_band_files
-from tasks.run.view import (canvas_to_lonlat, fit_view, list_runs, prob_class_colour, probability_rgba,
-                            read_run_view, zip_run)
+from tasks.run.view import (
+    canvas_to_lonlat,
+    fit_view,
+    list_runs,
+    prob_class_colour,
+    probability_rgba,
+    read_run_view,
+    zip_run,
+)
 from tasks.vector.styles import PROB_CLASSES
 from webapp import uploads
 from webapp.jobs import JobStore, error_of, progress_of, stage_of
@@ -68,7 +75,8 @@ def test_run_view_of_a_real_run(iburi_run, tmp_path):
     minx, miny, maxx, maxy = view.polygons.total_bounds
     assert west <= minx and maxx <= east and south <= miny and maxy <= north
     # the zip holds the published files, not the hidden ones
-    import zipfile, io  # noqa: E401
+    import io
+    import zipfile  # noqa: E401
 
     names = zipfile.ZipFile(io.BytesIO(zip_run(iburi_run))).namelist()
     assert f"{iburi_run.name}/landslides.gpkg" in names and f"{iburi_run.name}/manifest.json" in names
