@@ -18,13 +18,11 @@ import pydeck as pdk
 import streamlit as st
 
 from tasks.core.errors import InputError
-from tasks.run.view import fit_view, list_runs, read_run_view, zip_run
+from tasks.run.view import bbox_text, fit_view, list_runs, pick_grid, read_run_view, span_bbox, zip_run
 from webapp import uploads
 from webapp.jobs import JobStore
-from webapp.settings import load_settings
+from webapp.settings import MAP_HEIGHT_PX, MAP_WIDTH_GUESS_PX, PICKER_HEIGHT_PX, load_settings
 
-MAP_HEIGHT_PX = 560
-MAP_WIDTH_GUESS_PX = 640  # about the map column's width in a 1280-1600 px window; the fit only needs it roughly
 FOOTPRINT_COLOUR = [40, 40, 40, 255]
 # a MapLibre style with no source: a plain background and nothing fetched (no internet needed)
 # (as a data: URL: Streamlit's map takes a style URL, and the browser reads this one from itself)
@@ -117,6 +115,46 @@ def run_deck(view, *, quicklook: bool, probability: bool, polygons: bool, footpr
     return deck, fit
 
 
+def map_bbox_picker(bounds: list[float], key: str) -> str | None:
+    """A grid over ``bounds``; the user clicks two cells and gets the bbox spanning them (as
+    ``--bbox`` text). Earlier runs' footprints inside the area are drawn for orientation."""
+    grid = pick_grid(tuple(bounds))
+    picks: list[list[float]] = st.session_state.setdefault(f"{key}_picks", [])
+    layers = [pdk.Layer("GeoJsonLayer", id="cells", data=grid, pickable=True, stroked=True, filled=True,
+                        get_fill_color=[255, 255, 255, 1], get_line_color=[120, 120, 120, 90],
+                        line_width_min_pixels=1, auto_highlight=True, highlight_color=[0, 120, 255, 90])]
+    for run in list_runs(SETTINGS.runs_dir)[:20]:
+        try:
+            view = run_view(str(run.path), (run.path / "manifest.json").stat().st_mtime)
+        except (InputError, OSError, ValueError):
+            continue
+        if view.quicklook_png:
+            layers.insert(0, pdk.Layer("BitmapLayer", id=f"ql_{run.path.name}",
+                                       image=pdk.types.String(_data_uri(view.quicklook_png)),
+                                       bounds=view.corners_lonlat))
+    if len(picks) == 2:
+        w, s_, e, n = span_bbox(*picks)
+        layers.append(pdk.Layer("GeoJsonLayer", id="picked", data={"type": "Feature", "geometry": {
+            "type": "Polygon", "coordinates": [[[w, s_], [e, s_], [e, n], [w, n], [w, s_]]]}},
+            stroked=True, filled=True, get_fill_color=[0, 120, 255, 50], get_line_color=[0, 90, 220, 255],
+            line_width_min_pixels=2))
+    fit = fit_view(tuple(bounds), MAP_WIDTH_GUESS_PX, PICKER_HEIGHT_PX)
+    deck = pdk.Deck(layers=layers, initial_view_state=pdk.ViewState(**fit), map_provider="carto",
+                    map_style=SETTINGS.basemap_style or OFFLINE_MAP_STYLE, tooltip=False)
+    event = st.pydeck_chart(deck, height=PICKER_HEIGHT_PX, on_select="rerun", selection_mode="single-object", key=key)
+    cell = _selected_feature(event, "cells")
+    if cell is not None:
+        bbox = (cell.get("properties") or cell)["bbox"]
+        if not picks or picks[-1] != bbox:
+            picks.append(bbox)
+            del picks[:-2]
+            st.rerun()
+    st.caption("Earlier runs' quicklooks are drawn where they exist. "
+               + (f"Picked: {bbox_text(span_bbox(*picks))}" if len(picks) == 2 else
+                  "Click one corner cell, then the opposite one."))
+    return bbox_text(span_bbox(*picks)) if len(picks) == 2 else None
+
+
 def _selected_feature(event, layer_id: str = "landslides") -> dict | None:
     try:
         objects = event.selection["objects"].get(layer_id) or []
@@ -148,10 +186,15 @@ def page_new_scan() -> None:
         region = st.selectbox("Region", sorted(regions), key="scan_region",
                               format_func=lambda r: f"{r} — {regions[r]['description']}")
         args += ["--region", region]
-        bbox_text = st.text_input("Crop to a bbox inside the region (optional): west,south,east,north "
-                                  "in degrees", key="scan_bbox_crop")
-        if bbox_text.strip():
-            args += ["--bbox", bbox_text.replace(" ", "")]
+        if regions[region]["bbox"]:
+            with st.expander("Pick the crop on the map (click two corner cells)"):
+                picked = map_bbox_picker(regions[region]["bbox"], key=f"pick_{region}")
+            if picked and st.session_state.get("scan_bbox_crop") != picked:
+                st.session_state["scan_bbox_crop"] = picked
+        crop = st.text_input("Crop to a bbox inside the region (optional): west,south,east,north "
+                             "in degrees", key="scan_bbox_crop")
+        if crop.strip():
+            args += ["--bbox", crop.replace(" ", "")]
     elif kind == "Bounding box":
         source = st.selectbox("Source", sorted(sources), key="scan_source",
                               format_func=lambda s: f"{s} ({sources[s]})")
@@ -173,6 +216,8 @@ def page_new_scan() -> None:
         args, problem, upload_dir = _upload_inputs()
         if args and args[0] == "predict-patch":
             return  # the patch was handled on the spot
+    if kind != "Upload files" and SETTINGS.catalog:
+        args += ["--catalog", SETTINGS.catalog]
     if kind != "Upload files":
         event = st.checkbox("Event mode: compare the best scenes before and after an event date",
                             key="scan_event_on")
@@ -304,6 +349,9 @@ def _patch_result(path: Path, folder: Path) -> None:
     import subprocess
 
     out = folder / f"{path.stem}-prediction"
+    st.caption("A Landslide4Sense patch carries no georeference: the result is a probability image and "
+               "an array, not polygons. The shipped detectors were trained on the Iburi 2018 scene "
+               "(see their cards), not on Landslide4Sense data; read the result with that in mind.")
     if st.button("Predict", type="primary", key="patch_run"):
         with st.spinner("predicting"):
             proc = subprocess.run([SETTINGS.python, "-m", "flows.cli", "predict-patch", str(path),

@@ -9,6 +9,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+# map sizes (px): the fit of a view needs the canvas size only roughly, and the tests need the same
+MAP_HEIGHT_PX = 560
+PICKER_HEIGHT_PX = 420
+MAP_WIDTH_GUESS_PX = 640  # about the map column's width in a 1280-1600 px window
+
 
 @dataclass(frozen=True)
 class AppSettings:

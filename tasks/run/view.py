@@ -139,6 +139,22 @@ def canvas_to_lonlat(x_px: np.ndarray, y_px: np.ndarray, view: dict[str, float],
     return lon, lat
 
 
+def lonlat_to_canvas(lon: np.ndarray, lat: np.ndarray, view: dict[str, float], width_px: int,
+                     height_px: int) -> tuple[np.ndarray, np.ndarray]:
+    """Canvas pixel coordinates (x right, y down) of lon/lat under ``view``: what deck.gl draws
+    (the inverse of :func:`canvas_to_lonlat`)."""
+    scale = WEB_TILE_PX * 2.0 ** view["zoom"]
+
+    def world(lo, la):
+        s = np.sin(np.radians(la))
+        return (np.asarray(lo, dtype=float) / 360.0 + 0.5) * scale, \
+            (0.5 - np.log((1 + s) / (1 - s)) / (4 * np.pi)) * scale
+
+    cx, cy = world(view["longitude"], view["latitude"])
+    wx, wy = world(lon, lat)
+    return wx - cx + width_px / 2, wy - cy + height_px / 2
+
+
 # ---------------------------------------------------------------------------------------------
 # reading a run
 
@@ -246,3 +262,40 @@ def zip_run(run_dir: str | Path) -> bytes:
             if path.is_file() and not any(part.startswith(".") for part in rel.parts):
                 zf.write(path, arcname=f"{root.name}/{rel.as_posix()}")
     return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# picking a bbox on the map: two clicks on a grid of cells
+
+
+def pick_grid(bounds_lonlat: tuple[float, float, float, float], cells_across: int = 24) -> dict[str, Any]:
+    """A GeoJSON grid of square-ish cells over ``bounds_lonlat`` (about ``cells_across`` cells along
+    the longer side), each with its ``cell`` id and ``bbox``; clicking two cells picks the bbox that
+    spans them (:func:`span_bbox`). Pure."""
+    west, south, east, north = bounds_lonlat
+    mid_lat = math.radians((south + north) / 2)
+    width_m = (east - west) * 111_320 * math.cos(mid_lat)
+    height_m = (north - south) * 110_574
+    cell_m = max(width_m, height_m) / cells_across
+    nx, ny = max(1, round(width_m / cell_m)), max(1, round(height_m / cell_m))
+    dx, dy = (east - west) / nx, (north - south) / ny
+    features = []
+    for j in range(ny):
+        for i in range(nx):
+            w, s = west + i * dx, north - (j + 1) * dy
+            e, n = w + dx, s + dy
+            ring = [[w, s], [e, s], [e, n], [w, n], [w, s]]
+            features.append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
+                             "properties": {"cell": j * nx + i, "bbox": [round(v, 6) for v in (w, s, e, n)]}})
+    return {"type": "FeatureCollection", "features": features}
+
+
+def span_bbox(first: list[float], second: list[float]) -> tuple[float, float, float, float]:
+    """The bbox spanning two cells' bboxes (west, south, east, north). Pure."""
+    return (min(first[0], second[0]), min(first[1], second[1]), max(first[2], second[2]),
+            max(first[3], second[3]))
+
+
+def bbox_text(bbox: tuple[float, float, float, float] | list[float]) -> str:
+    """``west,south,east,north`` as the CLI's ``--bbox`` takes it (6 decimals, about 0.1 m)."""
+    return ",".join(f"{v:.6f}".rstrip("0").rstrip(".") for v in bbox)

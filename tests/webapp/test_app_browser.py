@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import time
+from pathlib import Path
 
 import numpy as np
 import rasterio
@@ -15,9 +16,10 @@ from pyproj import Transformer
 from scipy import ndimage
 from selenium.webdriver.common.by import By
 
-from tasks.run.view import canvas_to_lonlat
+from tasks.run.view import bbox_text, canvas_to_lonlat, fit_view, lonlat_to_canvas, pick_grid, span_bbox
 from tests.webapp import ui
 from tests.webapp.conftest import SCREENSHOTS
+from webapp.settings import MAP_WIDTH_GUESS_PX, PICKER_HEIGHT_PX
 
 BBOX = "141.95,42.70,141.98,42.72"  # ~5 km2 of the bundled sample, 40 polygons with the default model
 
@@ -33,7 +35,28 @@ def test_scan_results_map_and_download(app_server, browser):
     url, runs, _, log = app_server
     d = browser
     ui.open_app(d, url, "New scan")
-    ui.type_text(d, "Crop to a bbox", BBOX)
+    # pick a crop on the map: two clicks on the grid fill the bbox field with the cells' span
+    region_bbox = (141.8903, 42.6824, 142.0280, 42.7695)
+    grid = pick_grid(region_bbox)
+    ui.widget(d, "stExpander", "Pick the crop on the map").find_element(By.TAG_NAME, "summary").click()
+    ui.wait_for(lambda: d.find_elements(By.CSS_SELECTOR, '[data-testid="stDeckGlJsonChart"] canvas'), 30,
+                what="the picker map")
+    time.sleep(3)  # deck.gl takes clicks once it has drawn
+    view = fit_view(region_bbox, MAP_WIDTH_GUESS_PX, PICKER_HEIGHT_PX)
+    corners = []
+    for lon, lat in ((141.955, 42.705), (141.975, 42.715)):
+        picker = d.find_elements(By.CSS_SELECTOR, '[data-testid="stDeckGlJsonChart"]')[0]
+        x, y = lonlat_to_canvas(np.array([lon]), np.array([lat]), view, picker.size["width"],
+                                picker.size["height"])
+        ui.click_at(d, picker, x[0], y[0])
+        time.sleep(1)
+        corners.append(next(f["properties"]["bbox"] for f in grid["features"]
+                            if f["properties"]["bbox"][0] <= lon < f["properties"]["bbox"][2]
+                            and f["properties"]["bbox"][1] <= lat < f["properties"]["bbox"][3]))
+    field = ui.widget(d, "stTextInput", "Crop to a bbox").find_element(By.TAG_NAME, "input")
+    ui.wait_for(lambda: field.get_attribute("value") == bbox_text(span_bbox(*corners)), 30,
+                what="the picked bbox in the crop field")
+    ui.type_text(d, "Crop to a bbox", BBOX)  # the exact test area
     ui.click(d, "Run scan")
     # the page keeps polling the job: stage lines while it runs, then the CLI's summary
     done = ui.wait_for(lambda: "landslide polygons" in ui.page_text(d) or "error:" in ui.page_text(d),
@@ -78,12 +101,10 @@ def test_scan_results_map_and_download(app_server, browser):
     core_rows, core_cols = np.nonzero(core)
     cx, cy = rasterio.transform.xy(src.transform, core_rows, core_cols)
     c_lon, c_lat = Transformer.from_crs(src.crs, "EPSG:4326", always_xy=True).transform(cx, cy)
-    painted_lonlat = set(zip(xs.tolist(), ys.tolist()))
-    # canvas pixel of each core cell centre (inverse of canvas_to_lonlat by lookup on a fine grid)
-    px = np.interp(c_lon, *_axis(0, width_px, view, width_px, height_px))
-    py = np.interp(c_lat, *_axis(1, height_px, view, width_px, height_px))
+    px, py = lonlat_to_canvas(np.asarray(c_lon), np.asarray(c_lat), view, width_px, height_px)
+    px, py = np.floor(px).astype(int), np.floor(py).astype(int)
     on_canvas = (px >= 0) & (px < width_px) & (py >= 0) & (py < height_px)
-    covered = np.array([(int(a), int(b)) in painted_lonlat for a, b in zip(px[on_canvas], py[on_canvas])])
+    covered = painted[py[on_canvas], px[on_canvas]]
     assert on_canvas.sum() > 500 and covered.mean() > 0.95, f"{covered.mean():.3f} of mask cores painted"
 
     # the full results page, every layer on, for a person to look at (and the README)
@@ -102,12 +123,84 @@ def test_scan_results_map_and_download(app_server, browser):
     assert "Traceback" not in log.read_text()
 
 
-def _axis(axis: int, n: int, view, width_px: int, height_px: int):
-    """(coordinates, pixel positions) along one canvas axis, increasing coordinates first, for
-    np.interp: lon along x, lat along y (lat decreases downwards)."""
-    pos = np.arange(n) + 0.5
-    if axis == 0:
-        lon, _ = canvas_to_lonlat(pos, np.full(n, height_px / 2), view, width_px, height_px)
-        return lon, pos - 0.5
-    _, lat = canvas_to_lonlat(np.full(n, width_px / 2), pos, view, width_px, height_px)
-    return lat[::-1], (pos - 0.5)[::-1]
+UPLOAD_BOX = (141.95, 42.72, 141.965, 42.73)  # lon/lat, ~1.2 x 1.1 km of the landslide area
+
+
+def _upload(d, label: str, *paths) -> None:
+    box = ui.widget(d, "stFileUploader", label)
+    box.find_element(By.CSS_SELECTOR, 'input[type="file"]').send_keys("\n".join(str(p) for p in paths))
+    ui.wait_for(lambda: all(p.name in ui.widget(d, "stFileUploader", label).text for p in paths), 60,
+                what=f"the upload of {', '.join(p.name for p in paths)}")
+    ui.idle(d)
+
+
+def _run_and_wait(d, runs, before: set) -> "Path":
+    ui.click(d, "Run scan")
+    ui.wait_for(lambda: "landslide polygons" in ui.page_text(d) or "error:" in ui.page_text(d), 240,
+                poll_s=1.0, what="the scan to finish")
+    text = ui.page_text(d)
+    assert "error:" not in text, text[-2000:]
+    new = [p for p in runs.iterdir() if (p / "manifest.json").exists() and p not in before]
+    assert len(new) == 1
+    return new[0]
+
+
+def test_uploads_geotiff_band_files_and_l4s_patch(app_server, browser, tmp_path, shared_data):
+    """The upload page: a multi-band GeoTIFF crop with a DEM, separate band files, a corrupt file and
+    a Landslide4Sense patch, each as a user uploads them."""
+    import json
+
+    from tests.data.crops import IBURI, crop_raster, iburi_multiband_image
+
+    url, runs, _, log = app_server
+    d = browser
+    image = iburi_multiband_image(tmp_path / "iburi_post.tif", UPLOAD_BOX,
+                                  tags={"ACQUISITION_DATE": "2018-09-11T01:50:00Z"})
+    dem = crop_raster(IBURI / "dem" / "AW3D30_DSM.tif", tmp_path / "dem.tif", (141.94, 42.71, 141.975, 42.74))
+    ui.open_app(d, url, "New scan")
+    ui.radio(d, "Input", "Upload files")
+    ui.radio(d, "Files", "One multi-band GeoTIFF")
+    # a corrupt upload is one message on the page, never a traceback
+    bad = tmp_path / "broken.tif"
+    bad.write_bytes(b"this is not a GeoTIFF\n" * 10)
+    _upload(d, "Image (GeoTIFF)", bad)
+    ui.wait_for(lambda: "is not a raster GDAL can read" in ui.page_text(d), 30, what="the upload error")
+    assert "Traceback" not in ui.page_text(d)
+    _upload(d, "Image (GeoTIFF)", image)  # replaces the broken one
+    ui.wait_for(lambda: "3 bands; descriptions: B2, B3, B4" in ui.page_text(d), 30, what="the image check")
+    _upload(d, "DEM (GeoTIFF", dem)
+    before = set(runs.iterdir())
+    run = _run_and_wait(d, runs, before)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["inputs"]["image"]["bands"] == ["B02", "B03", "B04"]
+    assert manifest["inputs"]["image"]["path"].endswith("iburi_post.tif")
+    assert manifest["counts"]["valid_fraction"] > 0.9
+
+    # separate band files: stacked into one image, bands named from the file names
+    band_files = [crop_raster(IBURI / "s2_post" / f"S2_post_B{k}.tif", tmp_path / f"S2_post_B{k}.tif",
+                              UPLOAD_BOX) for k in (2, 3, 4)]
+    ui.open_app(d, url, "New scan")
+    ui.radio(d, "Input", "Upload files")
+    ui.radio(d, "Files", "Separate band files")
+    _upload(d, "Band files", *band_files)
+    names = ui.widget(d, "stTextInput", "Band of each file").find_element(By.TAG_NAME, "input")
+    ui.wait_for(lambda: names.get_attribute("value") == "B02,B03,B04", 30, what="the band names")
+    _upload(d, "DEM (GeoTIFF", dem)
+    run = _run_and_wait(d, runs, set(runs.iterdir()))
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["inputs"]["image"]["bands"] == ["B02", "B03", "B04"]
+    assert manifest["counts"]["polygons"] >= 0 and manifest["counts"]["valid_fraction"] > 0.9
+
+    # a Landslide4Sense patch: no georeference, a probability PNG and an .npy like the paper's app
+    patch = shared_data / "l4s_test_patches" / "img" / "image_31.h5"
+    ui.open_app(d, url, "New scan")
+    ui.radio(d, "Input", "Upload files")
+    ui.radio(d, "Files", "Landslide4Sense")
+    _upload(d, "L4S patch", patch)
+    ui.click(d, "Predict", testid="stButton")
+    ui.wait_for(lambda: "Download image_31_probability.npy" in ui.page_text(d), 120, what="the patch result")
+    npy = next(runs.glob(".app/uploads/*/image_31-prediction/image_31_probability.npy"))
+    prob = np.load(npy)
+    assert prob.shape == (128, 128) and prob.dtype == np.float32 and 0 <= prob.min() <= prob.max() <= 1
+    d.save_screenshot(str(SCREENSHOTS / "app_l4s_patch.png"))
+    assert "Traceback" not in log.read_text()

@@ -15,12 +15,16 @@ import rasterio
 from tasks.core.errors import InputError
 from tasks.raster.vrt import band_names_from_filenames, stack_band_files
 from tasks.run.view import (
+    bbox_text,
     canvas_to_lonlat,
     fit_view,
     list_runs,
+    lonlat_to_canvas,
+    pick_grid,
     prob_class_colour,
     probability_rgba,
     read_run_view,
+    span_bbox,
     zip_run,
 )
 from tasks.vector.styles import PROB_CLASSES
@@ -45,6 +49,21 @@ def test_fit_view_shows_the_bounds_and_inverts_to_them():
     c_lon, c_lat = canvas_to_lonlat(np.array([320.0]), np.array([280.0]), view, 640, 560)
     assert c_lon[0] == pytest.approx(view["longitude"], abs=1e-9)
     assert c_lat[0] == pytest.approx(view["latitude"], abs=1e-9)
+    # and back
+    x, y = lonlat_to_canvas(lon[::37, ::41], lat[::37, ::41], view, 640, 560)
+    np.testing.assert_allclose(x, xs[::37, ::41], atol=1e-6)
+    np.testing.assert_allclose(y, ys[::37, ::41], atol=1e-6)
+
+
+def test_pick_grid_and_span():
+    grid = pick_grid((141.8903, 42.6824, 142.0280, 42.7695), cells_across=24)
+    cells = grid["features"]
+    assert 24 * 10 < len(cells) <= 24 * 24
+    first, last = cells[0]["properties"]["bbox"], cells[-1]["properties"]["bbox"]
+    assert first[0] == pytest.approx(141.8903) and first[3] == pytest.approx(42.7695)
+    assert last[2] == pytest.approx(142.0280) and last[1] == pytest.approx(42.6824)
+    assert span_bbox(last, first) == pytest.approx((141.8903, 42.6824, 142.0280, 42.7695))
+    assert bbox_text((141.95, 42.7, 141.98, 42.72)) == "141.95,42.7,141.98,42.72"
 
 
 def test_probability_colours_follow_the_qgis_ramp():

@@ -35,7 +35,7 @@ def widget(driver, testid: str, label: str):
     """The ``data-testid=testid`` block whose visible text starts with ``label``."""
     def find():
         for el in driver.find_elements(By.CSS_SELECTOR, f'[data-testid="{testid}"]'):
-            if el.text.strip().startswith(label):
+            if el.text.strip().startswith(label) or (testid == "stExpander" and label in el.text):
                 return el
         return None
     return wait_for(find, 30, what=f"{testid} {label!r}")
@@ -109,4 +109,18 @@ def open_app(driver, url: str, heading: str, timeout_s: float = 60.0) -> None:
     driver.get(url)
     wait_for(lambda: any(h.text.strip() == heading for h in driver.find_elements(By.TAG_NAME, "h1")),
              timeout_s, what=f"the page {heading!r}")
+    idle(driver)
+
+
+def click_at(driver, element, x_px: float, y_px: float) -> None:
+    """A real mouse click (move, press, release through the DevTools protocol) at pixel (x, y) of
+    ``element``, e.g. a point of a map canvas."""
+    left, top = driver.execute_script(
+        "const r = arguments[0].getBoundingClientRect(); return [r.left, r.top];", element)
+    where = dict(x=left + x_px, y=top + y_px, button="left", clickCount=1)
+    driver.execute_cdp_cmd("Input.dispatchMouseEvent", dict(type="mouseMoved", buttons=0, **where))
+    time.sleep(0.3)
+    driver.execute_cdp_cmd("Input.dispatchMouseEvent", dict(type="mousePressed", buttons=1, **where))
+    time.sleep(0.05)
+    driver.execute_cdp_cmd("Input.dispatchMouseEvent", dict(type="mouseReleased", buttons=0, **where))
     idle(driver)
