@@ -162,13 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
                                           "labels (real or weak) and the metrics each card records.")
     models_p.add_argument("--json", action="store_true")
 
-    from flows import dataset_cli, dem_cli, dev_server_cli, regional_cli, train_cli
+    from flows import dataset_cli, dem_cli, dev_server_cli, regional_cli, review_cli, train_cli
 
     train_cli.add_subcommands(sub)
     dataset_cli.add_subcommands(sub)
     dev_server_cli.add_subcommands(sub)
     regional_cli.add_subcommands(sub)
     dem_cli.add_subcommands(sub)
+    review_cli.add_subcommands(sub)
     return parser
 
 
@@ -385,13 +386,14 @@ def main(argv: list[str] | None = None) -> int:
     from tasks.core.errors import LandslideError
 
     handlers = {"scan": cmd_scan, "regions": cmd_regions, "models": cmd_models}
-    from flows import dataset_cli, dem_cli, dev_server_cli, regional_cli, train_cli
+    from flows import dataset_cli, dem_cli, dev_server_cli, regional_cli, review_cli, train_cli
 
     handlers.update(train_cli.HANDLERS)
     handlers.update(dataset_cli.HANDLERS)
     handlers.update(dev_server_cli.HANDLERS)
     handlers.update(regional_cli.HANDLERS)
     handlers.update(dem_cli.HANDLERS)
+    handlers.update(review_cli.HANDLERS)
     try:
         return handlers[args.command](args)
     except LandslideError as exc:
