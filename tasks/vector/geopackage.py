@@ -161,9 +161,27 @@ def create_attributes_table(con: sqlite3.Connection, table: str, columns_sql: st
         return False
     con.execute(f'CREATE TABLE "{table}" ("fid" INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, '
                 f'{columns_sql})')
+    _register_attributes(con, table, now)
+    _register_layer_styles(con, now)
+    return True
+
+
+def _register_attributes(con: sqlite3.Connection, table: str, now: dt.datetime) -> None:
     con.execute("INSERT INTO gpkg_contents (table_name, data_type, identifier, description, "
                 "last_change) VALUES (?, 'attributes', ?, '', ?)", (table, table, gpkg_timestamp(now)))
-    return True
+
+
+def _register_layer_styles(con: sqlite3.Connection, now: dt.datetime | None = None) -> None:
+    """Register ``layer_styles`` in ``gpkg_contents`` as ``attributes`` once the GeoPackage has an
+    attribute table registered there. GDAL then no longer opens unregistered tables, and QGIS 3.x
+    found no default style at all (checked with PyQGIS on an inventory with a ``reviews`` table);
+    QGIS itself, creating ``layer_styles`` through OGR, registers it the same way."""
+    if not _has_table(con, "layer_styles"):
+        return
+    registered = {r[0]: r[1] for r in con.execute("SELECT table_name, data_type FROM gpkg_contents")}
+    if "layer_styles" in registered or "attributes" not in registered.values():
+        return
+    _register_attributes(con, "layer_styles", now or dt.datetime.now(dt.timezone.utc))
 
 
 _ENVELOPE_DOUBLES = {0: 0, 1: 4, 2: 6, 3: 6, 4: 8}  # GeoPackage binary header, envelope indicator
@@ -229,6 +247,7 @@ def document_layers(path: str | Path, layers: Mapping[str, LayerDocs]) -> None:
     path = Path(path)
     with _connect(path) as con:
         con.execute(_LAYER_STYLES_SQL)
+        _register_layer_styles(con)
         for layer, docs in layers.items():
             geom = document_table(con, layer, docs.description, docs.fields, where=path.name)
             con.execute("DELETE FROM layer_styles WHERE f_table_name = ?", (layer,))

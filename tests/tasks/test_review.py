@@ -353,3 +353,47 @@ def test_reviewed_run_exports_labels_that_make_dataset_burns(scan: Path, tmp_pat
         assert (lab == 1).any(), part  # a confirmed polygon on each side of the split
         ones, zeros = ones + int((lab == 1).sum()), zeros + int((lab == 0).sum())
     assert zeros > 0 and ones == top["train"]["landslide_px"] + top["val"]["landslide_px"]
+
+
+_QGIS_STYLE = textwrap.dedent("""
+    import json, os, sys
+    from qgis.core import (QgsApplication, QgsExpressionContext, QgsExpressionContextUtils,
+                           QgsRenderContext, QgsVectorLayer)
+    app = QgsApplication([], False)
+    app.initQgis()
+    lyr = QgsVectorLayer(sys.argv[1] + "|layername=landslides", "landslides", "ogr")
+    r = lyr.renderer()
+    rc = QgsRenderContext()
+    rc.setExpressionContext(QgsExpressionContext(QgsExpressionContextUtils.globalProjectLayerScopes(lyr)))
+    r.startRender(rc, lyr.fields())
+    out = {}
+    for f in lyr.getFeatures():
+        rc.expressionContext().setFeature(f)
+        s = r.symbolForFeature(f, rc)
+        out[f["inventory_id"]] = [s.symbolLayer(0).properties()["style"], s.color().name()]
+    r.stopRender(rc)
+    reviews = QgsVectorLayer(sys.argv[1] + "|layername=reviews", "reviews", "ogr")
+    print(json.dumps({"renderer": r.type(), "symbols": out, "reviews": reviews.featureCount()}),
+          flush=True)
+    os._exit(0)  # exitQgis() with layers alive can crash at shutdown; the answer is out
+""")
+
+
+def test_qgis_draws_rejected_landslides_hatched(inventory: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
+    env["QT_QPA_PLATFORM"] = "offscreen"
+    probe = subprocess.run(["/usr/bin/python3", "-c", "import qgis.core"], capture_output=True, env=env)
+    if probe.returncode:
+        pytest.skip("PyQGIS is not installed for /usr/bin/python3 (tests/flows/test_qgis_run.py installs it)")
+    record_review(inventory, [1], "reject", "ann")
+    record_review(inventory, [2], "confirm", "ann")
+    proc = subprocess.run(["/usr/bin/python3", "-c", _QGIS_STYLE, str(inventory)], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    # the stored default style applies (it did not before layer_styles was registered) and a
+    # reviewer's rejection shows, whatever the status
+    assert report["renderer"] == "categorizedSymbol" and report["reviews"] == 2
+    assert report["symbols"]["1"][0] == "b_diagonal"
+    assert report["symbols"]["2"][0] == report["symbols"]["3"][0] == "solid"
+    assert report["symbols"]["2"][1] == report["symbols"]["3"][1] != report["symbols"]["1"][1]
