@@ -57,9 +57,18 @@ def _version() -> str:
 def _command_modules() -> tuple:
     """The modules that add subcommands (``add_subcommands(sub)``) and their ``HANDLERS``, in the
     order ``--help`` lists them."""
-    from flows import app_cli, dataset_cli, dem_cli, dev_server_cli, patch_cli, regional_cli, train_cli
+    from flows import (
+        app_cli,
+        dataset_cli,
+        dem_cli,
+        dev_server_cli,
+        patch_cli,
+        regional_cli,
+        review_cli,
+        train_cli,
+    )
 
-    return (train_cli, dataset_cli, dev_server_cli, regional_cli, dem_cli, patch_cli, app_cli)
+    return (train_cli, dataset_cli, dev_server_cli, regional_cli, review_cli, dem_cli, patch_cli, app_cli)
 
 
 def build_parser() -> argparse.ArgumentParser:

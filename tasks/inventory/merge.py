@@ -15,9 +15,14 @@ Matching: a run polygon updates the inventory polygon it overlaps best when thei
 become the latest detection's. Unmatched run polygons are added as ``new``. A landslide that
 splits into two detected parts keeps its id for the better-matching part; the other part is new.
 
+Review state (``tasks/inventory/review.py``): a landslide matched by a detection keeps its
+``review_status``, ``reviewed_by``, ``reviewed_at`` and ``review_note``; a new one is
+``unreviewed``; the ``reviews`` attribute table is copied into the new file row for row.
+
 Merging a run is idempotent (a run id already in ``scans`` changes nothing), and the GeoPackage is
 written to a temporary file beside the inventory and renamed, so readers and a crash never see half
-an inventory.
+an inventory. The merge holds the inventory's write lock (``.inventory.gpkg.lock``, shared with
+reviews) from its read to the rename, so no review is lost by the rename.
 """
 
 from __future__ import annotations
@@ -37,6 +42,13 @@ from shapely.ops import unary_union
 from tasks.core import defaults
 from tasks.core.errors import InputError
 from tasks.core.files import atomic_write
+from tasks.inventory.review import (
+    INVENTORY_KEY,
+    REVIEW_COLUMNS,
+    UNREVIEWED,
+    copy_reviews,
+    gpkg_write_lock,
+)
 from tasks.vector.geopackage import GPKG_DATASET_OPTIONS, GPKG_LAYER_OPTIONS, document_layers
 from tasks.vector.styles import inventory_layer_docs
 from tasks.vector.vectorize import FOOTPRINT_LAYER, LANDSLIDE_COLUMN_NAMES, LANDSLIDES_LAYER
@@ -48,6 +60,7 @@ STATUS_NEW, STATUS_KNOWN = "new", "known"
 INVENTORY_COLUMNS = ("inventory_id", "first_seen", "last_seen", "detections", "status")
 SCAN_COLUMNS = ("run_id", "scenes", "acquired", "model", "detections", "new", "known", "merged_at")
 DEFAULT_IOU_THRESHOLD = defaults.IOU_THRESHOLD
+MERGE_LOCK_WAIT_S = 600.0  # reviews hold the lock for milliseconds; a merge waits for them
 
 
 @dataclass(frozen=True)
@@ -110,7 +123,7 @@ def _ns_utc(df: pd.DataFrame) -> pd.DataFrame:
     for col in df.columns:
         if col != "geometry" and (pd.api.types.is_datetime64_any_dtype(df[col])
                                   or col in ("first_seen", "last_seen", "acquired",
-                                             "detected_at", "merged_at")):
+                                             "detected_at", "merged_at", "reviewed_at")):
             df[col] = pd.to_datetime(df[col], utc=True).astype("datetime64[ns, UTC]")
     return df
 
@@ -132,6 +145,14 @@ def merge_run(inventory_path: str | Path, run_gpkg: str | Path, run_id: str, sce
     if not run_gpkg.exists():
         raise InputError(f"run output {run_gpkg} does not exist")
     now = now or dt.datetime.now(dt.timezone.utc)
+    # reviews update the inventory in place; this rewrites it whole: one at a time, or a review
+    # committed between the read below and the rename would be lost (tasks/inventory/review.py)
+    with gpkg_write_lock(inventory_path, MERGE_LOCK_WAIT_S, "a review or another merge is writing"):
+        return _merge_locked(inventory_path, run_gpkg, run_id, scenes, model, iou_threshold, now)
+
+
+def _merge_locked(inventory_path: Path, run_gpkg: Path, run_id: str, scenes: list[str], model: str,
+                  iou_threshold: float, now: dt.datetime) -> MergeResult:
     landslides, scans = read_inventory(inventory_path)
     if scans is not None and run_id in set(scans["run_id"]):
         n = 0 if landslides is None else len(landslides)
@@ -153,6 +174,10 @@ def merge_run(inventory_path: str | Path, run_gpkg: str | Path, run_id: str, sce
             geometry=gpd.GeoSeries([], crs=crs), crs=crs)
     landslides = _ns_utc(landslides.reset_index(drop=True))
     landslides["status"] = STATUS_KNOWN
+    for col in REVIEW_COLUMNS:  # an inventory written before reviews existed: all unreviewed
+        if col not in landslides.columns:
+            landslides[col] = pd.Series([None] * len(landslides), index=landslides.index, dtype=object)
+    landslides["review_status"] = landslides["review_status"].fillna(UNREVIEWED)
     matches = match_polygons(landslides.geometry, detected.geometry, iou_threshold)
     attrs = [c for c in LANDSLIDE_COLUMN_NAMES if c in detected.columns]
 
@@ -170,16 +195,20 @@ def merge_run(inventory_path: str | Path, run_gpkg: str | Path, run_id: str, sce
             landslides.loc[k, "detections"] = int(landslides.loc[k, "detections"]) + 1
         else:
             rows_new.append({"inventory_id": next_id, "first_seen": seen, "last_seen": seen,
-                             "detections": 1, "status": STATUS_NEW,
+                             "detections": 1, "status": STATUS_NEW, "review_status": UNREVIEWED,
+                             "reviewed_by": None, "reviewed_at": pd.NaT, "review_note": None,
                              **{c: det[c] for c in attrs}, "geometry": det.geometry})
             next_id += 1
     if rows_new:
         added = gpd.GeoDataFrame(rows_new, geometry="geometry", crs=crs)
         landslides = pd.concat([landslides, added], ignore_index=True) if len(landslides) else added
     landslides = gpd.GeoDataFrame(landslides, geometry="geometry", crs=crs)
-    landslides = landslides[[*INVENTORY_COLUMNS, *attrs, "geometry"]]
+    landslides = landslides[[*INVENTORY_COLUMNS, *attrs, *REVIEW_COLUMNS, "geometry"]]
     for col in ("inventory_id", "detections"):
         landslides[col] = landslides[col].astype("int64")
+    for col in ("review_status", "reviewed_by", "review_note"):  # text even when all empty
+        landslides[col] = landslides[col].astype(object).where(landslides[col].notna(), None)
+    landslides["reviewed_at"] = pd.to_datetime(landslides["reviewed_at"], utc=True)
     landslides = _ns_utc(landslides)
 
     fp_geom = unary_union(list(footprint.to_crs(crs).geometry)) if footprint is not None and len(footprint) else None
@@ -214,3 +243,4 @@ def _write_atomic(path: Path, landslides: gpd.GeoDataFrame, scans: gpd.GeoDataFr
         scans.to_file(tmp, layer=SCANS_LAYER, driver="GPKG", geometry_type="MultiPolygon",
                       layer_options=GPKG_LAYER_OPTIONS)
         document_layers(tmp, inventory_layer_docs())
+        copy_reviews(path, tmp, INVENTORY_KEY)  # the review history, unchanged

@@ -118,6 +118,33 @@ INVENTORY_FIELDS: dict[str, FieldDoc] = {
     "status": FieldDoc("Status", "'new' when the latest merged run added it, else 'known'"),
 }
 
+# review state of a polygon (tasks/inventory/review.py): columns of an inventory's `landslides`
+# layer (every merge writes them) and of a run's `landslides` layer once a polygon was reviewed
+REVIEW_FIELDS: dict[str, FieldDoc] = {
+    "review_status": FieldDoc("Review status", "'unreviewed', 'confirmed' (a reviewer saw a landslide) "
+                              "or 'rejected' (a reviewer saw no landslide); the latest confirm/reject "
+                              "decision of the reviews layer"),
+    "reviewed_by": FieldDoc("Reviewed by", "Who made the latest review entry of the polygon"),
+    "reviewed_at": FieldDoc("Reviewed at (UTC)", "Time of the latest review entry of the polygon",
+                            "UTC"),
+    "review_note": FieldDoc("Review note", "The latest note a reviewer left on the polygon"),
+}
+INVENTORY_FIELDS.update(REVIEW_FIELDS)
+
+# layer `reviews` (no geometry): one row per review entry, append-only; the polygon's id column is
+# `inventory_id` in an inventory and `landslide_id` in a run's landslides.gpkg
+REVIEWS_FIELDS: dict[str, FieldDoc] = {
+    "inventory_id": FieldDoc("Inventory ID", "The reviewed landslide (inventory_id of the landslides "
+                             "layer)"),
+    "landslide_id": FieldDoc("Landslide ID", "The reviewed landslide (landslide_id of the landslides "
+                             "layer)"),
+    "decision": FieldDoc("Decision", "'confirm', 'reject', or 'note' (a note that keeps the status)"),
+    "review_status": FieldDoc("Review status after", "The polygon's review_status after this entry"),
+    "reviewed_by": FieldDoc("Reviewed by", "Who made the entry"),
+    "review_note": FieldDoc("Review note", "The reviewer's note; empty when none was given"),
+    "reviewed_at": FieldDoc("Reviewed at (UTC)", "Time the entry was saved", "UTC"),
+}
+
 # layer `scans` of a regional inventory: one row per merged run
 SCAN_FIELDS: dict[str, FieldDoc] = {
     "run_id": FieldDoc("Run", "Identifier of the merged scan run"),
@@ -130,6 +157,14 @@ SCAN_FIELDS: dict[str, FieldDoc] = {
     "merged_at": FieldDoc("Merged at (UTC)", "Time the run was merged into the inventory", "UTC"),
 }
 
+# layer `reviewed_area` of a labels file from `landslide export-labels`
+REVIEWED_AREA_FIELDS: dict[str, FieldDoc] = {
+    "confirmed": FieldDoc("Confirmed", "Confirmed polygons (layer confirmed)", "count"),
+    "rejected": FieldDoc("Rejected", "Rejected polygons (layer rejected)", "count"),
+    "area_m2": FieldDoc("Reviewed area (m²)", "Area where the labels are known: confirmed and "
+                        "rejected polygons, without where the two overlap", "m²"),
+}
+
 LAYER_DESCRIPTIONS: dict[str, str] = {
     "landslides": "Landslides detected by the scan: one polygon per 4-connected object of the "
                   "cleaned mask, with probability, uncertainty, terrain and provenance attributes",
@@ -137,4 +172,11 @@ LAYER_DESCRIPTIONS: dict[str, str] = {
     "inventory_landslides": "Regional landslide inventory: every landslide ever detected in the "
                             "region, attributes of its latest detection, status new/known",
     "scans": "Scan runs merged into the regional inventory, each with its analysed footprint",
+    "reviews": "Review decisions on the landslides, one row per entry, oldest first (append-only); "
+               "each polygon's latest state is in its review_* columns",
+    "labels_confirmed": "Polygons a reviewer confirmed as landslides (landslide ground)",
+    "labels_rejected": "Polygons a reviewer rejected: looked at, no landslide (known background)",
+    "labels_reviewed_area": "Where the labels are known: confirmed and rejected polygons (their "
+                            "overlaps left out); everything else was not reviewed and is unknown, "
+                            "not background",
 }

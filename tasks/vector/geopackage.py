@@ -16,6 +16,7 @@ styles and lineage, written with SQLite into a GeoPackage that GDAL has just cre
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import logging
 import sqlite3
@@ -23,6 +24,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from tasks.core.errors import InputError
+from tasks.vector.fields import FieldDoc
 from tasks.vector.styles import LayerDocs
 
 log = logging.getLogger(__name__)
@@ -105,6 +107,135 @@ def _table_columns(con: sqlite3.Connection, table: str) -> tuple[list[str], str 
     return [r[1] for r in info if not r[5] and r[1] != geom], geom
 
 
+def gpkg_timestamp(when: dt.datetime) -> str:
+    """``when`` as GeoPackage datetime text: UTC, milliseconds, ``Z`` (``2026-12-04T07:35:42.378Z``),
+    the form GDAL writes with ``DATETIME_PRECISION=MILLISECOND`` and ``gpkg_contents.last_change``
+    takes."""
+    if when.tzinfo is None:
+        raise InputError(f"a GeoPackage datetime needs a time zone, got the naive {when.isoformat()}")
+    utc = when.astimezone(dt.timezone.utc)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+def document_table(con: sqlite3.Connection, table: str, description: str,
+                   fields: Mapping[str, FieldDoc], where: str = "") -> str | None:
+    """Inside the caller's transaction: ``table``'s ``gpkg_contents.description`` and one
+    ``gpkg_data_columns`` row per documented column (earlier rows of the table replaced), with the
+    schema extension registered. Returns the table's geometry column (None: an attribute table).
+
+    Raises:
+        InputError: the GeoPackage has no table ``table``.
+    """
+    for statement in _SCHEMA_SQL.split(";"):  # not executescript: it would COMMIT the caller's work
+        if statement.strip():
+            con.execute(statement)
+    for t in ("gpkg_data_columns", "gpkg_data_column_constraints"):
+        _register_extension(con, t, "gpkg_schema", SCHEMA_EXTENSION)
+    columns, geom = _table_columns(con, table)
+    con.execute("UPDATE gpkg_contents SET description = ? WHERE table_name = ?", (description, table))
+    con.execute("DELETE FROM gpkg_data_columns WHERE table_name = ?", (table,))
+    undocumented = [c for c in columns if c not in fields]
+    if undocumented:
+        log.warning("%s layer %s: no alias/description for %s (add them to "
+                    "tasks/vector/fields.py)", where, table, ", ".join(undocumented))
+    con.executemany(
+        "INSERT INTO gpkg_data_columns (table_name, column_name, name, title, description) "
+        "VALUES (?, ?, ?, ?, ?)",
+        [(table, c, fields[c].alias, fields[c].alias, fields[c].full_description)
+         for c in columns if c in fields])
+    return geom
+
+
+def _has_table(con: sqlite3.Connection, name: str) -> bool:
+    return con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                       (name,)).fetchone() is not None
+
+
+def create_attributes_table(con: sqlite3.Connection, table: str, columns_sql: str,
+                            now: dt.datetime) -> bool:
+    """Inside the caller's transaction: create the attribute table (a layer without geometry)
+    ``table`` unless it exists, and register it in ``gpkg_contents`` as ``attributes`` (GeoPackage
+    1.2, clause 2.4.2: the table has an ``INTEGER PRIMARY KEY AUTOINCREMENT`` column, ``fid`` as
+    GDAL names it). ``columns_sql``: the other columns' definitions. Returns True when created."""
+    if _has_table(con, table):
+        return False
+    con.execute(f'CREATE TABLE "{table}" ("fid" INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, '
+                f'{columns_sql})')
+    _register_attributes(con, table, now)
+    _register_layer_styles(con, now)
+    return True
+
+
+def _register_attributes(con: sqlite3.Connection, table: str, now: dt.datetime) -> None:
+    con.execute("INSERT INTO gpkg_contents (table_name, data_type, identifier, description, "
+                "last_change) VALUES (?, 'attributes', ?, '', ?)", (table, table, gpkg_timestamp(now)))
+
+
+def _register_layer_styles(con: sqlite3.Connection, now: dt.datetime | None = None) -> None:
+    """Register ``layer_styles`` in ``gpkg_contents`` as ``attributes`` once the GeoPackage has an
+    attribute table registered there. GDAL then no longer opens unregistered tables, and QGIS 3.x
+    found no default style at all (checked with PyQGIS on an inventory with a ``reviews`` table);
+    QGIS itself, creating ``layer_styles`` through OGR, registers it the same way."""
+    if not _has_table(con, "layer_styles"):
+        return
+    registered = {r[0]: r[1] for r in con.execute("SELECT table_name, data_type FROM gpkg_contents")}
+    if "layer_styles" in registered or "attributes" not in registered.values():
+        return
+    _register_attributes(con, "layer_styles", now or dt.datetime.now(dt.timezone.utc))
+
+
+_ENVELOPE_DOUBLES = {0: 0, 1: 4, 2: 6, 3: 6, 4: 8}  # GeoPackage binary header, envelope indicator
+
+
+def _gpkg_geometry_parts(blob: bytes | None) -> tuple[bool, tuple[float, ...] | None, bytes] | None:
+    """(empty flag, envelope or None, WKB) of a GeoPackage geometry blob (GeoPackage 1.2, 2.1.3)."""
+    import struct
+
+    if blob is None or len(blob) < 8 or blob[:2] != b"GP":
+        return None
+    flags = blob[3]
+    order = "<" if flags & 1 else ">"
+    n = _ENVELOPE_DOUBLES.get((flags >> 1) & 7, 0)
+    env = struct.unpack(f"{order}{n}d", blob[8:8 + 8 * n]) if n else None
+    return bool(flags & 0x10), env, blob[8 + 8 * n:]
+
+
+def _st_is_empty(blob):
+    parts = _gpkg_geometry_parts(blob)
+    return None if parts is None else int(parts[0])
+
+
+def _st_bound(i: int):
+    def bound(blob):
+        parts = _gpkg_geometry_parts(blob)
+        if parts is None or parts[0]:
+            return None
+        if parts[1] is not None:
+            return parts[1][i]  # minx, maxx, miny, maxy
+        import shapely
+
+        b = shapely.from_wkb(parts[2]).bounds  # minx, miny, maxx, maxy
+        return b[(0, 2, 1, 3)[i]]
+    return bound
+
+
+def register_gpkg_functions(con: sqlite3.Connection) -> None:
+    """Give a plain ``sqlite3`` connection the SQL functions GDAL's R-tree triggers call
+    (``ST_IsEmpty``, ``ST_MinX``, ``ST_MaxX``, ``ST_MinY``, ``ST_MaxY``, read from the GeoPackage
+    geometry header): SQLite compiles every trigger of a table an UPDATE may fire, so without them
+    any UPDATE of a GDAL-written feature table fails with "no such function"."""
+    con.create_function("ST_IsEmpty", 1, _st_is_empty, deterministic=True)
+    for i, name in enumerate(("ST_MinX", "ST_MaxX", "ST_MinY", "ST_MaxY")):
+        con.create_function(name, 1, _st_bound(i), deterministic=True)
+
+
+def touch_last_change(con: sqlite3.Connection, table: str, now: dt.datetime) -> None:
+    """Inside the caller's transaction: ``gpkg_contents.last_change`` of ``table`` = ``now``
+    (GeoPackage readers use it to notice changed content; GDAL sets it on its own writes)."""
+    con.execute("UPDATE gpkg_contents SET last_change = ? WHERE table_name = ?",
+                (gpkg_timestamp(now), table))
+
+
 def document_layers(path: str | Path, layers: Mapping[str, LayerDocs]) -> None:
     """Write each layer's description, field documentation and default style into ``path``.
 
@@ -115,24 +246,10 @@ def document_layers(path: str | Path, layers: Mapping[str, LayerDocs]) -> None:
     """
     path = Path(path)
     with _connect(path) as con:
-        con.executescript(_SCHEMA_SQL)
         con.execute(_LAYER_STYLES_SQL)
-        for table in ("gpkg_data_columns", "gpkg_data_column_constraints"):
-            _register_extension(con, table, "gpkg_schema", SCHEMA_EXTENSION)
+        _register_layer_styles(con)
         for layer, docs in layers.items():
-            columns, geom = _table_columns(con, layer)
-            con.execute("UPDATE gpkg_contents SET description = ? WHERE table_name = ?",
-                        (docs.description, layer))
-            con.execute("DELETE FROM gpkg_data_columns WHERE table_name = ?", (layer,))
-            undocumented = [c for c in columns if c not in docs.fields]
-            if undocumented:
-                log.warning("%s layer %s: no alias/description for %s (add them to "
-                            "tasks/vector/fields.py)", path.name, layer, ", ".join(undocumented))
-            con.executemany(
-                "INSERT INTO gpkg_data_columns (table_name, column_name, name, title, description) "
-                "VALUES (?, ?, ?, ?, ?)",
-                [(layer, c, docs.fields[c].alias, docs.fields[c].alias, docs.fields[c].full_description)
-                 for c in columns if c in docs.fields])
+            geom = document_table(con, layer, docs.description, docs.fields, where=path.name)
             con.execute("DELETE FROM layer_styles WHERE f_table_name = ?", (layer,))
             con.execute(
                 "INSERT INTO layer_styles (f_table_catalog, f_table_schema, f_table_name, "

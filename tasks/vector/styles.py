@@ -38,6 +38,7 @@ class FillClass:
     lower: float | None = None  # graduated: lower <= value (< upper, <= upper for the last class)
     upper: float | None = None
     value: str | None = None  # categorised: value == this
+    brush: str = "solid"  # QGIS SimpleFill style: solid, b_diagonal (hatched), ...
 
 
 # landslides by mean_prob, yellow -> orange -> red; fills semi-transparent so the probability
@@ -58,6 +59,15 @@ STATUS_CLASSES: tuple[FillClass, ...] = (
     FillClass("known", (31, 120, 180, 110), (8, 69, 148, 255), value="known"),
 )
 STATUS_FIELD = "status"
+# reviews (tasks/inventory/review.py): a rejected landslide is drawn grey and hatched, whatever its
+# status; confirmed and unreviewed ones keep their status colour
+REVIEW_FIELD = "review_status"
+REJECTED_CLASS = FillClass("rejected by a reviewer", (130, 130, 130, 200), (90, 90, 90, 255),
+                           value="rejected", brush="b_diagonal")
+INVENTORY_CLASSES: tuple[FillClass, ...] = (*STATUS_CLASSES, REJECTED_CLASS)
+# the categorised renderer's value: a QGIS expression (every merge writes review_status)
+INVENTORY_STYLE_EXPRESSION = (f"CASE WHEN \"{REVIEW_FIELD}\" = 'rejected' THEN 'rejected' "
+                              f"ELSE \"{STATUS_FIELD}\" END")
 
 
 def rgba_text(c: Rgba) -> str:
@@ -75,7 +85,7 @@ def _props(parent: ET.Element, props: Mapping[str, str]) -> None:
 
 
 def _fill_symbol(name: str, fill: Rgba | None, outline: Rgba, outline_width_mm: float,
-                 dash_mm: Sequence[float] | None = None) -> ET.Element:
+                 dash_mm: Sequence[float] | None = None, brush: str = "solid") -> ET.Element:
     """A QGIS fill symbol with one SimpleFill layer (``fill`` None: no brush)."""
     symbol = ET.Element("symbol", type="fill", name=name, alpha="1", clip_to_extent="1",
                         force_rhr="0")
@@ -83,7 +93,7 @@ def _fill_symbol(name: str, fill: Rgba | None, outline: Rgba, outline_width_mm: 
                                             "pass": "0"})
     props = {
         "color": rgba_text(fill or (0, 0, 0, 0)),
-        "style": "solid" if fill else "no",
+        "style": brush if fill else "no",
         "outline_color": rgba_text(outline),
         "outline_style": "dash" if dash_mm else "solid",
         "outline_width": f"{outline_width_mm:g}",
@@ -128,7 +138,7 @@ def _categorized(field: str, classes: Sequence[FillClass]) -> ET.Element:
     for i, c in enumerate(classes):
         ET.SubElement(categories, "category", value=str(c.value), symbol=str(i), label=c.label,
                       render="true")
-        symbols.append(_fill_symbol(str(i), c.fill, c.outline, 0.4))
+        symbols.append(_fill_symbol(str(i), c.fill, c.outline, 0.4, brush=c.brush))
     return renderer
 
 
@@ -151,9 +161,10 @@ def outline_renderer() -> ET.Element:
     return _single(_fill_symbol("0", None, FOOTPRINT_OUTLINE, 0.6, FOOTPRINT_DASH_MM))
 
 
-def status_renderer() -> ET.Element:
-    """Categorised by ``status`` (:data:`STATUS_CLASSES`: new / known)."""
-    return _categorized(STATUS_FIELD, STATUS_CLASSES)
+def inventory_renderer() -> ET.Element:
+    """Categorised by :data:`INVENTORY_STYLE_EXPRESSION` (:data:`INVENTORY_CLASSES`: new, known,
+    rejected by a reviewer)."""
+    return _categorized(INVENTORY_STYLE_EXPRESSION, INVENTORY_CLASSES)
 
 
 def vector_layer_elements(renderer: ET.Element, fields: Mapping[str, FieldDoc],
@@ -283,6 +294,22 @@ def categorized_sld(layer: str, field: str, classes: Sequence[FillClass]) -> str
     return _sld_document(layer, rules)
 
 
+def inventory_sld(layer: str) -> str:
+    """:func:`inventory_renderer` in SLD: rejected landslides grey (SLD has no simple hatching),
+    the others by status."""
+    rules = []
+    for c in STATUS_CLASSES:
+        f = ET.Element(f"{{{_OGC}}}Filter")
+        both = ET.SubElement(f, f"{{{_OGC}}}And")
+        _ogc_compare(both, "PropertyIsEqualTo", STATUS_FIELD, str(c.value))
+        _ogc_compare(both, "PropertyIsNotEqualTo", REVIEW_FIELD, "rejected")
+        rules.append((c.label, f, c))
+    f = ET.Element(f"{{{_OGC}}}Filter")
+    _ogc_compare(f, "PropertyIsEqualTo", REVIEW_FIELD, "rejected")
+    rules.append((REJECTED_CLASS.label, f, REJECTED_CLASS))
+    return _sld_document(layer, rules)
+
+
 def outline_sld(layer: str) -> str:
     return _sld_document(layer, [(layer, None, None)], outline_only=True)
 
@@ -321,12 +348,13 @@ def run_layer_docs() -> dict[str, LayerDocs]:
 
 
 def inventory_layer_docs() -> dict[str, LayerDocs]:
-    """The same for a regional inventory's ``landslides`` (by status) and ``scans`` layers."""
+    """The same for a regional inventory's ``landslides`` (by status, rejected ones hatched) and
+    ``scans`` layers."""
     return {
         "landslides": LayerDocs(LAYER_DESCRIPTIONS["inventory_landslides"], INVENTORY_FIELDS,
-                                "inventory by status",
-                                vector_qml(status_renderer(), INVENTORY_FIELDS, "inventory_id"),
-                                categorized_sld("landslides", STATUS_FIELD, STATUS_CLASSES)),
+                                "inventory by status and review",
+                                vector_qml(inventory_renderer(), INVENTORY_FIELDS, "inventory_id"),
+                                inventory_sld("landslides")),
         "scans": LayerDocs(LAYER_DESCRIPTIONS["scans"], SCAN_FIELDS, "scan footprints outline",
                            vector_qml(outline_renderer(), SCAN_FIELDS, "run_id"),
                            outline_sld("scans")),

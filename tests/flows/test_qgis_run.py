@@ -387,18 +387,22 @@ def test_the_run_opens_styled_in_qgis(iburi_run, tmp_path):
 def test_regional_inventory_has_styles_and_field_docs(iburi_run, tmp_path):
     from tasks.inventory.merge import merge_run
     from tasks.vector.fields import INVENTORY_FIELDS, SCAN_FIELDS
-    from tasks.vector.styles import STATUS_CLASSES
+    from tasks.vector.styles import INVENTORY_CLASSES, INVENTORY_STYLE_EXPRESSION
 
     inv = tmp_path / "inventory.gpkg"
     merge_run(inv, iburi_run / "landslides.gpkg", "r1", ["s1"], "m@abc")
     assert query(inv, "PRAGMA user_version")[0][0] == GPKG_1_2_USER_VERSION
     rows = dict(query(inv, "SELECT f_table_name, styleQML FROM layer_styles WHERE useAsDefault = 1"))
     renderer = ET.fromstring(rows["landslides"]).find("renderer-v2")
-    assert renderer.get("type") == "categorizedSymbol" and renderer.get("attr") == "status"
+    assert renderer.get("type") == "categorizedSymbol"
+    assert renderer.get("attr") == INVENTORY_STYLE_EXPRESSION  # status, rejected reviews apart
     categories = [(c.get("value"), c.get("label")) for c in renderer.iter("category")]
-    assert categories == [("new", "new"), ("known", "known")] == [(c.value, c.label) for c in STATUS_CLASSES]
+    assert categories == [("new", "new"), ("known", "known"), ("rejected", "rejected by a reviewer")]
+    assert categories == [(c.value, c.label) for c in INVENTORY_CLASSES]
     colours = {p.get("v") for p in renderer.iter("prop") if p.get("k") == "color"}
-    assert len(colours) == len(STATUS_CLASSES)  # distinct colours
+    assert len(colours) == len(INVENTORY_CLASSES)  # distinct colours
+    brushes = [p.get("v") for p in renderer.iter("prop") if p.get("k") == "style"]
+    assert brushes == ["solid", "solid", "b_diagonal"]  # rejected: hatched
     props = {p.get("k"): p.get("v") for p in ET.fromstring(rows["scans"]).iter("prop")}
     assert props["style"] == "no" and props["outline_style"] == "dash"
     for layer, docs in (("landslides", INVENTORY_FIELDS), ("scans", SCAN_FIELDS)):
