@@ -18,7 +18,17 @@ import pydeck as pdk
 import streamlit as st
 
 from tasks.core.errors import InputError
-from tasks.run.view import bbox_text, fit_view, list_runs, pick_grid, read_run_view, span_bbox, zip_run
+from tasks.run.view import (
+    bbox_text,
+    fit_view,
+    list_runs,
+    pick_grid,
+    polygons_geojson,
+    read_polygons_lonlat,
+    read_run_view,
+    span_bbox,
+    zip_run,
+)
 from webapp import uploads
 from webapp.jobs import JobStore
 from webapp.settings import MAP_HEIGHT_PX, MAP_WIDTH_GUESS_PX, PICKER_HEIGHT_PX, load_settings
@@ -146,12 +156,17 @@ def map_bbox_picker(bounds: list[float], key: str) -> str | None:
     if cell is not None:
         bbox = (cell.get("properties") or cell)["bbox"]
         if not picks or picks[-1] != bbox:
+            if len(picks) == 2:  # a third click starts a new pick
+                picks.clear()
             picks.append(bbox)
-            del picks[:-2]
             st.rerun()
-    st.caption("Earlier runs' quicklooks are drawn where they exist. "
-               + (f"Picked: {bbox_text(span_bbox(*picks))}" if len(picks) == 2 else
-                  "Click one corner cell, then the opposite one."))
+    if len(picks) == 2:
+        state = f"Picked: {bbox_text(span_bbox(*picks))} (a third click starts over from its cell)."
+    elif picks:
+        state = f"First corner: {bbox_text(picks[0])}. Click the opposite corner's cell."
+    else:
+        state = "Click one corner cell, then the opposite one."
+    st.caption("Earlier runs' quicklooks are drawn where they exist. " + state)
     return bbox_text(span_bbox(*picks)) if len(picks) == 2 else None
 
 
@@ -272,9 +287,8 @@ def job_panel(job_id: str) -> None:
         else:
             box.success(f"done: {c.get('polygons', '?')} landslide polygons "
                         f"({c.get('landslide_area_m2', 0) / 1e6:.3f} km²)", icon=":material/check_circle:")
-        if box.button("Open the results", key=f"open_{job_id}", type="primary"):
-            st.session_state["run_path"] = (state.result or {}).get("out", state.out)
-            st.switch_page(PAGES["results"])
+        st.session_state["run_path"] = (state.result or {}).get("out", state.out)
+        box.page_link(PAGES["results"], label="Open the results", icon=":material/map:")
     with box.expander("Log"):
         st.code("\n".join(state.log_tail) or "(nothing yet)", language=None)
 
@@ -480,10 +494,127 @@ def page_runs() -> None:
         st.dataframe(scans.drop(columns=scans.geometry.name), hide_index=True, width="stretch")
 
 
+def _review_files() -> dict[str, str]:
+    """Label -> GeoPackage path of every file a reviewer can work on: regional inventories first,
+    then finished runs."""
+    files = {f"inventory {p.parent.name}": str(p) for p in sorted(SETTINGS.state_dir.glob("*/inventory.gpkg"))}
+    for run in list_runs(SETTINGS.runs_dir):
+        files[f"run {run.run_id} ({run.where})"] = str(run.path / "landslides.gpkg")
+    return files
+
+
+def _polygon_label(polygon_id: int, state) -> str:
+    """``#12 · 3,200 m² · p 0.74``: what does not change when the polygon is reviewed (the status is
+    shown beside the list)."""
+    if state is None:
+        return f"#{polygon_id}"
+    return f"#{polygon_id} · {state.area_m2:,.0f} m² · p {state.mean_prob:.2f}"
+
+
+def page_review() -> None:
+    from tasks.inventory.review import export_labels, list_polygons, record_review, review_history, review_key
+
+    st.title("Review")
+    files = _review_files()
+    if not files:
+        st.info("Nothing to review yet: run a scan or a regional scan first.")
+        return
+    labels = list(files)
+    wanted = st.session_state.get("review_file")
+    label = st.selectbox("Inventory or run", labels, key="review_pick",
+                         index=labels.index(wanted) if wanted in labels else 0)
+    st.session_state["review_file"] = label
+    gpkg = files[label]
+    key = review_key(gpkg)
+    polygons, bounds = read_polygons_lonlat(gpkg)
+    states = {p.polygon_id: p for p in list_polygons(gpkg)}
+    if "review_status" not in polygons.columns:  # a file nobody reviewed yet: all unreviewed
+        polygons["review_status"] = "unreviewed"
+    if not len(polygons):
+        st.info("This file has no landslide polygon to review.")
+        return
+    ids = sorted(int(i) for i in polygons[key])
+    left, right = st.columns([3, 2])
+    with left:
+        geojson = polygons_geojson(polygons, colour_by="review")
+        selected = st.session_state.get("review_id")
+        fit = fit_view(bounds, MAP_WIDTH_GUESS_PX, MAP_HEIGHT_PX)
+        layers = [pdk.Layer("GeoJsonLayer", id="landslides", data=geojson, pickable=True, stroked=True,
+                            filled=True, get_fill_color="properties.fill", get_line_color="properties.line",
+                            line_width_min_pixels=1, auto_highlight=True)]
+        if selected in ids:
+            chosen = [f for f in geojson["features"] if f["properties"][key] == selected]
+            layers.append(pdk.Layer("GeoJsonLayer", id="selected", data={"type": "FeatureCollection",
+                                                                        "features": chosen},
+                                    stroked=True, filled=False, get_line_color=SELECTED_COLOUR,
+                                    line_width_min_pixels=3))
+        deck = pdk.Deck(layers=layers, initial_view_state=pdk.ViewState(**fit), map_provider="carto",
+                        map_style=SETTINGS.basemap_style or OFFLINE_MAP_STYLE,
+                        tooltip={"html": f"<b>#{{{key}}}</b> {{review_status}}<br/>p̄ {{mean_prob}}"})
+        event = st.pydeck_chart(deck, height=MAP_HEIGHT_PX, on_select="rerun",
+                                selection_mode="single-object", key=f"review_map_{label}")
+        clicked = _selected_feature(event)
+        if clicked is not None:
+            picked = int((clicked.get("properties") or clicked)[key])
+            if picked != st.session_state.get("review_clicked"):
+                st.session_state["review_clicked"] = picked
+                st.session_state["review_id"] = picked
+        st.caption("Green: confirmed; grey: rejected; yellow to red: unreviewed, by mean probability. "
+                   "Click a polygon to select it.")
+    with right:
+        if st.session_state.get("review_id") not in ids:
+            st.session_state["review_id"] = ids[0]
+        polygon_id = st.selectbox(f"Landslide ({key})", ids, key="review_id",
+                                  format_func=lambda i: _polygon_label(i, states.get(i)))
+        state = states.get(polygon_id)
+        if state is not None:
+            st.markdown(f"**{state.review_status}**" + (f" by {state.reviewed_by}, {state.reviewed_at:%Y-%m-%d %H:%M} UTC"
+                                                         if state.reviewed_by and state.reviewed_at else "")
+                        + (f"  \nnote: {state.review_note}" if state.review_note else ""))
+        reviewer = st.text_input("Reviewer", value=SETTINGS.reviewer, key="review_by")
+        note = st.text_area("Note (optional; needed for Save note)", key=f"review_note_{polygon_id}")
+        b = st.columns(3)
+        decision = ("confirm" if b[0].button("Confirm", type="primary", key="review_confirm") else
+                    "reject" if b[1].button("Reject", key="review_reject") else
+                    "note" if b[2].button("Save note", key="review_save_note") else None)
+        if decision:
+            try:
+                record_review(gpkg, [polygon_id], decision, reviewer.strip() or SETTINGS.reviewer,
+                              note.strip() or None)
+            except InputError as exc:
+                st.error(f"error: {exc}", icon=":material/error:")
+            else:
+                st.session_state["review_saved"] = f"#{polygon_id}: {decision} saved by {reviewer}"
+                st.rerun()
+        if st.session_state.get("review_saved"):
+            st.success(st.session_state.pop("review_saved"), icon=":material/check_circle:")
+        counts = polygons["review_status"].value_counts().to_dict()
+        st.markdown("  \n".join(f"**{k}**: {counts.get(k, 0)}" for k in ("confirmed", "rejected", "unreviewed")))
+    st.markdown("**Polygons** (click a column to sort)")
+    table = pd.DataFrame([p.as_dict() for p in states.values()])
+    st.dataframe(table, hide_index=True, width="stretch", key="review_table")
+    history = review_history(gpkg)
+    if history:
+        st.markdown("**Review history** (append-only `reviews` layer)")
+        st.dataframe(pd.DataFrame([h.as_dict() for h in history]), hide_index=True, width="stretch")
+        if st.button("Export the reviewed polygons as labels", key="review_export"):
+            out = SETTINGS.app_dir / "exports" / f"{Path(gpkg).parent.name}-labels.gpkg"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            export_labels(gpkg, out, overwrite=True)
+            st.session_state["review_export_path"] = str(out)
+        done = st.session_state.get("review_export_path")
+        if done and Path(done).is_file():
+            st.download_button("Download labels.gpkg", Path(done).read_bytes(), file_name=Path(done).name,
+                               key="review_export_dl")
+            st.caption("Layers confirmed, rejected and reviewed_area: `landslide make-dataset --labels "
+                       "FILE --class landslide=confirmed --mapped-area reviewed_area` (docs/review.md).")
+
+
 PAGES = {
     "scan": st.Page(page_new_scan, title="New scan", url_path="scan", default=True),
     "results": st.Page(page_results, title="Results", url_path="results"),
     "runs": st.Page(page_runs, title="Runs & inventories", url_path="runs"),
+    "review": st.Page(page_review, title="Review", url_path="review"),
 }
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from tasks.core.errors import InputError
 from tasks.run.qgis_project import PROBABILITY_RAMP
-from tasks.vector.styles import PROB_CLASSES, PROB_FIELD, Rgba
+from tasks.vector.styles import PROB_CLASSES, PROB_FIELD, REJECTED_CLASS, Rgba
 from tasks.vector.vectorize import FOOTPRINT_LAYER, LANDSLIDES_LAYER
 
 MANIFEST_NAME = "manifest.json"
@@ -89,6 +89,55 @@ def prob_class_colour(mean_prob: float) -> tuple[Rgba, Rgba]:
         if c.lower <= value < c.upper:
             return c.fill, c.outline
     return PROB_CLASSES[-1].fill, PROB_CLASSES[-1].outline
+
+
+# review states on the map: confirmed green, rejected grey (as the inventory's QGIS style draws
+# them), unreviewed by probability class
+CONFIRMED_COLOURS: tuple[Rgba, Rgba] = ((49, 163, 84, 150), (0, 104, 55, 255))
+REJECTED_COLOURS: tuple[Rgba, Rgba] = (REJECTED_CLASS.fill, REJECTED_CLASS.outline)
+
+
+def review_colour(review_status: str | None, mean_prob: float | None) -> tuple[Rgba, Rgba]:
+    """(fill, outline) of a polygon by its review state (pure)."""
+    if review_status == "confirmed":
+        return CONFIRMED_COLOURS
+    if review_status == "rejected":
+        return REJECTED_COLOURS
+    return prob_class_colour(mean_prob)
+
+
+def polygons_geojson(gdf, colour_by: str = "probability") -> dict[str, Any]:
+    """A GeoDataFrame (EPSG:4326) as a GeoJSON FeatureCollection with its attributes and ``fill`` /
+    ``line`` colours (RGBA lists): by probability class, or by review state (``colour_by="review"``)."""
+    features = []
+    if len(gdf):
+        props = json.loads(gdf.drop(columns=gdf.geometry.name).to_json(date_format="iso", orient="records"))
+        for geom, p in zip(gdf.geometry, props):
+            if colour_by == "review":
+                fill, line = review_colour(p.get("review_status"), p.get(PROB_FIELD))
+            else:
+                fill, line = prob_class_colour(p.get(PROB_FIELD))
+            p["fill"], p["line"] = list(fill), list(line)
+            features.append({"type": "Feature", "geometry": geom.__geo_interface__, "properties": p})
+    return {"type": "FeatureCollection", "features": features}
+
+
+def read_polygons_lonlat(gpkg_path: str | Path):
+    """The ``landslides`` layer of a run's or an inventory's GeoPackage in EPSG:4326, and the lon/lat
+    bounds of it (or of the footprint / scans when it is empty)."""
+    import geopandas as gpd
+    import pyogrio
+
+    layers = {name for name, _ in pyogrio.list_layers(gpkg_path)}
+    polygons = gpd.read_file(gpkg_path, layer=LANDSLIDES_LAYER, engine="pyogrio").to_crs("EPSG:4326")
+    extent = polygons
+    if not len(polygons):
+        for name in (FOOTPRINT_LAYER, "scans"):
+            if name in layers:
+                extent = gpd.read_file(gpkg_path, layer=name, engine="pyogrio").to_crs("EPSG:4326")
+                break
+    bounds = tuple(float(v) for v in extent.total_bounds) if len(extent) else None
+    return polygons, bounds
 
 
 def probability_rgba(probability_u8: np.ndarray, ramp=PROBABILITY_RAMP) -> np.ndarray:
@@ -176,15 +225,7 @@ class RunView:
     def polygons_geojson(self) -> dict[str, Any]:
         """The polygons as a GeoJSON FeatureCollection with their attributes and ``fill``/``line``
         colours (RGBA lists) from the probability class."""
-        gdf = self.polygons
-        features = []
-        if len(gdf):
-            props = json.loads(gdf.drop(columns=gdf.geometry.name).to_json(date_format="iso", orient="records"))
-            for geom, p in zip(gdf.geometry, props):
-                fill, line = prob_class_colour(p.get(PROB_FIELD))
-                p["fill"], p["line"] = list(fill), list(line)
-                features.append({"type": "Feature", "geometry": geom.__geo_interface__, "properties": p})
-        return {"type": "FeatureCollection", "features": features}
+        return polygons_geojson(self.polygons)
 
 
 def _png(rgba: np.ndarray) -> bytes:

@@ -88,8 +88,15 @@ def app_server(tmp_path_factory):
             proc.kill()
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
 @pytest.fixture
-def browser(chromium, tmp_path):
+def browser(chromium, tmp_path, request):
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
@@ -110,5 +117,9 @@ def browser(chromium, tmp_path):
     driver.downloads = downloads
     try:
         yield driver
+        report = getattr(request.node, "report_call", None)
+        if report is not None and report.failed:  # what the browser showed when the test failed
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            driver.save_screenshot(str(SCREENSHOTS / f"FAILED-{request.node.name}.png"))
     finally:
         driver.quit()

@@ -15,11 +15,12 @@ from PIL import Image
 from pyproj import Transformer
 from scipy import ndimage
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 
 from tasks.run.view import bbox_text, canvas_to_lonlat, fit_view, lonlat_to_canvas, pick_grid, span_bbox
 from tests.webapp import ui
 from tests.webapp.conftest import SCREENSHOTS
-from webapp.settings import MAP_WIDTH_GUESS_PX, PICKER_HEIGHT_PX
+from webapp.settings import MAP_HEIGHT_PX, MAP_WIDTH_GUESS_PX, PICKER_HEIGHT_PX
 
 BBOX = "141.95,42.70,141.98,42.72"  # ~5 km2 of the bundled sample, 40 polygons with the default model
 
@@ -48,11 +49,12 @@ def test_scan_results_map_and_download(app_server, browser):
         picker = d.find_elements(By.CSS_SELECTOR, '[data-testid="stDeckGlJsonChart"]')[0]
         x, y = lonlat_to_canvas(np.array([lon]), np.array([lat]), view, picker.size["width"],
                                 picker.size["height"])
-        ui.click_at(d, picker, x[0], y[0])
-        time.sleep(1)
+        n_before = len(corners)
         corners.append(next(f["properties"]["bbox"] for f in grid["features"]
                             if f["properties"]["bbox"][0] <= lon < f["properties"]["bbox"][2]
                             and f["properties"]["bbox"][1] <= lat < f["properties"]["bbox"][3]))
+        expect = "Picked:" if n_before else "First corner:"
+        ui.click_map(d, x[0], y[0], lambda: expect in ui.page_text(d), what=f"pick {n_before + 1} on the grid")
     field = ui.widget(d, "stTextInput", "Crop to a bbox").find_element(By.TAG_NAME, "input")
     ui.wait_for(lambda: field.get_attribute("value") == bbox_text(span_bbox(*corners)), 30,
                 what="the picked bbox in the crop field")
@@ -67,7 +69,7 @@ def test_scan_results_map_and_download(app_server, browser):
     run_dirs = [p for p in runs.iterdir() if (p / "manifest.json").exists()]
     assert len(run_dirs) == 1
     run = run_dirs[0]
-    ui.click(d, "Open the results")
+    ui.click(d, "Open the results", testid="stPageLink", tag="a")
     ui.wait_for(lambda: "Map view:" in ui.page_text(d), 60, what="the results map")
     assert run.name in ui.page_text(d) or "landslides" in ui.page_text(d)
 
@@ -203,4 +205,64 @@ def test_uploads_geotiff_band_files_and_l4s_patch(app_server, browser, tmp_path,
     prob = np.load(npy)
     assert prob.shape == (128, 128) and prob.dtype == np.float32 and 0 <= prob.min() <= prob.max() <= 1
     d.save_screenshot(str(SCREENSHOTS / "app_l4s_patch.png"))
+    assert "Traceback" not in log.read_text()
+
+
+def test_review_confirm_and_reject_written_to_the_inventory(app_server, browser, iburi_run):
+    """A reviewer confirms one polygon (picked on the map) and rejects another (picked in the list,
+    with a note); the inventory file then holds both decisions and two rows of history."""
+    import json
+
+    from shapely.geometry import mapping
+
+    from tasks.inventory.merge import merge_run
+    from tasks.inventory.review import list_polygons, review_history
+
+    url, runs, state, log = app_server
+    manifest = json.loads((iburi_run / "manifest.json").read_text())
+    inventory = state / "iburi-2018" / "inventory.gpkg"
+    inventory.parent.mkdir(parents=True, exist_ok=True)
+    merge_run(inventory, iburi_run / "landslides.gpkg", manifest["run_id"], manifest["inputs"]["scene_ids"],
+              model="index")
+    before = {p.polygon_id: p for p in list_polygons(inventory)}
+    assert len(before) >= 2 and all(p.review_status == "unreviewed" for p in before.values())
+    d = browser
+    ui.open_app(d, url + "/review", "Review")
+    ui.wait_for(lambda: "inventory iburi-2018" in ui.selectbox_text(d, "Inventory or run"), 30,
+                what="the inventory, first in the list")
+    # pick the largest polygon on the map: click a point inside it
+    import geopandas as gpd
+
+    polygons = gpd.read_file(inventory, layer="landslides").to_crs("EPSG:4326")
+    biggest = polygons.loc[polygons["area_m2"].idxmax()]
+    target = int(biggest["inventory_id"])
+    point = biggest.geometry.representative_point()
+    ui.wait_for(lambda: d.find_elements(By.CSS_SELECTOR, '[data-testid="stDeckGlJsonChart"] canvas'), 30,
+                what="the review map")
+    time.sleep(3)
+    deck = d.find_elements(By.CSS_SELECTOR, '[data-testid="stDeckGlJsonChart"]')[0]
+    view = fit_view(tuple(polygons.total_bounds), MAP_WIDTH_GUESS_PX, MAP_HEIGHT_PX)
+    x, y = lonlat_to_canvas(np.array([point.x]), np.array([point.y]), view, deck.size["width"],
+                            deck.size["height"])
+    ui.click_map(d, x[0], y[0], lambda: ui.selectbox_text(d, "Landslide").startswith(f"#{target} "),
+                 what=f"polygon #{target} selected by the map click")
+    ui.click(d, "Confirm")
+    ui.wait_for(lambda: f"#{target}: confirm saved by test-reviewer" in ui.page_text(d), 30, what="the save")
+    other = next(i for i in sorted(before) if i != target)
+    ui.choose(d, "Landslide", f"#{other} ")
+    box = ui.widget(d, "stTextArea", "Note").find_element(By.TAG_NAME, "textarea")
+    box.send_keys("river bank, not a landslide")
+    box.send_keys(Keys.TAB)  # a text area commits on blur
+    ui.idle(d)
+    ui.click(d, "Reject")
+    ui.wait_for(lambda: f"#{other}: reject saved by test-reviewer" in ui.page_text(d), 30, what="the save")
+    d.save_screenshot(str(SCREENSHOTS / "app_review.png"))
+
+    after = {p.polygon_id: p for p in list_polygons(inventory)}
+    assert after[target].review_status == "confirmed" and after[target].reviewed_by == "test-reviewer"
+    assert after[other].review_status == "rejected" and after[other].review_note == "river bank, not a landslide"
+    assert all(p.review_status == "unreviewed" for i, p in after.items() if i not in (target, other))
+    history = review_history(inventory)
+    assert [(h.polygon_id, h.decision) for h in history] == [(target, "confirm"), (other, "reject")]
+    assert mapping(biggest.geometry)  # the polygon we clicked exists in the file we reread
     assert "Traceback" not in log.read_text()

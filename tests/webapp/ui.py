@@ -48,17 +48,17 @@ def type_text(driver, label: str, value: str) -> None:
     idle(driver)
 
 
-def button(driver, text: str, testid: str = "stButton"):
+def button(driver, text: str, testid: str = "stButton", tag: str = "button"):
     def find():
-        for el in driver.find_elements(By.CSS_SELECTOR, f'[data-testid="{testid}"] button'):
-            if el.text.strip() == text and el.is_enabled():
+        for el in driver.find_elements(By.CSS_SELECTOR, f'[data-testid="{testid}"] {tag}'):
+            if el.text.strip().splitlines()[-1:] == [text] and el.is_enabled():
                 return el
         return None
     return wait_for(find, 60, what=f"the button {text!r}")
 
 
-def click(driver, text: str, testid: str = "stButton") -> None:
-    button(driver, text, testid).click()
+def click(driver, text: str, testid: str = "stButton", tag: str = "button") -> None:
+    button(driver, text, testid, tag).click()
     idle(driver)
 
 
@@ -73,7 +73,11 @@ def set_checkbox(driver, label: str, checked: bool) -> None:
 def choose(driver, label: str, option: str) -> None:
     """Pick ``option`` (its visible text starts with it) in the selectbox labelled ``label``."""
     box = widget(driver, "stSelectbox", label)
-    box.find_element(By.CSS_SELECTOR, "input").click()
+    field = box.find_element(By.CSS_SELECTOR, 'input[role="combobox"]')
+    field.click()
+    field.send_keys(Keys.CONTROL, "a")
+    field.send_keys(option)
+
     def find():
         for el in driver.find_elements(By.CSS_SELECTOR, '[role="option"]'):
             if el.text.strip().startswith(option):
@@ -119,8 +123,28 @@ def click_at(driver, element, x_px: float, y_px: float) -> None:
         "const r = arguments[0].getBoundingClientRect(); return [r.left, r.top];", element)
     where = dict(x=left + x_px, y=top + y_px, button="left", clickCount=1)
     driver.execute_cdp_cmd("Input.dispatchMouseEvent", dict(type="mouseMoved", buttons=0, **where))
-    time.sleep(0.3)
+    time.sleep(1.0)  # deck.gl picks on hover first
     driver.execute_cdp_cmd("Input.dispatchMouseEvent", dict(type="mousePressed", buttons=1, **where))
     time.sleep(0.05)
     driver.execute_cdp_cmd("Input.dispatchMouseEvent", dict(type="mouseReleased", buttons=0, **where))
     idle(driver)
+
+
+def click_map(driver, x_px: float, y_px: float, done, what: str, index: int = 0, tries: int = 4) -> None:
+    """Click pixel (x, y) of the ``index``-th map on the page until ``done()`` holds: deck.gl ignores
+    clicks that come before it has drawn and picked, which a person never notices."""
+    for _ in range(tries):
+        deck = driver.find_elements(By.CSS_SELECTOR, '[data-testid="stDeckGlJsonChart"]')[index]
+        click_at(driver, deck, x_px, y_px)
+        try:
+            wait_for(done, 8, what=what)
+            return
+        except AssertionError:
+            continue
+    raise AssertionError(f"{tries} clicks on the map did not give {what}")
+
+
+def selectbox_text(driver, label: str) -> str:
+    """The option a selectbox shows (the value of its combobox input)."""
+    box = widget(driver, "stSelectbox", label)
+    return box.find_element(By.CSS_SELECTOR, 'input[role="combobox"]').get_attribute("value") or ""
