@@ -40,6 +40,7 @@ OFFLINE_MAP_STYLE = "data:application/json;base64," + base64.b64encode(json.dump
     {"version": 8, "sources": {}, "layers": [
         {"id": "background", "type": "background", "paint": {"background-color": "#eef0ec"}}]}).encode()).decode()
 SELECTED_COLOUR = [0, 200, 255, 255]
+S2_FIRST_DAY = dt.date(2015, 6, 23)  # Sentinel-2A's launch: the first day a date field accepts
 
 st.set_page_config(page_title="Landslide pipeline", layout="wide")
 SETTINGS = load_settings()
@@ -221,8 +222,8 @@ def page_new_scan() -> None:
         else:
             problem = "type a bounding box"
         c1, c2 = st.columns(2)
-        start = c1.date_input("First date", value=None, key="scan_start")
-        end = c2.date_input("Last date", value=None, key="scan_end")
+        start = c1.date_input("First date", value=None, key="scan_start", min_value=S2_FIRST_DAY)
+        end = c2.date_input("Last date", value=None, key="scan_end", min_value=S2_FIRST_DAY)
         if start:
             args += ["--start", start.isoformat()]
         if end:
@@ -237,7 +238,8 @@ def page_new_scan() -> None:
         event = st.checkbox("Event mode: compare the best scenes before and after an event date",
                             key="scan_event_on")
         if event:
-            event_date = st.date_input("Event date", value=dt.date(2018, 9, 6), key="scan_event_date")
+            event_date = st.date_input("Event date", value=dt.date(2018, 9, 6), key="scan_event_date",
+                                       min_value=S2_FIRST_DAY)
             args += ["--event-date", event_date.isoformat()]
     choice = st.selectbox("Detector", ["(the card's default)"] + [c["name"] for c in cards],
                           key="scan_detector",
@@ -342,7 +344,7 @@ def _upload_inputs() -> tuple[list[str], str | None, Path | None]:
         dem = st.file_uploader("DEM (GeoTIFF, metres; optional: slope and elevation come from it)",
                                type=["tif", "tiff"], key="upload_dem")
         acquired = st.date_input("Acquisition date (optional; else from the file's metadata)", value=None,
-                                 key="upload_acquired")
+                                 key="upload_acquired", min_value=S2_FIRST_DAY)
         args = ["--image", str(image_path)]
         if bands_text.strip():
             args += ["--bands", bands_text.replace(" ", "")]

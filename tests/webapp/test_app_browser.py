@@ -266,3 +266,28 @@ def test_review_confirm_and_reject_written_to_the_inventory(app_server, browser,
     assert [(h.polygon_id, h.decision) for h in history] == [(target, "confirm"), (other, "reject")]
     assert mapping(biggest.geometry)  # the polygon we clicked exists in the file we reread
     assert "Traceback" not in log.read_text()
+
+
+def test_a_refused_scan_shows_the_cli_line(app_server, browser, tmp_path):
+    """A scan with no scene in its window: the page shows the same one-line error as the CLI."""
+    import subprocess
+    import sys
+
+    url, runs, _, log = app_server
+    argv = ["--source", "iburi-2018-local", "--bbox", BBOX, "--start", "2016-01-01", "--end", "2016-01-31"]
+    cli = subprocess.run([sys.executable, "-m", "flows.cli", "scan", *argv, "--out", str(tmp_path / "cli")],
+                         capture_output=True, text=True, cwd=tmp_path.parent)
+    assert cli.returncode == 2
+    cli_line = next(line for line in cli.stderr.splitlines() if line.startswith("error: "))
+    d = browser
+    ui.open_app(d, url, "New scan")
+    ui.radio(d, "Input", "Bounding box")
+    ui.choose(d, "Source", "iburi-2018-local")
+    ui.type_text(d, "Bounding box", BBOX)
+    ui.type_date(d, "First date", "2016-01-01")
+    ui.type_date(d, "Last date", "2016-01-31")
+    ui.click(d, "Run scan")
+    ui.wait_for(lambda: "error:" in ui.page_text(d), 120, what="the scan's error")
+    shown = next(line for line in ui.page_text(d).splitlines() if line.startswith("error: "))
+    assert shown == cli_line
+    assert "Traceback" not in ui.page_text(d) and "Traceback" not in log.read_text()

@@ -148,3 +148,15 @@ def selectbox_text(driver, label: str) -> str:
     """The option a selectbox shows (the value of its combobox input)."""
     box = widget(driver, "stSelectbox", label)
     return box.find_element(By.CSS_SELECTOR, 'input[role="combobox"]').get_attribute("value") or ""
+
+
+def type_date(driver, label: str, value: str) -> None:
+    """Type a date (``YYYY-MM-DD``) into the date field labelled ``label``: its year, month and day
+    segments take the digits in turn, and Tab commits it."""
+    field = widget(driver, "stDateInput", label)
+    field.find_element(By.CSS_SELECTOR, '[data-type="year"]').click()
+    year, month, day = value.split("-")
+    for segment, digits in (("year", year), ("month", month), ("day", day)):
+        field.find_element(By.CSS_SELECTOR, f'[data-type="{segment}"]').send_keys(digits)
+    field.find_element(By.CSS_SELECTOR, '[data-type="day"]').send_keys(Keys.TAB)
+    idle(driver)
