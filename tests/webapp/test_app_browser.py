@@ -115,6 +115,12 @@ def test_scan_results_map_and_download(app_server, browser):
     time.sleep(3)
     d.save_screenshot(str(SCREENSHOTS / "app_results.png"))
 
+    # offline: no request of the page left the app (no CDN, no tile server, no font service)
+    requested = _requested_urls(d)
+    assert any(u.startswith(url) for u in requested)  # the log does hold the page's requests
+    outside = sorted({u for u in requested if not u.startswith((url, url.replace("http", "ws"), "data:", "blob:"))})
+    assert not outside, outside
+
     # the GeoPackage download is the run folder's file, byte for byte
     ui.click(d, "GeoPackage", testid="stDownloadButton")
     target = d.downloads / "landslides.gpkg"
@@ -123,6 +129,19 @@ def test_scan_results_map_and_download(app_server, browser):
     assert hashlib.sha256(target.read_bytes()).hexdigest() == \
         hashlib.sha256((run / "landslides.gpkg").read_bytes()).hexdigest()
     assert "Traceback" not in log.read_text()
+
+
+def _requested_urls(d) -> list[str]:
+    """Every URL the page requested so far (Chromium's performance log)."""
+    import json
+
+    urls = []
+    for entry in d.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] in ("Network.requestWillBeSent", "Network.webSocketCreated"):
+            params = message["params"]
+            urls.append(params.get("request", {}).get("url") or params.get("url", ""))
+    return urls
 
 
 UPLOAD_BOX = (141.95, 42.72, 141.965, 42.73)  # lon/lat, ~1.2 x 1.1 km of the landslide area
