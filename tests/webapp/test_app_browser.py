@@ -109,6 +109,16 @@ def test_scan_results_map_and_download(app_server, browser):
     covered = painted[py[on_canvas], px[on_canvas]]
     assert on_canvas.sum() > 500 and covered.mean() > 0.95, f"{covered.mean():.3f} of mask cores painted"
 
+    # a click on a polygon shows its attributes
+    import geopandas as gpd
+
+    polygons = gpd.read_file(run / "landslides.gpkg", layer="landslides").to_crs("EPSG:4326")
+    biggest = polygons.loc[polygons["area_m2"].idxmax()]
+    point = biggest.geometry.representative_point()
+    px_, py_ = lonlat_to_canvas(np.array([point.x]), np.array([point.y]), view, width_px, height_px)
+    label = f"Landslide #{int(biggest['landslide_id'])}"
+    ui.click_map(d, px_[0], py_[0], lambda: label in ui.page_text(d), what=f"the attributes of {label}")
+
     # the full results page, every layer on, for a person to look at (and the README)
     ui.set_checkbox(d, "Quicklook", True)
     ui.set_checkbox(d, "Probability", True)
