@@ -114,4 +114,5 @@ def test_the_app_in_the_image_answers_its_health_check_on_a_published_port(image
         # the image's own HEALTHCHECK (python, inside the container) agrees
         assert _script("podman", "healthcheck", "run", container, timeout=60, check=False).returncode == 0
     finally:
-        _script("podman", "rm", "-f", container, timeout=120, check=False)
+        # -v: with its anonymous volumes (/app/runs, /app/state)
+        _script("podman", "rm", "-f", "-v", container, timeout=120, check=False)
