@@ -59,8 +59,14 @@ build() {
   if [ -n "$WHEELS_DIR" ] && [ -d "$WHEELS_DIR" ]; then
     args+=(-v "$WHEELS_DIR:/run/wheels:ro" --build-arg PIP_FIND_LINKS=/run/wheels)
   fi
+  local previous
+  previous=$(podman image inspect "$IMAGE" --format '{{.Id}}' 2>/dev/null || true)
   podman build --format docker "${args[@]}" -t "$IMAGE" .   # docker format keeps HEALTHCHECK
   podman image inspect "$IMAGE" --format 'image {{.Id}}: {{.Size}} bytes'
+  # the image this build replaced holds its own copy of the venv (~2.4 GB): drop it unless in use
+  if [ -n "$previous" ] && [ "$previous" != "$(podman image inspect "$IMAGE" --format '{{.Id}}')" ]; then
+    podman rmi "$previous" >/dev/null 2>&1 || true
+  fi
 }
 
 scan() {  # HOST_DIR [landslide scan arguments]: the run goes to HOST_DIR/x
