@@ -12,11 +12,13 @@
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 FROM ${BASE_IMAGE} AS python-base
-ENV DEBIAN_FRONTEND=noninteractive
-# python3 + venv when the base has none (a bare Debian); libgomp1: OpenMP of scikit-image / scipy
-# wheels that do not bundle it; ca-certificates: HTTPS to STAC sources at run time.
+ARG DEBIAN_FRONTEND=noninteractive
+# python3 + venv when the base has none (a bare Debian). The wheels bundle their libraries (GDAL,
+# PROJ, GEOS, OpenMP of torch) except the system's libc, libstdc++, libz and libexpat (rasterio's
+# GDAL): libexpat1 is named here although Debian's python3 also brings it. ca-certificates: HTTPS to
+# STAC sources at run time.
 RUN set -eux; \
-    pkgs="libgomp1 ca-certificates"; \
+    pkgs="libexpat1 ca-certificates"; \
     if ! command -v python3 >/dev/null || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then \
         pkgs="$pkgs python3 python3-venv"; \
     fi; \
