@@ -126,9 +126,10 @@ def run_deck(view, *, quicklook: bool, probability: bool, polygons: bool, footpr
     return deck, fit
 
 
-def map_bbox_picker(bounds: list[float], key: str) -> str | None:
-    """A grid over ``bounds``; the user clicks two cells and gets the bbox spanning them (as
-    ``--bbox`` text). Earlier runs' footprints inside the area are drawn for orientation."""
+def map_bbox_picker(bounds: list[float], key: str, field: str) -> None:
+    """A grid over ``bounds``; the user clicks two cells, and the bbox spanning them goes into the
+    text field ``field`` (``--bbox`` text) once, when the second click arrives: typing in the field
+    afterwards wins. Earlier runs' quicklooks are drawn for orientation."""
     grid = pick_grid(tuple(bounds))
     picks: list[list[float]] = st.session_state.setdefault(f"{key}_picks", [])
     layers = [pdk.Layer("GeoJsonLayer", id="cells", data=grid, pickable=True, stroked=True, filled=True,
@@ -160,6 +161,8 @@ def map_bbox_picker(bounds: list[float], key: str) -> str | None:
             if len(picks) == 2:  # a third click starts a new pick
                 picks.clear()
             picks.append(bbox)
+            if len(picks) == 2:  # the field is created below this map, so it may be set here
+                st.session_state[field] = bbox_text(span_bbox(*picks))
             st.rerun()
     if len(picks) == 2:
         state = f"Picked: {bbox_text(span_bbox(*picks))} (a third click starts over from its cell)."
@@ -168,7 +171,6 @@ def map_bbox_picker(bounds: list[float], key: str) -> str | None:
     else:
         state = "Click one corner cell, then the opposite one."
     st.caption("Earlier runs' quicklooks are drawn where they exist. " + state)
-    return bbox_text(span_bbox(*picks)) if len(picks) == 2 else None
 
 
 def _selected_feature(event, layer_id: str = "landslides") -> dict | None:
@@ -181,7 +183,7 @@ def _selected_feature(event, layer_id: str = "landslides") -> dict | None:
 
 def show_attributes(props: dict) -> None:
     shown = {k: v for k, v in props.items() if k not in ("fill", "line")}
-    st.dataframe(pd.DataFrame({"field": list(shown), "value": [str(v) for v in shown.values()]}),
+    st.dataframe(pd.DataFrame({"field": list(shown), "value": ["" if v is None else str(v) for v in shown.values()]}),
                  hide_index=True, width="stretch")
 
 
@@ -204,9 +206,7 @@ def page_new_scan() -> None:
         args += ["--region", region]
         if regions[region]["bbox"]:
             with st.expander("Pick the crop on the map (click two corner cells)"):
-                picked = map_bbox_picker(regions[region]["bbox"], key=f"pick_{region}")
-            if picked and st.session_state.get("scan_bbox_crop") != picked:
-                st.session_state["scan_bbox_crop"] = picked
+                map_bbox_picker(regions[region]["bbox"], key=f"pick_{region}", field="scan_bbox_crop")
         crop = st.text_input("Crop to a bbox inside the region (optional): west,south,east,north "
                              "in degrees", key="scan_bbox_crop")
         if crop.strip():
