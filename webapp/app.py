@@ -564,6 +564,13 @@ def page_review() -> None:
         st.caption("Green: confirmed; grey: rejected; yellow to red: unreviewed, by mean probability. "
                    "Click a polygon to select it.")
     with right:
+        # a row picked in the table below (its selection is known at the start of this run)
+        table_state = st.session_state.get(f"review_table_{label}")
+        rows = list(getattr(getattr(table_state, "selection", None), "rows", None) or
+                    ((table_state or {}).get("selection", {}).get("rows", []) if isinstance(table_state, dict) else []))
+        if rows and rows[0] < len(ids) and rows != st.session_state.get("review_rows_seen"):
+            st.session_state["review_rows_seen"] = rows
+            st.session_state["review_id"] = sorted(states)[rows[0]] if states else ids[rows[0]]
         if st.session_state.get("review_id") not in ids:
             st.session_state["review_id"] = ids[0]
         polygon_id = st.selectbox(f"Landslide ({key})", ids, key="review_id",
@@ -592,9 +599,10 @@ def page_review() -> None:
             st.success(st.session_state.pop("review_saved"), icon=":material/check_circle:")
         counts = polygons["review_status"].value_counts().to_dict()
         st.markdown("  \n".join(f"**{k}**: {counts.get(k, 0)}" for k in ("confirmed", "rejected", "unreviewed")))
-    st.markdown("**Polygons** (click a column to sort)")
-    table = pd.DataFrame([p.as_dict() for p in states.values()])
-    st.dataframe(table, hide_index=True, width="stretch", key="review_table")
+    st.markdown("**Polygons** (click a column to sort; pick a row to review it)")
+    table = pd.DataFrame([states[i].as_dict() for i in sorted(states)])
+    st.dataframe(table, hide_index=True, width="stretch", key=f"review_table_{label}", on_select="rerun",
+                 selection_mode="single-row")
     history = review_history(gpkg)
     if history:
         st.markdown("**Review history** (append-only `reviews` layer)")

@@ -288,6 +288,13 @@ def test_review_confirm_and_reject_written_to_the_inventory(app_server, browser,
     ui.click(d, "Reject")
     ui.wait_for(lambda: f"#{other}: reject saved by test-reviewer" in ui.page_text(d), 30, what="the save")
     d.save_screenshot(str(SCREENSHOTS / "app_review.png"))
+    # a row picked in the polygons table selects that polygon too (the grid: 35 px header and rows,
+    # row markers in the first column)
+    grid = d.find_elements(By.CSS_SELECTOR, '[data-testid="stDataFrame"]')[0]
+    d.execute_script("arguments[0].scrollIntoView({block: 'center'})", grid)
+    fourth = sorted(before)[3]
+    ui.click_map(d, 12, 35 + 3 * 35 + 17, lambda: ui.selectbox_text(d, "Landslide").startswith(f"#{fourth} "),
+                 what=f"polygon #{fourth} selected in the table", testid="stDataFrame")
 
     after = {p.polygon_id: p for p in list_polygons(inventory)}
     assert after[target].review_status == "confirmed" and after[target].reviewed_by == "test-reviewer"

@@ -130,11 +130,13 @@ def click_at(driver, element, x_px: float, y_px: float) -> None:
     idle(driver)
 
 
-def click_map(driver, x_px: float, y_px: float, done, what: str, index: int = 0, tries: int = 4) -> None:
-    """Click pixel (x, y) of the ``index``-th map on the page until ``done()`` holds: deck.gl ignores
-    clicks that come before it has drawn and picked, which a person never notices."""
+def click_map(driver, x_px: float, y_px: float, done, what: str, index: int = 0, tries: int = 4,
+              testid: str = "stDeckGlJsonChart") -> None:
+    """Click pixel (x, y) of the ``index``-th map (or other canvas widget) on the page until
+    ``done()`` holds: deck.gl ignores clicks that come before it has drawn and picked, which a
+    person never notices."""
     for _ in range(tries):
-        deck = driver.find_elements(By.CSS_SELECTOR, '[data-testid="stDeckGlJsonChart"]')[index]
+        deck = driver.find_elements(By.CSS_SELECTOR, f'[data-testid="{testid}"]')[index]
         click_at(driver, deck, x_px, y_px)
         try:
             wait_for(done, 8, what=what)
