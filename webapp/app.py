@@ -48,6 +48,8 @@ SETTINGS = load_settings()
 
 @st.cache_resource
 def job_store() -> JobStore:
+    """Once per app process: the scan jobs, and old sessions' uploads removed."""
+    uploads.prune_sessions(SETTINGS.app_dir / "uploads")
     return JobStore(SETTINGS.app_dir / "jobs", python=SETTINGS.python)
 
 

@@ -83,3 +83,30 @@ def check_raster(path: Path) -> tuple[int, list[str | None]]:
 
 def remove_folder(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
+
+
+UPLOAD_KEEP_S = 2 * 86400.0  # a session's uploads are removed this long after their last change
+
+
+def prune_sessions(root: str | Path, keep_s: float = UPLOAD_KEEP_S, now: float | None = None) -> list[Path]:
+    """Remove the session folders under ``root`` that nothing touched for ``keep_s`` seconds (runs
+    scanned from them keep their own outputs; their manifests keep the path they read). Returns
+    the removed folders."""
+    import time
+
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    now = time.time() if now is None else now
+    removed = []
+    for folder in root.iterdir():
+        if not folder.is_dir():
+            continue
+        try:
+            newest = max([folder.stat().st_mtime, *(p.stat().st_mtime for p in folder.rglob("*"))])
+        except OSError:
+            continue
+        if now - newest > keep_s:
+            remove_folder(folder)
+            removed.append(folder)
+    return removed

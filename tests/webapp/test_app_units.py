@@ -166,6 +166,19 @@ def test_upload_names_cannot_escape_the_session_folder(tmp_path):
         uploads.check_raster(path)
 
 
+def test_old_upload_sessions_are_pruned(tmp_path):
+    import os
+
+    old, fresh = uploads.session_folder(tmp_path, "old"), uploads.session_folder(tmp_path, "fresh")
+    for folder in (old, fresh):
+        (folder / "x.tif").write_bytes(b"x")
+    now = time.time()
+    for p in (old, old / "x.tif"):
+        os.utime(p, (now - 3 * 86400, now - 3 * 86400))
+    assert uploads.prune_sessions(tmp_path, now=now) == [old]
+    assert not old.exists() and (fresh / "x.tif").exists()
+
+
 def test_band_files_stack_into_one_image(tmp_path):
     post = REPO / "data" / "iburi_2018" / "s2_post"
     files = [post / f"S2_post_B{k}.tif" for k in (2, 3, 4)]
