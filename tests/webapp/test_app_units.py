@@ -197,3 +197,12 @@ def test_band_files_stack_into_one_image(tmp_path):
         stack_band_files(files, ["B02", "B03", "DEM"], tmp_path / "x.vrt")
     with pytest.raises(InputError, match="named twice"):
         stack_band_files(files, ["B02", "B02", "B04"], tmp_path / "x.vrt")
+
+
+def test_app_command_refuses_bad_options(capsys):
+    from flows.cli import main
+
+    assert main(["app", "--port", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --port must be 1..65535, got 0"
+    assert main(["app", "--max-upload-mb", "0"]) == 2
+    assert "--max-upload-mb must be >= 1" in capsys.readouterr().err
