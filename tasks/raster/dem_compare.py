@@ -288,8 +288,13 @@ def compare_dem_files(path_a: str | Path, path_b: str | Path, roi_lonlat: shapel
         raise InputError(f"no common valid pixels: of the ROI's {px['in_roi']} pixels, DEM A ({path_a}) "
                          f"has no data in {px['no_data_a']} and DEM B ({path_b}) in {px['no_data_b']}")
     notes = [SURFACE_NOTE]
-    if rec_a["vertical_datum"] != rec_b["vertical_datum"]:
-        notes.insert(0, f"A is over {rec_a['vertical_datum']}, B over {rec_b['vertical_datum']}: " + DATUM_NOTE)
+    datums = {k: r["vertical_datum"] for k, r in (("A", rec_a), ("B", rec_b))}
+    unknown = [k for k, v in datums.items() if v == "unknown"]
+    if unknown:
+        notes.insert(0, f"the vertical datum of {' and '.join(unknown)} is not known from the file "
+                        f"(no dem_collection tag, no product file name); " + DATUM_NOTE)
+    elif datums["A"] != datums["B"]:
+        notes.insert(0, f"A is over {datums['A']}, B over {datums['B']}: " + DATUM_NOTE)
     report = {"a": rec_a, "b": rec_b, "roi_lonlat": [round(v, 6) for v in roi_lonlat.bounds],
               "grid": grid.to_dict(),
               "method": ("both DEMs on the scan's analysis grid: plausible elevations, Horn slope in the "

@@ -155,6 +155,7 @@ def test_glo30_against_itself_shifted_one_pixel(tmp_path):
     assert rep["a"]["collection"] == "cop-dem-glo-30" and rep["a"]["vertical_datum"] == "EGM2008 geoid"
     assert rep["b"]["collection"] is None and rep["b"]["vertical_datum"] == "unknown"
     assert rep["grid"]["crs"] == "EPSG:32632"
+    assert rep["notes"][0].startswith("the vertical datum of B is not known")
     # the hole is left out and counted; A has data everywhere
     assert px["no_data_a"] == 0 and px["excluded"] == px["no_data_b"] > 0
     assert px["excluded"] == int((r.inside & np.isnan(r.dem_b)).sum())
