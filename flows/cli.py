@@ -61,6 +61,7 @@ def _command_modules() -> tuple:
         app_cli,
         dataset_cli,
         dem_cli,
+        dem_compare_cli,
         dev_server_cli,
         patch_cli,
         regional_cli,
@@ -68,7 +69,8 @@ def _command_modules() -> tuple:
         train_cli,
     )
 
-    return (train_cli, dataset_cli, dev_server_cli, regional_cli, review_cli, dem_cli, patch_cli, app_cli)
+    return (train_cli, dataset_cli, dev_server_cli, regional_cli, review_cli, dem_cli, dem_compare_cli,
+            patch_cli, app_cli)
 
 
 def build_parser() -> argparse.ArgumentParser:
