@@ -29,17 +29,16 @@ import rasterio
 from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform as transform_points
 from rasterio.windows import Window
 from scipy import ndimage
 
 from tasks.core.files import atomic_write, work_raster_profile
 from tasks.core.grid import AnalysisGrid
+from tasks.sources.cloud import S2CLOUDLESS_BANDS
 
 log = logging.getLogger(__name__)
 
-# the classifier's inputs, in the order it takes them (s2cloudless's 10-band model)
-S2CLOUDLESS_BANDS: tuple[str, ...] = ("B01", "B02", "B04", "B05", "B08", "B8A", "B09", "B10", "B11",
-                                      "B12")
 DETECT_RES_M = 160.0
 DEFAULT_THRESHOLD = 0.4  # s2cloudless's own default probability threshold
 DEFAULT_DILATION_M = 160.0  # one detection pixel around every cloud pixel
@@ -133,11 +132,15 @@ def dilate(mask: np.ndarray, radius_px: int) -> np.ndarray:
     return ndimage.binary_dilation(mask, structure=disk(radius_px))
 
 
-def classify(cloud: np.ndarray, shadow_zone: np.ndarray, nir_dn: np.ndarray, nir_dark_dn: float) -> np.ndarray:
+def classify(cloud: np.ndarray, shadow_zone: np.ndarray, nir_dn: np.ndarray, nir_dark_dn: float,
+             green_dn: np.ndarray | None = None) -> np.ndarray:
     """uint8 classes: CLOUD where ``cloud``, SHADOW where a shadow candidate is dark in NIR (``nir_dn``
-    below ``nir_dark_dn``; NaN is not dark), else CLEAR. All arrays (H, W) on one grid."""
+    below ``nir_dark_dn``; NaN is not dark) and, given ``green_dn``, not water-like (water reflects
+    less NIR than green; shadowed land does not), else CLEAR. All arrays (H, W) on one grid."""
     with np.errstate(invalid="ignore"):
         dark = nir_dn < nir_dark_dn
+        if green_dn is not None:
+            dark &= nir_dn >= green_dn
     out = np.full(cloud.shape, CLEAR, dtype=np.uint8)
     out[shadow_zone & dark] = SHADOW
     out[cloud] = CLOUD
@@ -199,7 +202,7 @@ def detect_clouds(scene: dict, grid: AnalysisGrid, work_dir: str | Path) -> dict
     coarse_res = grid.res_m * factor
     cloud = (prob > plan["threshold"]) & has_data
     cloud = dilate(cloud, int(round(plan["dilation_m"] / coarse_res)))
-    shadows = plan.get("shadows")
+    shadows = _sun_angles(plan.get("shadows"), plan.get("acquired"), grid)
     zone = (shadow_candidates(cloud, coarse_res, shadows["sun_azimuth_deg"], shadows["sun_zenith_deg"],
                               tuple(shadows["heights_m"]))
             if shadows else np.zeros_like(cloud))
@@ -213,12 +216,15 @@ def detect_clouds(scene: dict, grid: AnalysisGrid, work_dir: str | Path) -> dict
             rr = np.arange(r0, r0 + rows) // factor
             cc = np.arange(grid.width) // factor
             cloud_up, zone_up = cloud[np.ix_(rr, cc)], zone[np.ix_(rr, cc)]
+            nir = green = None
             if shadows and zone_up.any():
-                nir = _read_on(plan["band_paths"]["B08"], grid.crs, grid.transform, grid.width, grid.height,
-                               Resampling.bilinear, nodata, Window(0, r0, grid.width, rows)) - offset
-            else:
+                win = Window(0, r0, grid.width, rows)
+                nir, green = (_read_on(plan["band_paths"][b], grid.crs, grid.transform, grid.width, grid.height,
+                                       Resampling.bilinear, nodata, win) - offset
+                              if b in plan["band_paths"] else None for b in ("B08", "B03"))
+            if nir is None:
                 nir = np.full(cloud_up.shape, np.nan, dtype="float32")
-            classes = classify(cloud_up, zone_up, nir, shadows["nir_dark_dn"] if shadows else 0.0)
+            classes = classify(cloud_up, zone_up, nir, shadows["nir_dark_dn"] if shadows else 0.0, green)
             counts += np.bincount(classes.ravel(), minlength=3)[:3]
             dst.write(classes, 1, window=Window(0, r0, grid.width, rows))
         dst.set_band_description(1, "0 clear, 1 cloud (s2cloudless), 2 cloud shadow")
@@ -235,6 +241,17 @@ def detect_clouds(scene: dict, grid: AnalysisGrid, work_dir: str | Path) -> dict
                       + (", with projected shadows" if shadows else ""),
             "method": method, "class_px": class_px,
             "max_probability": round(float(valid_prob.max()), 4) if valid_prob.size else None}
+
+
+def _sun_angles(shadows: dict | None, acquired: str | None, grid: AnalysisGrid) -> dict | None:
+    """The shadow parameters with the sun's angles: the scene's own, else computed for the acquisition
+    time at the grid centre."""
+    if not shadows or "sun_azimuth_deg" in shadows:
+        return shadows
+    (x0, y0, x1, y1) = grid.bounds
+    lon, lat = transform_points(grid.crs, "EPSG:4326", [(x0 + x1) / 2], [(y0 + y1) / 2])
+    azimuth, zenith = solar_position(dt.datetime.fromisoformat(acquired), lon[0], lat[0])  # type: ignore[arg-type]
+    return {**shadows, "sun_azimuth_deg": round(azimuth, 2), "sun_zenith_deg": round(zenith, 2)}
 
 
 def _safe(text: str) -> str:

@@ -26,6 +26,13 @@ from tasks.core.files import atomic_write_text
 
 RECORD_NAME = "cloud_mask.json"
 
+# s2cloudless's 10-band classifier inputs, in its order (tasks.raster.clouds runs it); B8A is not part of
+# the band contract: a source gives it beside the contract bands, or B08 stands in (docs/clouds.md)
+S2CLOUDLESS_BANDS: tuple[str, ...] = ("B01", "B02", "B04", "B05", "B08", "B8A", "B09", "B10", "B11",
+                                      "B12")
+S2CLOUDLESS_CONTRACT_BANDS: tuple[str, ...] = tuple(b for b in S2CLOUDLESS_BANDS if b != "B8A")
+B8A_STANDIN = "B08 stands in for B8A (the scene gives no B8A; measured effect in docs/clouds.md)"
+
 # Sentinel Hub's CLM band (s2cloudless run by Sentinel Hub at 160 m): 0 clear, 1 cloud, 255 no data.
 # The Process API resamples CLM with the request's up/downsampling (bilinear here), so between a
 # cloud and a clear pixel values stay 0 or 1 after rounding, but next to no data (255) they take
@@ -62,7 +69,7 @@ def cloud_pixels(values: np.ndarray, spec: dict) -> np.ndarray:
 
 
 def write_record(work_dir: str | Path, scene_id: str, spec: dict | None, cloud_masked_px: int,
-                 grid_px: int) -> dict:
+                 grid_px: int, detector_off: dict[str, str] | None = None) -> dict:
     """Write ``cloud_mask.json`` (what the manifest reports) and return it."""
     if spec is None:
         record = {"applied": False, "scenes": {scene_id: {"cloud_masked_px": 0}},
@@ -72,12 +79,32 @@ def write_record(work_dir: str | Path, scene_id: str, spec: dict | None, cloud_m
                   "rule": ({"cloud_values": list(spec["cloud_values"])} if spec.get("cloud_values")
                            else {"cloud_range": list(spec["cloud_range"])}),
                   "scenes": {scene_id: {"cloud_masked_px": int(cloud_masked_px),
-                                        "cloud_masked_fraction_of_grid": round(cloud_masked_px / max(grid_px, 1), 6)}}}
+                                        "cloud_masked_fraction_of_grid": round(cloud_masked_px / max(grid_px, 1), 6),
+                                        **_detector_entry(spec, grid_px)}}}
+    add_detector_notes(record, detector_off or {})
     atomic_write_text(Path(work_dir) / RECORD_NAME, json.dumps(record, indent=2))
     return record
 
 
-def write_records(work_dir: str | Path, scenes: list[tuple[str, dict | None, int]], grid_px: int) -> dict:
+def _detector_entry(spec: dict, grid_px: int) -> dict:
+    """A computed mask's method, parameters and per-class pixel counts over the grid (empty for a
+    source's own mask)."""
+    if "class_px" not in spec:
+        return {}
+    return {"method": spec["method"], "class_px": dict(spec["class_px"]),
+            "class_fraction_of_grid": {k: round(v / max(grid_px, 1), 6) for k, v in spec["class_px"].items()},
+            "max_cloud_probability": spec.get("max_probability")}
+
+
+def add_detector_notes(record: dict, off: dict[str, str]) -> dict:
+    """Say in ``record`` why no cloud detector ran for the scenes in ``off`` (scene id -> reason)."""
+    if off:
+        record["detector_off"] = dict(off)
+    return record
+
+
+def write_records(work_dir: str | Path, scenes: list[tuple[str, dict | None, int]], grid_px: int,
+                  detector_off: dict[str, str] | None = None) -> dict:
     """``cloud_mask.json`` for one or more scenes (a mosaic): ``(scene_id, spec or None, cloud_masked_px)``.
 
     A scene's ``cloud_masked_px`` counts the pixels that scene would have given (no better-ranked scene
@@ -86,7 +113,7 @@ def write_records(work_dir: str | Path, scenes: list[tuple[str, dict | None, int
     """
     if len(scenes) == 1:
         scene_id, spec, n = scenes[0]
-        return write_record(work_dir, scene_id, spec, n, grid_px)
+        return write_record(work_dir, scene_id, spec, n, grid_px, detector_off)
     applied = [spec for _, spec, _ in scenes if spec is not None]
     record: dict = {"applied": bool(applied), "scenes": {}}
     if applied:
@@ -100,7 +127,9 @@ def write_records(work_dir: str | Path, scenes: list[tuple[str, dict | None, int
         entry = {"cloud_masked_px": int(n) if spec is not None else 0, "mask": spec is not None}
         if spec is not None:
             entry["cloud_masked_fraction_of_grid"] = round(n / max(grid_px, 1), 6)
+            entry.update(_detector_entry(spec, grid_px))
         record["scenes"][scene_id] = entry
+    add_detector_notes(record, detector_off or {})
     atomic_write_text(Path(work_dir) / RECORD_NAME, json.dumps(record, indent=2))
     return record
 

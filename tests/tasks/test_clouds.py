@@ -77,3 +77,12 @@ def test_dilate_by_a_disk():
     out = dilate(m, 2)
     assert out[4, 2] and out[2, 4] and not out[2, 2] and out.sum() == 13
     assert (dilate(m, 0) == m).all()
+
+
+def test_water_next_to_a_cloud_is_not_shadow():
+    cloud = np.zeros((2, 3), dtype=bool)
+    zone = np.ones((2, 3), dtype=bool)
+    nir = np.array([[800.0, 800.0, 800.0], [800.0, 800.0, 800.0]], dtype="float32")
+    green = np.array([[500.0, 1200.0, np.nan], [500.0, 500.0, 500.0]], dtype="float32")
+    out = classify(cloud, zone, nir, 1500.0, green)
+    assert list(out[0]) == [SHADOW, CLEAR, CLEAR] and (out[1] == SHADOW).all()
