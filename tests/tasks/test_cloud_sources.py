@@ -17,7 +17,7 @@ from tasks.raster.align import build_stack
 from tasks.sources.catalog import load_catalog
 from tasks.sources.cloud import B8A_STANDIN, S2CLOUDLESS_CONTRACT_BANDS
 from tasks.sources.local import resolve_local_inputs
-from tests.data.crops import T18SVG, lonlat_bounds, local_source, t18svg_crops, write_catalog
+from tests.data.crops import T18SVG, local_source, lonlat_bounds, t18svg_crops, write_catalog
 
 
 def _stack(inputs, bounds_lonlat, work, bands=("B02", "B03", "B04")):

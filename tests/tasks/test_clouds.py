@@ -7,8 +7,17 @@ import datetime as dt
 import numpy as np
 import pytest
 
-from tasks.raster.clouds import (CLEAR, CLOUD, SHADOW, classify, dilate, shadow_candidates,
-                                 shadow_offsets_px, shift, solar_position)
+from tasks.raster.clouds import (
+    CLEAR,
+    CLOUD,
+    SHADOW,
+    classify,
+    dilate,
+    shadow_candidates,
+    shadow_offsets_px,
+    shift,
+    solar_position,
+)
 
 
 def test_solar_position_noon_equinox_and_the_t18svg_overpass():
