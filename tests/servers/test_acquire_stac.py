@@ -297,6 +297,7 @@ def test_scan_through_stac_matches_local_source(stac_api, prefect_harness, tmp_p
     local = shipped["sources"]["t18svg-2016-local"]
     for scene in local["scenes"]:
         scene["band_template"] = str((repo / scene["band_template"]).resolve())
+        scene["b8a"] = str((repo / scene["b8a"]).resolve())
     catalog = {"version": 1, "sources": {
         "t18svg-local": local,
         "t18svg-stac": {"kind": "stac", "url": stac_api.url, "max_retries": 2, "timeout_s": 10}}}
