@@ -170,22 +170,9 @@ class LocalCloudMask(_Strict):
         return self
 
 
-class LocalSource(_Strict):
-    """Rasters on disk: per-band files per scene, and a DEM.
+class _CloudDetectorOptions(_Strict):
+    """The cloud detector's settings (tasks/raster/clouds.py), shared by local and stac sources."""
 
-    The DEM is a file (``dem``) or the DEM collection of a ``stac`` source of the same catalog
-    (``dem_source``: its ``dem_collection``, fetched for the ROI when the scan is planned).
-    """
-
-    kind: Literal["local"]
-    description: str = ""
-    scenes: tuple[LocalScene, ...]
-    dem: str | None = Field(default=None, description="DEM raster (metres); SLOPE and DEM come from it")
-    dem_source: str | None = Field(
-        default=None, description="name of a 'stac' source of this catalog whose dem_collection gives "
-                                  "the DEM over the ROI (instead of a 'dem' file)")
-    dem_nodata: float | None = None
-    dem_name: str = "DEM"
     cloud_detector: Literal["auto", "s2cloudless", "none"] = Field(
         default="auto", description="cloud (and shadow) mask from the scene's own bands where the scene "
                                     "gives no cloud_mask file: 'auto' runs s2cloudless when the scene has "
@@ -207,6 +194,24 @@ class LocalSource(_Strict):
             raise ValueError("cloud_heights_m must be [low, high] with 0 <= low <= high (metres)")
         return value
 
+
+class LocalSource(_CloudDetectorOptions):
+    """Rasters on disk: per-band files per scene, and a DEM.
+
+    The DEM is a file (``dem``) or the DEM collection of a ``stac`` source of the same catalog
+    (``dem_source``: its ``dem_collection``, fetched for the ROI when the scan is planned).
+    """
+
+    kind: Literal["local"]
+    description: str = ""
+    scenes: tuple[LocalScene, ...]
+    dem: str | None = Field(default=None, description="DEM raster (metres); SLOPE and DEM come from it")
+    dem_source: str | None = Field(
+        default=None, description="name of a 'stac' source of this catalog whose dem_collection gives "
+                                  "the DEM over the ROI (instead of a 'dem' file)")
+    dem_nodata: float | None = None
+    dem_name: str = "DEM"
+
     @model_validator(mode="after")
     def _one_dem(self) -> "LocalSource":
         if self.dem is not None and self.dem_source is not None:
@@ -224,7 +229,7 @@ class LocalSource(_Strict):
         return scenes
 
 
-class StacSource(_Strict):
+class StacSource(_CloudDetectorOptions):
     """A STAC API (pystac-client search, COG window reads of the assets)."""
 
     kind: Literal["stac"]
@@ -255,6 +260,9 @@ class StacSource(_Strict):
                                   "of Earth Search sentinel-2-l2a); None: no cloud mask is applied")
     cloud_mask_values: tuple[int, ...] = Field(
         default=(), description="values of that asset that are cloud (SCL: 3, 8, 9, 10)")
+    b8a_asset: str | None = Field(
+        default="nir08", description="asset key of B8A, read only by the cloud detector (Earth Search: "
+                                     "nir08); None or absent from the item: B08 stands in")
     timeout_s: float = Field(default=60.0, gt=0)
     max_retries: int = Field(default=4, ge=0)
     max_mosaic_scenes: int = Field(

@@ -42,6 +42,49 @@ SH_CLM_CLOUD_RANGE = (1, 254)
 SH_CLM_ORIGIN = "Sentinel Hub CLM band (s2cloudless cloud mask, 160 m), cloud = 1..254"
 
 
+def missing_detector_bands(have: set[str] | tuple[str, ...]) -> list[str]:
+    """The contract bands s2cloudless needs that ``have`` lacks (B8A is never required: B08 stands in)."""
+    return [b for b in S2CLOUDLESS_CONTRACT_BANDS if b not in have]
+
+
+def missing_bands_reason(missing: list[str], scene_id: str) -> str:
+    return (f"s2cloudless needs bands {', '.join(S2CLOUDLESS_CONTRACT_BANDS)} (and B8A or B08 for it); "
+            f"scene {scene_id} lacks {', '.join(missing)}")
+
+
+def detector_plan(options, band_paths: dict[str, str], b8a_note: str, acquired: str | None,
+                  sun: tuple[float, float, str] | None, scene_id: str, source_name: str) -> dict:
+    """The ``cloud_detector`` plan of one scene (what ``tasks.raster.clouds.detect_clouds`` runs).
+
+    Args:
+        options: the source's detector settings (``catalog._CloudDetectorOptions``).
+        band_paths: rasters of ``S2CLOUDLESS_BANDS`` (B8A may be B08's file), and B03 when the scene
+            has it (the shadow rule's water test).
+        b8a_note: where B8A comes from (recorded in the manifest).
+        acquired: ISO acquisition time (sun angles are computed from it when ``sun`` is None).
+        sun: (azimuth, zenith, where from) from the scene's metadata, or None.
+    """
+    shadows: dict | None = None
+    shadows_off = ""
+    if not options.cloud_shadows:
+        shadows_off = f"cloud_shadows: false for source {source_name!r}"
+    elif sun is not None:
+        shadows = {"sun_azimuth_deg": round(sun[0], 2), "sun_zenith_deg": round(sun[1], 2), "sun_from": sun[2]}
+    elif acquired:
+        shadows = {"sun_from": f"computed for {acquired} at the grid centre"}
+    else:
+        shadows_off = (f"scene {scene_id} has no acquisition time and no sun angles: shadows not projected")
+    if shadows is not None:
+        rule = f"in the cloud mask shifted away from the sun, B08 < {options.shadow_nir_max_dn:g}"
+        if "B03" in band_paths:
+            rule += " and B08 >= B03 (not water)"
+        shadows.update(heights_m=list(options.cloud_heights_m), nir_dark_dn=options.shadow_nir_max_dn,
+                       rule=rule)
+    return {"method": "s2cloudless", "band_paths": dict(band_paths), "b8a": b8a_note,
+            "threshold": options.cloud_threshold, "dilation_m": options.cloud_dilation_m,
+            "acquired": acquired, "shadows": shadows, "shadows_off": shadows_off}
+
+
 def check_cloud_mask(spec: dict | None) -> dict | None:
     """Validate a ``cloud_mask`` spec (None passes through).
 

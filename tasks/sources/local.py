@@ -20,7 +20,14 @@ from rasterio.warp import transform_bounds
 from tasks.core.bands import spectral_request
 from tasks.core.errors import InputError
 from tasks.sources.catalog import Catalog, LocalScene, LocalSource
-from tasks.sources.cloud import B8A_STANDIN, S2CLOUDLESS_CONTRACT_BANDS, check_cloud_mask
+from tasks.sources.cloud import (
+    B8A_STANDIN,
+    S2CLOUDLESS_CONTRACT_BANDS,
+    check_cloud_mask,
+    detector_plan,
+    missing_bands_reason,
+    missing_detector_bands,
+)
 
 log = logging.getLogger(__name__)
 
@@ -323,16 +330,15 @@ def cloud_detector_plan(source: LocalSource, scene: LocalScene, root: Path, sour
         return None, f"cloud_detector: none for source {source_name!r}"
     if cloud_mask is not None:
         return None, "the scene gives a cloud mask file (cloud_mask), used instead"
-    missing = [b for b in S2CLOUDLESS_CONTRACT_BANDS if b not in scene.band_names]
+    missing = missing_detector_bands(scene.band_names)
     if missing:
-        reason = (f"s2cloudless needs bands {', '.join(S2CLOUDLESS_CONTRACT_BANDS)} (and B8A or B08 for "
-                  f"it); scene {scene.scene_id} lacks {', '.join(missing)}")
+        reason = missing_bands_reason(missing, scene.scene_id)
         if source.cloud_detector == "s2cloudless":
             raise InputError(f"source {source_name!r}: cloud_detector: s2cloudless, but {reason}; add the "
                              "bands to the scene or set cloud_detector: auto or none")
         return None, reason
     band_paths: dict[str, str] = {}
-    for band in S2CLOUDLESS_CONTRACT_BANDS:
+    for band in (*S2CLOUDLESS_CONTRACT_BANDS, *(("B03",) if "B03" in scene.band_names else ())):
         path = scene.band_path(band, root)
         check_raster(path, f"band {band} of scene {scene.scene_id} (for the cloud detector)")
         band_paths[band] = band_reference(path, scene.band_number(band))
@@ -343,29 +349,7 @@ def cloud_detector_plan(source: LocalSource, scene: LocalScene, root: Path, sour
         band_paths["B8A"], b8a_note = str(b8a), "B8A from the scene"
     else:
         band_paths["B8A"], b8a_note = band_paths["B08"], B8A_STANDIN
-    shadows: dict | None = None
-    shadows_off = ""
-    if not source.cloud_shadows:
-        shadows_off = f"cloud_shadows: false for source {source_name!r}"
-    elif scene.sun_azimuth_deg is not None:
-        shadows = {"sun_azimuth_deg": scene.sun_azimuth_deg, "sun_zenith_deg": scene.sun_zenith_deg,
-                   "sun_from": "scene metadata (data_catalog.yaml)"}
-    elif scene.acquired is not None:
-        shadows = {"sun_from": f"computed for {scene.acquired.isoformat()} at the grid centre"}
-    else:
-        shadows_off = (f"scene {scene.scene_id} has no acquisition time and no sun angles "
-                       "(sun_azimuth_deg, sun_zenith_deg): shadows not projected")
-    if shadows is not None:
-        rule = f"in the cloud mask shifted away from the sun, B08 < {source.shadow_nir_max_dn:g}"
-        if "B03" in scene.band_names:  # water (B08 < B03) next to a cloud is not called shadow
-            path = scene.band_path("B03", root)
-            check_raster(path, f"band B03 of scene {scene.scene_id} (for the shadow rule)")
-            band_paths["B03"] = band_reference(path, scene.band_number("B03"))
-            rule += " and B08 >= B03 (not water)"
-        shadows.update(heights_m=list(source.cloud_heights_m), nir_dark_dn=source.shadow_nir_max_dn,
-                       rule=rule)
-    plan = {"method": "s2cloudless", "band_paths": band_paths, "b8a": b8a_note,
-            "threshold": source.cloud_threshold, "dilation_m": source.cloud_dilation_m,
-            "acquired": scene.acquired.isoformat() if scene.acquired else None,
-            "shadows": shadows, "shadows_off": shadows_off}
-    return plan, None
+    sun = ((scene.sun_azimuth_deg, scene.sun_zenith_deg, "scene metadata (data_catalog.yaml)")
+           if scene.sun_azimuth_deg is not None else None)
+    acquired = scene.acquired.isoformat() if scene.acquired else None
+    return detector_plan(source, band_paths, b8a_note, acquired, sun, scene.scene_id, source_name), None
