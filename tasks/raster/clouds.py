@@ -47,6 +47,7 @@ DEFAULT_HEIGHTS_M: tuple[float, float] = (300.0, 3000.0)
 DEFAULT_NIR_DARK_DN = 1500.0  # B08 TOA reflectance 0.15
 CLEAR, CLOUD, SHADOW = 0, 1, 2
 CLASSES = {"cloud": CLOUD, "shadow": SHADOW}
+MAX_SUN_ZENITH_DEG = 80.0  # beyond it a 3 km cloud's shadow would fall over 17 km away: not projected
 MASK_ROWS = 1024  # rows of the 10 m mask computed and written at a time
 
 
@@ -203,6 +204,11 @@ def detect_clouds(scene: dict, grid: AnalysisGrid, work_dir: str | Path) -> dict
     cloud = (prob > plan["threshold"]) & has_data
     cloud = dilate(cloud, int(round(plan["dilation_m"] / coarse_res)))
     shadows = _sun_angles(plan.get("shadows"), plan.get("acquired"), grid)
+    shadows_off = plan.get("shadows_off", "")
+    if shadows and shadows["sun_zenith_deg"] >= MAX_SUN_ZENITH_DEG:
+        shadows_off = (f"sun zenith {shadows['sun_zenith_deg']:g} degrees >= {MAX_SUN_ZENITH_DEG:g}: shadows "
+                       "too long to project")
+        shadows = None
     zone = (shadow_candidates(cloud, coarse_res, shadows["sun_azimuth_deg"], shadows["sun_zenith_deg"],
                               tuple(shadows["heights_m"]))
             if shadows else np.zeros_like(cloud))
@@ -231,7 +237,7 @@ def detect_clouds(scene: dict, grid: AnalysisGrid, work_dir: str | Path) -> dict
     valid_prob = prob[has_data]
     method = {"method": "s2cloudless", "detection_res_m": coarse_res, "threshold": plan["threshold"],
               "dilation_m": plan["dilation_m"], "b8a": plan["b8a"],
-              "shadows": shadows or {"applied": False, "reason": plan.get("shadows_off", "")}}
+              "shadows": shadows or {"applied": False, "reason": shadows_off}}
     class_px = {"cloud": int(counts[CLOUD]), "shadow": int(counts[SHADOW])}
     log.info("clouds: scene %s, %d cloud px and %d shadow px of %d (s2cloudless at %g m, p > %g)",
              scene["scene_id"], class_px["cloud"], class_px["shadow"], grid.width * grid.height, coarse_res,

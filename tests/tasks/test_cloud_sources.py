@@ -129,3 +129,17 @@ def test_catalog_refuses_reversed_cloud_heights(tmp_path):
     source = {**local_source({"B02": T18SVG / "s2_B02.jp2"}), "cloud_heights_m": [3000, 300]}
     with pytest.raises(InputError, match="cloud_heights_m"):
         load_catalog(write_catalog(tmp_path / "c.yaml", {"s": source}))
+
+
+@pytest.mark.parametrize(("zenith", "projected"), [(40.0, True), (85.0, False)])
+def test_sun_angles_from_the_catalog(tmp_path, zenith, projected):
+    crops = t18svg_crops(tmp_path / "bands", bands=(*S2CLOUDLESS_CONTRACT_BANDS, "B03"))
+    source = local_source(crops, nodata=0, sun_azimuth_deg=150.0, sun_zenith_deg=zenith)
+    catalog = load_catalog(write_catalog(tmp_path / "c.yaml", {"s": source}))
+    inputs = resolve_local_inputs(catalog, "s", ("B02", "B03", "B04"))
+    shadows = _stack(inputs, lonlat_bounds(crops["B02"]), tmp_path / "w")["scenes"]["test-scene"]["method"]["shadows"]
+    if projected:
+        assert shadows["sun_from"].startswith("scene metadata") and shadows["sun_zenith_deg"] == 40.0
+        assert "B08 >= B03" in shadows["rule"]
+    else:  # a sun this low would throw shadows over 30 km: none are projected, and the record says why
+        assert shadows["applied"] is False and "85" in shadows["reason"]
