@@ -45,6 +45,7 @@ from tasks.core.errors import InputError
 from tasks.core.files import atomic_write, work_raster_profile
 from tasks.core.grid import AnalysisGrid
 from tasks.core.moments import BandMoments
+from tasks.raster.clouds import detect_clouds
 from tasks.raster.terrain import compute_slope_raster, plausible_dem
 from tasks.sources.cloud import check_cloud_mask, cloud_pixels
 from tasks.sources.cloud import write_records as write_cloud_records
@@ -185,6 +186,7 @@ def build_stack(inputs: SceneInputs, grid: AnalysisGrid, work_dir: str | Path,
     scenes = inputs.scenes()
     if len(scenes) > MAX_SCENES:
         raise InputError(f"a mosaic of {len(scenes)} scenes exceeds {MAX_SCENES} (scene_index.tif is uint8)")
+    scenes, detector_off = _computed_cloud_masks(scenes, grid, work_dir)
     nan_in_source = _source_nan_counts(scenes)
     dem_path, dem_nodata = inputs.dem_path, inputs.dem_nodata
     if dem_path:  # holes written as numbers without a nodata tag become nodata
@@ -200,12 +202,28 @@ def build_stack(inputs: SceneInputs, grid: AnalysisGrid, work_dir: str | Path,
         valid_fraction = valid_px / grid_px
         entries = _scene_entries(scenes, counts)
         layer_fraction = _layer_data_fractions(plan, counts, scenes, inputs.dem_path, valid_px)
-    _write_stack_records(work_dir, scenes, plan.cloud_specs, entries, stats, counts, grid_px, valid_px)
+    _write_stack_records(work_dir, scenes, plan.cloud_specs, entries, stats, counts, grid_px, valid_px,
+                         detector_off)
     log.info("stack: %dx%d px on %s from %d scene(s) (%s px), %.1f%% valid, %d px cloud-masked", grid.width,
              grid.height, grid.crs, len(scenes), "/".join(str(int(t)) for t in counts.taken_px[1:]),
              100 * valid_fraction, counts.cloudy_px)
     return StackResult(str(work_dir / "stack.tif"), str(work_dir / "valid.tif"), stats, valid_fraction,
                        counts.cloudy_px, layer_fraction, counts.moments.to_json())
+
+
+def _computed_cloud_masks(scenes: list[dict], grid: AnalysisGrid,
+                          work_dir: Path) -> tuple[list[dict], dict[str, str]]:
+    """Scenes whose source gave no cloud mask but a ``cloud_detector`` plan get the mask it computes
+    (``tasks.raster.clouds``); also, per scene left without a mask, why no detector ran."""
+    out, off = [], {}
+    for scene in scenes:
+        if scene.get("cloud_mask") is None and scene.get("cloud_detector"):
+            scene = {**scene, "cloud_mask": detect_clouds(scene, grid, work_dir)}
+        elif scene.get("cloud_mask") is None:
+            off[scene["scene_id"]] = scene.get("cloud_detector_off") or (
+                "no cloud detector for this source kind yet (it runs on local sources)")
+        out.append(scene)
+    return out, off
 
 
 def _layer_paths(name: str, scenes: list[dict], dem_path: str | None) -> str:
@@ -469,12 +487,13 @@ def _scene_entries(scenes: list[dict], counts: _WindowCounts) -> list[dict]:
 
 def _write_stack_records(work_dir: Path, scenes: list[dict], cloud_specs: list[dict | None],
                          entries: list[dict], stats: dict, counts: _WindowCounts, grid_px: int,
-                         valid_px: int) -> None:
+                         valid_px: int, detector_off: dict[str, str] | None = None) -> None:
     """Write scenes.json, stack_stats.json and cloud_mask.json."""
     write_scenes(work_dir, entries, grid_px, valid_px)
     (work_dir / "stack_stats.json").write_text(json.dumps(stats, indent=2))
     write_cloud_records(work_dir, [(s["scene_id"], spec, int(counts.cloud_lost_px[k]))
-                                   for k, (s, spec) in enumerate(zip(scenes, cloud_specs))], grid_px)
+                                   for k, (s, spec) in enumerate(zip(scenes, cloud_specs))], grid_px,
+                        detector_off)
 
 
 def _write_window(datasets, block: np.ndarray, idx: np.ndarray, win: Window) -> None:

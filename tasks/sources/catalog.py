@@ -60,6 +60,17 @@ class LocalScene(_Strict):
     nodata: float | None = Field(default=None, description="overrides the files' nodata value")
     processing_baseline: str | None = Field(
         default=None, description="e.g. '02.01'; >= 04.00 means DN carry a +1000 offset")
+    cloud_mask: "LocalCloudMask | None" = Field(
+        default=None, description="a cloud mask file of this scene (path + the values that mean cloud); "
+                                  "used instead of the cloud detector")
+    b8a: str | None = Field(
+        default=None, description="path of the scene's B8A band: not part of the band contract, read "
+                                  "only by the s2cloudless cloud detector (without it B08 stands in)")
+    sun_azimuth_deg: float | None = Field(
+        default=None, ge=0, lt=360, description="mean sun azimuth of the scene (metadata); default: "
+                                                "computed from 'acquired' and the scene centre")
+    sun_zenith_deg: float | None = Field(
+        default=None, ge=0, lt=90, description="mean sun zenith of the scene (metadata); as sun_azimuth_deg")
 
     @field_validator("acquired")
     @classmethod
@@ -85,6 +96,9 @@ class LocalScene(_Strict):
                      + list(self.available_bands or ())):
             if normalize_band_name(name) not in SPECTRAL_BAND_NAMES:
                 raise ValueError(f"{name!r} is not a Sentinel-2 band of the contract")
+        if (self.sun_azimuth_deg is None) != (self.sun_zenith_deg is None):
+            raise ValueError("give sun_azimuth_deg and sun_zenith_deg together (the scene metadata's mean "
+                             "sun angles) or neither")
         for name, index in self.band_indexes.items():
             if index < 1:
                 raise ValueError(f"band_indexes[{name!r}] must be a band number >= 1, got {index}")
@@ -139,7 +153,49 @@ class LocalScene(_Strict):
         return f"{first}..{last}"
 
 
-class LocalSource(_Strict):
+class LocalCloudMask(_Strict):
+    """A cloud mask file of a local scene: a one-band raster (any CRS/resolution; warped with nearest
+    neighbour) and the values that mean cloud (``cloud_values``) or an inclusive range (``cloud_range``)."""
+
+    path: str
+    cloud_values: tuple[int, ...] = ()
+    cloud_range: tuple[float, float] | None = None
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> "LocalCloudMask":
+        if bool(self.cloud_values) == (self.cloud_range is not None):
+            raise ValueError("give exactly one of cloud_values (e.g. [1]) or cloud_range ([lo, hi])")
+        if self.cloud_range and self.cloud_range[0] > self.cloud_range[1]:
+            raise ValueError("cloud_range must be [lo, hi]")
+        return self
+
+
+class _CloudDetectorOptions(_Strict):
+    """The cloud detector's settings (tasks/raster/clouds.py), shared by local and stac sources."""
+
+    cloud_detector: Literal["auto", "s2cloudless", "none"] = Field(
+        default="auto", description="cloud (and shadow) mask from the scene's own bands where the scene "
+                                    "gives no cloud_mask file: 'auto' runs s2cloudless when the scene has "
+                                    "its bands, 's2cloudless' requires them, 'none' never runs it")
+    cloud_threshold: float = Field(default=0.4, gt=0, lt=1, description="s2cloudless probability "
+                                                                        "above which a pixel is cloud")
+    cloud_dilation_m: float = Field(default=160.0, ge=0, description="clouds grown by this distance")
+    cloud_shadows: bool = Field(default=True, description="also mask the clouds' projected shadows")
+    cloud_heights_m: tuple[float, float] = Field(
+        default=(300.0, 3000.0), description="cloud heights [low, high] the shadow is searched over")
+    shadow_nir_max_dn: float = Field(
+        default=1500.0, gt=0, description="a shadow candidate is shadow only where B08 is below this "
+                                          "(TOA reflectance x 10000)")
+
+    @field_validator("cloud_heights_m")
+    @classmethod
+    def _heights(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 <= value[0] <= value[1]:
+            raise ValueError("cloud_heights_m must be [low, high] with 0 <= low <= high (metres)")
+        return value
+
+
+class LocalSource(_CloudDetectorOptions):
     """Rasters on disk: per-band files per scene, and a DEM.
 
     The DEM is a file (``dem``) or the DEM collection of a ``stac`` source of the same catalog
@@ -173,7 +229,7 @@ class LocalSource(_Strict):
         return scenes
 
 
-class StacSource(_Strict):
+class StacSource(_CloudDetectorOptions):
     """A STAC API (pystac-client search, COG window reads of the assets)."""
 
     kind: Literal["stac"]
@@ -204,6 +260,9 @@ class StacSource(_Strict):
                                   "of Earth Search sentinel-2-l2a); None: no cloud mask is applied")
     cloud_mask_values: tuple[int, ...] = Field(
         default=(), description="values of that asset that are cloud (SCL: 3, 8, 9, 10)")
+    b8a_asset: str | None = Field(
+        default="nir08", description="asset key of B8A, read only by the cloud detector (Earth Search: "
+                                     "nir08); None or absent from the item: B08 stands in")
     timeout_s: float = Field(default=60.0, gt=0)
     max_retries: int = Field(default=4, ge=0)
     max_mosaic_scenes: int = Field(
@@ -334,6 +393,8 @@ STAC_EARTH_SEARCH_L1C_ASSETS = {
     "B01": "coastal", "B02": "blue", "B03": "green", "B04": "red", "B05": "rededge1",
     "B06": "rededge2", "B07": "rededge3", "B08": "nir", "B09": "nir09", "B10": "cirrus",
     "B11": "swir16", "B12": "swir22"}
+
+LocalScene.model_rebuild()
 
 Source = Annotated[Union[LocalSource, StacSource, SentinelHubSource], Field(discriminator="kind")]
 

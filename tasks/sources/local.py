@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,14 @@ from rasterio.warp import transform_bounds
 from tasks.core.bands import spectral_request
 from tasks.core.errors import InputError
 from tasks.sources.catalog import Catalog, LocalScene, LocalSource
+from tasks.sources.cloud import (
+    B8A_STANDIN,
+    S2CLOUDLESS_CONTRACT_BANDS,
+    check_cloud_mask,
+    detector_plan,
+    missing_bands_reason,
+    missing_detector_bands,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +63,10 @@ class SceneInputs:
     # the DEM product (collection, product name, units, vertical datum, ...) when the source names one;
     # None = a local DEM file or no DEM (tasks.sources.stac.dem_record)
     dem_product: dict | None = None
+    # a cloud mask to compute from the scene's own bands (tasks.raster.clouds: band_paths of
+    # S2CLOUDLESS_BANDS, threshold, dilation_m, shadows), None = none; cloud_detector_off says why not
+    cloud_detector: dict | None = None
+    cloud_detector_off: str | None = None
 
     def scenes(self) -> list[dict]:
         """The scenes alignment reads, best first (one entry for a single-scene input)."""
@@ -62,7 +75,8 @@ class SceneInputs:
         return [{"scene_id": self.scene_id, "acquired": self.acquired, "cloud_pct": self.cloud_pct,
                  "processing_baseline": self.processing_baseline, "offset_dn": self.offset_dn,
                  "band_paths": dict(self.band_paths), "band_nodata": self.band_nodata,
-                 "cloud_mask": self.cloud_mask}]
+                 "cloud_mask": self.cloud_mask, "cloud_detector": self.cloud_detector,
+                 "cloud_detector_off": self.cloud_detector_off}]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -254,6 +268,11 @@ def resolve_local_inputs(catalog: Catalog, source_name: str, spectral_bands: tup
     if scene.acquired_unknown:
         notes.append(f"acquisition time of scene {scene.scene_id} unknown: the polygons carry no "
                      "'acquired' date")
+    cloud_mask = _scene_cloud_mask(scene, catalog.root, source_name)
+    detector, detector_off = cloud_detector_plan(source, scene, catalog.root, source_name, cloud_mask)
+    notes.append(f"cloud mask: {cloud_mask['origin']}" if cloud_mask else
+                 f"cloud mask: s2cloudless on the scene's bands ({detector['b8a']})" if detector else
+                 f"no cloud mask: {detector_off}")
     offset = harmonization_offset(scene.processing_baseline)
     if offset:
         notes.append(f"processing baseline {scene.processing_baseline} >= 04.00: "
@@ -273,4 +292,64 @@ def resolve_local_inputs(catalog: Catalog, source_name: str, spectral_bands: tup
         processing_baseline=scene.processing_baseline,
         extent_lonlat=raster_extent_lonlat(first),
         notes=notes,
+        cloud_mask=cloud_mask,
+        cloud_detector=detector,
+        cloud_detector_off=detector_off,
     )
+
+
+def _scene_cloud_mask(scene: LocalScene, root: Path, source_name: str) -> dict | None:
+    """The scene's ``cloud_mask`` file as a cloud mask spec (``tasks.sources.cloud``), checked; None = none."""
+    if scene.cloud_mask is None:
+        return None
+    path = Path(os.path.expandvars(scene.cloud_mask.path)).expanduser()
+    path = path if path.is_absolute() else root / path
+    check_raster(path, f"cloud mask of scene {scene.scene_id} (source {source_name!r})")
+    spec: dict = {"path": str(path)}
+    if scene.cloud_mask.cloud_values:
+        spec["cloud_values"] = list(scene.cloud_mask.cloud_values)
+        rule = f"cloud = {list(scene.cloud_mask.cloud_values)}"
+    else:
+        spec["cloud_range"] = list(scene.cloud_mask.cloud_range)  # type: ignore[arg-type]
+        rule = f"cloud = {scene.cloud_mask.cloud_range[0]:g}..{scene.cloud_mask.cloud_range[1]:g}"  # type: ignore[index]
+    spec["origin"] = f"local cloud mask file {path.name}, {rule}"
+    return check_cloud_mask(spec)
+
+
+def cloud_detector_plan(source: LocalSource, scene: LocalScene, root: Path, source_name: str,
+                        cloud_mask: dict | None) -> tuple[dict | None, str | None]:
+    """What ``tasks.raster.clouds.detect_clouds`` runs for this scene, or why nothing runs.
+
+    Returns:
+        (plan, None) or (None, reason).
+
+    Raises:
+        InputError: ``cloud_detector: s2cloudless`` on a scene without the bands it needs (named).
+    """
+    if source.cloud_detector == "none":
+        return None, f"cloud_detector: none for source {source_name!r}"
+    if cloud_mask is not None:
+        return None, "the scene gives a cloud mask file (cloud_mask), used instead"
+    missing = missing_detector_bands(scene.band_names)
+    if missing:
+        reason = missing_bands_reason(missing, scene.scene_id)
+        if source.cloud_detector == "s2cloudless":
+            raise InputError(f"source {source_name!r}: cloud_detector: s2cloudless, but {reason}; add the "
+                             "bands to the scene or set cloud_detector: auto or none")
+        return None, reason
+    band_paths: dict[str, str] = {}
+    for band in (*S2CLOUDLESS_CONTRACT_BANDS, *(("B03",) if "B03" in scene.band_names else ())):
+        path = scene.band_path(band, root)
+        check_raster(path, f"band {band} of scene {scene.scene_id} (for the cloud detector)")
+        band_paths[band] = band_reference(path, scene.band_number(band))
+    if scene.b8a:
+        b8a = Path(os.path.expandvars(scene.b8a)).expanduser()
+        b8a = b8a if b8a.is_absolute() else root / b8a
+        check_raster(b8a, f"band B8A of scene {scene.scene_id} (for the cloud detector)")
+        band_paths["B8A"], b8a_note = str(b8a), "B8A from the scene"
+    else:
+        band_paths["B8A"], b8a_note = band_paths["B08"], B8A_STANDIN
+    sun = ((scene.sun_azimuth_deg, scene.sun_zenith_deg, "scene metadata (data_catalog.yaml)")
+           if scene.sun_azimuth_deg is not None else None)
+    acquired = scene.acquired.isoformat() if scene.acquired else None
+    return detector_plan(source, band_paths, b8a_note, acquired, sun, scene.scene_id, source_name), None

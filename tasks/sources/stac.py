@@ -52,6 +52,13 @@ from tasks.core.bands import SPECTRAL_BAND_NAMES, spectral_request
 from tasks.core.errors import InputError, SourceError
 from tasks.core.files import atomic_write, atomic_write_text
 from tasks.sources.catalog import StacSource
+from tasks.sources.cloud import (
+    B8A_STANDIN,
+    S2CLOUDLESS_CONTRACT_BANDS,
+    detector_plan,
+    missing_bands_reason,
+    missing_detector_bands,
+)
 from tasks.sources.local import SceneInputs, harmonization_offset, raster_extent_lonlat
 from tasks.sources.mosaic import SceneCandidate, choose_mosaic, window_end
 from tasks.sources.signing import HrefSigner, redact_hrefs, strip_query
@@ -475,6 +482,8 @@ def fetch_stac_inputs(source: StacSource, source_name: str, spectral_bands: tupl
         cloud_mask=first_scene["cloud_mask"],
         cloud_pct=best.cloud_pct,
         dem_product=dem_product,
+        cloud_detector=first_scene["cloud_detector"],
+        cloud_detector_off=first_scene["cloud_detector_off"],
     )
 
 
@@ -493,19 +502,24 @@ def _fetch_item(item: Any, cand: Candidate, source: StacSource, source_name: str
             "without those bands")
     band_paths: dict[str, str] = {}
     scene_dir = cache_dir / _safe(item.id)
-    for band in wanted:
-        key = source.assets[band]
+
+    def fetch_band(band: str, key: str, why: str = "") -> str:
         href = strip_query(item.assets[key].href)
         name = f"{band}_{_safe(key)}_{cache_key(item.id, href, roi_bounds, MARGIN_PX)}.tif"
-        path = fetch_window(href, roi_bounds, source, scene_dir / name,
-                            f"band {band} (asset {key!r}) of {item.id}", sign, source.collection)
-        band_paths[band] = str(path)
+        return str(fetch_window(href, roi_bounds, source, scene_dir / name,
+                                f"band {band} (asset {key!r}) of {item.id}{why}", sign, source.collection))
+
+    for band in wanted:
+        band_paths[band] = fetch_band(band, source.assets[band])
     log.info("stac source %r: %s, %d band(s) in %s", source_name, item.id, len(band_paths), scene_dir)
 
     cloud_mask = None
+    detector, detector_off = None, None
     if not source.cloud_mask_asset:
-        note = (f"no cloud mask: source {source_name!r} maps no cloud_mask_asset (Earth Search's "
-                "sentinel-2-l1c has none): cloudy pixels are analysed")
+        detector, detector_off = _detector_for_item(item, cand, source, source_name, band_paths, fetch_band)
+        note = (f"cloud mask: s2cloudless on the item's own bands ({detector['b8a']})" if detector else
+                f"no cloud mask: source {source_name!r} maps no cloud_mask_asset (Earth Search's "
+                f"sentinel-2-l1c has none) and no detector runs ({detector_off}): cloudy pixels are analysed")
         if note not in notes:
             notes.append(note)
     elif source.cloud_mask_asset not in item.assets:
@@ -531,7 +545,44 @@ def _fetch_item(item: Any, cand: Candidate, source: StacSource, source_name: str
         notes.append(f"item {item.id} has no s2:processing_baseline: no harmonization offset applied")
     return {"scene_id": item.id, "acquired": cand.acquired, "cloud_pct": cand.cloud_pct,
             "processing_baseline": baseline, "offset_dn": offset, "band_paths": band_paths,
-            "band_nodata": S2_NODATA, "cloud_mask": cloud_mask}
+            "band_nodata": S2_NODATA, "cloud_mask": cloud_mask, "cloud_detector": detector,
+            "cloud_detector_off": detector_off}
+
+
+def _detector_for_item(item: Any, cand: Candidate, source: StacSource, source_name: str,
+                       band_paths: dict[str, str], fetch_band: Callable[..., str]) -> tuple[dict | None, str | None]:
+    """The cloud detector plan of an item without a cloud mask asset (its extra bands fetched over the
+    ROI like the others), or why none runs.
+
+    Raises:
+        InputError: ``cloud_detector: s2cloudless`` and the item lacks bands it needs (named).
+    """
+    if source.cloud_detector == "none":
+        return None, f"cloud_detector: none for source {source_name!r}"
+    have = {b for b, key in source.assets.items() if key in item.assets}
+    missing = missing_detector_bands(have)
+    if missing:
+        reason = missing_bands_reason(missing, item.id) + " (no asset mapped or none on the item)"
+        if source.cloud_detector == "s2cloudless":
+            raise InputError(f"source {source_name!r}: cloud_detector: s2cloudless, but {reason}; map the "
+                             "bands under 'assets:' or set cloud_detector: auto or none")
+        return None, reason
+    why = " (for the cloud detector)"
+    paths = {b: band_paths.get(b) or fetch_band(b, source.assets[b], why)
+             for b in (*S2CLOUDLESS_CONTRACT_BANDS, *(("B03",) if "B03" in have else ()))}
+    if source.b8a_asset and source.b8a_asset in item.assets:
+        paths["B8A"], b8a_note = fetch_band("B8A", source.b8a_asset, why), f"B8A from asset {source.b8a_asset!r}"
+    else:
+        paths["B8A"], b8a_note = paths["B08"], B8A_STANDIN
+    props = item.properties
+    sun = None
+    if props.get("view:sun_azimuth") is not None and props.get("view:sun_elevation") is not None:
+        sun = (float(props["view:sun_azimuth"]), 90.0 - float(props["view:sun_elevation"]),
+               "item properties view:sun_azimuth, view:sun_elevation")
+    elif props.get("s2:mean_solar_azimuth") is not None and props.get("s2:mean_solar_zenith") is not None:
+        sun = (float(props["s2:mean_solar_azimuth"]), float(props["s2:mean_solar_zenith"]),
+               "item properties s2:mean_solar_azimuth, s2:mean_solar_zenith")
+    return detector_plan(source, paths, b8a_note, cand.acquired, sun, item.id, source_name), None
 
 
 def dem_record(source: StacSource) -> dict | None:

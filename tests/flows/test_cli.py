@@ -100,6 +100,8 @@ def absolute_catalog() -> dict:
             source["dem"] = str((REPO / source["dem"]).resolve())
         for scene in source["scenes"]:
             scene["band_template"] = str((REPO / scene["band_template"]).resolve())
+            if scene.get("b8a"):
+                scene["b8a"] = str((REPO / scene["b8a"]).resolve())
     return raw
 
 

@@ -54,6 +54,10 @@ def test_all_twelve_bands_from_the_catalog_entry(prefect_harness, tmp_path, twel
         assert stats[band]["finite_fraction"] > 0.95, band
     assert stats["SLOPE"]["finite_fraction"] == 0 and stats["DEM"]["finite_fraction"] == 0
     assert manifest["grid"]["crs"] == "EPSG:32618" and manifest["grid"]["res_m"] == 10.0
+    # no cloud mask in the source: s2cloudless ran on the scene's own bands, and the manifest says how
+    cloud = manifest["inputs"]["cloud_mask"]["scenes"]["S2A_MSIL1C_20160112_T18SVG"]
+    assert cloud["method"]["method"] == "s2cloudless" and cloud["method"]["b8a"] == "B8A from the scene"
+    assert set(cloud["class_px"]) == {"cloud", "shadow"}
     with rasterio.open(out / "probability.tif") as src:
         assert src.crs.to_epsg() == 32618 and src.res == (10.0, 10.0)
         prob = src.read(1)

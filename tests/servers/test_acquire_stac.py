@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
 import numpy as np
@@ -297,6 +298,7 @@ def test_scan_through_stac_matches_local_source(stac_api, prefect_harness, tmp_p
     local = shipped["sources"]["t18svg-2016-local"]
     for scene in local["scenes"]:
         scene["band_template"] = str((repo / scene["band_template"]).resolve())
+        scene["b8a"] = str((repo / scene["b8a"]).resolve())
     catalog = {"version": 1, "sources": {
         "t18svg-local": local,
         "t18svg-stac": {"kind": "stac", "url": stac_api.url, "max_retries": 2, "timeout_s": 10}}}
@@ -339,14 +341,48 @@ def test_cloud_mask_asset_is_read_like_a_band(stac_api, tmp_path):
     mask = _read(spec["path"])
     np.testing.assert_array_equal(mask, _served_window(stac_api.cog_paths[CLEAR]["cirrus"], spec["path"]))
     assert 0 < cloud_pixels(mask, spec).sum() < mask.size
-    # no mapping, or an item without the asset: no mask, and the notes say so
-    plain = fetch_stac_inputs(_source(stac_api), "stac-test", ("B02",), ROI, *Y2016, tmp_path)
+    # no mapping: no mask asset, s2cloudless runs on the item's bands instead (test below); with the
+    # detector off, or an item without the asset: no mask, and the notes say so
+    plain = fetch_stac_inputs(_source(stac_api, cloud_detector="none"), "stac-test", ("B02",), ROI, *Y2016,
+                              tmp_path)
     assert plain.cloud_mask is None and any("no cloud mask" in n for n in plain.notes)
     absent = fetch_stac_inputs(_source(stac_api, cloud_mask_asset="scl", cloud_mask_values=(8, 9)),
                                "stac-test", ("B02",), ROI, *Y2016, tmp_path)
     assert absent.cloud_mask is None and any("no asset 'scl'" in n for n in absent.notes)
     with pytest.raises(ValueError, match="go together"):
         _source(stac_api, cloud_mask_asset="scl")
+
+
+def test_s2cloudless_runs_on_an_l1c_item_without_a_mask_asset(stac_api, tmp_path):
+    """Earth Search's L1C has no mask asset: the detector's bands (and B8A, asset nir08) are fetched
+    over the ROI like the model's, and alignment computes the mask and records it."""
+    from tasks.core.grid import make_grid, roi_in_grid_crs
+    from tasks.raster.align import build_stack
+
+    inputs = fetch_stac_inputs(_source(stac_api), "stac-test", ("B02", "B03", "B04"), ROI, *Y2016, tmp_path)
+    plan = inputs.cloud_detector
+    assert inputs.cloud_mask is None and plan["method"] == "s2cloudless"
+    assert plan["b8a"] == "B8A from asset 'nir08'" and plan["band_paths"]["B8A"] != plan["band_paths"]["B08"]
+    assert set(plan["band_paths"]) == {"B01", "B02", "B03", "B04", "B05", "B08", "B8A", "B09", "B10", "B11",
+                                       "B12"}
+    assert plan["band_paths"]["B02"] == inputs.band_paths["B02"]  # the model's bands are not fetched twice
+    assert any("s2cloudless" in n for n in inputs.notes)
+    grid = make_grid(ROI)
+    build_stack(inputs, grid, tmp_path / "work", ("B02", "B03", "B04"), roi_in_grid_crs(ROI, grid))
+    record = json.loads((tmp_path / "work" / "cloud_mask.json").read_text())
+    scene = record["scenes"][inputs.scene_id]
+    assert record["applied"] and scene["method"]["method"] == "s2cloudless"
+    assert "computed for 2016-01-12" in scene["method"]["shadows"]["sun_from"]  # the items carry no sun angles
+    assert set(scene["class_px"]) == {"cloud", "shadow"}
+
+
+def test_s2cloudless_asked_for_on_items_without_its_bands(stac_api, tmp_path):
+    assets = {"B02": "blue", "B03": "green", "B04": "red"}
+    source = _source(stac_api, assets=assets, cloud_detector="s2cloudless")
+    with pytest.raises(InputError, match="lacks B01, B05, B08, B09, B10, B11, B12"):
+        fetch_stac_inputs(source, "stac-test", ("B02",), ROI, *Y2016, tmp_path)
+    auto = fetch_stac_inputs(_source(stac_api, assets=assets), "stac-test", ("B02",), ROI, *Y2016, tmp_path)
+    assert auto.cloud_detector is None and "lacks B01" in auto.cloud_detector_off
 
 
 def test_cloud_rules():

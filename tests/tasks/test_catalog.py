@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pytest
 import yaml
@@ -81,3 +82,14 @@ def test_band_contract():
         normalize_band_name("B8A")
     with pytest.raises(InputError, match="twice"):
         validate_bands(["B02", "b2"])
+
+
+@pytest.mark.parametrize("name", ["pc-l2a-alos", "earth-search-l1c", "cdse-sentinelhub"])
+def test_commented_catalog_examples_validate(tmp_path, name):
+    """Each commented-out example of a real service in data_catalog.yaml is a valid entry."""
+    shipped = (Path(__file__).resolve().parents[2] / "data_catalog.yaml").read_text()
+    block = shipped.split(f"# BEGIN {name}\n", 1)[1].split(f"  # END {name}", 1)[0]
+    entry = "\n".join(line.replace("  # ", "  ", 1) for line in block.splitlines())
+    path = tmp_path / "data_catalog.yaml"
+    path.write_text("version: 1\nsources:\n" + entry + "\n")
+    assert load_catalog(path).source(name)
