@@ -72,7 +72,7 @@ class StackResult:
     band_moments: dict = field(default_factory=dict)
 
 
-def _warped_layer(path: str, grid: AnalysisGrid, resampling: Resampling, src_nodata: float | None,
+def warped_layer(path: str, grid: AnalysisGrid, resampling: Resampling, src_nodata: float | None,
                   chunk_px: int) -> xr.DataArray:
     """A lazy (1, H, W) float32 view of ``path`` on ``grid`` with NaN for nodata."""
     src = rasterio.open(path)
@@ -127,7 +127,7 @@ def _scene_layers(scene: dict, grid: AnalysisGrid, chunk_px: int) -> dict[str, d
     """Lazy (H, W) views of one scene's spectral bands on ``grid``, harmonized, NaN = nodata."""
     layers = {}
     for name, path in scene["band_paths"].items():
-        data = _warped_layer(path, grid, Resampling[get_band(name).resampling], scene.get("band_nodata"),
+        data = warped_layer(path, grid, Resampling[get_band(name).resampling], scene.get("band_nodata"),
                              chunk_px).data[0]
         if scene.get("offset_dn"):
             data = da.maximum(data - scene["offset_dn"], 0.0)
@@ -329,7 +329,7 @@ def _terrain_layers(dem_path: str | None, dem_nodata: float | None, slope_path: 
             terrain[name] = empty
             continue
         path, nodata = (dem_path, dem_nodata) if name == "DEM" else (str(slope_path), None)
-        terrain[name] = _warped_layer(path, grid, Resampling[get_band(name).resampling], nodata,
+        terrain[name] = warped_layer(path, grid, Resampling[get_band(name).resampling], nodata,
                                       chunk_px).data[0].rechunk((chunk_px, chunk_px))
     return terrain
 

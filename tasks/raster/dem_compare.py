@@ -4,7 +4,7 @@ Both DEMs go through the scan's own terrain path (``tasks.raster.align.build_sta
 elevations become nodata (``tasks.raster.terrain.plausible_dem``), slope is Horn's, computed in the
 grid's UTM zone at the DEM's native ground resolution (``compute_slope_raster``), and DEM and slope
 are warped onto the analysis grid (``tasks.core.grid.make_grid``) with the band contract's resampling
-(``tasks.raster.align._warped_layer``). Then, over the ROI's pixels where both DEMs have data:
+(``tasks.raster.align.warped_layer``). Then, over the ROI's pixels where both DEMs have data:
 
 - the elevation difference ``B - A`` (metres) and the slope difference ``B - A`` (degrees);
 - for each: count, bias (mean), MAE, RMSE, median, p95 of ``|d|``; overall and by the slope class of
@@ -41,7 +41,7 @@ from rasterio.errors import RasterioIOError
 from tasks.core.bands import get_band
 from tasks.core.errors import InputError
 from tasks.core.grid import AnalysisGrid, check_bbox, make_grid, roi_in_grid_crs
-from tasks.raster.align import DEFAULT_CHUNK_PX, _warped_layer, roi_mask
+from tasks.raster.align import DEFAULT_CHUNK_PX, roi_mask, warped_layer
 from tasks.raster.terrain import compute_slope_raster, plausible_dem
 from tasks.sources.catalog import STAC_DEM_PRODUCTS
 from tasks.sources.coverage import FULL_COVER, raster_footprint
@@ -245,8 +245,8 @@ def warp_terrain(path: str | Path, grid: AnalysisGrid, work_dir: str | Path,
     slope_path = compute_slope_raster(dem_path, work_dir / "slope_metric.tif", dst_crs=grid.crs,
                                       nodata=nodata)
     chunk = max(DEFAULT_CHUNK_PX, grid.width, grid.height)
-    dem = _warped_layer(dem_path, grid, Resampling[get_band("DEM").resampling], nodata, chunk)
-    slope = _warped_layer(str(slope_path), grid, Resampling[get_band("SLOPE").resampling], None, chunk)
+    dem = warped_layer(dem_path, grid, Resampling[get_band("DEM").resampling], nodata, chunk)
+    slope = warped_layer(str(slope_path), grid, Resampling[get_band("SLOPE").resampling], None, chunk)
     return (np.asarray(dem.values[0], np.float32), np.asarray(slope.values[0], np.float32))
 
 
