@@ -223,6 +223,23 @@ def _connect_rw(path: Path) -> sqlite3.Connection:
     return con
 
 
+@contextlib.contextmanager
+def _write_transaction(path: Path) -> Iterator[sqlite3.Connection]:
+    """A connection to ``path`` inside ``BEGIN IMMEDIATE``: committed when the block ends, rolled
+    back on any exception (the file then stays as it was), closed either way."""
+    con = _connect_rw(path)
+    try:
+        con.execute("BEGIN IMMEDIATE")
+        yield con
+        con.execute("COMMIT")
+    except BaseException:
+        if con.in_transaction:
+            con.execute("ROLLBACK")
+        raise
+    finally:
+        con.close()
+
+
 def _clean_ids(polygon_ids: Iterable[int]) -> list[int]:
     ids: list[int] = []
     for v in polygon_ids:
@@ -299,9 +316,7 @@ def record_review(gpkg_path: str | Path, polygon_ids: Sequence[int], decision: s
     stamp = gpkg_timestamp(now)
     status = DECISIONS[decision]
     with gpkg_write_lock(path, lock_wait_s, "a merge or another review is writing"):
-        con = _connect_rw(path)
-        try:
-            con.execute("BEGIN IMMEDIATE")
+        with _write_transaction(path) as con:
             key = _key_column(con, path)
             known = {r[0] for r in con.execute(
                 f'SELECT "{key}" FROM "{LANDSLIDES_LAYER}" WHERE "{key}" IN '
@@ -322,13 +337,6 @@ def record_review(gpkg_path: str | Path, polygon_ids: Sequence[int], decision: s
                                            _parse_time(stamp)))
             touch_last_change(con, LANDSLIDES_LAYER, now)
             touch_last_change(con, REVIEWS_LAYER, now)
-            con.execute("COMMIT")
-        except BaseException:
-            if con.in_transaction:
-                con.execute("ROLLBACK")
-            raise
-        finally:
-            con.close()
     log.info("%s: %s %s by %s", path, decision, ", ".join(map(str, ids)), reviewer)
     return entries
 
@@ -350,9 +358,7 @@ def copy_reviews(src_gpkg: str | Path, dst_gpkg: str | Path, key: str = INVENTOR
                                    f'"{REVIEWS_LAYER}" ORDER BY fid').fetchall()
                 last = con.execute("SELECT last_change FROM gpkg_contents WHERE table_name = ?",
                                    (REVIEWS_LAYER,)).fetchone()
-    con = _connect_rw(dst)
-    try:
-        con.execute("BEGIN IMMEDIATE")
+    with _write_transaction(dst) as con:
         now = dt.datetime.now(dt.timezone.utc)
         create_attributes_table(con, REVIEWS_LAYER, _reviews_columns_sql(key), now)
         document_table(con, REVIEWS_LAYER, LAYER_DESCRIPTIONS[REVIEWS_LAYER],
@@ -363,13 +369,6 @@ def copy_reviews(src_gpkg: str | Path, dst_gpkg: str | Path, key: str = INVENTOR
         if rows and last and last[0]:  # unchanged content keeps its last_change
             con.execute("UPDATE gpkg_contents SET last_change = ? WHERE table_name = ?",
                         (last[0], REVIEWS_LAYER))
-        con.execute("COMMIT")
-    except BaseException:
-        if con.in_transaction:
-            con.execute("ROLLBACK")
-        raise
-    finally:
-        con.close()
     return len(rows)
 
 
