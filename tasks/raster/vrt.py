@@ -13,12 +13,14 @@ from xml.sax.saxutils import escape
 from tasks.core.bands import SPECTRAL_BAND_NAMES, normalize_band_name
 from tasks.core.errors import InputError
 
-_BAND_IN_NAME = re.compile(r"(?<![A-Za-z0-9])B(0?[1-9]|1[0-2]|8A)(?![0-9])", re.IGNORECASE)
+# a band token standing alone in a file name (B04, B4, b11); B8A is left out on purpose: it is not
+# a band of the contract, and "B8" must not be read out of it
+_BAND_IN_NAME = re.compile(r"(?<![A-Za-z0-9])B(0?[1-9]|1[0-2])(?![A-Za-z0-9])", re.IGNORECASE)
 
 
 def band_names_from_filenames(names: list[str]) -> list[str | None]:
     """The Sentinel-2 band each file name mentions (``T54TXN_..._B04_10m.jp2`` -> ``B04``), None
-    where a name mentions none or several (pure)."""
+    where a name mentions none, several, or only B8A (not a band of the contract) (pure)."""
     out: list[str | None] = []
     for name in names:
         found = {normalize_band_name("B" + m.group(1)) for m in _BAND_IN_NAME.finditer(Path(name).stem)}

@@ -183,7 +183,8 @@ def test_band_files_stack_into_one_image(tmp_path):
     post = REPO / "data" / "iburi_2018" / "s2_post"
     files = [post / f"S2_post_B{k}.tif" for k in (2, 3, 4)]
     assert band_names_from_filenames([f.name for f in files]) == ["B02", "B03", "B04"]
-    assert band_names_from_filenames(["T54_B8A_20m.jp2", "dem.tif", "B02_B03.tif"])[1:] == [None, None]
+    assert band_names_from_filenames(["T54_B8A_20m.jp2", "dem.tif", "B02_B03.tif", "x_b11_20m.jp2"]) == \
+        [None, None, None, "B11"]
     vrt = stack_band_files(files, ["B2", "B03", "b4"], tmp_path / "bands.vrt")
     with rasterio.open(vrt) as stack, rasterio.open(files[1]) as b3:
         assert stack.count == 3 and stack.descriptions == ("B02", "B03", "B04")
