@@ -96,8 +96,32 @@ def _card_label(card: dict) -> str:
 # the map
 
 
-def run_deck(view, *, quicklook: bool, probability: bool, polygons: bool, footprint: bool,
-             selected_id: int | None = None, id_field: str = "landslide_id", geojson=None) -> tuple[pdk.Deck, dict]:
+def polygon_layers(geojson: dict, selected_id: int | None = None, id_field: str = "landslide_id") -> list:
+    """The pickable ``landslides`` layer (each feature's ``fill``/``line`` colours), and an outline
+    of the feature whose ``id_field`` is ``selected_id``."""
+    layers = [pdk.Layer("GeoJsonLayer", id="landslides", data=geojson, pickable=True, stroked=True,
+                        filled=True, get_fill_color="properties.fill", get_line_color="properties.line",
+                        line_width_min_pixels=1, auto_highlight=True, highlight_color=[0, 200, 255, 160])]
+    if selected_id is not None:
+        chosen = [f for f in geojson["features"] if f["properties"].get(id_field) == selected_id]
+        layers.append(pdk.Layer("GeoJsonLayer", id="selected", data={"type": "FeatureCollection",
+                                                                    "features": chosen},
+                                stroked=True, filled=False, get_line_color=SELECTED_COLOUR,
+                                line_width_min_pixels=3))
+    return layers
+
+
+def make_deck(layers: list, bounds_lonlat, height_px: int, tooltip) -> tuple[pdk.Deck, dict]:
+    """A deck fitted to ``bounds_lonlat`` on the offline style (or ``--basemap-style``), and its
+    view (the browser tests read it back from the caption)."""
+    fit = fit_view(tuple(bounds_lonlat), MAP_WIDTH_GUESS_PX, height_px)
+    deck = pdk.Deck(layers=layers, initial_view_state=pdk.ViewState(**fit), map_provider="carto",
+                    map_style=SETTINGS.basemap_style or OFFLINE_MAP_STYLE, tooltip=tooltip)
+    return deck, fit
+
+
+def run_deck(view, *, quicklook: bool, probability: bool, polygons: bool, footprint: bool) -> tuple[pdk.Deck, dict]:
+    """The results map of a run with the layers switched on."""
     layers = []
     if quicklook and view.quicklook_png:
         layers.append(pdk.Layer("BitmapLayer", id="quicklook", image=pdk.types.String(_data_uri(view.quicklook_png)),
@@ -109,23 +133,9 @@ def run_deck(view, *, quicklook: bool, probability: bool, polygons: bool, footpr
         layers.append(pdk.Layer("GeoJsonLayer", id="footprint", data=view.footprint_geojson, stroked=True,
                                 filled=False, get_line_color=FOOTPRINT_COLOUR, line_width_min_pixels=2))
     if polygons:
-        data = geojson if geojson is not None else view.polygons_geojson()
-        layers.append(pdk.Layer("GeoJsonLayer", id="landslides", data=data, pickable=True, stroked=True,
-                                filled=True, get_fill_color="properties.fill",
-                                get_line_color="properties.line", line_width_min_pixels=1,
-                                auto_highlight=True, highlight_color=[0, 200, 255, 160]))
-        if selected_id is not None:
-            chosen = [f for f in data["features"] if f["properties"].get(id_field) == selected_id]
-            layers.append(pdk.Layer("GeoJsonLayer", id="selected", data={"type": "FeatureCollection",
-                                                                        "features": chosen},
-                                    stroked=True, filled=False, get_line_color=SELECTED_COLOUR,
-                                    line_width_min_pixels=3))
-    fit = fit_view(view.bounds_lonlat, MAP_WIDTH_GUESS_PX, MAP_HEIGHT_PX)
-    deck = pdk.Deck(layers=layers, initial_view_state=pdk.ViewState(**fit, pitch=0, bearing=0),
-                    map_provider="carto", map_style=SETTINGS.basemap_style or OFFLINE_MAP_STYLE,
-                    tooltip={"html": f"<b>#{{{id_field}}}</b> p̄ {{mean_prob}}<br/>{{area_m2}} m²<br/>"
-                                     "slope {mean_slope_deg}°"})
-    return deck, fit
+        layers += polygon_layers(view.polygons_geojson())
+    return make_deck(layers, view.bounds_lonlat, MAP_HEIGHT_PX,
+                     {"html": "<b>#{landslide_id}</b> p̄ {mean_prob}<br/>{area_m2} m²<br/>slope {mean_slope_deg}°"})
 
 
 def map_bbox_picker(bounds: list[float], key: str, field: str) -> None:
@@ -152,9 +162,7 @@ def map_bbox_picker(bounds: list[float], key: str, field: str) -> None:
             "type": "Polygon", "coordinates": [[[w, s_], [e, s_], [e, n], [w, n], [w, s_]]]}},
             stroked=True, filled=True, get_fill_color=[0, 120, 255, 50], get_line_color=[0, 90, 220, 255],
             line_width_min_pixels=2))
-    fit = fit_view(tuple(bounds), MAP_WIDTH_GUESS_PX, PICKER_HEIGHT_PX)
-    deck = pdk.Deck(layers=layers, initial_view_state=pdk.ViewState(**fit), map_provider="carto",
-                    map_style=SETTINGS.basemap_style or OFFLINE_MAP_STYLE, tooltip=False)
+    deck, _ = make_deck(layers, bounds, PICKER_HEIGHT_PX, tooltip=False)
     event = st.pydeck_chart(deck, height=PICKER_HEIGHT_PX, on_select="rerun", selection_mode="single-object", key=key)
     cell = _selected_feature(event, "cells")
     if cell is not None:
@@ -542,19 +550,8 @@ def page_review() -> None:
     with left:
         geojson = polygons_geojson(polygons, colour_by="review")
         selected = st.session_state.get("review_id")
-        fit = fit_view(bounds, MAP_WIDTH_GUESS_PX, MAP_HEIGHT_PX)
-        layers = [pdk.Layer("GeoJsonLayer", id="landslides", data=geojson, pickable=True, stroked=True,
-                            filled=True, get_fill_color="properties.fill", get_line_color="properties.line",
-                            line_width_min_pixels=1, auto_highlight=True)]
-        if selected in ids:
-            chosen = [f for f in geojson["features"] if f["properties"][key] == selected]
-            layers.append(pdk.Layer("GeoJsonLayer", id="selected", data={"type": "FeatureCollection",
-                                                                        "features": chosen},
-                                    stroked=True, filled=False, get_line_color=SELECTED_COLOUR,
-                                    line_width_min_pixels=3))
-        deck = pdk.Deck(layers=layers, initial_view_state=pdk.ViewState(**fit), map_provider="carto",
-                        map_style=SETTINGS.basemap_style or OFFLINE_MAP_STYLE,
-                        tooltip={"html": f"<b>#{{{key}}}</b> {{review_status}}<br/>p̄ {{mean_prob}}"})
+        deck, _ = make_deck(polygon_layers(geojson, selected if selected in ids else None, key), bounds,
+                            MAP_HEIGHT_PX, {"html": f"<b>#{{{key}}}</b> {{review_status}}<br/>p̄ {{mean_prob}}"})
         event = st.pydeck_chart(deck, height=MAP_HEIGHT_PX, on_select="rerun",
                                 selection_mode="single-object", key=f"review_map_{label}")
         clicked = _selected_feature(event)
