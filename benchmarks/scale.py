@@ -112,13 +112,36 @@ def random_checkpoint(folder: Path, encoder: str = "mobilenet_v2") -> Path:
     return resolve_checkpoint(card_path)
 
 
+def install_free_network(spec: str) -> None:
+    """Make this process's cached detector of ``spec`` a free network: a 1x1 convolution from its
+    bands to one logit, so the forward costs next to nothing and a scan measures everything around
+    the network (benchmark only; the card, bands, input transform and batching are the real ones).
+    Its weights are zero and its bias -4 (p = 0.018 everywhere): nothing is detected, so clean and
+    vectorize measure their per-pixel work, not polygon building, which depends on the detections
+    (the random-weight U-Net's rows measure that, with 95 % of the scene marked)."""
+    import torch
+
+    from models.detectors import cached_detector
+
+    for device in ("auto", "cpu"):
+        det = cached_detector(spec, device)
+        torch.manual_seed(0)
+        conv = torch.nn.Conv2d(len(det.bands), 1, kernel_size=1).eval()
+        with torch.no_grad():
+            conv.weight.zero_()
+            conv.bias.fill_(-4.0)
+        det.model = conv.to(memory_format=torch.channels_last) if det.channels_last else conv
+
+
 def one_size(size_px: int, workdir: Path, naive: bool, dask_workers: int, block_px: int,
-             encoder: str = "mobilenet_v2") -> dict:
+             encoder: str = "mobilenet_v2", free_network: bool = False) -> dict:
     """Scan a mirrored scene of ``size_px``; report times and peak RSS.
 
     ``dask_workers`` 0: everything in this process (torch on all cores). N > 0: the blocks run on a
     LocalCluster of N single-thread worker processes started here before the clock starts (its
     start-up is reported apart as ``cluster_start_s``); peak RSS is then this process's only.
+    ``free_network``: the detector's network is a 1x1 convolution in this process and in every
+    worker (:func:`install_free_network`).
     """
     import contextlib
 
@@ -135,7 +158,7 @@ def one_size(size_px: int, workdir: Path, naive: bool, dask_workers: int, block_
         lonlat = transform_bounds(src.crs, "EPSG:4326", b.left + 5, b.top - size_px * 10 + 5,
                                   b.left + size_px * 10 - 5, b.top - 5)
     mode = "naive" if naive else (f"dask{dask_workers}" if dask_workers else "process")
-    out = workdir / f"run_{size_px}_{mode}"
+    out = workdir / f"run_{size_px}_{mode}{'_free' if free_network else ''}"
     with contextlib.ExitStack() as stack_ctx:
         address, cluster_start_s = None, None
         if dask_workers:
@@ -144,17 +167,24 @@ def one_size(size_px: int, workdir: Path, naive: bool, dask_workers: int, block_
             t = time.perf_counter()
             cluster = stack_ctx.enter_context(local_cluster(dask_workers))
             address, cluster_start_s = cluster.scheduler_address, time.perf_counter() - t
+            if free_network:
+                from distributed import Client
+
+                with Client(address) as client:
+                    client.run(install_free_network, str(ckpt))
+        if free_network:
+            install_free_network(str(ckpt))
         request = ScanRequest(out=str(out), source="mirror", bbox=tuple(lonlat), catalog=str(catalog),
                               detector=str(ckpt), overwrite=True, progress=False, dask_address=address,
                               block_px=block_px)
         result = _timed_scan(request, naive)
-        if not naive and not dask_workers:
+        if not naive and not dask_workers and not free_network:
             rate, cpu_per_patch = pure_forward_rate(str(ckpt), min(result["patches"], 400))
             result.update(pure_forward_patches_per_s=rate, pure_forward_cpu_s_per_patch=cpu_per_patch)
     grid = result.pop("grid")
     area_km2 = grid["width"] * grid["height"] * grid["res_m"] ** 2 / 1e6
     return {"size_px": size_px, "area_km2": area_km2, "naive": naive, "dask_workers": dask_workers,
-            "encoder": encoder,
+            "encoder": encoder, "free_network": free_network,
             "mode": mode, "cluster_start_s": cluster_start_s, "block_px": block_px, **result,
             "s_per_km2": result["total_s"] / area_km2}
 
@@ -267,7 +297,7 @@ def naive_inference(stack: dict, plan) -> dict:
     """The baseline: the whole stack in memory and one full-scene accumulator (no blocks)."""
     import rasterio
 
-    from models.detectors import load_detector
+    from models.detectors import cached_detector
     from tasks.core.blend import predict_array
 
     t = time.perf_counter()
@@ -275,9 +305,10 @@ def naive_inference(stack: dict, plan) -> dict:
         image = src.read().astype(np.float32)
     with rasterio.open(stack["valid_path"]) as src:
         valid = src.read(1).astype(bool)
-    det = load_detector(plan.request.detector, "cpu")
+    det = cached_detector(plan.request.detector, plan.request.device)
+    forward_before = det.forward_s
     prob = predict_array(image, valid, det)
-    return {"inference_s": time.perf_counter() - t, "model_forward_s": det.forward_s,
+    return {"inference_s": time.perf_counter() - t, "model_forward_s": det.forward_s - forward_before,
             "patches": None, "landslide_px": int(np.nansum(prob >= 0.5))}
 
 

@@ -194,22 +194,32 @@ class InputTransform(_Strict):
                                                                           self.mean))
         return ((mean - offset) / scale).astype(np.float32)
 
-    def apply_filled(self, x: np.ndarray) -> np.ndarray:
+    def apply_filled(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """:meth:`apply` after replacing nodata (NaN) with :meth:`fill_values`: nodata pixels
-        enter the network as 0, the band's training mean."""
+        enter the network as 0, the band's training mean.
+
+        ``out``: where to write the result, an array of ``x``'s shape in any memory order (the
+        detectors pass a channels-last view, so the network's input needs no further copy);
+        ignored with a PCA, which changes the channel count. ``x`` is not changed.
+        """
         x = np.asarray(x, dtype=np.float32)
         fill = self.fill_values().reshape((-1, 1, 1))
-        return self.apply(np.where(np.isfinite(x), x, fill))
+        filled = out if out is not None and self.pca is None else np.empty_like(x)
+        np.copyto(filled, x)
+        np.copyto(filled, np.broadcast_to(fill, x.shape), where=~np.isfinite(x))
+        return self.apply(filled, in_place=True)
 
-    def apply(self, x: np.ndarray) -> np.ndarray:
+    def apply(self, x: np.ndarray, in_place: bool = False) -> np.ndarray:
         """Transform physical values to network input.
 
         Args:
             x: ``(B, C, H, W)`` or ``(C, H, W)`` array in physical units, C = number of bands.
                 NaN stays NaN: fill nodata before (see ``models.detectors``).
+            in_place: transform ``x`` (float32) itself, without a copy; with a PCA the result is
+                still a new array.
 
         Returns:
-            A new float32 array of the same shape.
+            A float32 array of the same shape: a new one, or ``x`` when ``in_place``.
 
         Raises:
             InputError: the array is not 3- or 4-dimensional or has the wrong number of channels.
@@ -226,10 +236,11 @@ class InputTransform(_Strict):
         def col(values: list[float]) -> np.ndarray:
             return np.asarray(values, dtype=np.float32).reshape(-1, 1, 1)
 
-        out = x * col(self.scale) + col(self.offset)
+        # one float32 operation at a time, in place: the same bits as x * scale + offset - mean / std
+        out = np.multiply(x, col(self.scale), out=x if in_place else None)
+        out += col(self.offset)
         out -= col(self.mean)
         out /= col(self.std)
-        out = out.astype(np.float32, copy=False)
         if self.pca is None:
             return out
         comps = np.asarray(self.pca.components, dtype=np.float32)  # (k, n_pca)

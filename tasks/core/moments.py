@@ -12,6 +12,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+CHUNK_PX = 32768  # pixels per accumulation step
+
 
 @dataclass
 class BandMoments:
@@ -36,13 +38,20 @@ class BandMoments:
     def add(self, values: np.ndarray) -> None:
         """Add pixels: ``values`` is (k, ...) in ``bands`` order; pixels with any NaN are skipped."""
         flat = np.asarray(values).reshape(len(self.bands), -1)
-        keep = np.isfinite(flat).all(axis=0)
-        if not keep.any():
-            return
-        x = flat[:, keep].astype(np.float64)
-        self.n_px += x.shape[1]
-        self.value_sum += x.sum(axis=1)
-        self.cross_sum += x @ x.T
+        # in runs of CHUNK_PX pixels, so the float64 copies stay in the CPU caches (5-8x faster
+        # than whole windows, benchmarks/README.md); only the summation order differs
+        for start in range(0, flat.shape[1], CHUNK_PX):
+            part = flat[:, start:start + CHUNK_PX]
+            keep = np.isfinite(part).all(axis=0)
+            if keep.all():
+                x = part.astype(np.float64)
+            elif keep.any():
+                x = part[:, keep].astype(np.float64)
+            else:
+                continue
+            self.n_px += x.shape[1]
+            self.value_sum += x.sum(axis=1)
+            self.cross_sum += x @ x.T
 
     @property
     def mean(self) -> np.ndarray | None:

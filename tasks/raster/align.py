@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -422,6 +423,9 @@ def _writing_stack(plan: _StackPlan, grid: AnalysisGrid, work_dir: Path, chunk_p
             "transform": grid.transform, "BIGTIFF": "IF_SAFER"}
     stack_profile = work_raster_profile(base, dtype="float32", count=len(BAND_NAMES), nodata=np.nan,
                                         predictor=3, interleave="band")
+    if not compress_stack(work_dir, grid.width * grid.height * len(BAND_NAMES) * 4):
+        for key in ("compress", "zstd_level", "predictor"):
+            stack_profile.pop(key, None)
     mask_profile = work_raster_profile(base, dtype="uint8")
     # One chunk-sized window at a time: a single dask.compute evaluates the stack, the valid mask and
     # the scene index of that window together (each warp runs once) and the result is written before
@@ -464,6 +468,25 @@ def _writing_stack(plan: _StackPlan, grid: AnalysisGrid, work_dir: Path, chunk_p
                     pending.result()
         _tag_stack_files(tmp_stack, tmp_index)
         yield counts
+
+
+# Writing and reading stack.tif uncompressed took a fifth of the CPU time of ZSTD with the
+# floating-point predictor (benchmarks/README.md) for five times the disk: 0.6 GB per 1,000 km2,
+# 6.8 GB for a full Sentinel-2 tile. It is a work file, removed when the run is published.
+STACK_FREE_MARGIN_BYTES = 2 * 2**30
+
+
+def compress_stack(work_dir: str | Path, n_bytes: int) -> bool:
+    """Whether ``stack.tif`` is written compressed (lossless ZSTD with the floating-point
+    predictor): only where the work folder's disk lacks room for it uncompressed (``n_bytes``)
+    twice over plus :data:`STACK_FREE_MARGIN_BYTES`. Either way the same values."""
+
+    free = shutil.disk_usage(work_dir).free
+    if free >= 2 * n_bytes + STACK_FREE_MARGIN_BYTES:
+        return False
+    log.info("stack.tif is compressed: %.1f GB free beside it for %.1f GB uncompressed",
+             free / 1e9, n_bytes / 1e9)
+    return True
 
 
 def _tag_stack_files(stack_path: Path, index_path: Path) -> None:

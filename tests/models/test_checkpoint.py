@@ -272,6 +272,26 @@ def test_input_transform_apply():
         InputTransform(scale=[1.0], offset=[0.0, 0.0], mean=[0.0], std=[1.0])
 
 
+def test_apply_filled_in_place_and_channels_last_give_the_bits_of_the_plain_formula():
+    """The in-place transform written into a channels-last buffer equals, bit for bit, the
+    out-of-place formula on the NaN-filled input, and leaves its input as it was."""
+    rng = np.random.default_rng(7)
+    t = InputTransform(scale=[0.5, 2.0, 1.0], offset=[1.0, 0.0, -3.0], mean=[900.0, 1.5, 0.2],
+                       std=[300.0, 0.7, 1.1])
+    x = rng.normal(1000, 400, (4, 3, 16, 16)).astype(np.float32)
+    x[rng.random(x.shape) < 0.05] = np.nan
+    before = x.copy()
+    col = [np.asarray(v, np.float32).reshape(-1, 1, 1) for v in (t.scale, t.offset, t.mean, t.std)]
+    filled = np.where(np.isfinite(x), x, t.fill_values().reshape(-1, 1, 1))
+    want = ((filled * col[0] + col[1]) - col[2]) / col[3]
+    nhwc = np.empty((4, 16, 16, 3), np.float32).transpose(0, 3, 1, 2)
+    got = t.apply_filled(x, out=nhwc)
+    assert got is nhwc and got.strides == nhwc.strides
+    for out in (got, t.apply_filled(x)):
+        assert out.dtype == np.float32 and np.ascontiguousarray(out).tobytes() == want.tobytes()
+    assert before.tobytes() == x.tobytes()
+
+
 def test_header_length_with_low_byte_0x80_is_not_mistaken_for_a_pickle(tmp_path):
     """A genuine safetensors file whose header length ends in 0x80 must load (1 in 32 files)."""
     import json as _json

@@ -153,3 +153,27 @@ def test_nan_in_band_becomes_nodata(tmp_path):
     with rasterio.open(res.valid_path) as v:
         valid = v.read(1)
     assert 0.9 < valid.mean() < 0.999  # the NaN corner is not analysed, the rest is
+
+
+def test_stack_is_compressed_only_when_disk_is_short(tmp_path, monkeypatch):
+    """stack.tif is written uncompressed where the disk has room, ZSTD where it does not, with the
+    same values either way."""
+    import shutil
+
+    from tasks.raster import align
+
+    crops = t18svg_crops(tmp_path / "bands")
+    cat = load_catalog(write_catalog(tmp_path / "cat.yaml", {"s": local_source(crops)}))
+    inputs = resolve_local_inputs(cat, "s", ("B02", "B11"))
+    roi = resolve_roi(None, None, None, None, inputs.extent_lonlat)
+    grid = make_grid(roi)
+    n_bytes = grid.width * grid.height * len(BAND_NAMES) * 4
+    real = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real._replace(free=2 * n_bytes + 2**40))
+    roomy = build_stack(inputs, grid, tmp_path / "roomy", ("B02", "B11"), roi_in_grid_crs(roi, grid))
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real._replace(free=2 * n_bytes))
+    assert align.compress_stack(tmp_path, n_bytes)
+    short = build_stack(inputs, grid, tmp_path / "short", ("B02", "B11"), roi_in_grid_crs(roi, grid))
+    with rasterio.open(roomy.stack_path) as a, rasterio.open(short.stack_path) as b:
+        assert a.compression is None and b.compression.value == "ZSTD"
+        assert a.read().tobytes() == b.read().tobytes()
