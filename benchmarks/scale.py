@@ -263,53 +263,64 @@ def _timed_scan(request, naive: bool) -> dict:
     work = str(plan.paths.work)
     stack = timed("align", lambda: steps.step_stack(work))
     if naive:
-        times.update(naive_inference(stack, plan))
-        stage_peaks["inference"] = peak_rss_mb()
+        infer = timed("inference", lambda: naive_inference(stack, plan))
     else:
         infer = timed("inference", lambda: steps.step_infer(work, stack))
-        times["model_forward_s"] = infer["model_forward_s"]
-        times["patches"] = infer["n_patches"]
-        # in one process each patch is predicted once and short batches are padded; on Dask a patch
-        # straddling a block border is predicted once per block it touches
-        times["forward_passes"] = infer["forward_passes"]
-        cleaned = timed("clean", lambda: steps.step_clean(work, infer))
+    times["model_forward_s"] = infer["model_forward_s"]
+    times["patches"] = infer["n_patches"]
+    # in one process each patch is predicted once and short batches are padded; on Dask a patch
+    # straddling a block border is predicted once per block it touches
+    times["forward_passes"] = infer["forward_passes"]
+    cleaned = timed("clean", lambda: steps.step_clean(work, infer))
 
-        def outputs() -> dict:  # as in the flow: the COGs in a thread while the polygons are built
-            from concurrent.futures import ThreadPoolExecutor
+    def outputs() -> dict:  # as in the flow: the COGs in a thread while the polygons are built
+        from concurrent.futures import ThreadPoolExecutor
 
-            t = time.perf_counter()
-            with ThreadPoolExecutor(max_workers=1) as side:
-                cogs = side.submit(lambda: (steps.step_rasters(work, infer, cleaned),
-                                            time.perf_counter() - t))
-                vec = steps.step_vectorize(work, infer, cleaned)
-                times["vectorize_s"] = time.perf_counter() - t
-                times["rasters_s"] = cogs.result()[1]
-            return vec
+        t = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=1) as side:
+            cogs = side.submit(lambda: (steps.step_rasters(work, infer, cleaned),
+                                        time.perf_counter() - t))
+            vec = steps.step_vectorize(work, infer, cleaned)
+            times["vectorize_s"] = time.perf_counter() - t
+            times["rasters_s"] = cogs.result()[1]
+        return vec
 
-        vec = timed("outputs", outputs)  # outputs_s: vectorize and rasters side by side
-        times["polygons"] = vec["n_polygons"]
+    vec = timed("outputs", outputs)  # outputs_s: vectorize and rasters side by side
+    times["polygons"] = vec["n_polygons"]
     times["total_s"] = time.perf_counter() - t0
     return {**times, "stage_cpu_s": stage_cpu, "stage_peak_rss_mb": stage_peaks if resettable else None,
             "peak_rss_mb": max(stage_peaks.values()) if resettable else peak_rss_mb(), "grid": plan.grid}
 
 
 def naive_inference(stack: dict, plan) -> dict:
-    """The baseline: the whole stack in memory and one full-scene accumulator (no blocks)."""
+    """The baseline: the whole stack in memory and one full-scene accumulator (no blocks), writing
+    the same ``prob.tif`` and ``uncertainty_raw.tif`` as the block-wise step, so that cleaning,
+    polygons and COGs then run the same code on both paths."""
     import rasterio
 
     from models.detectors import cached_detector
     from tasks.core.blend import predict_array
+    from tasks.core.files import work_raster_profile
+    from tasks.core.stitch import binary_entropy
 
     t = time.perf_counter()
     with rasterio.open(stack["stack_path"]) as src:
-        image = src.read().astype(np.float32)
+        image = src.read().astype(np.float32, copy=False)
+        profile = work_raster_profile(src.profile, dtype="float32", count=1, nodata=np.nan,
+                                      predictor=3, interleave="band")
     with rasterio.open(stack["valid_path"]) as src:
         valid = src.read(1).astype(bool)
     det = cached_detector(plan.request.detector, plan.request.device)
     forward_before = det.forward_s
     prob = predict_array(image, valid, det)
-    return {"inference_s": time.perf_counter() - t, "model_forward_s": det.forward_s - forward_before,
-            "patches": None, "landslide_px": int(np.nansum(prob >= 0.5))}
+    del image
+    paths = plan.paths
+    for path, values in ((paths.prob, prob), (paths.uncertainty_raw, binary_entropy(prob))):
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(values, 1)
+    return {"prob_path": str(paths.prob), "uncertainty_path": str(paths.uncertainty_raw),
+            "model_forward_s": det.forward_s - forward_before, "n_patches": None,
+            "forward_passes": None, "detector": det.describe(), "seconds": time.perf_counter() - t}
 
 
 def model_and_matmul(threads: int | None) -> dict:
@@ -447,11 +458,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--one", type=int, help=argparse.SUPPRESS)
     p.add_argument("--naive", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--dask-workers", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--free-network", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--skip-free-network", action="store_true",
+                   help="leave out the free-network runs (the pipeline's ceiling without a network)")
     args = p.parse_args(argv)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="landslide-scale-"))
     if args.one:
         print(json.dumps(one_size(args.one, workdir, args.naive, args.dask_workers, args.block_px,
-                                  args.encoder)))
+                                  args.encoder, args.free_network)))
         return 0
     sizes = [FULL_TILE_PX if a < 0 else int(round(np.sqrt(a * 1e6) / 10)) for a in args.sizes_km2]
     common = ["--workdir", str(workdir), "--block-px", str(args.block_px), "--encoder", args.encoder]
@@ -480,6 +494,16 @@ def main(argv: list[str] | None = None) -> int:
     two = _child(["--one", str(cmp_size), "--dask-workers", "2", *common])
     naive = _child(["--one", str(cmp_size), "--naive", *common])
     report["runs"] += [one, two, naive]
+    free = []
+    if not args.skip_free_network:
+        # the same scene with a network that costs nothing: what the pipeline around the network can
+        # feed per second (a GPU's ceiling), in one process and on 2 and N single-thread Dask workers
+        n_cpus = len(os.sched_getaffinity(0))
+        free.append(_child(["--one", str(cmp_size), "--free-network", *common]))
+        for n in sorted({2, n_cpus}):
+            free.append(_child(["--one", str(cmp_size), "--free-network", "--dask-workers", str(n),
+                                *common]))
+        report["free_network_runs"] = free
     # the model alone on the scene's patches, timed in the same process right after the scan:
     # padding, duplicate passes and whatever slows the forward inside the scan count as overhead
     forward_s = base["patches"] / base["pure_forward_patches_per_s"]
@@ -496,12 +520,21 @@ def main(argv: list[str] | None = None) -> int:
         "inference_speedup_2_over_1_dask_workers": one["inference_s"] / two["inference_s"],
         "speedup_2_dask_workers_over_1_process": base["total_s"] / two["total_s"],
         "naive_rss_over_blockwise_rss": naive["peak_rss_mb"] / base["peak_rss_mb"],
+        "blockwise_wall_over_naive_wall": base["total_s"] / naive["total_s"],
+        # CPU seconds per 1,000 km2 outside the network, by stage: the inference stage less the
+        # network alone's CPU time on the same forward passes
+        "non_network_cpu_s_per_1000_km2": non_network_cpu(base),
         "model_gflops_vs_matmul": m["model_vs_matmul"],
         "s_per_km2_by_size": {f"{r['area_km2']:.0f}": r["s_per_km2"]
                               for r in report["runs"] if r["mode"] == "process"},
         "peak_rss_mb_by_size": {f"{r['area_km2']:.0f}": r["peak_rss_mb"]
                                 for r in report["runs"] if r["mode"] == "process"},
     }
+    if free:
+        report["ratios"]["free_network_non_network_cpu_s_per_1000_km2"] = non_network_cpu(free[0])
+        report["ratios"]["free_network_km2_per_s"] = {
+            ("1 process" if r["mode"] == "process" else f"{r['dask_workers']} Dask workers x 1 thread"):
+                r["area_km2"] / r["total_s"] for r in free}
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -511,9 +544,10 @@ def main(argv: list[str] | None = None) -> int:
         _print_variants(report, False)
         print("| area km2 | mode | total s | s/km2 | align s | inference s | forward s | peak RSS MB |")
         print("|---:|---|---:|---:|---:|---:|---:|---:|")
-        for r in report["runs"]:
+        for r in report["runs"] + free:
             mode = {"naive": "naive (whole scene)", "process": "1 process"}.get(
                 r["mode"], f"{r['dask_workers']} Dask worker(s) x 1 thread")
+            mode += ", free network" if r.get("free_network") else ""
             print(f"| {r['area_km2']:.0f} | {mode} | {r['total_s']:.1f} | {r['s_per_km2']:.3f} | "
                   f"{r['align_s']:.1f} | {r['inference_s']:.1f} | {r['model_forward_s']:.1f} | "
                   f"{r['peak_rss_mb']:.0f} |")
@@ -521,6 +555,19 @@ def main(argv: list[str] | None = None) -> int:
         for k, v in report["ratios"].items():
             print(f"- {k}: {v if isinstance(v, dict) else round(v, 3)}")
     return 0
+
+
+def non_network_cpu(run: dict) -> dict:
+    """CPU seconds per 1,000 km2 of each stage outside the network, and their total. A real
+    network's CPU time (``pure_forward_cpu_s_per_patch`` x forward passes) is taken off the
+    inference stage; a free network's costs next to nothing and counts as overhead."""
+    per = 1000.0 / run["area_km2"]
+    stages = dict(run["stage_cpu_s"])
+    if run.get("pure_forward_cpu_s_per_patch"):
+        stages["inference"] -= run["pure_forward_cpu_s_per_patch"] * run["forward_passes"]
+    out = {stage: cpu * per for stage, cpu in stages.items()}
+    out["total"] = sum(out.values())
+    return out
 
 
 def _print_variants(report: dict, as_json: bool) -> None:

@@ -34,10 +34,14 @@ def test_scale_run_and_naive_baseline_agree(tmp_path):
     assert math.isclose(run["s_per_km2"], run["total_s"] / run["area_km2"])
     assert run["peak_rss_mb"] > 0
 
-    # the baseline predicts the same scene in one piece: the same landslide pixels as the blocks
-    with rasterio.open(tmp_path / f"run_{SIZE_PX}_process" / ".work" / "prob.tif") as src:
-        prob = src.read(1)
-    assert naive["landslide_px"] == int(np.nansum(prob >= 0.5))
+    # the baseline predicts the same scene in one piece: the same probabilities, bit for bit, then
+    # the same cleaning and outputs
+    rasters = []
+    for mode in ("process", "naive"):
+        with rasterio.open(tmp_path / f"run_{SIZE_PX}_{mode}" / ".work" / "prob.tif") as src:
+            rasters.append(src.read(1))
+    assert rasters[0].tobytes() == rasters[1].tobytes() and np.isfinite(rasters[0]).any()
+    assert naive["polygons"] == run["polygons"] and naive["outputs_s"] > 0
 
 
 def test_peak_rss_is_this_process_not_the_parent(tmp_path):
@@ -50,3 +54,19 @@ def test_peak_rss_is_this_process_not_the_parent(tmp_path):
                          capture_output=True, text=True, check=True)
     assert float(out.stdout) < 0.5 * ballast.nbytes / 2**20
     assert peak_rss_mb() >= ballast.nbytes / 2**20
+
+
+def test_free_network_run_and_non_network_cpu(tmp_path):
+    """The free network (a 1x1 convolution, zero weights) detects nothing and costs next to nothing;
+    the non-network CPU per 1,000 km2 scales each stage and takes the network's CPU off inference."""
+    from benchmarks.scale import non_network_cpu
+
+    free = one_size(SIZE_PX, tmp_path, naive=False, dask_workers=0, block_px=2048, free_network=True)
+    assert free["free_network"] and free["polygons"] == 0 and free["patches"] > 0
+    assert free["model_forward_s"] < free["inference_s"]
+    cpu = non_network_cpu(free)
+    assert math.isclose(cpu["align"], free["stage_cpu_s"]["align"] * 1000 / free["area_km2"])
+    assert math.isclose(cpu["total"], sum(v for k, v in cpu.items() if k != "total"))
+    real = {"area_km2": 500.0, "stage_cpu_s": {"align": 2.0, "inference": 10.0},
+            "pure_forward_cpu_s_per_patch": 0.01, "forward_passes": 600}
+    assert non_network_cpu(real) == {"align": 4.0, "inference": 8.0, "total": 12.0}
