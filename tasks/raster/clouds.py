@@ -38,7 +38,7 @@ from scipy import ndimage
 
 from tasks.core.files import atomic_write, work_raster_profile
 from tasks.core.grid import AnalysisGrid
-from tasks.sources.cloud import S2CLOUDLESS_BANDS
+from tasks.sources.cloud import S2CLOUDLESS_BANDS, SH_CLM_ORIGIN
 
 log = logging.getLogger(__name__)
 
@@ -272,8 +272,7 @@ def _clm_clouds(scene: dict, grid: AnalysisGrid, work_dir: str | Path) -> dict:
     log.info("clouds: scene %s, %d cloud px (Sentinel Hub CLM) and %d shadow px of %d", scene["scene_id"],
              class_px["cloud"], class_px["shadow"], grid.width * grid.height)
     return {"path": str(path), "cloud_values": [CLOUD, SHADOW],
-            "origin": f"Sentinel Hub CLM band (s2cloudless, 160 m), cloud = {lo}..{hi}"
-                      + (", with projected shadows" if shadows else ""),
+            "origin": SH_CLM_ORIGIN + (", with projected shadows" if shadows else ""),
             "method": method, "class_px": class_px, "max_probability": None}
 
 

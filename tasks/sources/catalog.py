@@ -346,7 +346,8 @@ class SentinelHubSource(_ShadowOptions):
     client_secret_env: str = "SH_CLIENT_SECRET"
     secret_block: str | None = Field(default=None, description="Prefect Secret block 'id:secret'")
     cloud_mask: bool = Field(default=True, description="request the CLM cloud mask with the bands; "
-                                                       "cloud pixels are not analysed")
+                                                       "cloud pixels and their projected shadows "
+                                                       "(cloud_shadows) are not analysed")
     max_retries: int = Field(default=4, ge=0)
     timeout_s: float = Field(default=120.0, gt=0)
     max_mosaic_scenes: int = Field(

@@ -493,8 +493,8 @@ def fetch_sentinelhub_inputs(source: SentinelHubSource, source_name: str, spectr
     requests_made = 0
     scenes = []
     for item in chosen:
-        scene, made = _fetch_scene(item, source, config, collection, creds, wanted, grid, grid_desc, cache_dir,
-                                   max_px, notes)
+        scene, made = _fetch_scene(item, source, source_name, config, collection, creds, wanted, grid, grid_desc,
+                                   cache_dir, max_px, notes)
         scenes.append(scene)
         requests_made += made
     if wanted:
@@ -544,9 +544,9 @@ def fetch_sentinelhub_inputs(source: SentinelHubSource, source_name: str, spectr
     )
 
 
-def _fetch_scene(item: dict, source: SentinelHubSource, config: Any, collection: Any, creds: Credentials,
-                 wanted: tuple[str, ...], grid: AnalysisGrid, grid_desc: dict, cache_dir: Path, max_px: int,
-                 notes: list[str]) -> tuple[dict, int]:
+def _fetch_scene(item: dict, source: SentinelHubSource, source_name: str, config: Any, collection: Any,
+                 creds: Credentials, wanted: tuple[str, ...], grid: AnalysisGrid, grid_desc: dict,
+                 cache_dir: Path, max_px: int, notes: list[str]) -> tuple[dict, int]:
     """Render one catalog scene's bands (and CLM) on the grid; a ``SceneInputs.mosaic`` entry.
 
     The time range is the scene's UTC day, so Sentinel Hub renders that acquisition (``leastCC`` orders
@@ -566,7 +566,7 @@ def _fetch_scene(item: dict, source: SentinelHubSource, config: Any, collection:
     made = 0
     band_paths: dict[str, str] = {}
     detector: dict | None = None
-    detector_off = None if source.cloud_mask else "cloud_mask: false for this sentinelhub source"
+    detector_off = None if source.cloud_mask else f"cloud_mask: false for source {source_name!r}"
     if wanted:
         # the cloud mask rides in the same request as the bands (more output bands, no more requests),
         # with B08 (and B03) for the shadow rule when the model does not ask for them
@@ -590,7 +590,7 @@ def _fetch_scene(item: dict, source: SentinelHubSource, config: Any, collection:
         if source.cloud_mask:
             detector = clm_plan(source, str(entry / f"{SH_CLM_BAND}.tif"),
                                 {b: str(entry / f"{b}.tif") for b in SHADOW_RULE_BANDS if b in requested},
-                                acquired.isoformat(), scene_id, source.collection)
+                                acquired.isoformat(), scene_id, source_name)
         if not fresh:
             notes.append(f"{scene_id}: bands from the download cache (no request)")
 

@@ -577,3 +577,29 @@ def test_clm_cloud_block_casts_a_shadow_away_from_the_sun(creds_env, tmp_path):
     assert entry["cloud_masked_px"] == int(((cloud | shadow) & inside).sum())
     print(f"CLM block: {int(cloud.sum())} cloud px, {int(shadow.sum())} shadow px, sun azimuth {azimuth:.1f}, "
           f"zenith {zenith:.1f}; shadow bearing {bearing:.1f}, dark px in the core {int((core & dark).sum())}")
+
+
+def test_clm_without_shadows(creds_env, tmp_path):
+    """``cloud_shadows: false``: no B08/B03 requested for the rule, the CLM alone is masked, and the manifest
+    says why there is no shadow class; ``cloud_mask: false``: no CLM and a reason instead of a plan."""
+    from tasks.core.grid import roi_in_grid_crs
+    from tasks.raster.align import build_stack
+
+    api = creds_env
+    api.server.set_clm_clouds([CLOUD_BLOCK])
+    inputs = _fetch(api, tmp_path / "cache", bands=RGB, roi=SHADOW_ROI, dem_collection=None, cloud_shadows=False)
+    evalscript = api.server.last_process_request["evalscript"]
+    assert '"CLM"' in evalscript and '"B08"' not in evalscript
+    plan = inputs.cloud_detector
+    assert plan["shadows"] is None and plan["shadows_off"] == "cloud_shadows: false for source 'sh-test'"
+    grid = make_grid(SHADOW_ROI)
+    build_stack(inputs, grid, tmp_path / "work", RGB, roi_in_grid_crs(SHADOW_ROI, grid))
+    entry = json.loads((tmp_path / "work" / "cloud_mask.json").read_text())["scenes"][L1C_0112]
+    clm = _band(plan["clm_path"])
+    assert entry["class_px"] == {"cloud": int(((clm >= 1) & (clm <= 254)).sum()), "shadow": 0}
+    assert entry["class_px"]["cloud"] > 40_000  # the 2 x 2 km block
+    assert entry["method"]["shadows"] == {"applied": False, "reason": plan["shadows_off"]}
+
+    off = _fetch(api, tmp_path / "cache", bands=RGB, roi=SHADOW_ROI, dem_collection=None, cloud_mask=False)
+    assert '"CLM"' not in api.server.last_process_request["evalscript"]
+    assert off.cloud_detector is None and off.cloud_mask is None and off.cloud_detector_off == "cloud_mask: false for source 'sh-test'"
