@@ -27,7 +27,8 @@ Simplifications (documented, on purpose):
   data, unknown bands are zeros.
 - ``CLM`` (Sentinel Hub's cloud mask) is a deterministic stand-in, not a cloud detector: on a 60 m
   grid, 1 where the mean B02 DN of the cell exceeds 1250, 0 elsewhere, 255 where B02 is all 0;
-  rendered with nearest neighbour (``BandStore._clm``).
+  rendered with nearest neighbour (``BandStore._clm``). A test may replace the B02 rule by cloud
+  blocks (``set_clm_clouds``: the cells touching given boxes are 1, the rest 0).
 - There is one real acquisition (2016-01-12); the catalog lists the same scenes as the STAC server
   (``devservers.stac_server.SCENES``: 2016-01-12 cloud 2.5 %, 2016-02-01 cloud 71.3 %, 2022-01-25
   cloud 8.4 % baseline 04.00, and the two partial January 2017 scenes), all rendered from the same real
@@ -201,6 +202,7 @@ class BandStore:
         self._bands: dict[str, _Band] = {}
         self._scene_bands: dict[tuple[str, str, bool], _Band] = {}
         self._lock = threading.Lock()
+        self._clm_boxes: tuple[tuple[float, float, float, float], ...] | None = None
 
     def get(self, band: str) -> _Band:
         if band == "CLM":
@@ -225,9 +227,23 @@ class BandStore:
                 h, w = (blue.data.shape[0] // 6) * 6, (blue.data.shape[1] // 6) * 6
                 cells = blue.data[:h, :w].astype(np.float64).reshape(h // 6, 6, w // 6, 6)
                 mean, empty = cells.mean(axis=(1, 3)), (cells == 0).all(axis=(1, 3))
-                clm = np.where(empty, 255, mean > CLM_B02_THRESHOLD_DN).astype(np.uint16)
+                cloud = mean > CLM_B02_THRESHOLD_DN
+                if self._clm_boxes is not None:
+                    cloud = _cells_touching(self._clm_boxes, blue.transform * rasterio.Affine.scale(6), cloud.shape)
+                clm = np.where(empty, 255, cloud).astype(np.uint16)
                 self._bands["CLM"] = _Band(clm, blue.transform * rasterio.Affine.scale(6), blue.crs)
             return self._bands["CLM"]
+
+    def set_clm_clouds(self, boxes: list[tuple[float, float, float, float]] | None) -> None:
+        """Test assignment of the CLM stand-in: with ``boxes`` (left, bottom, right, top in EPSG:32618),
+        CLM is 1 in the 60 m cells that touch a box and 0 in every other cell with data, in every scene,
+        instead of the B02 rule; None restores the B02 rule. A cloud block whose shadow a test can
+        predict; the Process API answers as always."""
+        with self._lock:
+            self._clm_boxes = tuple(tuple(float(v) for v in b) for b in boxes) if boxes else None  # type: ignore[misc]
+            self._bands.pop("CLM", None)
+            for key in [k for k in self._scene_bands if k[1] == "CLM"]:
+                del self._scene_bands[key]
 
     def footprint_wgs84(self) -> tuple[float, float, float, float]:
         with rasterio.open(self.jp2_dir / "s2_B02.jp2") as src:
@@ -286,6 +302,18 @@ class BandStore:
                   shape: tuple[int, int]) -> np.ndarray:
         """Boolean ``dataMask`` of one scene on the requested grid: its 10 m B02 has data (nearest)."""
         return self.render_scene(scene, "B02", True, dst_crs, dst_transform, shape, Resampling.nearest) > 0
+
+
+def _cells_touching(boxes, transform: rasterio.Affine, shape: tuple[int, int]) -> np.ndarray:
+    """bool ``shape``: the cells of a north-up grid that overlap any of ``boxes`` (left, bottom, right, top)."""
+    left = transform.c + np.arange(shape[1]) * transform.a
+    top = transform.f + np.arange(shape[0]) * transform.e
+    out = np.zeros(shape, dtype=bool)
+    for x0, y0, x1, y1 in boxes:
+        in_x = (left < x1) & (left + transform.a > x0)
+        in_y = (top + transform.e < y1) & (top > y0)
+        out |= in_y[:, None] & in_x[None, :]
+    return out
 
 
 def catalog_id(scene: Scene) -> str:
@@ -740,6 +768,10 @@ class SentinelHubTestServer(BackgroundServer):
     def revoke_tokens(self) -> None:
         """Invalidate every issued token (the next API call gets 401)."""
         self._server.revoke_tokens()
+
+    def set_clm_clouds(self, boxes: list[tuple[float, float, float, float]] | None) -> None:
+        """CLM cloud blocks instead of the B02 stand-in (``BandStore.set_clm_clouds``); None restores it."""
+        self._server.store.set_clm_clouds(boxes)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -15,6 +15,9 @@ in ``heights_m`` (flat terrain, no view-angle parallax), and among those candida
 ones (B08 NIR below ``nir_dark_dn`` on the 10 m grid): a shadow darkens NIR strongly, lit land rarely is
 that dark; water is, so water next to clouds is masked too (it is "not looked at", never a false "no
 landslide").
+
+Sentinel Hub scenes (plan ``sentinelhub-clm``): the ``CLM`` band is the cloud, and the same shadow
+projection and darkness rule give the shadow class (``_clm_clouds``); one implementation for both.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from scipy import ndimage
 
 from tasks.core.files import atomic_write, work_raster_profile
 from tasks.core.grid import AnalysisGrid
-from tasks.sources.cloud import S2CLOUDLESS_BANDS
+from tasks.sources.cloud import S2CLOUDLESS_BANDS, SH_CLM_ORIGIN
 
 log = logging.getLogger(__name__)
 
@@ -183,13 +186,20 @@ def detect_clouds(scene: dict, grid: AnalysisGrid, work_dir: str | Path) -> dict
     """Run the scene's ``cloud_detector`` plan and write its mask on ``grid``; return the cloud mask spec
     alignment applies (``tasks.sources.cloud``), with the method, its parameters and per-class counts.
 
+    Two plans (``plan["method"]``): ``s2cloudless`` computes the cloud from the scene's bands;
+    ``sentinelhub-clm`` takes Sentinel Hub's ``CLM`` band as the cloud. Both get their shadows from the
+    same projection (:func:`shadow_candidates` at ``DETECT_RES_M``, then :func:`classify` on the 10 m
+    grid with B08/B03).
+
     Args:
-        scene: one scene of ``SceneInputs.scenes()`` with a ``cloud_detector`` dict (band_paths of
-            ``S2CLOUDLESS_BANDS``, threshold, dilation_m, shadows or None, b8a note).
+        scene: one scene of ``SceneInputs.scenes()`` with a ``cloud_detector`` dict
+            (``tasks.sources.cloud.detector_plan`` or ``clm_plan``).
         grid: the analysis grid.
         work_dir: where ``clouds_<n>.tif`` is written.
     """
     plan = scene["cloud_detector"]
+    if plan["method"] == "sentinelhub-clm":
+        return _clm_clouds(scene, grid, work_dir)
     factor, ctransform, cw, ch = _coarse_grid(grid)
     offset = float(scene.get("offset_dn") or 0.0)
     nodata = scene.get("band_nodata")
@@ -203,37 +213,13 @@ def detect_clouds(scene: dict, grid: AnalysisGrid, work_dir: str | Path) -> dict
     coarse_res = grid.res_m * factor
     cloud = (prob > plan["threshold"]) & has_data
     cloud = dilate(cloud, int(round(plan["dilation_m"] / coarse_res)))
-    shadows = _sun_angles(plan.get("shadows"), plan.get("acquired"), grid)
-    shadows_off = plan.get("shadows_off", "")
-    if shadows and shadows["sun_zenith_deg"] >= MAX_SUN_ZENITH_DEG:
-        shadows_off = (f"sun zenith {shadows['sun_zenith_deg']:g} degrees >= {MAX_SUN_ZENITH_DEG:g}: shadows "
-                       "too long to project")
-        shadows = None
-    zone = (shadow_candidates(cloud, coarse_res, shadows["sun_azimuth_deg"], shadows["sun_zenith_deg"],
-                              tuple(shadows["heights_m"]))
-            if shadows else np.zeros_like(cloud))
-    path = Path(work_dir) / f"clouds_{_safe(scene['scene_id'])}.tif"
-    profile = work_raster_profile({"driver": "GTiff", "width": grid.width, "height": grid.height,
-                                   "crs": grid.crs, "transform": grid.transform}, dtype="uint8")
-    counts = np.zeros(3, dtype=np.int64)
-    with atomic_write(path, suffix=".tmp.tif") as tmp, rasterio.open(tmp, "w", **profile) as dst:
-        for r0 in range(0, grid.height, MASK_ROWS):
-            rows = min(MASK_ROWS, grid.height - r0)
-            rr = np.arange(r0, r0 + rows) // factor
-            cc = np.arange(grid.width) // factor
-            cloud_up, zone_up = cloud[np.ix_(rr, cc)], zone[np.ix_(rr, cc)]
-            nir = green = None
-            if shadows and zone_up.any():
-                win = Window(0, r0, grid.width, rows)
-                nir, green = (_read_on(plan["band_paths"][b], grid.crs, grid.transform, grid.width, grid.height,
-                                       Resampling.bilinear, nodata, win) - offset
-                              if b in plan["band_paths"] else None for b in ("B08", "B03"))
-            if nir is None:
-                nir = np.full(cloud_up.shape, np.nan, dtype="float32")
-            classes = classify(cloud_up, zone_up, nir, shadows["nir_dark_dn"] if shadows else 0.0, green)
-            counts += np.bincount(classes.ravel(), minlength=3)[:3]
-            dst.write(classes, 1, window=Window(0, r0, grid.width, rows))
-        dst.set_band_description(1, "0 clear, 1 cloud (s2cloudless), 2 cloud shadow")
+    cc = np.arange(grid.width) // factor
+
+    def cloud_rows(r0: int, rows: int) -> np.ndarray:
+        return cloud[np.ix_(np.arange(r0, r0 + rows) // factor, cc)]
+
+    path, counts, shadows, shadows_off = _write_classes(scene, grid, work_dir, cloud, cloud_rows,
+                                                        "0 clear, 1 cloud (s2cloudless), 2 cloud shadow")
     valid_prob = prob[has_data]
     method = {"method": "s2cloudless", "detection_res_m": coarse_res, "threshold": plan["threshold"],
               "dilation_m": plan["dilation_m"], "b8a": plan["b8a"],
@@ -247,6 +233,96 @@ def detect_clouds(scene: dict, grid: AnalysisGrid, work_dir: str | Path) -> dict
                       + (", with projected shadows" if shadows else ""),
             "method": method, "class_px": class_px,
             "max_probability": round(float(valid_prob.max()), 4) if valid_prob.size else None}
+
+
+def _clm_clouds(scene: dict, grid: AnalysisGrid, work_dir: str | Path) -> dict:
+    """The ``sentinelhub-clm`` plan: cloud where the CLM raster (on ``grid``) is in ``cloud_range``; the
+    shadows are cast by its cloud pixels proper (value 1; the 2..254 blends with no data at a scene's
+    edge are cloud but cast none), gathered onto the ``DETECT_RES_M`` grid CLM was made at."""
+    plan = scene["cloud_detector"]
+    lo, hi = plan["cloud_range"]
+    factor, _, cw, ch = _coarse_grid(grid)
+    block_rows = factor * max(1, MASK_ROWS // factor)
+
+    def clm_rows(r0: int, rows: int) -> np.ndarray:
+        return _read_on(plan["clm_path"], grid.crs, grid.transform, grid.width, grid.height, Resampling.nearest,
+                        None, Window(0, r0, grid.width, rows))
+
+    coarse = np.zeros((ch, cw), dtype=bool)
+    for r0 in range(0, grid.height, block_rows):
+        rows = min(block_rows, grid.height - r0)
+        casts = clm_rows(r0, rows) == 1  # NaN (the file's nodata) is not
+        padded = np.zeros((-(-rows // factor) * factor, cw * factor), dtype=bool)
+        padded[:rows, :grid.width] = casts
+        coarse[r0 // factor:r0 // factor + padded.shape[0] // factor] = (
+            padded.reshape(-1, factor, cw, factor).any(axis=(1, 3)))
+
+    def cloud_rows(r0: int, rows: int) -> np.ndarray:
+        values = clm_rows(r0, rows)
+        with np.errstate(invalid="ignore"):
+            return (values >= lo) & (values <= hi)
+
+    path, counts, shadows, shadows_off = _write_classes(scene, grid, work_dir, coarse, cloud_rows,
+                                                        "0 clear, 1 cloud (Sentinel Hub CLM), 2 cloud shadow")
+    coarse_res = grid.res_m * factor
+    method = {"method": "sentinelhub-clm", "cloud": f"CLM values {lo}..{hi}",
+              "shadow_cast_by": f"CLM == 1, gathered onto {coarse_res:g} m",
+              "shadows": shadows or {"applied": False, "reason": shadows_off}}
+    class_px = {"cloud": int(counts[CLOUD]), "shadow": int(counts[SHADOW])}
+    log.info("clouds: scene %s, %d cloud px (Sentinel Hub CLM) and %d shadow px of %d", scene["scene_id"],
+             class_px["cloud"], class_px["shadow"], grid.width * grid.height)
+    return {"path": str(path), "cloud_values": [CLOUD, SHADOW],
+            "origin": SH_CLM_ORIGIN + (", with projected shadows" if shadows else ""),
+            "method": method, "class_px": class_px, "max_probability": None}
+
+
+def _write_classes(scene: dict, grid: AnalysisGrid, work_dir: str | Path, coarse_cloud: np.ndarray,
+                   cloud_rows, description: str) -> tuple[Path, np.ndarray, dict | None, str]:
+    """Project the shadows of ``coarse_cloud`` (bool, the ``_coarse_grid`` of ``grid``) and write
+    ``clouds_<scene>.tif`` row block by row block: CLOUD where ``cloud_rows(r0, rows)`` (bool, 10 m
+    rows), SHADOW where a shadow candidate is dark in B08 (and not water-like, given B03).
+
+    Returns:
+        (the mask's path, pixel counts per class, the shadow parameters with the sun's angles or
+        None, why there are none).
+    """
+    plan = scene["cloud_detector"]
+    factor, _, _, _ = _coarse_grid(grid)
+    coarse_res = grid.res_m * factor
+    offset = float(scene.get("offset_dn") or 0.0)
+    nodata = scene.get("band_nodata")
+    shadows = _sun_angles(plan.get("shadows"), plan.get("acquired"), grid)
+    shadows_off = plan.get("shadows_off", "")
+    if shadows and shadows["sun_zenith_deg"] >= MAX_SUN_ZENITH_DEG:
+        shadows_off = (f"sun zenith {shadows['sun_zenith_deg']:g} degrees >= {MAX_SUN_ZENITH_DEG:g}: shadows "
+                       "too long to project")
+        shadows = None
+    zone = (shadow_candidates(coarse_cloud, coarse_res, shadows["sun_azimuth_deg"], shadows["sun_zenith_deg"],
+                              tuple(shadows["heights_m"]))
+            if shadows else np.zeros_like(coarse_cloud))
+    path = Path(work_dir) / f"clouds_{_safe(scene['scene_id'])}.tif"
+    profile = work_raster_profile({"driver": "GTiff", "width": grid.width, "height": grid.height,
+                                   "crs": grid.crs, "transform": grid.transform}, dtype="uint8")
+    counts = np.zeros(3, dtype=np.int64)
+    cc = np.arange(grid.width) // factor
+    with atomic_write(path, suffix=".tmp.tif") as tmp, rasterio.open(tmp, "w", **profile) as dst:
+        for r0 in range(0, grid.height, MASK_ROWS):
+            rows = min(MASK_ROWS, grid.height - r0)
+            rr = np.arange(r0, r0 + rows) // factor
+            cloud_up, zone_up = cloud_rows(r0, rows), zone[np.ix_(rr, cc)]
+            nir = green = None
+            if shadows and zone_up.any():
+                win = Window(0, r0, grid.width, rows)
+                nir, green = (_read_on(plan["band_paths"][b], grid.crs, grid.transform, grid.width, grid.height,
+                                       Resampling.bilinear, nodata, win) - offset
+                              if b in plan["band_paths"] else None for b in ("B08", "B03"))
+            if nir is None:
+                nir = np.full(cloud_up.shape, np.nan, dtype="float32")
+            classes = classify(cloud_up, zone_up, nir, shadows["nir_dark_dn"] if shadows else 0.0, green)
+            counts += np.bincount(classes.ravel(), minlength=3)[:3]
+            dst.write(classes, 1, window=Window(0, r0, grid.width, rows))
+        dst.set_band_description(1, description)
+    return path, counts, shadows, shadows_off
 
 
 def _sun_angles(shadows: dict | None, acquired: str | None, grid: AnalysisGrid) -> dict | None:

@@ -170,16 +170,9 @@ class LocalCloudMask(_Strict):
         return self
 
 
-class _CloudDetectorOptions(_Strict):
-    """The cloud detector's settings (tasks/raster/clouds.py), shared by local and stac sources."""
+class _ShadowOptions(_Strict):
+    """Cloud-shadow projection settings (tasks/raster/clouds.py), shared by every source with a cloud mask."""
 
-    cloud_detector: Literal["auto", "s2cloudless", "none"] = Field(
-        default="auto", description="cloud (and shadow) mask from the scene's own bands where the scene "
-                                    "gives no cloud_mask file: 'auto' runs s2cloudless when the scene has "
-                                    "its bands, 's2cloudless' requires them, 'none' never runs it")
-    cloud_threshold: float = Field(default=0.4, gt=0, lt=1, description="s2cloudless probability "
-                                                                        "above which a pixel is cloud")
-    cloud_dilation_m: float = Field(default=160.0, ge=0, description="clouds grown by this distance")
     cloud_shadows: bool = Field(default=True, description="also mask the clouds' projected shadows")
     cloud_heights_m: tuple[float, float] = Field(
         default=(300.0, 3000.0), description="cloud heights [low, high] the shadow is searched over")
@@ -193,6 +186,18 @@ class _CloudDetectorOptions(_Strict):
         if not 0 <= value[0] <= value[1]:
             raise ValueError("cloud_heights_m must be [low, high] with 0 <= low <= high (metres)")
         return value
+
+
+class _CloudDetectorOptions(_ShadowOptions):
+    """The cloud detector's settings (tasks/raster/clouds.py), shared by local and stac sources."""
+
+    cloud_detector: Literal["auto", "s2cloudless", "none"] = Field(
+        default="auto", description="cloud (and shadow) mask from the scene's own bands where the scene "
+                                    "gives no cloud_mask file: 'auto' runs s2cloudless when the scene has "
+                                    "its bands, 's2cloudless' requires them, 'none' never runs it")
+    cloud_threshold: float = Field(default=0.4, gt=0, lt=1, description="s2cloudless probability "
+                                                                        "above which a pixel is cloud")
+    cloud_dilation_m: float = Field(default=160.0, ge=0, description="clouds grown by this distance")
 
 
 class LocalSource(_CloudDetectorOptions):
@@ -320,8 +325,11 @@ class StacSource(_CloudDetectorOptions):
         return self.sign is not None and self.dem_url is None
 
 
-class SentinelHubSource(_Strict):
+class SentinelHubSource(_ShadowOptions):
     """Sentinel Hub Catalog + Process APIs through the ``sentinelhub`` package.
+
+    The cloud mask is Sentinel Hub's ``CLM``; its clouds' shadows are projected as for the detector's
+    (``cloud_shadows``, ``cloud_heights_m``, ``shadow_nir_max_dn``; tasks/raster/clouds.py).
 
     Credentials never come from this file: ``SH_CLIENT_ID`` / ``SH_CLIENT_SECRET`` in the
     environment (names configurable) or a Prefect Secret block holding ``id:secret``.
@@ -338,7 +346,8 @@ class SentinelHubSource(_Strict):
     client_secret_env: str = "SH_CLIENT_SECRET"
     secret_block: str | None = Field(default=None, description="Prefect Secret block 'id:secret'")
     cloud_mask: bool = Field(default=True, description="request the CLM cloud mask with the bands; "
-                                                       "cloud pixels are not analysed")
+                                                       "cloud pixels and their projected shadows "
+                                                       "(cloud_shadows) are not analysed")
     max_retries: int = Field(default=4, ge=0)
     timeout_s: float = Field(default=120.0, gt=0)
     max_mosaic_scenes: int = Field(

@@ -52,6 +52,36 @@ def missing_bands_reason(missing: list[str], scene_id: str) -> str:
             f"scene {scene_id} lacks {', '.join(missing)}")
 
 
+def shadow_plan(options, band_paths: dict[str, str], acquired: str | None,
+                sun: tuple[float, float, str] | None, scene_id: str,
+                source_name: str) -> tuple[dict | None, str]:
+    """The shadow projection settings of one scene (``tasks.raster.clouds``), or why there are none.
+
+    Args:
+        options: the source's shadow settings (``catalog._ShadowOptions``: ``cloud_shadows``,
+            ``cloud_heights_m``, ``shadow_nir_max_dn``).
+        band_paths: the scene's rasters; B03 there adds the water test to the darkness rule.
+        acquired: ISO acquisition time (sun angles are computed from it when ``sun`` is None).
+        sun: (azimuth, zenith, where from) from the scene's metadata, or None.
+
+    Returns:
+        (the ``shadows`` dict or None, the reason when None, else "").
+    """
+    if not options.cloud_shadows:
+        return None, f"cloud_shadows: false for source {source_name!r}"
+    if sun is not None:
+        shadows = {"sun_azimuth_deg": round(sun[0], 2), "sun_zenith_deg": round(sun[1], 2), "sun_from": sun[2]}
+    elif acquired:
+        shadows = {"sun_from": f"computed for {acquired} at the grid centre"}
+    else:
+        return None, f"scene {scene_id} has no acquisition time and no sun angles: shadows not projected"
+    rule = f"in the cloud mask shifted away from the sun, B08 < {options.shadow_nir_max_dn:g}"
+    if "B03" in band_paths:
+        rule += " and B08 >= B03 (not water)"
+    shadows.update(heights_m=list(options.cloud_heights_m), nir_dark_dn=options.shadow_nir_max_dn, rule=rule)
+    return shadows, ""
+
+
 def detector_plan(options, band_paths: dict[str, str], b8a_note: str, acquired: str | None,
                   sun: tuple[float, float, str] | None, scene_id: str, source_name: str) -> dict:
     """The ``cloud_detector`` plan of one scene (what ``tasks.raster.clouds.detect_clouds`` runs).
@@ -64,25 +94,27 @@ def detector_plan(options, band_paths: dict[str, str], b8a_note: str, acquired: 
         acquired: ISO acquisition time (sun angles are computed from it when ``sun`` is None).
         sun: (azimuth, zenith, where from) from the scene's metadata, or None.
     """
-    shadows: dict | None = None
-    shadows_off = ""
-    if not options.cloud_shadows:
-        shadows_off = f"cloud_shadows: false for source {source_name!r}"
-    elif sun is not None:
-        shadows = {"sun_azimuth_deg": round(sun[0], 2), "sun_zenith_deg": round(sun[1], 2), "sun_from": sun[2]}
-    elif acquired:
-        shadows = {"sun_from": f"computed for {acquired} at the grid centre"}
-    else:
-        shadows_off = (f"scene {scene_id} has no acquisition time and no sun angles: shadows not projected")
-    if shadows is not None:
-        rule = f"in the cloud mask shifted away from the sun, B08 < {options.shadow_nir_max_dn:g}"
-        if "B03" in band_paths:
-            rule += " and B08 >= B03 (not water)"
-        shadows.update(heights_m=list(options.cloud_heights_m), nir_dark_dn=options.shadow_nir_max_dn,
-                       rule=rule)
+    shadows, shadows_off = shadow_plan(options, band_paths, acquired, sun, scene_id, source_name)
     return {"method": "s2cloudless", "band_paths": dict(band_paths), "b8a": b8a_note,
             "threshold": options.cloud_threshold, "dilation_m": options.cloud_dilation_m,
             "acquired": acquired, "shadows": shadows, "shadows_off": shadows_off}
+
+
+def clm_plan(options, clm_path: str, band_paths: dict[str, str], acquired: str | None, scene_id: str,
+             source_name: str) -> dict:
+    """The ``cloud_detector`` plan of a Sentinel Hub scene: its ``CLM`` band is the cloud class, and the
+    shadows of its clouds are projected as for s2cloudless's (``tasks.raster.clouds.detect_clouds``).
+
+    Args:
+        options: the source's shadow settings (``catalog.SentinelHubSource``).
+        clm_path: the CLM raster on the analysis grid (0 clear, 1 cloud, 255 no data, blends between).
+        band_paths: B08 (and B03) on the grid, for the darkness rule; without B08 no shadow is kept.
+        acquired: ISO acquisition time: the sun angles are computed from it at the grid centre.
+    """
+    shadows, shadows_off = shadow_plan(options, band_paths, acquired, None, scene_id, source_name)
+    return {"method": "sentinelhub-clm", "clm_path": clm_path, "cloud_range": list(SH_CLM_CLOUD_RANGE),
+            "band_paths": dict(band_paths), "acquired": acquired, "shadows": shadows,
+            "shadows_off": shadows_off}
 
 
 def check_cloud_mask(spec: dict | None) -> dict | None:

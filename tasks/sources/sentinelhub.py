@@ -17,7 +17,9 @@ What it does, in order (``fetch_sentinelhub_inputs``):
    at most 2500 x 2500 px (the API's limit) and reassembled;
 4. the DEM collection (FLOAT32, metres) on the same grid, when the source names one;
 5. the CLM cloud mask (``cloud_mask: true``, the default) as one more output band of the same
-   requests; alignment drops its cloud pixels from the analysed area (``tasks.sources.cloud``);
+   requests, with B08 and B03 when the model does not ask for them; alignment turns it into cloud and
+   shadow classes (``tasks.raster.clouds``: CLM is the cloud, its shadows are projected away from the
+   sun, computed for the scene's time, where B08 is dark) and drops both from the analysed area;
 6. one GeoTIFF per band in a cache folder keyed by a hash of the request, written to a temporary folder
    and renamed into place, so a rerun makes no request and a failure leaves nothing under a cache name.
 
@@ -52,7 +54,7 @@ from tasks.core.errors import InputError, SourceError
 from tasks.core.files import atomic_write_json
 from tasks.core.grid import AnalysisGrid, make_grid
 from tasks.sources.catalog import SentinelHubSource
-from tasks.sources.cloud import SH_CLM_BAND, SH_CLM_CLOUD_RANGE, SH_CLM_ORIGIN
+from tasks.sources.cloud import SH_CLM_BAND, SH_CLM_ORIGIN, clm_plan
 from tasks.sources.local import SceneInputs, harmonization_offset
 from tasks.sources.mosaic import FULL_COVER, SceneCandidate, choose_mosaic, window_end
 
@@ -70,6 +72,8 @@ COLLECTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 DEM_COLLECTIONS: dict[str, str] = {
     "COPERNICUS_30": "DEM_COPERNICUS_30", "COPERNICUS_90": "DEM_COPERNICUS_90", "MAPZEN": "DEM_MAPZEN"}
+# bands the shadow rule reads (tasks.raster.clouds.classify): B08 darkness, B03 the water test
+SHADOW_RULE_BANDS = ("B08", "B03")
 _BASELINE_IN_ID = re.compile(r"_N(\d{2})(\d{2})_")
 
 
@@ -489,13 +493,15 @@ def fetch_sentinelhub_inputs(source: SentinelHubSource, source_name: str, spectr
     requests_made = 0
     scenes = []
     for item in chosen:
-        scene, made = _fetch_scene(item, source, config, collection, creds, wanted, grid, grid_desc, cache_dir,
-                                   max_px, notes)
+        scene, made = _fetch_scene(item, source, source_name, config, collection, creds, wanted, grid, grid_desc,
+                                   cache_dir, max_px, notes)
         scenes.append(scene)
         requests_made += made
     if wanted:
         if source.cloud_mask:
-            notes.append(f"cloud mask: {SH_CLM_ORIGIN}; cloud pixels are not analysed")
+            shadows = ("with the clouds' shadows projected away from the sun (sun angles computed for each "
+                       "scene's time)" if source.cloud_shadows else "no shadows (cloud_shadows: false)")
+            notes.append(f"cloud mask: {SH_CLM_ORIGIN}, {shadows}; these pixels are not analysed")
         else:
             notes.append("cloud mask disabled (cloud_mask: false): cloudy pixels are analysed")
 
@@ -533,12 +539,14 @@ def fetch_sentinelhub_inputs(source: SentinelHubSource, source_name: str, spectr
         notes=notes,
         cloud_mask=first_scene["cloud_mask"],
         cloud_pct=first_scene["cloud_pct"],
+        cloud_detector=first_scene["cloud_detector"],
+        cloud_detector_off=first_scene["cloud_detector_off"],
     )
 
 
-def _fetch_scene(item: dict, source: SentinelHubSource, config: Any, collection: Any, creds: Credentials,
-                 wanted: tuple[str, ...], grid: AnalysisGrid, grid_desc: dict, cache_dir: Path, max_px: int,
-                 notes: list[str]) -> tuple[dict, int]:
+def _fetch_scene(item: dict, source: SentinelHubSource, source_name: str, config: Any, collection: Any,
+                 creds: Credentials, wanted: tuple[str, ...], grid: AnalysisGrid, grid_desc: dict,
+                 cache_dir: Path, max_px: int, notes: list[str]) -> tuple[dict, int]:
     """Render one catalog scene's bands (and CLM) on the grid; a ``SceneInputs.mosaic`` entry.
 
     The time range is the scene's UTC day, so Sentinel Hub renders that acquisition (``leastCC`` orders
@@ -546,7 +554,8 @@ def _fetch_scene(item: dict, source: SentinelHubSource, config: Any, collection:
 
     Returns:
         (the entry: scene_id, acquired, cloud_pct, processing_baseline, offset_dn, band_paths,
-        band_nodata, cloud_mask; the number of Process API requests made).
+        band_nodata, cloud_mask (None), cloud_detector (the CLM plan, ``tasks.sources.cloud.clm_plan``)
+        and cloud_detector_off; the number of Process API requests made).
     """
     base = source.base_url.rstrip("/")
     scene_id = item["id"]
@@ -556,10 +565,14 @@ def _fetch_scene(item: dict, source: SentinelHubSource, config: Any, collection:
     time_range = (day, day + dt.timedelta(days=1) - dt.timedelta(seconds=1))
     made = 0
     band_paths: dict[str, str] = {}
-    cloud_mask: dict | None = None
+    detector: dict | None = None
+    detector_off = None if source.cloud_mask else f"cloud_mask: false for source {source_name!r}"
     if wanted:
-        # the cloud mask rides in the same request as the bands (one more output band, no more requests)
-        requested = wanted + ((SH_CLM_BAND,) if source.cloud_mask else ())
+        # the cloud mask rides in the same request as the bands (more output bands, no more requests),
+        # with B08 (and B03) for the shadow rule when the model does not ask for them
+        shadow_bands = tuple(b for b in SHADOW_RULE_BANDS if b not in wanted) \
+            if source.cloud_mask and source.cloud_shadows else ()
+        requested = wanted + shadow_bands + ((SH_CLM_BAND,) if source.cloud_mask else ())
         key = request_key(kind="bands", base=base, collection=source.collection, scene=scene_id,
                           day=acquired.date(), maxcc=source.max_cloud_pct, bands=requested, harmonize=False,
                           **grid_desc)
@@ -575,8 +588,9 @@ def _fetch_scene(item: dict, source: SentinelHubSource, config: Any, collection:
         entry, fresh = _cached_fetch(cache_dir / "bands" / key, get_bands)
         band_paths = {b: str(entry / f"{b}.tif") for b in wanted}
         if source.cloud_mask:
-            cloud_mask = {"path": str(entry / f"{SH_CLM_BAND}.tif"), "cloud_range": list(SH_CLM_CLOUD_RANGE),
-                          "origin": SH_CLM_ORIGIN}
+            detector = clm_plan(source, str(entry / f"{SH_CLM_BAND}.tif"),
+                                {b: str(entry / f"{b}.tif") for b in SHADOW_RULE_BANDS if b in requested},
+                                acquired.isoformat(), scene_id, source_name)
         if not fresh:
             notes.append(f"{scene_id}: bands from the download cache (no request)")
 
@@ -591,7 +605,8 @@ def _fetch_scene(item: dict, source: SentinelHubSource, config: Any, collection:
     cloud = item["properties"].get("eo:cloud_cover")
     return {"scene_id": scene_id, "acquired": acquired.isoformat(),
             "cloud_pct": float(cloud) if cloud is not None else None, "processing_baseline": baseline,
-            "offset_dn": offset, "band_paths": band_paths, "band_nodata": 0.0, "cloud_mask": cloud_mask}, made
+            "offset_dn": offset, "band_paths": band_paths, "band_nodata": 0.0, "cloud_mask": None,
+            "cloud_detector": detector, "cloud_detector_off": detector_off}, made
 
 
 def _fetch_dem(source: SentinelHubSource, config: Any, creds: Credentials, grid: AnalysisGrid,

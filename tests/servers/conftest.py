@@ -109,12 +109,15 @@ def _sentinelhub_session() -> Iterator[SentinelHubApi]:
 
 @pytest.fixture
 def sentinelhub_api(_sentinelhub_session: SentinelHubApi) -> Iterator[SentinelHubApi]:
-    """The running Sentinel Hub test server, with no pending faults and an empty request log."""
+    """The running Sentinel Hub test server, with no pending faults, an empty request log and the CLM
+    stand-in's B02 rule (no cloud blocks set)."""
     api = _sentinelhub_session
     api.faults.clear()
     api.faults.clear_log()
+    api.server.set_clm_clouds(None)
     yield api
     api.faults.clear()
+    api.server.set_clm_clouds(None)
 
 
 @pytest.fixture(scope="session")
