@@ -28,6 +28,7 @@ def test_cpu_dry_run_report(capsys):
     r = json.loads(capsys.readouterr().out)
     assert r["device"] == "cpu" and r["gpu"] is None
     assert r["precision"] == "float32" and r["batch_size"] == 16 and r["prefetch_batches"] == 0
+    assert r["queue_speedup"] > 0
     tol = r["tolerance_on_sample"]
     assert tol["ok"] and tol["max_abs_prob"] == 0.0 and tol["n_px"] > 0  # float32 against itself
     for run in (r["loop"], r["loop_without_queue"], r["tile"]):
