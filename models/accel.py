@@ -10,9 +10,11 @@ The rules (issue 19 items 4 and 5):
 - CUDA: autocast to bfloat16 where the GPU supports it, else float16; checked against float32 on
   validation patches with the card's tolerance (:func:`precision_within_tolerance`), float32 when
   the check fails.
-- CPU: float32 unless the CPU has native bfloat16 instructions (``avx512_bf16`` or ``amx_bf16``)
-  *and* a timing at load finds bfloat16 faster *and* the tolerance holds. bf16 autocast measured
-  60x slower than float32 on a CPU without them, 1.8x faster on one with them: never assumed.
+- CPU (``precision="auto"``, an opt-in; the scan's CPU default is float32, see
+  ``models.detectors.default_cpu_precision``): float32 unless the CPU has native bfloat16
+  instructions (``avx512_bf16`` or ``amx_bf16``) *and* a timing at load finds bfloat16 faster
+  *and* the tolerance holds. bf16 autocast measured 60x slower than float32 on a CPU without
+  them, 1.8x faster on one with them: never assumed.
 - Batch size: on CUDA the largest power of two whose forward pass fits in memory (capped); on CPU
   the scan's default (its outputs and speed were measured with it).
 """
