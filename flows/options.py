@@ -46,6 +46,17 @@ def parse_bbox(text: str) -> list[float]:
     return values
 
 
+def parse_batch_size(text: str) -> int | str:
+    """``"16"`` -> 16, ``"auto"`` -> ``"auto"`` (the ``type`` of the scan's ``--batch-size``; the
+    plan resolves ``auto`` to a number once: ``models.detectors.auto_batch_size``)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--batch-size {text!r}: expected a whole number or 'auto'") from None
+
+
 def parse_formats(text: str) -> list[str]:
     """``"geojson,csv"`` -> ``["geojson", "csv"]`` (the ``type`` of ``--format``, which repeats)."""
     names = [v.strip().lower() for v in text.split(",") if v.strip()]
@@ -121,10 +132,13 @@ def add_device(parser: Any, **overrides: Any) -> argparse.Action:
 
 
 def add_batch_size(parser: Any, **overrides: Any) -> argparse.Action:
-    """``--batch-size N`` -> ``args.batch_size``: inference patches per forward pass. (Training's
+    """``--batch-size N|auto`` -> ``args.batch_size``: inference patches per forward pass. (Training's
     ``--batch-size`` is another quantity with another default; ``flows.train_cli`` defines it.)"""
-    return _add(parser, ("--batch-size",), overrides, type=int, default=defaults.BATCH_SIZE,
-                metavar="N", help=f"patches per forward pass ({defaults.BATCH_SIZE})")
+    return _add(parser, ("--batch-size",), overrides, type=parse_batch_size,
+                default=defaults.BATCH_SIZE, metavar="N|auto",
+                help=f"patches per forward pass ({defaults.BATCH_SIZE}); 'auto': on a CUDA GPU the "
+                     f"largest power of two that fits in its memory, {defaults.BATCH_SIZE} on the "
+                     "CPU (resolved once at planning, recorded in the manifest)")
 
 
 def add_overlap(parser: Any, **overrides: Any) -> argparse.Action:

@@ -12,6 +12,7 @@ import argparse
 import json
 
 from flows import options
+from tasks.core import defaults
 
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
@@ -228,6 +229,10 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
                    "principal components (whitened, fitted on the training split only, stored in "
                    "the card; default: off)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    options.add_device(p, help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N; on CUDA "
+                               "with mixed precision (bfloat16 autocast where supported, else "
+                               "float16 with a gradient scaler), on the CPU float32 as before "
+                               f"(default: {defaults.DEVICE})")
     p.add_argument("--patience", type=int, help="early stop after N epochs without a better "
                        "validation F1 (default: run all epochs)")
 
@@ -268,7 +273,7 @@ def _config_from_args(args: argparse.Namespace) -> dict:
             "lr": args.lr, "save_dtype": args.dtype, "patience": args.patience,
             "loss": args.loss, "scale_range": scale_range, "rotate_deg": args.rotate_deg,
             "noise_std": args.noise_std, "spectral_jitter": args.spectral_jitter,
-            "threads": args.threads, "pca_components": args.pca}
+            "threads": args.threads, "pca_components": args.pca, "device": args.device}
 
 
 def cmd_train_suite(args: argparse.Namespace) -> int:

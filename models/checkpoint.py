@@ -35,6 +35,7 @@ from pydantic import (
     model_validator,
 )
 
+from models.accel import DEFAULT_MAX_ABS_PROB, DEFAULT_MAX_FLIP_FRACTION
 from models.cards import (
     CARD_SUFFIX,
     CHECKPOINT_DIR,
@@ -290,6 +291,15 @@ class TrainingStatistics(_Strict):
         return self
 
 
+class InferenceTolerance(_Strict):
+    """How far a reduced-precision forward pass (CUDA float16/bfloat16 autocast, CPU bfloat16) may
+    move this network's probabilities from its float32 ones on validation patches
+    (``models.accel.precision_within_tolerance``); beyond it the scan runs in float32."""
+
+    max_abs_prob: float = Field(default=DEFAULT_MAX_ABS_PROB, gt=0.0, le=1.0)
+    max_flip_fraction: float = Field(default=DEFAULT_MAX_FLIP_FRACTION, ge=0.0, le=1.0)
+
+
 class ModelCard(_Strict):
     """The model card of one trained network (``<name>.json`` next to ``<name>.safetensors``)."""
 
@@ -307,6 +317,7 @@ class ModelCard(_Strict):
     metrics: dict[str, dict[str, FiniteFloat]] = Field(default_factory=dict)
     training: Training
     training_statistics: TrainingStatistics | None = None  # absent on cards trained before issue 21
+    inference_tolerance: InferenceTolerance | None = None  # None: models.accel's defaults
     created: str = Field(default_factory=utc_now_iso)
     weights_sha256: str = Field(default="", pattern=r"^([0-9a-f]{64})?$")
     weights_dtype: Literal["float32", "float16"] = "float32"

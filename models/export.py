@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models.accel import onnx_providers, prefetch_depth
 from models.checkpoint import CardFields, ModelCard, load_checkpoint, resolve_checkpoint
 from models.data.datasets import load_scene_dataset
 from tasks.core.bands import band_index
@@ -151,16 +152,23 @@ def card_of_onnx(path: str | Path):
 
 @dataclass
 class OnnxDetector(CardFields):
-    """An exported network run by ONNX Runtime on CPU (same interface as ModelDetector)."""
+    """An exported network run by ONNX Runtime (same interface as ModelDetector): on the CPU, or
+    on a GPU through the CUDA execution provider when it is installed and the device allows."""
 
     session: object
     card: object
     path: str
     forward_s: float = 0.0
+    prefetch_batches: int = 0  # batches read ahead while the GPU computes (0: CPU)
 
     @property
     def ref(self) -> str:
         return f"{self.card.model_ref}+onnx:{Path(self.path).name}"
+
+    @property
+    def provider(self) -> str:
+        """The execution provider that runs the graph (the first of the session's)."""
+        return self.session.get_providers()[0]
 
     def predict(self, batch: np.ndarray, valid: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(self.card.input_transform.apply_filled(batch), dtype=np.float32)
@@ -170,11 +178,30 @@ class OnnxDetector(CardFields):
         return (1.0 / (1.0 + np.exp(-logits[:, 0].astype(np.float64)))).astype(np.float32)
 
     def describe(self) -> dict:
-        return {"kind": "onnx", "ref": self.ref, "path": self.path,
+        return {"kind": "onnx", "ref": self.ref, "path": self.path, "provider": self.provider,
                 "card": self.card.model_dump(mode="json")}
 
 
-def load_onnx_detector(path: str | Path, threads: int | None = None) -> OnnxDetector:
+def session_providers(available: list[str], device: str) -> list:
+    """The providers (with options) for an ONNX Runtime session on ``device`` (auto, cpu, cuda,
+    cuda:N): ``models.accel.onnx_providers``, with the GPU's index for ``cuda:N``.
+
+    Raises:
+        InputError: ``device`` asks for CUDA and ONNX Runtime has no CUDA execution provider.
+    """
+    device_type, _, index = str(device).partition(":")
+    if device_type == "cuda" and "CUDAExecutionProvider" not in available:
+        raise InputError(f"--device {device} was asked for but ONNX Runtime has no "
+                         "CUDAExecutionProvider (install onnxruntime-gpu); use --device auto")
+    providers: list = onnx_providers(available, device_type)
+    if providers[0] == "CUDAExecutionProvider" and index:
+        providers[0] = ("CUDAExecutionProvider", {"device_id": int(index)})
+    return providers
+
+
+def load_onnx_detector(path: str | Path, threads: int | None = None, device: str = "cpu") -> OnnxDetector:
+    """An exported ``.onnx`` as a detector on ``device`` (auto, cpu, cuda, cuda:N): the CUDA
+    execution provider when installed and allowed, else the CPU's."""
     _require_onnx()
     import onnxruntime as ort
 
@@ -183,8 +210,11 @@ def load_onnx_detector(path: str | Path, threads: int | None = None) -> OnnxDete
     if threads:
         opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    return OnnxDetector(session=session, card=card, path=str(path))
+    providers = session_providers(ort.get_available_providers(), device)
+    session = ort.InferenceSession(str(path), opts, providers=providers)
+    det = OnnxDetector(session=session, card=card, path=str(path))
+    det.prefetch_batches = prefetch_depth("cuda" if det.provider == "CUDAExecutionProvider" else "cpu")
+    return det
 
 
 def prune_channels(model, amount: float):

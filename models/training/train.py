@@ -9,6 +9,7 @@ official validation list) after every epoch, and the checkpoint chosen on the va
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from models.accel import FP32, training_precision
 from models.checkpoint import (
     InputTransform,
     ModelCard,
@@ -29,6 +31,7 @@ from models.checkpoint import (
     save_checkpoint,
 )
 from models.data.datasets import SceneData, file_list_sha256, load_scene_dataset, load_training_data
+from models.detectors import select_device
 from models.metrics import IGNORE, evaluate_probabilities
 from models.registry import ModelSpec, build_model, parse_model_name
 from models.training.augment import AugmentConfig, augment
@@ -78,6 +81,39 @@ class TrainConfig:
     save_dtype: str = "float16"
     threshold: float = 0.5
     patience: int | None = None  # stop after this many epochs without a better validation F1
+    device: str = "auto"  # auto (CUDA if present), cpu, cuda, cuda:N; AMP on CUDA only
+
+
+@dataclass
+class _Compute:
+    """Where and in which precision a run computes: float32 on the CPU (as before, bit for bit);
+    on CUDA mixed precision (bfloat16 autocast where supported, else float16 with a gradient
+    scaler). ``models.accel.training_precision`` decides."""
+
+    device: torch.device
+    precision: str = FP32
+    scaler: "torch.amp.GradScaler | None" = None
+
+    @classmethod
+    def of(cls, device: str) -> "_Compute":
+        dev = select_device(device)
+        bf16 = dev.type == "cuda" and torch.cuda.is_bf16_supported()
+        precision, scaled = training_precision(dev.type, bf16)
+        return cls(dev, precision, torch.amp.GradScaler("cuda") if scaled else None)
+
+    def autocast(self):
+        if self.precision == FP32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=getattr(torch, self.precision))
+
+    def to_device(self, t: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cpu":
+            return t
+        return t.pin_memory().to(self.device, non_blocking=True)
+
+    def record(self) -> dict:
+        return {"device_used": str(self.device), "precision": self.precision,
+                "grad_scaler": self.scaler is not None}
 
 
 @dataclass
@@ -94,9 +130,10 @@ class _InMemoryDetector:
     ref: str = "training"
 
     def predict(self, batch: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        x = self.transform.apply_filled(batch)
-        with torch.inference_mode():
-            return torch.sigmoid(self.model(torch.from_numpy(np.ascontiguousarray(x)))[:, 0]).numpy()
+        x = torch.from_numpy(np.ascontiguousarray(self.transform.apply_filled(batch)))
+        device = next(self.model.parameters()).device
+        with torch.inference_mode():  # float32 on every device: selection compares epochs exactly
+            return torch.sigmoid(self.model(x.to(device))[:, 0]).cpu().numpy()
 
     def describe(self) -> dict:
         return {}
@@ -321,6 +358,9 @@ def train_scene_model(train_dir: str | Path, val_dir: str | Path, out_dir: str |
     spec = parse_model_name(cfg.model)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    compute = _Compute.of(cfg.device)
+    log.info("training on %s in %s%s", compute.device, compute.precision,
+             " with a gradient scaler" if compute.scaler else "")
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     train = load_training_data(train_dir, layout, train_list)
@@ -329,15 +369,19 @@ def train_scene_model(train_dir: str | Path, val_dir: str | Path, out_dir: str |
     inputs = _prepare_inputs(cfg, bands, train, train_dir)
 
     model = build_model(spec.arch, spec.encoder, in_channels=inputs.transform.n_outputs)
+    model = model.to(compute.device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr,
                                                 total_steps=cfg.epochs * cfg.steps_per_epoch)
     run_dir = Path(run_dir) if run_dir is not None else Path(out_dir) / f"{name}.run"
     run_config = _run_config(cfg, train_dir, val_dir, layout, train_list, val_list)
+    if compute.precision != FP32:  # an AMP run resumes only in the same precision
+        run_config["amp"] = compute.precision
     run = _resume_run(run_dir, run_config, model, opt, sched, progress) if resume else None
     if run is None:
         run = _RunProgress(rng)
-    _run_epochs(model, opt, sched, run, inputs, bands, train, val, cfg, run_dir, run_config, progress)
+    _run_epochs(model, opt, sched, run, inputs, bands, train, val, cfg, run_dir, run_config, progress,
+                compute)
     if run.best_state is None:
         raise InputError(f"{run_dir}: no finished epoch to select a checkpoint from (epochs={cfg.epochs})")
 
@@ -346,7 +390,8 @@ def train_scene_model(train_dir: str | Path, val_dir: str | Path, out_dir: str |
                             cfg.threshold)
     files_sha256 = file_list_sha256([Path(f) for f in (*train.files, *val.files)])
     card = _model_card(name, spec, bands, cfg, inputs, run, train.provenance, train_dir, val_dir,
-                       files_sha256, metrics, run_dir, wall_s=round(time.perf_counter() - t_start, 1))
+                       files_sha256, metrics, run_dir, wall_s=round(time.perf_counter() - t_start, 1),
+                       compute=compute.record())
     _, card_path = save_checkpoint(model, card, out_dir, dtype=cfg.save_dtype)
     return card_path
 
@@ -401,6 +446,7 @@ def _run_config(cfg: TrainConfig, train_dir: str | Path, val_dir: str | Path, la
                   "train_dir": str(Path(train_dir).resolve()), "val_dir": str(Path(val_dir).resolve()),
                   "layout": layout, "train_list": train_list, "val_list": val_list}
     run_config.pop("threads", None)  # how many cores a run uses does not change its result
+    run_config.pop("device", None)  # the precision used is (train_scene_model adds "amp")
     return run_config
 
 
@@ -427,7 +473,7 @@ def _resume_run(run_dir: Path, run_config: dict, model: torch.nn.Module, opt: to
 def _run_epochs(model: torch.nn.Module, opt: torch.optim.Optimizer,
                 sched: torch.optim.lr_scheduler.LRScheduler, run: _RunProgress, inputs: _TrainInputs,
                 bands: tuple[str, ...], train: SceneData, val: SceneData, cfg: TrainConfig, run_dir: Path,
-                run_config: dict, progress: bool) -> None:
+                run_config: dict, progress: bool, compute: _Compute | None = None) -> None:
     """Epochs ``run.first_epoch`` .. ``cfg.epochs`` (or until early stop): train, validate, keep the
     best epoch in ``run``, and write the metrics log and the run state to ``run_dir`` after each."""
     run_log = RunLog(run_dir)
@@ -435,7 +481,7 @@ def _run_epochs(model: torch.nn.Module, opt: torch.optim.Optimizer,
         if cfg.patience is not None and run.best_epoch > 0 and epoch - run.best_epoch > cfg.patience:
             log.info("early stop: no better validation F1 for %d epochs", cfg.patience)
             break
-        losses = _train_epoch(model, opt, sched, run.rng, inputs, train, cfg, epoch, progress)
+        losses = _train_epoch(model, opt, sched, run.rng, inputs, train, cfg, epoch, progress, compute)
         val_metrics = evaluate_model(model, inputs.transform, bands, val, cfg.threshold)
         row = _epoch_row(epoch, losses, float(sched.get_last_lr()[0]), val_metrics)
         run.history.append(row)
@@ -452,8 +498,11 @@ def _run_epochs(model: torch.nn.Module, opt: torch.optim.Optimizer,
 
 def _train_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer,
                  sched: torch.optim.lr_scheduler.LRScheduler, rng: np.random.Generator, inputs: _TrainInputs,
-                 train: SceneData, cfg: TrainConfig, epoch: int, progress: bool) -> list[float]:
-    """``cfg.steps_per_epoch`` optimizer steps on random augmented crops of ``train``; the step losses."""
+                 train: SceneData, cfg: TrainConfig, epoch: int, progress: bool,
+                 compute: _Compute | None = None) -> list[float]:
+    """``cfg.steps_per_epoch`` optimizer steps on random augmented crops of ``train``; the step losses.
+    ``compute`` (None: the CPU in float32): the device, autocast and gradient scaler."""
+    compute = compute or _Compute(torch.device("cpu"))
     model.train()
     losses = []
     bar = tqdm(range(cfg.steps_per_epoch), desc=f"epoch {epoch}/{cfg.epochs}",
@@ -461,10 +510,18 @@ def _train_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer,
     for _ in bar:
         x, y = make_batch(rng, inputs.image_norm, train.labels, cfg, inputs.spectral_idx, inputs.dem_idx,
                           inputs.dem_std_m, inputs.mean_over_std, inputs.aug, train.pitch)
-        loss = inputs.loss_fn(model(x)[:, 0], y)
+        x, y = compute.to_device(x), compute.to_device(y)
+        with compute.autocast():
+            logits = model(x)[:, 0]
+        loss = inputs.loss_fn(logits.float(), y)  # the loss in float32 (a no-op on the CPU path)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        if compute.scaler is not None:  # float16: scaled gradients, steps skipped on inf/NaN
+            compute.scaler.scale(loss).backward()
+            compute.scaler.step(opt)
+            compute.scaler.update()
+        else:
+            loss.backward()
+            opt.step()
         sched.step()
         losses.append(loss.item())
     return losses
@@ -523,7 +580,8 @@ def _score_splits(model: torch.nn.Module, transform: InputTransform, bands: tupl
 
 def _model_card(name: str, spec: ModelSpec, bands: tuple[str, ...], cfg: TrainConfig, inputs: _TrainInputs,
                 run: _RunProgress, provenance: dict, train_dir: str | Path, val_dir: str | Path,
-                files_sha256: str, metrics: dict[str, dict], run_dir: Path, wall_s: float) -> ModelCard:
+                files_sha256: str, metrics: dict[str, dict], run_dir: Path, wall_s: float,
+                compute: dict | None = None) -> ModelCard:
     """The checkpoint's card: model, bands, transform, training data (``files_sha256``: of its files),
     metrics and training record."""
     return ModelCard(
@@ -547,7 +605,7 @@ def _model_card(name: str, spec: ModelSpec, bands: tuple[str, ...], cfg: TrainCo
                                   f"spectral bands; DEM offset +-{cfg.dem_jitter_m} m",
                   "selected_epoch": run.best_epoch, "selection": "best validation F1 at the threshold",
                   "run_dir": str(run_dir),
-                  "history": run.history, "wall_s": wall_s,
+                  "history": run.history, "wall_s": wall_s, **(compute or {}),
                   "torch": torch.__version__},
         created=utc_now_iso(),
         weights_sha256="", weights_dtype=cfg.save_dtype,

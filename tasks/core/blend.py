@@ -21,6 +21,7 @@ from rasterio.windows import Window
 
 from tasks.core import defaults
 from tasks.core.bands import band_index, validate_bands
+from tasks.core.prefetch import prefetch
 from tasks.core.stitch import Stitcher, binary_entropy
 from tasks.core.tiling import Patch, iter_windows, pad_to, read_patches, windows_intersect
 
@@ -192,7 +193,9 @@ def blend_patches(reader: PatchReader, detector: Detector, block: Window, window
             yield taken, patches
 
     n_forward = 0
-    for batch_windows, patches in batches():
+    # GPU path (issue 19): a detector with prefetch_batches > 0 has the next batches read by a
+    # background thread while it computes; 0 (CPU, the default) iterates batches() itself
+    for batch_windows, patches in prefetch(batches(), getattr(detector, "prefetch_batches", 0)):
         for w in batch_windows:
             ready[(int(w.row_off), int(w.col_off))] = None
         if patches:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from pydantic import BaseModel, ConfigDict
 from shapely.geometry import mapping, shape
 
 from models.cards import DEFAULT_EVENT_CHECKPOINT
-from models.detectors import cached_detector
+from models.detectors import auto_batch_size, cached_detector
 from tasks.core.bands import SPECTRAL_BAND_NAMES, TERRAIN_BAND_NAMES, is_bitemporal, pre_event_request
 from tasks.core.errors import InputError
 from tasks.core.files import atomic_write_text
@@ -40,6 +41,8 @@ from tasks.sources.local import SceneInputs, resolve_local_inputs
 from tasks.sources.remote import attach_dem_source, cache_root, fetch_remote_inputs
 from tasks.vector.clean import CleanParams
 from tasks.vector.geometry import GeometryParams
+
+log = logging.getLogger(__name__)
 
 
 class DetectorSpec(BaseModel):
@@ -192,6 +195,19 @@ def _intersect_extents(a: tuple[float, float, float, float],
     return (w, s, e, n) if w < e and s < n else (w, s, w, s)
 
 
+def resolve_batch_size(request: ScanRequest) -> ScanRequest:
+    """``--batch-size auto`` resolved to a number once, here (the batch size is part of a run's
+    fingerprint and of its outputs' last bits): the detector's device decides
+    (``models.detectors.auto_batch_size``: the largest power of two that fits on a CUDA GPU, the
+    default on the CPU). A number is kept as it is."""
+    if request.batch_size != "auto":
+        return request
+    detector = cached_detector(detector_spec_of(request), request.device)
+    choice = auto_batch_size(detector)
+    log.info("--batch-size auto: %d (%s)", choice.value, choice.reason)
+    return request.model_copy(update={"batch_size": int(choice.value)})
+
+
 def plan_scan(request: ScanRequest) -> ScanPlan:
     """Check everything that can be checked without reading pixels; write and return the plan.
 
@@ -202,6 +218,7 @@ def plan_scan(request: ScanRequest) -> ScanPlan:
     # the cheap checks (options, output folder, catalog, region, source), again: the flow plans
     # without the CLI too
     checked = precheck_request(request)
+    request = resolve_batch_size(request)
     paths = RunPaths.of(request.out)
     if paths.plan.exists():
         resumed = _resumable_plan(check_output_dir(request.out, request.overwrite), paths, request)

@@ -51,7 +51,7 @@ class ScanRequest(BaseModel):
     catalog: str | None = None
     res_m: float = defaults.RES_M
     overlap_px: int = defaults.OVERLAP_PX
-    batch_size: int = defaults.BATCH_SIZE
+    batch_size: int | Literal["auto"] = Field(default=defaults.BATCH_SIZE, description="patches per forward pass; 'auto' is resolved to a number when the scan is planned")
     block_px: int = defaults.BLOCK_PX
     cache_dir: str | None = None
     workers: int = defaults.WORKERS
@@ -139,7 +139,7 @@ def new_run_id(now: dt.datetime | None = None) -> str:
 
 
 def check_numbers(request: ScanRequest) -> None:
-    if request.batch_size < 1:
+    if request.batch_size != "auto" and request.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {request.batch_size}")
     if request.workers < 1:
         raise InputError(f"--workers must be >= 1, got {request.workers}")

@@ -115,7 +115,7 @@ def step_infer(work: str, stack: dict) -> dict:
     jobs = make_jobs(stack["stack_path"], stack["valid_path"], plan.detector.spec, req.device,
                      req.overlap_px, req.batch_size, req.block_px, paths.blocks,
                      _fingerprint(plan), torch_threads=1 if plan.distributed else None)
-    with dask_client(req.dask_address, req.workers) as client:
+    with dask_client(req.dask_address, req.workers, req.device) as client:
         records = run_jobs(jobs, client=client, progress=req.progress)
     assemble(jobs, paths.prob, paths.uncertainty_raw)
     patches = {tuple(p) for r in records for p in r["patches"]}

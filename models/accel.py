@@ -1,0 +1,241 @@
+"""Speed choices of the inference and training paths as pure functions of facts about the machine.
+
+Each function takes what it decides on as arguments (the device type, the CPU's flags, a timing,
+a ``fits(batch)`` probe) and returns the choice with the reason the manifest records, so every
+rule is unit-tested on a CPU; :mod:`models.detectors` and :mod:`models.training.train` gather the
+facts (torch, ``/proc/cpuinfo``, a CUDA memory probe) and wire the choices in. No torch here.
+
+The rules (issue 19 items 4 and 5):
+
+- CUDA: autocast to bfloat16 where the GPU supports it, else float16; checked against float32 on
+  validation patches with the card's tolerance (:func:`precision_within_tolerance`), float32 when
+  the check fails.
+- CPU (``precision="auto"``, an opt-in; the scan's CPU default is float32, see
+  ``models.detectors.default_cpu_precision``): float32 unless the CPU has native bfloat16
+  instructions (``avx512_bf16`` or ``amx_bf16``) *and* a timing at load finds bfloat16 faster
+  *and* the tolerance holds. bf16 autocast measured 60x slower than float32 on a CPU without
+  them, 1.8x faster on one with them: never assumed.
+- Batch size: on CUDA the largest power of two whose forward pass fits in memory (capped); on CPU
+  the scan's default (its outputs and speed were measured with it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+FP32, BF16, FP16 = "float32", "bfloat16", "float16"
+
+# /proc/cpuinfo flags of native bfloat16 arithmetic (AVX-512 BF16 dot products, AMX tiles)
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+# a reduced-precision option must beat float32 by this factor in the load-time timing (noise margin)
+MIN_SPEEDUP = 1.1
+
+# CUDA batch sizes tried by --batch-size auto (powers of two); the cap bounds the pinned host
+# buffers and the latency of one batch
+AUTO_BATCH_MIN = 16
+AUTO_BATCH_MAX = 512
+# a batch is kept only if this many times it fits (activation memory of the blend's other work)
+AUTO_BATCH_HEADROOM = 2
+
+# default tolerance of a reduced-precision forward against float32 when a card names none
+DEFAULT_MAX_ABS_PROB = 0.02  # largest per-pixel probability difference
+DEFAULT_MAX_FLIP_FRACTION = 0.001  # share of valid pixels whose class at the threshold flips
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A decision and why it was taken (the manifest records both)."""
+
+    value: object
+    reason: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU capability
+
+
+def read_cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
+    """The CPU's feature flags (the first ``flags`` line of ``/proc/cpuinfo``); empty where the
+    file does not exist (macOS, Windows) or has no such line (ARM lists ``Features``)."""
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+def cpu_bf16_capable(flags: Iterable[str]) -> bool:
+    """Whether the CPU computes in bfloat16 natively (``avx512_bf16`` or ``amx_bf16``)."""
+    flags = set(flags)
+    return any(f in flags for f in CPU_BF16_FLAGS)
+
+
+def choose_cpu_precision(capable: bool, fp32_s: float | None = None, bf16_s: float | None = None,
+                         within_tolerance: bool | None = None) -> Choice:
+    """float32 or bfloat16 for CPU inference.
+
+    Args:
+        capable: :func:`cpu_bf16_capable` of this CPU.
+        fp32_s, bf16_s: seconds of the same forward pass in each precision (the timing at load);
+            None when not timed (not capable).
+        within_tolerance: whether the bfloat16 probabilities are within the card's tolerance.
+    """
+    if not capable:
+        return Choice(FP32, f"no native bfloat16 on this CPU (none of {', '.join(CPU_BF16_FLAGS)})")
+    if fp32_s is None or bf16_s is None:
+        return Choice(FP32, "bfloat16-capable CPU, not timed")
+    timing = f"forward {fp32_s * 1000:.1f} ms float32, {bf16_s * 1000:.1f} ms bfloat16"
+    if bf16_s * MIN_SPEEDUP > fp32_s:
+        return Choice(FP32, f"bfloat16 not faster at load ({timing})")
+    if not within_tolerance:
+        return Choice(FP32, f"bfloat16 faster ({timing}) but outside the card's tolerance")
+    return Choice(BF16, f"bfloat16-capable CPU, faster at load ({timing}), within the card's tolerance")
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA
+
+
+def choose_cuda_precision(bf16_supported: bool, requested: str = "auto") -> Choice:
+    """The autocast dtype on a CUDA GPU: ``requested`` (float32/bfloat16/float16) or, for
+    ``auto``, bfloat16 where supported (Ampere and later: no overflow, float32's range) else
+    float16."""
+    if requested not in ("auto", FP32, BF16, FP16):
+        raise ValueError(f"precision {requested!r}: choose auto, {FP32}, {BF16} or {FP16}")
+    if requested != "auto":
+        if requested == BF16 and not bf16_supported:
+            return Choice(FP16, "bfloat16 was asked for but this GPU does not support it")
+        return Choice(requested, "asked for")
+    if bf16_supported:
+        return Choice(BF16, "CUDA autocast; the GPU supports bfloat16")
+    return Choice(FP16, "CUDA autocast; no bfloat16 on this GPU")
+
+
+def autocast_dtype(device_type: str, bf16_supported: bool = False, cpu_precision: str = FP32) -> str:
+    """The dtype a forward pass runs in on ``device_type``: CUDA autocast (bfloat16 or float16),
+    the CPU's chosen precision (:func:`choose_cpu_precision`), float32 on anything else."""
+    if device_type == "cuda":
+        return str(choose_cuda_precision(bf16_supported).value)
+    if device_type == "cpu":
+        return cpu_precision
+    return FP32
+
+
+def training_precision(device_type: str, bf16_supported: bool) -> tuple[str, bool]:
+    """(autocast dtype, whether a gradient scaler is needed) for training on ``device_type``: AMP
+    on CUDA only (bfloat16 without a scaler where supported, else float16 with one); float32 on
+    the CPU, whose training stays as it was bit for bit."""
+    if device_type != "cuda":
+        return FP32, False
+    dtype = str(choose_cuda_precision(bf16_supported).value)
+    return dtype, dtype == FP16
+
+
+# ---------------------------------------------------------------------------------------------
+# batch size
+
+
+def largest_fitting_batch(fits: Callable[[int], bool], start: int = AUTO_BATCH_MIN,
+                          limit: int = AUTO_BATCH_MAX) -> int | None:
+    """The largest power of two in [``start``, ``limit``] for which ``fits(batch)`` holds, trying
+    them upwards and stopping at the first that does not fit; None when not even ``start`` fits."""
+    best = None
+    batch = start
+    while batch <= limit:
+        if not fits(batch):
+            break
+        best = batch
+        batch *= 2
+    return best
+
+
+def choose_batch_size(device_type: str, fits: Callable[[int], bool] | None, default: int,
+                      limit: int = AUTO_BATCH_MAX) -> Choice:
+    """``--batch-size auto``: on CUDA the largest power of two from ``default`` up to ``limit`` whose
+    forward pass fits ``AUTO_BATCH_HEADROOM`` times over (``fits`` probes one batch); ``default``
+    on the CPU, where the outputs and the speed were measured with it, and when nothing larger
+    fits."""
+    if device_type != "cuda" or fits is None:
+        return Choice(default, f"{device_type}: the default batch size")
+    best = largest_fitting_batch(lambda b: fits(b * AUTO_BATCH_HEADROOM), start=default,
+                                 limit=limit)
+    if best is None:
+        return Choice(default, f"CUDA: {AUTO_BATCH_HEADROOM} x {default} patches did not fit; "
+                               "the default batch size")
+    return Choice(best, f"CUDA: the largest power of two <= {limit} of which "
+                        f"{AUTO_BATCH_HEADROOM} batches fit in GPU memory")
+
+
+def prefetch_depth(device_type: str) -> int:
+    """Batches read ahead by a background thread while the device computes: 2 on CUDA; 0 on the
+    CPU, where reading and the forward pass share the cores (a reader thread measured no gain on
+    a 2-core machine)."""
+    return 2 if device_type == "cuda" else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# tolerance of a reduced-precision forward pass
+
+
+@dataclass(frozen=True)
+class PrecisionCheck:
+    """A reduced-precision forward against float32 on the same validation patches."""
+
+    precision: str
+    max_abs_prob: float  # largest per-pixel probability difference
+    flip_fraction: float  # share of valid pixels whose class at the threshold differs
+    n_px: int  # valid pixels compared
+    tolerance_max_abs_prob: float
+    tolerance_flip_fraction: float
+
+    @property
+    def ok(self) -> bool:
+        return (self.max_abs_prob <= self.tolerance_max_abs_prob
+                and self.flip_fraction <= self.tolerance_flip_fraction)
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "ok": self.ok}
+
+
+def precision_within_tolerance(reference, reduced, valid, threshold: float, precision: str,
+                               max_abs_prob: float = DEFAULT_MAX_ABS_PROB,
+                               max_flip_fraction: float = DEFAULT_MAX_FLIP_FRACTION) -> PrecisionCheck:
+    """Compare probabilities of a reduced-precision forward with float32's over the valid pixels.
+
+    Args:
+        reference, reduced: (B, H, W) probabilities (numpy arrays), float32 and reduced precision.
+        valid: (B, H, W) bool, the pixels that count.
+        threshold: the card's threshold (a pixel "flips" when its class differs).
+    """
+    import numpy as np
+
+    ref = np.asarray(reference, dtype=np.float64)[valid]
+    red = np.asarray(reduced, dtype=np.float64)[valid]
+    if ref.size == 0:
+        raise ValueError("no valid pixel to compare the precisions on")
+    diff = float(np.max(np.abs(ref - red)))
+    flips = float(np.mean((ref >= threshold) != (red >= threshold)))
+    return PrecisionCheck(precision, diff, flips, int(ref.size), max_abs_prob, max_flip_fraction)
+
+
+# ---------------------------------------------------------------------------------------------
+# ONNX Runtime
+
+
+def onnx_providers(available: Iterable[str], device_type: str) -> list[str]:
+    """ONNX Runtime execution providers for ``device_type`` (``cuda``, ``cpu``; ``auto`` counts as
+    CUDA when present): the CUDA provider first when asked for and installed, the CPU provider
+    always last (the fallback for operators CUDA lacks)."""
+    available = list(available)
+    if device_type in ("cuda", "auto") and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]

@@ -1,0 +1,164 @@
+"""Issue 19 items 4-5 wired into the detectors, checked on a CPU: the CPU path stays float32 and
+unprefetched, the precision choice follows capability + timing + tolerance, --batch-size auto,
+the read-ahead loop gives the same bits, and the ONNX provider choice."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models import accel, detectors
+from models.checkpoint import InferenceTolerance
+from models.detectors import (
+    DEFAULT_CHECKPOINT,
+    IndexDetector,
+    ModelDetector,
+    auto_batch_size,
+    check_precision,
+    choose_precision,
+    default_cpu_precision,
+    load_detector,
+    validation_patches,
+)
+from tasks.core.blend import predict_array
+
+SMALL = "iburi2018-weak-unet-mobilenet_v2"
+
+
+@pytest.fixture(scope="module")
+def small():
+    return load_detector(SMALL, "cpu")
+
+
+def _tiny_patches(det, n=1, px=32):
+    """Validation patches cropped to ``px``: a bfloat16 forward stays cheap on a CPU without
+    native bfloat16 (emulated: tens of times slower)."""
+    x, ok = validation_patches(det.card, n)
+    return x[..., :px, :px], ok[:, :px, :px]
+
+
+def test_cpu_detector_is_float32_unprefetched_and_says_why(small):
+    assert small.precision == accel.FP32 and small.prefetch_batches == 0
+    d = small.describe()
+    assert d["precision"] == accel.FP32 and d["prefetch_batches"] == 0
+    assert "CPU default" in d["precision_reason"]
+    assert "batch_size_choice" not in d  # only with --batch-size auto
+    assert "native bfloat16 present" in default_cpu_precision(frozenset({"amx_bf16"})).reason
+    assert "no native bfloat16" in default_cpu_precision(frozenset({"avx2"})).reason
+    assert default_cpu_precision(frozenset({"amx_bf16"})).value == accel.FP32
+
+
+def test_validation_patches_are_deterministic_and_in_range(small):
+    a, ok = validation_patches(small.card, 2)
+    b, _ = validation_patches(small.card, 2)
+    assert a.shape == (2, len(small.bands), 128, 128) and ok.all()
+    np.testing.assert_array_equal(a, b)
+    means = a.mean(axis=(0, 2, 3))
+    stats = small.card.training_statistics
+    expect = np.asarray(stats.mean) if stats is not None else means
+    np.testing.assert_allclose(means, expect, rtol=0.5)  # around the training means, not 0 or 1e4
+
+
+def test_cpu_without_native_bf16_is_never_timed(small, monkeypatch):
+    def no_timing(*a, **k):
+        raise AssertionError("timed on a CPU without native bfloat16")
+
+    monkeypatch.setattr(detectors, "_time_forward", no_timing)
+    det = ModelDetector(model=small.model, card=small.card, card_path=small.card_path,
+                        device=small.device, channels_last=small.channels_last)
+    choice = choose_precision(det, "auto", cpu_flags=frozenset({"avx512f", "avx2"}))
+    assert choice.value == accel.FP32 and det.precision == accel.FP32
+    assert "no native bfloat16" in det.precision_reason
+
+
+@pytest.mark.parametrize("bf16_s, tolerance, expect", [
+    (0.5, InferenceTolerance(max_abs_prob=1.0, max_flip_fraction=1.0), accel.BF16),
+    (0.5, InferenceTolerance(max_abs_prob=1e-9, max_flip_fraction=0.0), accel.FP32),
+    (60.0, InferenceTolerance(max_abs_prob=1.0, max_flip_fraction=1.0), accel.FP32),
+])
+def test_cpu_bf16_needs_a_faster_timing_and_the_tolerance(small, monkeypatch, bf16_s, tolerance, expect):
+    monkeypatch.setattr(detectors, "_time_forward",
+                        lambda det, x, precision: 1.0 if precision == accel.FP32 else bf16_s)
+    monkeypatch.setattr(detectors, "validation_patches", lambda card, n=4: _tiny_patches(small))
+    card = small.card.model_copy(update={"inference_tolerance": tolerance})
+    det = ModelDetector(model=small.model, card=card, card_path=small.card_path, device=small.device)
+    choose_precision(det, "auto", cpu_flags=frozenset({"avx512_bf16"}))
+    assert det.precision == expect
+    if bf16_s < 1.0:  # timed faster: the tolerance was checked, and recorded
+        assert det.precision_check["precision"] == accel.BF16
+        assert det.precision_check["ok"] == (expect == accel.BF16)
+    else:
+        assert det.precision_check is None and "not faster" in det.precision_reason
+
+
+def test_precision_check_measures_a_real_bf16_forward(small):
+    check = check_precision(small, accel.BF16, _tiny_patches(small))
+    assert check.n_px == 32 * 32
+    assert 0.0 < check.max_abs_prob < 0.5  # bfloat16 rounds: different, but close
+    same = check_precision(small, accel.FP32, _tiny_patches(small))
+    assert same.max_abs_prob == 0.0 and same.ok
+
+
+def test_forced_precision_is_used_and_checked_values_rejected(small):
+    det = ModelDetector(model=small.model, card=small.card, card_path=small.card_path, device=small.device)
+    choose_precision(det, accel.BF16)
+    assert det.precision == accel.BF16 and det.precision_reason == "asked for"
+    x, ok = _tiny_patches(small)
+    assert det.predict(x, ok).dtype == np.float32
+    from tasks.core.errors import InputError
+
+    with pytest.raises(InputError, match="precision"):
+        choose_precision(det, "int8")
+
+
+def test_batch_size_auto(small, monkeypatch):
+    assert auto_batch_size(small).value == 16  # CPU: the default, outputs as before
+    assert small.describe()["batch_size_choice"]["value"] == 16
+    # a CUDA detector (faked: no GPU here) whose forward fits up to 300 patches
+    gpu = ModelDetector(model=small.model, card=small.card, card_path=small.card_path,
+                        device=torch.device("cuda"))
+    monkeypatch.setattr(ModelDetector, "fits", lambda self, b: b <= 300)
+    choice = auto_batch_size(gpu)
+    assert choice.value == 128  # 2 x 128 fits, 2 x 256 does not
+    assert gpu.batch_size_choice["value"] == 128 and "CUDA" in gpu.batch_size_choice["reason"]
+    assert auto_batch_size(IndexDetector()).value == 16
+
+
+def test_read_ahead_gives_the_same_bits_and_full_batches():
+    rng = np.random.default_rng(3)
+    image = rng.normal(1000, 300, size=(14, 300, 280)).astype(np.float32)
+    image[12] = rng.uniform(0, 40, size=(300, 280))  # slope
+    valid = np.ones((300, 280), bool)
+    valid[:100, :90] = False  # empty patches are skipped in both loops
+
+    class Counting(IndexDetector):
+        def predict(self, batch, ok):
+            self.sizes.append(len(batch))
+            return super().predict(batch, ok)
+
+    plain, ahead = Counting(), Counting()
+    plain.sizes, ahead.sizes = [], []
+    ahead.prefetch_batches = 2
+    p0 = predict_array(image, valid, plain, batch_size=4)
+    p1 = predict_array(image, valid, ahead, batch_size=4)
+    np.testing.assert_array_equal(p0, p1)
+    assert plain.sizes == ahead.sizes and set(ahead.sizes) == {4}
+
+
+def test_onnx_providers_for_the_device():
+    from models.export import session_providers
+    from tasks.core.errors import InputError
+
+    gpu = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert session_providers(gpu, "auto") == gpu
+    assert session_providers(gpu, "cpu") == ["CPUExecutionProvider"]
+    assert session_providers(gpu, "cuda:1")[0] == ("CUDAExecutionProvider", {"device_id": 1})
+    assert session_providers(["CPUExecutionProvider"], "auto") == ["CPUExecutionProvider"]
+    with pytest.raises(InputError, match="CUDAExecutionProvider"):
+        session_providers(["CPUExecutionProvider"], "cuda")
+
+
+def test_default_checkpoint_loads_float32_on_cpu():
+    det = load_detector(DEFAULT_CHECKPOINT, "cpu")
+    assert det.precision == accel.FP32 and det.describe()["precision_check"] is None
