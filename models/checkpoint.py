@@ -205,10 +205,14 @@ class InputTransform(_Strict):
         """
         x = np.asarray(x, dtype=np.float32)
         fill = self.fill_values().reshape((-1, 1, 1))
-        filled = out if out is not None and self.pca is None else np.empty_like(x)
+        filled = np.empty(x.shape, dtype=np.float32)  # contiguous: the in-place steps run fastest there
         np.copyto(filled, x)
         np.copyto(filled, np.broadcast_to(fill, x.shape), where=~np.isfinite(x))
-        return self.apply(filled, in_place=True)
+        result = self.apply(filled, in_place=True)
+        if out is None or self.pca is not None:
+            return result
+        np.copyto(out, result)  # one reordering copy (2x faster than torch's channels-last copy)
+        return out
 
     def apply(self, x: np.ndarray, in_place: bool = False) -> np.ndarray:
         """Transform physical values to network input.

@@ -46,6 +46,12 @@ def work_raster_profile(base: Mapping[str, Any], *, dtype: str, count: int = 1,
     return profile
 
 
+def uncompressed(profile: Mapping[str, Any]) -> dict[str, Any]:
+    """``profile`` without compression (nor its predictor and level): for a work raster whose
+    inputs were written uncompressed because the disk has room (``tasks.raster.align.compress_stack``)."""
+    return {k: v for k, v in profile.items() if k not in ("compress", "zstd_level", "predictor")}
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path, *, unique: bool = False, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically, on an

@@ -25,7 +25,13 @@ from rasterio.windows import Window
 from models.detectors import cached_detector
 from tasks.core.blend import BorderPatches, RasterPatches, blend_patches
 from tasks.core.errors import LandslideError
-from tasks.core.files import WORK_COMPRESSION, atomic_write, atomic_write_json, work_raster_profile
+from tasks.core.files import (
+    WORK_COMPRESSION,
+    atomic_write,
+    atomic_write_json,
+    uncompressed,
+    work_raster_profile,
+)
 from tasks.core.gdal import gdal_env
 from tasks.core.tiling import iter_blocks, iter_windows
 
@@ -87,12 +93,15 @@ def run_block(job: BlockJob, border: BorderPatches | None = None) -> dict:
             RasterPatches(stack, valid), detector, block, windows, job.overlap, job.batch_size,
             border)
         profile = stack.profile.copy()
+        compressed = stack.compression is not None
     blocks_dir = Path(job.blocks_dir)
     profile.update(driver="GTiff", count=2, dtype="float32", nodata=np.nan, width=int(block.width),
                    height=int(block.height), transform=rasterio.windows.transform(block, profile["transform"]),
                    tiled=False, predictor=3, interleave="band", **WORK_COMPRESSION)
     profile.pop("blockxsize", None)
     profile.pop("blockysize", None)
+    if not compressed:  # the stack was written uncompressed: the disk has room (align.compress_stack)
+        profile = uncompressed(profile)
     # Dask may run one block twice at once (a worker it declared dead still running it): each
     # attempt writes its own temporary file and renames it, so no attempt writes into another's.
     # A killed attempt's temporary file stays in .work, which publishing removes.
@@ -188,6 +197,8 @@ def assemble(jobs: list[BlockJob], prob_path: str | Path, unc_path: str | Path) 
     with rasterio.open(jobs[0].stack_path) as src:
         profile = work_raster_profile(src.profile, dtype="float32", nodata=np.nan, predictor=3,
                                       interleave="band")
+        if src.compression is None:  # as the stack: uncompressed where the disk has room
+            profile = uncompressed(profile)
     with atomic_write(prob_path, suffix=".tmp.tif") as tmp_p, \
             atomic_write(unc_path, suffix=".tmp.tif") as tmp_u, \
             rasterio.open(tmp_p, "w", **profile) as dp, rasterio.open(tmp_u, "w", **profile) as du:

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from tasks.core.bands import BAND_NAMES, SPECTRAL_BAND_NAMES, band_index, get_band
 from tasks.core.errors import InputError
-from tasks.core.files import atomic_write, work_raster_profile
+from tasks.core.files import atomic_write, uncompressed, work_raster_profile
 from tasks.core.grid import AnalysisGrid
 from tasks.core.moments import BandMoments
 from tasks.raster.clouds import detect_clouds
@@ -424,8 +424,7 @@ def _writing_stack(plan: _StackPlan, grid: AnalysisGrid, work_dir: Path, chunk_p
     stack_profile = work_raster_profile(base, dtype="float32", count=len(BAND_NAMES), nodata=np.nan,
                                         predictor=3, interleave="band")
     if not compress_stack(work_dir, grid.width * grid.height * len(BAND_NAMES) * 4):
-        for key in ("compress", "zstd_level", "predictor"):
-            stack_profile.pop(key, None)
+        stack_profile = uncompressed(stack_profile)
     mask_profile = work_raster_profile(base, dtype="uint8")
     # One chunk-sized window at a time: a single dask.compute evaluates the stack, the valid mask and
     # the scene index of that window together (each warp runs once) and the result is written before
@@ -472,7 +471,8 @@ def _writing_stack(plan: _StackPlan, grid: AnalysisGrid, work_dir: Path, chunk_p
 
 # Writing and reading stack.tif uncompressed took a fifth of the CPU time of ZSTD with the
 # floating-point predictor (benchmarks/README.md) for five times the disk: 0.6 GB per 1,000 km2,
-# 6.8 GB for a full Sentinel-2 tile. It is a work file, removed when the run is published.
+# 6.8 GB for a full Sentinel-2 tile. It is a work file, removed when the run is published. The
+# block results and prob/uncertainty rasters (a seventh of its size) follow its choice.
 STACK_FREE_MARGIN_BYTES = 2 * 2**30
 
 
