@@ -194,6 +194,39 @@ def _near(polys: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return np.union1d(idx, hits)
 
 
+def _simplify_edges(edges: list[LineString], tolerance_m: float) -> list:
+    """Every edge simplified with GEOS's topology-preserving Douglas-Peucker, as if all edges were
+    one MultiLineString, in the given order.
+
+    GEOS checks each candidate chord against the segments in the chord's envelope, and one call on
+    a whole tile's edges took more than 10 minutes (benchmarks/README.md). So the edges are split
+    into groups whose bounding boxes do not meet any other group's, and each group is one call. A
+    simplified edge keeps a subset of its points, so it stays inside its bounding box and cannot
+    meet an edge of another group: every check GEOS makes comes out the same, and so does the
+    result, while each call only sees its neighbourhood.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    lines = np.asarray(edges, dtype=object)
+    i, j = shapely.STRtree(lines).query(lines, predicate=None)  # bounding boxes that meet
+    n_groups, group = connected_components(coo_matrix((np.ones(len(i)), (i, j)),
+                                                      shape=(len(lines), len(lines))), directed=False)
+    order = np.argsort(group, kind="stable")
+    starts = np.searchsorted(group[order], np.arange(n_groups))
+    members = np.split(order, starts[1:])
+    simplified = shapely.simplify(np.array([MultiLineString(list(lines[m])) for m in members],
+                                           dtype=object), tolerance_m, preserve_topology=True)
+    out: list = [None] * len(lines)
+    for m, g in zip(members, simplified):
+        parts = shapely.get_parts(g)  # one edge: a LineString, not a MultiLineString
+        if len(parts) != len(m):
+            raise RuntimeError(f"simplify returned {len(parts)} edges for {len(m)}")
+        for k, line in zip(m, parts):
+            out[k] = line
+    return out
+
+
 def simplify_coverage(polys, tolerance_m: float) -> np.ndarray:
     """Douglas-Peucker simplification of a polygon coverage, shared corners kept (module docstring).
 
@@ -221,11 +254,7 @@ def simplify_coverage(polys, tolerance_m: float) -> np.ndarray:
     flat = [e for rings in edges for ring in rings for e in ring]
     # The default, half the pixel diagonal, is exactly the distance of a one-pixel stair corner from
     # the stair's chord: allow for rounding so such corners go whatever the last bits say.
-    simplified = shapely.simplify(MultiLineString([LineString(e) for e in flat]),
-                                  tolerance_m * (1.0 + _TOLERANCE_RTOL), preserve_topology=True)
-    lines = shapely.get_parts(simplified)  # one edge: a LineString, not a MultiLineString
-    if len(lines) != len(flat):
-        raise RuntimeError(f"simplify returned {len(lines)} edges for {len(flat)}")
+    lines = _simplify_edges([LineString(e) for e in flat], tolerance_m * (1.0 + _TOLERANCE_RTOL))
     parts = iter(shapely.get_coordinates(g) for g in lines)
     out = np.array([_rebuild([[next(parts) for _ in ring] for ring in rings]) for rings in edges],
                    dtype=object)

@@ -261,3 +261,33 @@ def test_drawing_afterwards_equals_drawing_while_vectorizing(tmp_path):
                 "area_px_m2"):
         np.testing.assert_allclose(later[col], at_once[col], rtol=1e-12, err_msg=col)
     assert draw_landslides(exact, GeometryParams()) is exact
+
+
+def test_edges_simplified_by_group_equal_one_call_on_all_edges():
+    """Simplifying the edges in groups whose bounding boxes do not meet (tasks.vector.geometry.
+    _simplify_edges) gives, bit for bit, what one GEOS call on all edges gives: scattered blobs, a
+    ring with an island in its hole, diagonal neighbours touching at a corner."""
+    from rasterio.features import shapes
+    from scipy import ndimage
+    from shapely.geometry import LineString, MultiLineString
+
+    from tasks.vector.geometry import _edges_of, _node_keys, _simplify_edges
+
+    rng = np.random.default_rng(5)
+    mask = (ndimage.gaussian_filter(rng.random((300, 300)), 2.5) > 0.515).astype(np.uint8)
+    mask[200:260, 20:80] = 1
+    mask[215:245, 35:65] = 0
+    mask[225:235, 45:55] = 1  # an island in the ring's hole
+    mask[270:275, 100:105] = 1
+    mask[275:280, 105:110] = 1  # touches the block above at one corner
+    labels, _ = ndimage.label(mask)  # 4-connected objects, as the scan's
+    transform = Affine(10, 0, 500000, 0, -10, 4700000)
+    polys = shapely.orient_polygons(np.array(
+        [shapely.geometry.shape(g) for g, v in shapes(labels.astype(np.int32), mask=labels > 0,
+                                                      transform=transform)], dtype=object))
+    lines = [LineString(e) for rings in _edges_of(polys, _node_keys(polys)) for ring in rings for e in ring]
+    one_call = shapely.get_parts(shapely.simplify(MultiLineString(lines), 7.07, preserve_topology=True))
+    grouped = _simplify_edges(lines, 7.07)
+    assert len(polys) > 20 and len(grouped) == len(one_call) == len(lines)
+    assert [shapely.to_wkb(g) for g in grouped] == [shapely.to_wkb(g) for g in one_call]
+    assert sum(shapely.get_num_coordinates(grouped)) < sum(shapely.get_num_coordinates(lines))
