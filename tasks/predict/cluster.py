@@ -42,15 +42,14 @@ def local_cluster(n_workers: int, gpus: Sequence[str] | None = None):
     malloc trim setting (``WORKER_ENV_UNSET``); with ``gpus`` (one id per worker, from
     :func:`worker_gpus`) each worker sees only its own GPU. Use it as a context manager."""
     import dask
+    # imported before the config change: a first import inside it would add distributed's defaults
+    # to the config that dask.config.set restores on exit, and they would be gone afterwards
+    from distributed import LocalCluster, Scheduler, SpecCluster
 
     with dask.config.set(WORKER_ENV_UNSET):
         if gpus:
-            from distributed import Scheduler, SpecCluster
-
             return SpecCluster(workers=gpu_worker_specs(gpus),
                                scheduler={"cls": Scheduler, "options": {"dashboard_address": None}})
-        from distributed import LocalCluster
-
         return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
                             dashboard_address=None)
 

@@ -51,7 +51,9 @@ class ScanRequest(BaseModel):
     catalog: str | None = None
     res_m: float = defaults.RES_M
     overlap_px: int = defaults.OVERLAP_PX
-    batch_size: int | Literal["auto"] = Field(default=defaults.BATCH_SIZE, description="patches per forward pass; 'auto' is resolved to a number when the scan is planned")
+    batch_size: int | Literal["auto"] = Field(
+        default=defaults.BATCH_SIZE,
+        description="patches per forward pass; 'auto' is resolved to a number when the scan is planned")
     block_px: int = defaults.BLOCK_PX
     cache_dir: str | None = None
     workers: int = defaults.WORKERS

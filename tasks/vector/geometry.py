@@ -8,7 +8,8 @@ at a corner. Those shared corners are the coverage's *nodes*.
 
 :func:`simplify_coverage` cuts every ring at its nodes into edges and simplifies all edges together
 with GEOS's topology-preserving Douglas-Peucker simplifier (``shapely.simplify(...,
-preserve_topology=True)`` on one MultiLineString): an edge keeps its end points (the nodes, so
+preserve_topology=True)``, one call per group of edges whose bounding boxes meet, which gives the
+same result as one call on all edges, :func:`_simplify_edges`): an edge keeps its end points (the nodes, so
 polygons that touched still touch at the same points), no simplified edge crosses another edge of
 the same or of another polygon, and a ring without nodes keeps at least 4 points. Every vertex
 removed lies within ``tolerance_m`` of the simplified outline, so a polygon's boundary moves by at

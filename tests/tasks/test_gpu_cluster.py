@@ -42,3 +42,18 @@ def test_each_worker_process_sees_its_own_gpu():
     assert len(pids) == 2 and os.getpid() not in pids  # two worker processes
     assert sorted(gpu for _, gpu, _ in seen.values()) == ["3", "5"]
     assert all(trim is None for _, _, trim in seen.values())  # the nanny's malloc trim is unset
+
+
+def test_first_import_of_distributed_in_local_cluster_keeps_its_config():
+    """A fresh process whose first import of distributed happens in local_cluster still has
+    distributed's config afterwards (a first import inside dask.config.set lost it on exit, and
+    the cluster then failed closing with KeyError 'distributed')."""
+    import subprocess
+    import sys
+
+    code = ("import dask\nfrom tasks.predict.cluster import local_cluster\n"
+            "with local_cluster(1):\n    pass\n"
+            "print(dask.config.get('distributed.deploy.lost-worker-timeout'))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "15s"
