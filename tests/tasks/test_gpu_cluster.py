@@ -31,9 +31,14 @@ def test_worker_specs_pin_one_gpu_each():
     assert all(s["options"]["nthreads"] == 1 and s["cls"] == "distributed.Nanny" for s in specs.values())
 
 
-def test_each_worker_process_sees_its_own_gpu():
+def test_each_worker_process_sees_its_own_gpu(monkeypatch):
     from distributed import Client
 
+    # a nanny writes its pre-spawn variables into its parent's os.environ
+    # (distributed.nanny: os.environ.update), so any cluster an earlier test started with dask's
+    # defaults leaves MALLOC_TRIM_THRESHOLD_=65536 in this process, and every later worker inherits
+    # it; start from a clean environment to see what local_cluster itself does
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
     with local_cluster(2, ["3", "5"]) as cluster, Client(cluster) as client:
         client.wait_for_workers(2, timeout=60)
         seen = client.run(lambda: (os.getpid(), os.environ.get("CUDA_VISIBLE_DEVICES"),
