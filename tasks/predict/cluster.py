@@ -42,6 +42,7 @@ def local_cluster(n_workers: int, gpus: Sequence[str] | None = None):
     malloc trim setting (``WORKER_ENV_UNSET``); with ``gpus`` (one id per worker, from
     :func:`worker_gpus`) each worker sees only its own GPU. Use it as a context manager."""
     import dask
+
     # imported before the config change: a first import inside it would add distributed's defaults
     # to the config that dask.config.set restores on exit, and they would be gone afterwards
     from distributed import LocalCluster, Scheduler, SpecCluster
