@@ -41,6 +41,24 @@ def t18svg_crops(folder: Path, bands=("B02", "B03", "B04", "B08", "B11", "B01"),
     return {b: crop_raster(T18SVG / f"s2_{b}.jp2", folder / f"s2_{b}.tif", bounds) for b in bands}
 
 
+def write_labelled_scene(folder: Path, image: np.ndarray, labels: np.ndarray) -> Path:
+    """A training scene folder as ``models.data`` reads it: ``image.tif`` (the 14 contract bands,
+    float32, named) and ``labels.tif`` (uint8) on a 10 m UTM grid; returns ``folder``."""
+    from rasterio.transform import from_origin
+
+    from tasks.core.bands import BAND_NAMES
+
+    folder.mkdir()
+    profile = dict(driver="GTiff", width=image.shape[2], height=image.shape[1], crs="EPSG:32654",
+                   transform=from_origin(500000, 4700000, 10, 10))
+    with rasterio.open(folder / "image.tif", "w", count=len(BAND_NAMES), dtype="float32", **profile) as dst:
+        dst.write(image.astype(np.float32, copy=False))
+        dst.descriptions = BAND_NAMES
+    with rasterio.open(folder / "labels.tif", "w", count=1, dtype="uint8", **profile) as dst:
+        dst.write(labels, 1)
+    return folder
+
+
 def write_catalog(path: Path, sources: dict, regions: dict | None = None) -> Path:
     path.write_text(yaml.safe_dump({"version": 1, "sources": sources, "regions": regions or {}},
                                    sort_keys=False))

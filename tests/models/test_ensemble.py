@@ -15,6 +15,7 @@ from models.detectors import EnsembleDetector, load_detector
 from models.ensemble import EnsembleCard, save_ensemble
 from models.registry import build_model
 from tasks.core.errors import CheckpointError
+from tests.data.crops import write_labelled_scene
 
 BANDS = ["B02", "B03", "B04", "SLOPE"]
 
@@ -91,25 +92,13 @@ def test_scan_with_an_ensemble_writes_member_disagreement(members, tmp_path, pre
 
 
 def _labelled_scene(folder):
-    from rasterio.transform import from_origin
-
-    from tasks.core.bands import BAND_NAMES
-
-    folder.mkdir()
     rng = np.random.default_rng(5)
     image = np.full((14, 140, 150), np.nan, np.float32)
     image[1:4] = rng.normal(1000, 300, size=(3, 140, 150))
     image[12] = rng.uniform(0, 40, size=(140, 150))
     labels = (rng.random((140, 150)) < 0.2).astype(np.uint8)
     labels[:10] = 255
-    prof = dict(driver="GTiff", width=150, height=140, crs="EPSG:32654",
-                transform=from_origin(500000, 4700000, 10, 10))
-    with rasterio.open(folder / "image.tif", "w", count=14, dtype="float32", **prof) as dst:
-        dst.write(image)
-        dst.descriptions = BAND_NAMES
-    with rasterio.open(folder / "labels.tif", "w", count=1, dtype="uint8", **prof) as dst:
-        dst.write(labels, 1)
-    return folder
+    return write_labelled_scene(folder, image, labels)
 
 
 def test_landslide_ensemble_writes_a_scored_card(members, tmp_path, capsys):

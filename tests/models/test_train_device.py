@@ -7,32 +7,22 @@ import json
 
 import numpy as np
 import pytest
-import rasterio
 import torch
-from rasterio.transform import from_origin
 
 import models.training.train as train_mod
 from models.accel import BF16, FP32
 from models.training.train import TrainConfig, _Compute, train_scene_model
-from tasks.core.bands import BAND_NAMES
 from tasks.core.errors import InputError
+from tests.data.crops import write_labelled_scene
 
 
 def _scene(d, seed):
-    d.mkdir()
     rng = np.random.default_rng(seed)
     image = rng.normal(1000, 300, size=(14, 128, 128)).astype(np.float32)
     labels = np.zeros((128, 128), np.uint8)
     labels[30:70, 40:90] = 1
     image[:, labels == 1] += 500  # something to learn
-    profile = dict(driver="GTiff", width=128, height=128, crs="EPSG:32654",
-                   transform=from_origin(500000, 4700000, 10, 10))
-    with rasterio.open(d / "image.tif", "w", count=14, dtype="float32", **profile) as dst:
-        dst.write(image)
-        dst.descriptions = BAND_NAMES
-    with rasterio.open(d / "labels.tif", "w", count=1, dtype="uint8", **profile) as dst:
-        dst.write(labels, 1)
-    return d
+    return write_labelled_scene(d, image, labels)
 
 
 @pytest.fixture(scope="module")
