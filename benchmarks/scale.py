@@ -332,16 +332,14 @@ def naive_inference(stack: dict, plan) -> dict:
 
     from models.detectors import cached_detector
     from tasks.core.blend import predict_array
-    from tasks.core.files import uncompressed, work_raster_profile
+    from tasks.core.files import compressed_like, work_raster_profile
     from tasks.core.stitch import binary_entropy
 
     t = time.perf_counter()
     with rasterio.open(stack["stack_path"]) as src:
         image = src.read().astype(np.float32, copy=False)
-        profile = work_raster_profile(src.profile, dtype="float32", count=1, nodata=np.nan,
-                                      predictor=3, interleave="band")
-        if src.compression is None:  # as tasks.predict.blocks.assemble: the stack's choice
-            profile = uncompressed(profile)
+        profile = compressed_like(work_raster_profile(src.profile, dtype="float32", count=1,
+                                                      nodata=np.nan, predictor=3, interleave="band"), src)
     with rasterio.open(stack["valid_path"]) as src:
         valid = src.read(1).astype(bool)
     det = cached_detector(plan.request.detector, plan.request.device)

@@ -47,9 +47,14 @@ def work_raster_profile(base: Mapping[str, Any], *, dtype: str, count: int = 1,
 
 
 def uncompressed(profile: Mapping[str, Any]) -> dict[str, Any]:
-    """``profile`` without compression (nor its predictor and level): for a work raster whose
-    inputs were written uncompressed because the disk has room (``tasks.raster.align.compress_stack``)."""
+    """``profile`` without compression (nor its predictor and level)."""
     return {k: v for k, v in profile.items() if k not in ("compress", "zstd_level", "predictor")}
+
+
+def compressed_like(profile: Mapping[str, Any], stack: Any) -> dict[str, Any]:
+    """``profile`` for a work raster derived from the open ``stack``: uncompressed when the stack
+    was written uncompressed (the disk has room, ``tasks.raster.align.compress_stack``)."""
+    return uncompressed(profile) if stack.compression is None else dict(profile)
 
 
 @contextlib.contextmanager

@@ -29,7 +29,7 @@ from tasks.core.files import (
     WORK_COMPRESSION,
     atomic_write,
     atomic_write_json,
-    uncompressed,
+    compressed_like,
     work_raster_profile,
 )
 from tasks.core.gdal import gdal_env
@@ -92,16 +92,14 @@ def run_block(job: BlockJob, border: BorderPatches | None = None) -> dict:
         core, unc_core, predicted, n_forward = blend_patches(
             RasterPatches(stack, valid), detector, block, windows, job.overlap, job.batch_size,
             border)
-        profile = stack.profile.copy()
-        compressed = stack.compression is not None
+        profile = compressed_like({
+            **stack.profile, "driver": "GTiff", "count": 2, "dtype": "float32", "nodata": np.nan,
+            "width": int(block.width), "height": int(block.height),
+            "transform": rasterio.windows.transform(block, stack.transform), "tiled": False,
+            "predictor": 3, "interleave": "band", **WORK_COMPRESSION}, stack)
     blocks_dir = Path(job.blocks_dir)
-    profile.update(driver="GTiff", count=2, dtype="float32", nodata=np.nan, width=int(block.width),
-                   height=int(block.height), transform=rasterio.windows.transform(block, profile["transform"]),
-                   tiled=False, predictor=3, interleave="band", **WORK_COMPRESSION)
     profile.pop("blockxsize", None)
     profile.pop("blockysize", None)
-    if not compressed:  # the stack was written uncompressed: the disk has room (align.compress_stack)
-        profile = uncompressed(profile)
     # Dask may run one block twice at once (a worker it declared dead still running it): each
     # attempt writes its own temporary file and renames it, so no attempt writes into another's.
     # A killed attempt's temporary file stays in .work, which publishing removes.
@@ -195,10 +193,8 @@ def assemble(jobs: list[BlockJob], prob_path: str | Path, unc_path: str | Path) 
     """Copy every block's core into the tiled prob/uncertainty rasters (one block in memory)."""
     prob_path, unc_path = Path(prob_path), Path(unc_path)
     with rasterio.open(jobs[0].stack_path) as src:
-        profile = work_raster_profile(src.profile, dtype="float32", nodata=np.nan, predictor=3,
-                                      interleave="band")
-        if src.compression is None:  # as the stack: uncompressed where the disk has room
-            profile = uncompressed(profile)
+        profile = compressed_like(work_raster_profile(src.profile, dtype="float32", nodata=np.nan,
+                                                      predictor=3, interleave="band"), src)
     with atomic_write(prob_path, suffix=".tmp.tif") as tmp_p, \
             atomic_write(unc_path, suffix=".tmp.tif") as tmp_u, \
             rasterio.open(tmp_p, "w", **profile) as dp, rasterio.open(tmp_u, "w", **profile) as du:

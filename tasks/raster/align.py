@@ -480,7 +480,6 @@ def compress_stack(work_dir: str | Path, n_bytes: int) -> bool:
     """Whether ``stack.tif`` is written compressed (lossless ZSTD with the floating-point
     predictor): only where the work folder's disk lacks room for it uncompressed (``n_bytes``)
     twice over plus :data:`STACK_FREE_MARGIN_BYTES`. Either way the same values."""
-
     free = shutil.disk_usage(work_dir).free
     if free >= 2 * n_bytes + STACK_FREE_MARGIN_BYTES:
         return False
