@@ -48,18 +48,30 @@ def _children():
 
 
 def stop_children(timeout_s: float = 3.0) -> int:
-    """Terminate the processes this one started (then kill what is left); returns how many."""
+    """Terminate the processes this one started (then kill what is left, and wait for it), looking
+    again until none is left: a child may start another while the first ones stop. Returns how
+    many were stopped."""
+    import time
+
     import psutil
 
-    kids = _children()
-    for kid in kids:
-        with contextlib.suppress(psutil.Error):
-            kid.terminate()
-    _, alive = psutil.wait_procs(kids, timeout=timeout_s)
-    for kid in alive:
-        with contextlib.suppress(psutil.Error):
-            kid.kill()
-    return len(kids)
+    deadline = time.monotonic() + timeout_s
+    seen: set[int] = set()
+    while kids := [kid for kid in _children() if kid.pid not in seen]:
+        seen.update(kid.pid for kid in kids)
+        for kid in kids:
+            with contextlib.suppress(psutil.Error):
+                kid.terminate()
+        _, alive = psutil.wait_procs(kids, timeout=max(0.1, deadline - time.monotonic()))
+        for kid in alive:
+            with contextlib.suppress(psutil.Error):
+                kid.kill()
+        # reap what was killed too: a process exits with this one's os._exit otherwise still a
+        # zombie in the terminal's process group until init collects it
+        psutil.wait_procs(alive, timeout=2.0)
+        if time.monotonic() > deadline + 2.0:
+            break
+    return len(seen)
 
 
 def interrupted_message(out: str | Path) -> str:

@@ -414,6 +414,36 @@ def _group(pgid: int) -> list[int]:
     return [p.pid for p in psutil.process_iter() if _safe_pgid(p.pid) == pgid]
 
 
+def _running_in_group(pgid: int, wait_s: float) -> list[int]:
+    """The group's processes still running (zombies waiting for init to collect them are not)
+    after up to ``wait_s`` for them to go."""
+    import psutil
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        running = []
+        for pid in _group(pgid):
+            with contextlib.suppress(psutil.Error):
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    running.append(pid)
+        if not running or time.monotonic() > deadline:
+            return running
+        time.sleep(0.2)
+
+
+def _describe(pids: list[int]) -> list[str]:
+    import psutil
+
+    described = []
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            described.append(f"{pid} {proc.status()} ppid {proc.ppid()}: {' '.join(proc.cmdline())[:200]}")
+        except psutil.Error as exc:
+            described.append(f"{pid} ({type(exc).__name__})")
+    return described
+
+
 def _safe_pgid(pid: int) -> int | None:
     try:
         return os.getpgid(pid)
@@ -451,8 +481,8 @@ def test_ctrl_c_stops_everything_in_seconds_and_a_rerun_resumes_to_the_clean_res
     errors = [line for line in text.splitlines() if line.startswith("error: ")]
     assert "Traceback" not in text, text[-3000:]
     assert took_s < 15, f"{took_s:.1f} s to stop"
-    time.sleep(0.5)
-    assert _group(proc.pid) == [], "processes of the interrupted scan are still running"
+    left = _running_in_group(proc.pid, wait_s=5.0)
+    assert left == [], f"processes of the interrupted scan are still running: {_describe(left)}"
     if all((out / name).exists() for name in FINAL_NAMES):  # it finished before the signal came
         assert "interrupted after the run was published" in text
     else:
