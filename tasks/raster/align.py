@@ -1,7 +1,7 @@
 """Bring every layer onto the analysis grid and write the 14-channel stack, lazily and in chunks.
 
 Each band is opened through a GDAL ``WarpedVRT`` onto the analysis grid and wrapped by rioxarray as a
-dask array, so the stack is computed chunk by chunk and streamed to a tiled GeoTIFF: memory depends
+dask array (a band whose pixels already are the grid's is read as it is), so the stack is computed chunk by chunk and streamed to a tiled GeoTIFF: memory depends
 on the chunk size, not the scene size. Bands may come in any CRS and resolution (10/20/60 m): GDAL
 resamples each onto the grid (bilinear for reflectance and terrain, docs/contracts.md section 2). Slope is
 computed on the DEM in a metric CRS at the DEM's own resolution first, then resampled.
@@ -75,26 +75,89 @@ class StackResult:
 
 def warped_layer(path: str, grid: AnalysisGrid, resampling: Resampling, src_nodata: float | None,
                   chunk_px: int) -> xr.DataArray:
-    """A lazy (1, H, W) float32 view of ``path`` on ``grid`` with NaN for nodata."""
+    """A lazy (1, H, W) float32 view of ``path`` on ``grid`` with NaN for nodata.
+
+    A raster whose pixels already are the grid's (same CRS and pixel size, origin a whole number of
+    pixels away: Sentinel-2's 10 m bands in the ROI's UTM zone) is read window by window as it is;
+    anything else goes through GDAL's warper. Both give the same values (tests/raster/test_on_grid.py).
+    """
     src = rasterio.open(path)
     if src.crs is None:
         raise InputError(f"{path} has no CRS; set one with gdal_edit.py -a_srs EPSG:XXXX")
     nodata = src_nodata if src_nodata is not None else src.nodata
-    vrt_kwargs = dict(crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
-                      resampling=resampling)
-    if nodata is not None and not (isinstance(nodata, float) and np.isnan(nodata)):
-        vrt_kwargs.update(src_nodata=nodata, nodata=nodata)
-    vrt = WarpedVRT(src, **vrt_kwargs)
-    # masked=False, then NaN where the warped value is the nodata value: the same pixels as GDAL's
-    # nodata mask band, but masked=True would read that mask band, which warps every window twice.
-    # lock=False is safe because each window's compute reads one band of a VRT once (build_stack).
-    arr = rioxarray.open_rasterio(vrt, chunks={"band": 1, "y": chunk_px, "x": chunk_px},
-                                  masked=False, lock=False)
-    arr = arr.isel(band=[0]).astype("float32")
-    if "src_nodata" in vrt_kwargs:
+    has_nodata = nodata is not None and not (isinstance(nodata, float) and np.isnan(nodata))
+    offset_px = on_grid_offset_px(src, grid)
+    if offset_px is not None:
+        src.close()
+        arr = _on_grid_layer(path, offset_px, grid, nodata if has_nodata else None, chunk_px)
+    else:
+        arr = _warped_vrt_layer(src, grid, resampling, nodata if has_nodata else None, chunk_px)
+    if has_nodata:
         arr = arr.where(arr != np.float32(nodata))
     # a file may also hold NaN (float rasters): NaN is nodata either way
     return arr
+
+
+def _warped_vrt_layer(src, grid: AnalysisGrid, resampling: Resampling, nodata: float | None,
+                      chunk_px: int) -> xr.DataArray:
+    """(1, H, W) float32 through a GDAL ``WarpedVRT``; ``nodata`` (not NaN) where there is none."""
+    vrt_kwargs = dict(crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
+                      resampling=resampling)
+    if nodata is not None:
+        vrt_kwargs.update(src_nodata=nodata, nodata=nodata)
+    vrt = WarpedVRT(src, **vrt_kwargs)
+    # masked=False, then NaN where the warped value is the nodata value (warped_layer): the same
+    # pixels as GDAL's nodata mask band, but masked=True would read that mask band, which warps every
+    # window twice. lock=False is safe because each window's compute reads one band of a VRT once
+    # (build_stack).
+    arr = rioxarray.open_rasterio(vrt, chunks={"band": 1, "y": chunk_px, "x": chunk_px},
+                                  masked=False, lock=False)
+    return arr.isel(band=[0]).astype("float32")
+
+
+def on_grid_offset_px(src, grid: AnalysisGrid) -> tuple[int, int] | None:
+    """(row, col) of the grid's first pixel in ``src``'s pixels when ``src``'s pixels are the grid's
+    (same CRS, pixel size and orientation; origins a whole number of pixels apart); else None."""
+    t, g = src.transform, grid.transform
+    if t.b != 0 or t.d != 0 or not np.isclose(t.a, g.a, rtol=0, atol=1e-9) \
+            or not np.isclose(t.e, g.e, rtol=0, atol=1e-9):
+        return None
+    col, row = (g.c - t.c) / t.a, (g.f - t.f) / t.e
+    if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
+        return None
+    if src.crs != rasterio.crs.CRS.from_user_input(grid.crs):
+        return None
+    return int(round(row)), int(round(col))
+
+
+def _on_grid_layer(path: str, offset_px: tuple[int, int], grid: AnalysisGrid, nodata: float | None,
+                   chunk_px: int) -> xr.DataArray:
+    """(1, H, W) float32 read straight from ``path`` (its pixels are the grid's): what GDAL's warper
+    gives there without resampling, at a fraction of its cost. Outside the file, ``nodata`` (0
+    without one, as the warper fills)."""
+    row_px, col_px = offset_px
+    fill = 0 if nodata is None else nodata
+
+    def read_chunk(block_info=None) -> np.ndarray:
+        (_, _), (r0, r1), (c0, c1) = block_info[None]["array-location"]
+        out = np.full((1, r1 - r0, c1 - c0), fill, dtype="float32")
+        with rasterio.open(path) as src:  # one handle per read: chunks may be read in parallel
+            top, left = r0 + row_px, c0 + col_px
+            rs, re = max(top, 0), min(top + r1 - r0, src.height)
+            cs, ce = max(left, 0), min(left + c1 - c0, src.width)
+            if rs < re and cs < ce:
+                out[0, rs - top:re - top, cs - left:ce - left] = src.read(
+                    1, window=Window(cs, rs, ce - cs, re - rs))
+        return out
+
+    rows = tuple(min(chunk_px, grid.height - r) for r in range(0, grid.height, chunk_px))
+    cols = tuple(min(chunk_px, grid.width - c) for c in range(0, grid.width, chunk_px))
+    data = da.map_blocks(read_chunk, chunks=((1,), rows, cols), dtype="float32",
+                         meta=np.empty((0, 0, 0), dtype="float32"),
+                         name=f"on-grid-{dask.base.tokenize(path, offset_px, grid.to_dict(), fill, chunk_px)}")
+    x = grid.xmin + (np.arange(grid.width) + 0.5) * grid.res_m
+    y = grid.ymax - (np.arange(grid.height) + 0.5) * grid.res_m
+    return xr.DataArray(data, dims=("band", "y", "x"), coords={"band": [1], "y": y, "x": x})
 
 
 def _empty_layer(grid: AnalysisGrid, chunk_px: int) -> da.Array:
