@@ -67,10 +67,11 @@ def _command_modules() -> tuple:
         regional_cli,
         review_cli,
         train_cli,
+        warm_cli,
     )
 
     return (train_cli, dataset_cli, dev_server_cli, regional_cli, review_cli, dem_cli, dem_compare_cli,
-            patch_cli, app_cli)
+            patch_cli, app_cli, warm_cli)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -235,13 +236,18 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
         mark_process()  # what this scan starts (Prefect's server, Dask workers) carries its pid
         reap_orphaned_servers()  # what scans killed with kill -9 left running
-        # one run per folder: the lock is held from planning to publishing (the flow re-enters it)
-        with run_folder_lock(request.out, wait=request.wait, on_wait=waiting):
-            plan = plan_scan(request)  # every user mistake surfaces here, before Prefect starts
-            if plan.resumed:
-                print(f"resuming the interrupted run {plan.run_id} in {request.out}", file=sys.stderr)
-            # the flow's plan step finds this plan (same run id) and uses it as it is
-            return _run_scan(args, request.model_copy(update={"run_id": plan.run_id}), mode, why)
+        try:
+            # one run per folder: the lock is held from planning to publishing (the flow re-enters it)
+            with run_folder_lock(request.out, wait=request.wait, on_wait=waiting):
+                plan = plan_scan(request)  # every user mistake surfaces here, before Prefect starts
+                if plan.resumed:
+                    print(f"resuming the interrupted run {plan.run_id} in {request.out}", file=sys.stderr)
+                # the flow's plan step finds this plan (same run id) and uses it as it is
+                return _run_scan(args, request.model_copy(update={"run_id": plan.run_id}), mode, why)
+        finally:
+            from flows import warm
+
+            warm.start_in_background()  # the next scan forks from it: no start-up (flows/warm.py)
 
 
 def _where(request) -> str:
@@ -302,9 +308,10 @@ def _run_scan(args: argparse.Namespace, request, mode: str, why: str) -> int:
 
         result = scan_flow(**params)
     else:
+        from flows.warm import warm_process_record
         from tasks.run.pipeline import scan_in_process
 
-        result = scan_in_process(**params, reason=why)
+        result = scan_in_process(**params, reason=why, process=warm_process_record())
     if args.json:
         print(json.dumps(result, indent=2, default=str))
     else:
@@ -407,8 +414,16 @@ def _environment_error(exc: BaseException, args: argparse.Namespace) -> str | No
 
 def main(argv: list[str] | None = None) -> int:
     _offline_defaults()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["scan"]:  # a warm process with everything imported runs it, where one answers
+        from flows import warm
+
+        warm.remember_start()
+        code = warm.run_in_warm_process(argv)
+        if code is not None:
+            return code
     parser = build_parser()
-    args = parser.parse_args(options.join_negative_values(list(sys.argv[1:] if argv is None else argv)))
+    args = parser.parse_args(options.join_negative_values(argv))
     if args.command is None:
         parser.print_help()
         return EXIT_INPUT

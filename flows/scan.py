@@ -16,6 +16,7 @@ from prefect.context import get_run_context
 from prefect.settings import PREFECT_API_URL
 
 from flows.logs import quiet_user_error_tracebacks
+from flows.warm import warm_process_record
 from tasks.run import steps
 from tasks.run.outputs import run_folder_lock
 from tasks.run.pipeline import prepare_request, run_scan_steps
@@ -46,7 +47,8 @@ class PrefectSteps:
     def describe(self) -> dict:
         ctx = get_run_context()
         return {"orchestration": "prefect", "flow_run_id": str(ctx.flow_run.id),
-                "flow_run_name": ctx.flow_run.name, "api_url": PREFECT_API_URL.value() or None}
+                "flow_run_name": ctx.flow_run.name, "api_url": PREFECT_API_URL.value() or None,
+                "warm_process": warm_process_record()}
 
 
 @flow(name="landslide-scan", log_prints=False, validate_parameters=True)

@@ -12,6 +12,8 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="prefect-home-"))
+# every scan in its own process, as before flows/warm.py; tests/flows/test_warm.py turns it on
+os.environ.setdefault("LANDSLIDE_WARM", "0")
 
 import pytest  # noqa: E402
 

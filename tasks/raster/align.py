@@ -1,8 +1,8 @@
 """Bring every layer onto the analysis grid and write the 14-channel stack, lazily and in chunks.
 
 Each band is opened through a GDAL ``WarpedVRT`` onto the analysis grid and wrapped by rioxarray as a
-dask array (a band whose pixels already are the grid's is read as it is), so the stack is computed chunk by chunk and streamed to a tiled GeoTIFF: memory depends
-on the chunk size, not the scene size. Bands may come in any CRS and resolution (10/20/60 m): GDAL
+dask array (a band whose pixels already are the grid's is read as it is), so the stack is computed
+chunk by chunk and streamed to a tiled GeoTIFF: memory depends on the chunk size, not the scene size. Bands may come in any CRS and resolution (10/20/60 m): GDAL
 resamples each onto the grid (bilinear for reflectance and terrain, docs/contracts.md section 2). Slope is
 computed on the DEM in a metric CRS at the DEM's own resolution first, then resampled.
 

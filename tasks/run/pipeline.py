@@ -43,9 +43,10 @@ class StepRunner(Protocol):
 class InProcessSteps:
     """Run each step as a plain function call in this process."""
 
-    def __init__(self, reason: str, log: logging.Logger | None = None) -> None:
+    def __init__(self, reason: str, log: logging.Logger | None = None, process: dict | None = None) -> None:
         self.log = log or logging.getLogger("landslide")
         self.reason = reason
+        self.process = process
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scan-step")
 
     def call(self, step: Callable, *args: Any) -> Any:
@@ -58,7 +59,7 @@ class InProcessSteps:
         wait_for([future])
 
     def describe(self) -> dict:
-        return {"orchestration": "in-process", "why": self.reason}
+        return {"orchestration": "in-process", "why": self.reason, "warm_process": self.process}
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -108,11 +109,12 @@ def prepare_request(out: str, region: str | None, bbox: list[float] | None, aoi:
 def scan_in_process(out: str = "runs/{run_id}", region: str | None = None, bbox: list[float] | None = None,
                     aoi: str | None = None, start: str | None = None, end: str | None = None,
                     detector: str | None = None, options: dict[str, Any] | None = None,
-                    reason: str = "no Prefect server configured") -> dict:
-    """The ``landslide-scan`` flow's work without Prefect: same parameters, same steps, same outputs."""
+                    reason: str = "no Prefect server configured", process: dict | None = None) -> dict:
+    """The ``landslide-scan`` flow's work without Prefect: same parameters, same steps, same outputs.
+    ``process``: the warm process this one was forked from (``flows.warm``), for the manifest."""
     started = time.time()
     request = prepare_request(out, region, bbox, aoi, start, end, detector, options)
-    runner = InProcessSteps(reason)
+    runner = InProcessSteps(reason, process=process)
     try:
         with run_folder_lock(request["out"], wait=bool(request.get("wait"))):  # one run per folder
             return run_scan_steps(request, started, runner)
