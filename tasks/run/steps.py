@@ -92,13 +92,23 @@ def step_stack(work: str) -> dict:
     return out
 
 
-def _fingerprint(plan: ScanPlan) -> str:
-    """What a block's completion record must match to be reused by a resumed run."""
+def _fingerprint(plan: ScanPlan, precision: str | None) -> str:
+    """What a block's completion record must match to be reused by a resumed run. ``precision``:
+    what the detector computes in (chosen at load by device and capability, models/accel.py), so a
+    run resumed on a GPU that picks another precision recomputes its blocks instead of mixing them."""
     req = plan.request
     key = {"run_id": plan.run_id, "grid": plan.grid, "detector": plan.detector.ref,
            "overlap_px": req.overlap_px, "batch_size": req.batch_size,
-           "block_px": req.block_px, "device": req.device}
+           "block_px": req.block_px, "device": req.device, "precision": precision}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def _precision_of(detector) -> str | None:
+    """The precision a detector computes in (an ensemble's members', comma-separated; None for rules)."""
+    members = getattr(detector, "members", None)
+    if members:
+        return ",".join(m.precision for m in members)
+    return getattr(detector, "precision", None)
 
 
 @gdal_bounded
@@ -114,7 +124,8 @@ def step_infer(work: str, stack: dict) -> dict:
     domain = _domain_checks(detector, stack)
     jobs = make_jobs(stack["stack_path"], stack["valid_path"], plan.detector.spec, req.device,
                      req.overlap_px, req.batch_size, req.block_px, paths.blocks,
-                     _fingerprint(plan), torch_threads=1 if plan.distributed else None)
+                     _fingerprint(plan, _precision_of(detector)),
+                     torch_threads=1 if plan.distributed else None)
     with dask_client(req.dask_address, req.workers, req.device) as client:
         records = run_jobs(jobs, client=client, progress=req.progress)
     assemble(jobs, paths.prob, paths.uncertainty_raw)

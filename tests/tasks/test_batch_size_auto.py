@@ -44,3 +44,21 @@ def test_the_plan_records_the_resolved_number(tmp_path):
     assert plan.request.batch_size == defaults.BATCH_SIZE
     # the same request again (a resumed run) is the same run, not "other settings"
     assert plan_scan(req).run_id == plan.run_id
+
+
+def test_the_block_fingerprint_holds_the_precision(tmp_path):
+    """A run resumed where the detector computes in another precision (another GPU) must not reuse
+    the blocks computed before: the precision is part of what a completion record must match."""
+    from types import SimpleNamespace
+
+    from tasks.run.steps import _fingerprint, _precision_of
+
+    req = ScanRequest(out=str(tmp_path / "r"), region="iburi-2018", bbox=BBOX, detector="index",
+                      device="cpu", progress=False)
+    plan = plan_scan(req)
+    assert _fingerprint(plan, "float32") == _fingerprint(plan, "float32")
+    assert _fingerprint(plan, "float32") != _fingerprint(plan, "bfloat16")
+    members = [SimpleNamespace(precision="float16"), SimpleNamespace(precision="float32")]
+    assert _precision_of(SimpleNamespace(members=members)) == "float16,float32"
+    assert _precision_of(SimpleNamespace(precision="bfloat16")) == "bfloat16"
+    assert _precision_of(object()) is None  # a rule (the index detector) has none
