@@ -81,10 +81,9 @@ _AT_START: dict = {}
 
 
 def remember_start() -> None:
-    """Note this process's environment and key as the command starts, before anything imported
-    changes ``os.environ``: the warm process it may start is matched on those."""
+    """Note this process's environment as the command starts, before anything imported changes
+    ``os.environ``: the warm process it may start is matched on that."""
     _AT_START.setdefault("env", dict(os.environ))
-    _AT_START.setdefault("key", key(_AT_START["env"]))
 
 
 def key(env: dict | None = None) -> str:
@@ -105,6 +104,8 @@ def key(env: dict | None = None) -> str:
 
 def socket_path() -> Path:
     remember_start()
+    if "key" not in _AT_START:
+        _AT_START["key"] = key(_AT_START["env"])
     return socket_dir() / f"{_AT_START['key']}.sock"
 
 
