@@ -68,11 +68,11 @@ def socket_dir() -> Path:
 def _private_dir() -> Path | None:
     """The socket folder, created 0700; None if it is not this user's alone (then no warm process)."""
     folder = socket_dir()
-    with contextlib.suppress(FileExistsError):
-        folder.mkdir(mode=0o700, parents=True)
     try:
+        with contextlib.suppress(FileExistsError):
+            folder.mkdir(mode=0o700, parents=True)
         st = folder.stat()
-    except OSError:
+    except OSError:  # not writable, say: no warm process, the scan runs as before
         return None
     return folder if st.st_uid == os.getuid() and not st.st_mode & 0o077 else None
 
@@ -197,18 +197,23 @@ def _peer_uid(conn: socket.socket) -> int:
 
 
 def start_in_background() -> None:
-    """Start a warm process for this key unless one answers; returns at once."""
+    """Start a warm process for this key unless one answers; returns at once. Best effort: a
+    failure to start one (a full disk, say) never fails the scan that asked."""
     if not enabled() or in_warm_fork() or _private_dir() is None:
         return
-    path = socket_path()
-    if _answers(path):
-        return
-    # the environment the scan started with (not reaped as a scan's child: no LANDSLIDE_CLI_PID)
-    env = {k: v for k, v in _AT_START["env"].items() if k != "LANDSLIDE_CLI_PID"}
-    log = open(socket_dir() / f"{path.stem}.log", "ab")
-    with log:
-        subprocess.Popen([sys.executable, "-m", "flows.warm_server", str(path)], cwd=REPO, env=env,
-                         stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    try:
+        path = socket_path()
+        if _answers(path):
+            return
+        # the environment the scan started with (not reaped as a scan's child: no LANDSLIDE_CLI_PID)
+        env = {k: v for k, v in _AT_START["env"].items() if k != "LANDSLIDE_CLI_PID"}
+        with open(socket_dir() / f"{path.stem}.log", "ab") as log:
+            subprocess.Popen([sys.executable, "-m", "flows.warm_server", str(path)], cwd=REPO, env=env,
+                             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    except OSError as exc:
+        import logging
+
+        logging.getLogger("landslide").debug("no warm process started: %s", exc)
 
 
 def _answers(path: Path) -> bool:

@@ -133,3 +133,22 @@ def test_ctrl_c_reaches_the_forked_scan_and_a_dead_caller_stops_it(tmp_path, war
     rest, _ = proc.communicate(timeout=60)  # the scan in it is interrupted as by Ctrl-C
     assert proc.returncode == 130 and "error: interrupted; nothing was published" in rest, rest
     assert "ended without a result" not in rest
+
+
+def test_an_unusable_socket_folder_means_no_warm_process_and_no_error(tmp_path, monkeypatch):
+    from flows import warm
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("LANDSLIDE_WARM", "1")
+    monkeypatch.setenv("LANDSLIDE_WARM_DIR", str(blocker / "sockets"))  # cannot be created
+    assert warm._private_dir() is None
+    assert warm.run_in_warm_process(["scan", "--help"]) is None  # the scan runs in its own process
+    warm.start_in_background()  # and starting none is not an error
+    shared = tmp_path / "shared"  # a folder other users could write to is never used
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setenv("LANDSLIDE_WARM_DIR", str(shared))
+    assert warm._private_dir() is None and warm.run_in_warm_process(["scan", "--help"]) is None
+    warm.start_in_background()
+    assert list(shared.iterdir()) == []
