@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -110,15 +109,12 @@ def measure_scan(orchestration: str, out_dir: Path, warm_dir: Path | None = None
 
 
 def _wait_for_warm(warm_dir: Path, timeout_s: float = 180.0) -> None:
+    from flows.warm import answers
+
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        for path in warm_dir.glob("*.sock"):
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-                try:
-                    probe.connect(str(path))
-                    return
-                except OSError:
-                    pass
+        if any(answers(path) for path in warm_dir.glob("*.sock")):
+            return
         time.sleep(0.5)
     raise RuntimeError(f"no warm process answered in {warm_dir} within {timeout_s} s")
 

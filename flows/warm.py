@@ -203,7 +203,7 @@ def start_in_background() -> None:
         return
     try:
         path = socket_path()
-        if _answers(path):
+        if answers(path):
             return
         # the environment the scan started with (not reaped as a scan's child: no LANDSLIDE_CLI_PID)
         env = {k: v for k, v in _AT_START["env"].items() if k != "LANDSLIDE_CLI_PID"}
@@ -216,7 +216,8 @@ def start_in_background() -> None:
         logging.getLogger("landslide").debug("no warm process started: %s", exc)
 
 
-def _answers(path: Path) -> bool:
+def answers(path: Path) -> bool:
+    """Whether a warm process listens on ``path``."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         try:
             probe.connect(str(path))

@@ -2,8 +2,9 @@
 
 Each band is opened through a GDAL ``WarpedVRT`` onto the analysis grid and wrapped by rioxarray as a
 dask array (a band whose pixels already are the grid's is read as it is), so the stack is computed
-chunk by chunk and streamed to a tiled GeoTIFF: memory depends on the chunk size, not the scene size. Bands may come in any CRS and resolution (10/20/60 m): GDAL
-resamples each onto the grid (bilinear for reflectance and terrain, docs/contracts.md section 2). Slope is
+chunk by chunk and streamed to a tiled GeoTIFF: memory depends on the chunk size, not the scene
+size. Bands may come in any CRS and resolution (10/20/60 m): GDAL resamples each onto the grid
+(bilinear for reflectance and terrain, docs/contracts.md section 2). Slope is
 computed on the DEM in a metric CRS at the DEM's own resolution first, then resampled.
 
 Output: ``stack.tif`` (float32, 14 bands in contract order, physical units, NaN = nodata; channels the
@@ -81,7 +82,7 @@ def warped_layer(path: str, grid: AnalysisGrid, resampling: Resampling, src_noda
 
     A raster whose pixels already are the grid's (same CRS and pixel size, origin a whole number of
     pixels away: Sentinel-2's 10 m bands in the ROI's UTM zone) is read window by window as it is;
-    anything else goes through GDAL's warper. Both give the same values (tests/raster/test_on_grid.py).
+    anything else goes through GDAL's warper. Both give the same values (tests/tasks/test_on_grid.py).
     """
     src = rasterio.open(path)
     if src.crs is None:
@@ -152,11 +153,10 @@ def _on_grid_layer(path: str, offset_px: tuple[int, int], grid: AnalysisGrid, no
                     1, window=Window(cs, rs, ce - cs, re - rs))
         return out
 
-    rows = tuple(min(chunk_px, grid.height - r) for r in range(0, grid.height, chunk_px))
-    cols = tuple(min(chunk_px, grid.width - c) for c in range(0, grid.width, chunk_px))
+    rows, cols = _chunk_sizes(grid, chunk_px)
     data = da.map_blocks(read_chunk, chunks=((1,), rows, cols), dtype="float32",
                          meta=np.empty((0, 0, 0), dtype="float32"),
-                         name=f"on-grid-{dask.base.tokenize(path, offset_px, grid.to_dict(), fill, chunk_px)}")
+                         name="on-grid-" + dask.base.tokenize(path, offset_px, grid.to_dict(), fill, chunk_px))
     x = grid.xmin + (np.arange(grid.width) + 0.5) * grid.res_m
     y = grid.ymax - (np.arange(grid.height) + 0.5) * grid.res_m
     return xr.DataArray(data, dims=("band", "y", "x"), coords={"band": [1], "y": y, "x": x})
@@ -445,6 +445,12 @@ def _mosaic_channels(terrain: dict[str, da.Array], scene_layers: list[dict[str, 
     return channels
 
 
+def _chunk_sizes(grid: AnalysisGrid, chunk_px: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The rows and columns of each chunk of a (H, W) layer on ``grid`` (edge chunks are smaller)."""
+    return (tuple(min(chunk_px, grid.height - r) for r in range(0, grid.height, chunk_px)),
+            tuple(min(chunk_px, grid.width - c) for c in range(0, grid.width, chunk_px)))
+
+
 def _chunk_windows(grid: AnalysisGrid, chunk_px: int) -> list[Window]:
     """The grid cut into chunk-sized windows, row by row (edge windows are smaller)."""
     return [Window(c, r, min(chunk_px, grid.width - c), min(chunk_px, grid.height - r))
@@ -452,14 +458,13 @@ def _chunk_windows(grid: AnalysisGrid, chunk_px: int) -> list[Window]:
 
 
 class _WindowGraph:
-    """The plan's lazy layers as one optimized task graph, built once for the whole grid; a window
-    (one chunk of every layer: the windows are the chunks) is computed from the part of the graph it
-    needs, so each warp runs once per window. Slicing the layers and optimizing a graph per window
-    cost 1.3-1.5 of 9-10 CPU-s per 1,000 km2 (benchmarks/README.md)."""
+    """The plan's lazy layers as one task graph (their own graphs merged), built once for the whole
+    grid; a window (one chunk of every layer: the windows are the chunks) is computed from the part
+    of the graph it needs, so each warp runs once per window. Slicing the layers and optimizing a
+    graph per window cost 1.3-1.5 of 9-10 CPU-s per 1,000 km2 (benchmarks/README.md)."""
 
     def __init__(self, plan: _StackPlan, grid: AnalysisGrid, chunk_px: int) -> None:
-        rows = tuple(min(chunk_px, grid.height - r) for r in range(0, grid.height, chunk_px))
-        cols = tuple(min(chunk_px, grid.width - c) for c in range(0, grid.width, chunk_px))
+        rows, cols = _chunk_sizes(grid, chunk_px)
         # (H, W) layers: the scene index, then the pixel counts' masks
         layers = [plan.index, plan.cloudy, plan.inside, *plan.cloud_lost, *plan.layer_data.values()]
         if plan.stack.chunks[1:] != (rows, cols) or any(a.chunks != (rows, cols) for a in layers):
@@ -485,7 +490,8 @@ class _WindowGraph:
         block = np.concatenate(values[:n_bands], axis=0)
         idx, cloudy, inside, *rest = values[n_bands:]
         sums = [int(np.count_nonzero(v)) for v in rest]
-        return block, idx, {"cloudy_px": int(np.count_nonzero(cloudy)), "roi_px": int(np.count_nonzero(inside)),
+        return block, idx, {"cloudy_px": int(np.count_nonzero(cloudy)),
+                            "roi_px": int(np.count_nonzero(inside)),
                             "cloud_lost_px": sums[:self.n_lost], "layer_data_px": sums[self.n_lost:]}
 
 
@@ -517,9 +523,9 @@ def _writing_stack(plan: _StackPlan, grid: AnalysisGrid, work_dir: Path, chunk_p
     mask_profile = work_raster_profile(base, dtype="uint8")
     # One chunk-sized window at a time: one pass over the window's part of the task graph
     # (_WindowGraph) evaluates the stack, the valid mask and the scene index of that window together
-    # (each warp runs once) and the result is written before
-    # the next window starts, so memory holds one window of 14 bands per scene however large the grid
-    # is. Band interleave: with pixel interleave every band write would recompress all bands' tiles.
+    # (each warp runs once) and the result is written before the next window starts, so memory holds
+    # one window of 14 bands per scene however large the grid is. Band interleave: with pixel
+    # interleave every band write would recompress all bands' tiles.
     windows = _chunk_windows(grid, chunk_px)
     n_scenes = len(plan.cloud_lost)
     counts = _WindowCounts(taken_px=np.zeros(n_scenes + 1, dtype=np.int64),

@@ -9,11 +9,11 @@ at a corner. Those shared corners are the coverage's *nodes*.
 :func:`simplify_coverage` cuts every ring at its nodes into edges and simplifies all edges together
 with GEOS's topology-preserving Douglas-Peucker simplifier (``shapely.simplify(...,
 preserve_topology=True)``, one call per group of edges whose bounding boxes meet, which gives the
-same result as one call on all edges, :func:`_simplify_edges`): an edge keeps its end points (the nodes, so
-polygons that touched still touch at the same points), no simplified edge crosses another edge of
-the same or of another polygon, and a ring without nodes keeps at least 4 points. Every vertex
-removed lies within ``tolerance_m`` of the simplified outline, so a polygon's boundary moves by at
-most ``tolerance_m`` and its area changes by at most ``tolerance_m`` times its pixel-outline
+same result as one call on all edges, :func:`_simplify_edges`): an edge keeps its end points (the
+nodes, so polygons that touched still touch at the same points), no simplified edge crosses another
+edge of the same or of another polygon, and a ring without nodes keeps at least 4 points. Every
+vertex removed lies within ``tolerance_m`` of the simplified outline, so a polygon's boundary moves
+by at most ``tolerance_m`` and its area changes by at most ``tolerance_m`` times its pixel-outline
 perimeter (:func:`area_change_bound_m2`). The result is then checked (valid, non-empty, same number
 of holes, no overlap with any neighbour, touching neighbours still touch); a polygon that fails
 keeps its exact pixel outline, together with every polygon near it.
