@@ -3,6 +3,9 @@
     python -m benchmarks.gpu                        # on a CUDA machine: Markdown report
     python -m benchmarks.gpu --json > gpu.json      # the same report as JSON
     python -m benchmarks.gpu --device cpu --patches 32 --tile-px 256   # a dry run on a CPU
+    python -m benchmarks.gpu --save-scene scene.npz # align the sample once, here ...
+    python -m benchmarks.gpu --scene scene.npz      # ... and measure on a machine without the raster
+                                                    # stack or ../shared (torch, smp, rasterio, pydantic)
 
 Reports, for the detector as the scan loads it on the device (precision, batch size, read-ahead):
 
@@ -16,7 +19,11 @@ Reports, for the detector as the scan loads it on the device (precision, batch s
    GPU's busy share as seen from the host, launch overhead included);
 3. **a full tile's wall time**: the same loop over a ``--tile-px`` square (default a Sentinel-2
    tile, 10980 px) of the repeated sample, in memory (no disk reads, no alignment, no
-   vectorizing: the inference stage alone).
+   vectorizing: the inference stage alone);
+4. **the network alone**: one transformed batch forward repeatedly (copies included), the ceiling the
+   loop could reach if reading, padding and stitching cost nothing;
+5. on CUDA, **each precision against the CPU's float32** over the whole sample: float32 with and
+   without cuDNN's TF32 convolutions, bfloat16 and float16 autocast.
 
 Exits with a one-line ``error:`` and status 2 when ``--device cuda`` is asked for and no CUDA GPU
 is present; ``--device cpu`` runs the same measurements on the CPU (``tests`` use it as a smoke
@@ -59,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     options.add_bbox(p, default=options.parse_bbox(DEFAULT_BBOX),
                      help=f"the bundled sample's area used as real input ({DEFAULT_BBOX})")
     options.add_overlap(p)
+    p.add_argument("--channels-last", action="store_true",
+                   help="weights and inputs in NHWC memory order (default: the scan's choice, NCHW on CUDA)")
+    p.add_argument("--scene", type=Path,
+                   help="the sample already aligned (an .npz of --save-scene) instead of aligning it here")
+    p.add_argument("--save-scene", type=Path, metavar="NPZ",
+                   help="align the sample over --bbox, write it as NPZ and exit (no detector run)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     return p
 
@@ -108,6 +121,31 @@ def sample_scene(bbox, work: Path, bands) -> tuple[np.ndarray, np.ndarray]:
         return src.read().astype(np.float32), v.read(1).astype(bool)
 
 
+def save_scene(path: Path, bbox, bands) -> dict:
+    """Align the sample over ``bbox`` for a detector reading ``bands`` and write it (compressed)
+    for ``--scene``: the 14 contract channels and the valid mask of ``bands``."""
+    from tasks.core.bands import BAND_NAMES
+
+    with tempfile.TemporaryDirectory(prefix="gpu_bench_") as tmp:
+        image, valid = sample_scene(bbox, Path(tmp), bands)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        np.savez_compressed(f, image=image, valid=valid, bands=np.asarray(bands), bbox=np.asarray(bbox))
+    return {"scene": str(path), "channels": list(BAND_NAMES), "bands": list(bands), "bbox": list(bbox),
+            "area_px": list(valid.shape)}
+
+
+def load_scene(path: Path, bands) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """A scene of :func:`save_scene`: (image (14, H, W), valid, bbox). Its valid mask is that of the
+    bands it was aligned for, so they must be the detector's."""
+    with np.load(path) as z:
+        saved = [str(b) for b in z["bands"]]
+        if saved != list(bands):
+            raise ValueError(f"{path}: aligned for the bands {','.join(saved)}, the detector reads "
+                             f"{','.join(bands)} (write one for it with --save-scene --detector ...)")
+        return z["image"].astype(np.float32, copy=False), z["valid"].astype(bool), tuple(z["bbox"].tolist())
+
+
 def run_loop(detector, reader, height: int, width: int, overlap: int, batch_size: int) -> dict:
     """The scan's patch loop over a ``height`` x ``width`` area in one block: wall, forward and
     patch counts."""
@@ -128,6 +166,57 @@ def run_loop(detector, reader, height: int, width: int, overlap: int, batch_size
             "patches_per_s": len(predicted) / wall_s, "prob": prob}
 
 
+def precision_table(spec: str, device: str, reader, h: int, w: int, overlap: int, batch: int,
+                    threshold: float, tol) -> list[dict]:
+    """Each precision on ``device`` against the CPU's float32 over the whole sample (the real
+    reference: TF32 is a GPU's float32 shortcut): float32 with cuDNN's TF32 convolutions (torch's
+    default), float32 without, bfloat16 and float16 autocast."""
+    import torch
+
+    from models.accel import precision_within_tolerance
+    from models.detectors import load_detector
+
+    ref = run_loop(load_detector(spec, "cpu", precision="float32"), reader, h, w, overlap, batch)["prob"]
+    rows = []
+    tf32_default = torch.backends.cudnn.allow_tf32
+    try:
+        for precision, tf32 in (("float32", True), ("float32", False), ("bfloat16", None), ("float16", None)):
+            torch.backends.cudnn.allow_tf32 = tf32_default if tf32 is None else tf32
+            det = load_detector(spec, device, precision=precision)
+            run_loop(det, reader, h, w, overlap, batch)  # warm-up (cuDNN picks its kernels)
+            got = run_loop(det, reader, h, w, overlap, batch)
+            ok = np.isfinite(ref) & np.isfinite(got["prob"])
+            check = precision_within_tolerance(ref[None], got["prob"][None], ok[None], threshold, precision,
+                                               tol.max_abs_prob, tol.max_flip_fraction).as_dict()
+            rows.append({**check, "cudnn_tf32": torch.backends.cudnn.allow_tf32,
+                         "patches_per_s": got["patches_per_s"], "forward_s": got["forward_s"]})
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32_default
+    return rows
+
+
+def forward_only(detector, batch_size: int, repeats: int = 10) -> dict | None:
+    """The network alone: ``repeats`` forward passes of one transformed batch (host-to-device
+    copy, compute, probabilities back): the patches/s the patch loop could reach if reading,
+    padding and stitching cost nothing."""
+    from models.detectors import validation_patches
+
+    members = getattr(detector, "members", None) or [detector]
+    if not hasattr(members[0], "forward_probs"):
+        return None
+    x, _ = validation_patches(members[0].card, 4)
+    x = members[0].card.input_transform.apply_filled(np.resize(x, (batch_size, *x.shape[1:])))
+    for m in members:  # warm-up
+        m.forward_probs(x)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        for m in members:
+            m.forward_probs(x)
+    wall_s = time.perf_counter() - t0
+    return {"batches": repeats, "batch_size": batch_size, "wall_s": wall_s,
+            "patches_per_s": repeats * batch_size / wall_s}
+
+
 def side_for(patches: int, patch_px: int, overlap: int) -> int:
     """The side (px) of a square area with at least ``patches`` patch windows."""
     per_side = max(1, math.ceil(math.sqrt(patches)))
@@ -142,13 +231,18 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     from models.detectors import DEFAULT_CHECKPOINT, auto_batch_size, load_detector
 
     spec = args.detector or DEFAULT_CHECKPOINT
+    channels_last = True if args.channels_last else None
     t0 = time.perf_counter()
-    detector = load_detector(spec, args.device, precision=args.precision)
+    detector = load_detector(spec, args.device, channels_last=channels_last, precision=args.precision)
     load_s = time.perf_counter() - t0
-    reference = load_detector(spec, args.device, precision="float32")
+    reference = load_detector(spec, args.device, channels_last=channels_last, precision="float32")
     batch = (int(auto_batch_size(detector).value) if args.batch_size == "auto" else int(args.batch_size))
-    with tempfile.TemporaryDirectory(prefix="gpu_bench_") as tmp:
-        image, valid = sample_scene(args.bbox, Path(tmp), detector.bands)
+    bbox = args.bbox
+    if args.scene is not None:
+        image, valid, bbox = load_scene(args.scene, detector.bands)
+    else:
+        with tempfile.TemporaryDirectory(prefix="gpu_bench_") as tmp:
+            image, valid = sample_scene(args.bbox, Path(tmp), detector.bands)
     reader = RepeatedScene(image, valid)
     h, w = valid.shape
 
@@ -176,8 +270,12 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     with_queue = min(runs[QUEUE_DEPTH], key=lambda r: r["wall_s"])
 
     # 3. a full tile, as the scan would run it on this device
-    tile = run_loop(detector, reader, args.tile_px, args.tile_px, args.overlap_px, batch) if args.tile_px else None
+    tile = (run_loop(detector, reader, args.tile_px, args.tile_px, args.overlap_px, batch)
+            if args.tile_px else None)
 
+    network = forward_only(detector, batch)
+    precisions = (precision_table(spec, args.device, reader, h, w, args.overlap_px, batch, detector.threshold,
+                                  tol) if str(args.device).startswith("cuda") else None)
     describe = detector.describe()
     gpu = None
     if detector_device(detector).startswith("cuda"):
@@ -191,11 +289,16 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         "precision_check_at_load": describe.get("precision_check"),
         "batch_size": batch, "batch_size_choice": describe.get("batch_size_choice"),
         "prefetch_batches": loaded_depth, "detector_load_s": load_s,
-        "tolerance_on_sample": {**check, "bbox": list(args.bbox), "area_px": [h, w]},
+        "memory_format": describe.get("memory_format"),
+        "tolerance_on_sample": {**check, "bbox": list(bbox), "area_px": [h, w]},
         "loop": strip(with_queue), "loop_without_queue": strip(without_queue),
         "queue_speedup": without_queue["wall_s"] / with_queue["wall_s"],
-        "tile": strip(tile) if tile else None,
+        "read_ahead_same_bits": bool(np.array_equal(with_queue["prob"], without_queue["prob"],
+                                                    equal_nan=True)),
+        "tile": strip(tile) if tile else None, "network_alone": network,
+        "precisions_against_cpu_float32": precisions,
         "torch": torch.__version__, "cuda": torch.version.cuda,
+        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
     }
 
 
@@ -213,7 +316,7 @@ def markdown(r: dict) -> str:
     lines = [
         f"# GPU path: {r['detector']} on {r['device']}" + (f" ({r['gpu']['name']})" if r["gpu"] else ""),
         "",
-        f"- precision: {r['precision']} ({r['precision_reason']})",
+        f"- precision: {r['precision']} ({r['precision_reason']}); memory format {r['memory_format']}",
         f"- batch size: {r['batch_size']}" + (f" ({r['batch_size_choice']['reason']})"
                                              if r["batch_size_choice"] else ""),
         f"- read-ahead as loaded: {r['prefetch_batches']} batches",
@@ -232,12 +335,36 @@ def markdown(r: dict) -> str:
     for name, x in rows:
         lines.append(f"| {name} | {x['patches']} | {x['wall_s']:.2f} | {x['patches_per_s']:.1f} | "
                      f"{100 * x['forward_share']:.0f} % |")
-    lines += ["", f"read-ahead speed-up: {r['queue_speedup']:.2f}x"]
+    lines += ["", f"read-ahead speed-up: {r['queue_speedup']:.2f}x "
+                  f"({'same' if r['read_ahead_same_bits'] else 'DIFFERENT'} bits with and without)"]
+    if r.get("network_alone"):
+        n = r["network_alone"]
+        lines.append(f"network alone (batch {n['batch_size']}, copies included): "
+                     f"{n['patches_per_s']:.1f} patches/s")
+    if r.get("precisions_against_cpu_float32"):
+        lines += ["", "| on the device, against the CPU's float32 (whole sample) | max abs(dp) | class flips "
+                      "| within the card's tolerance | patches/s |", "|---|---:|---:|---|---:|"]
+        for x in r["precisions_against_cpu_float32"]:
+            name = x["precision"] + (f" (cuDNN TF32 {'on' if x['cudnn_tf32'] else 'off'})"
+                                     if x["precision"] == "float32" else "")
+            lines.append(f"| {name} | {x['max_abs_prob']:.5f} | {100 * x['flip_fraction']:.4f} % | "
+                         f"{'yes' if x['ok'] else 'no'} | {x['patches_per_s']:.1f} |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(options.join_negative_values(list(sys.argv[1:] if argv is None else argv)))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(options.join_negative_values(argv))
+    if args.save_scene is not None:
+        from models.detectors import DEFAULT_CHECKPOINT, load_detector
+
+        try:
+            bands = load_detector(args.detector or DEFAULT_CHECKPOINT, "cpu").bands
+            print(json.dumps(save_scene(args.save_scene, args.bbox, tuple(bands))))
+        except Exception as exc:  # the boundary: one line, no traceback
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     if str(args.device).startswith("cuda"):
         import torch
 

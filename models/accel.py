@@ -120,6 +120,13 @@ def choose_cuda_precision(bf16_supported: bool, requested: str = "auto") -> Choi
     return Choice(FP16, "CUDA autocast; no bfloat16 on this GPU")
 
 
+def cuda_autocast_candidates(bf16_supported: bool) -> tuple[str, ...]:
+    """The autocast dtypes ``precision="auto"`` tries on a CUDA GPU, in order, each kept only
+    within the card's tolerance: bfloat16 (float32's range, no overflow) where supported, then
+    float16 (3 more mantissa bits: closer to float32 where values stay in its range)."""
+    return (BF16, FP16) if bf16_supported else (FP16,)
+
+
 def autocast_dtype(device_type: str, bf16_supported: bool = False, cpu_precision: str = FP32) -> str:
     """The dtype a forward pass runs in on ``device_type``: CUDA autocast (bfloat16 or float16),
     the CPU's chosen precision (:func:`choose_cpu_precision`), float32 on anything else."""

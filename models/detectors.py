@@ -221,17 +221,24 @@ def choose_precision(detector: ModelDetector, requested: str = "auto",
         if requested not in (accel.FP32, accel.BF16, accel.FP16):
             raise InputError(f"precision {requested!r}: choose auto, float32, bfloat16 or float16")
         choice = accel.Choice(requested, "asked for")
-    elif dev == "cuda":
-        choice = accel.choose_cuda_precision(torch.cuda.is_bf16_supported())
-        if choice.value != accel.FP32:
-            check = check_precision(detector, str(choice.value))
+    elif dev == "cuda":  # the first autocast dtype within the card's tolerance, else float32
+        rejected: list[str] = []
+        choice = None
+        for candidate in accel.cuda_autocast_candidates(torch.cuda.is_bf16_supported()):
+            check = check_precision(detector, candidate)
             detector.precision_check = check.as_dict()
-            if not check.ok:
-                log.warning("%s: %s autocast is outside the card's tolerance (max probability "
-                            "difference %.4f, %.4f%% of pixels change class): running in float32",
-                            detector.ref, choice.value, check.max_abs_prob, 100 * check.flip_fraction)
-                choice = accel.Choice(accel.FP32, f"{choice.value} autocast outside the card's "
-                                                  "tolerance at load")
+            if check.ok:
+                choice = accel.Choice(candidate, f"CUDA autocast to {candidate} within the card's "
+                                                 "tolerance at load" + "".join(
+                                                     f"; {r} was outside it" for r in rejected))
+                break
+            rejected.append(candidate)
+            log.warning("%s: %s autocast is outside the card's tolerance (max probability "
+                        "difference %.4f, %.4f%% of pixels change class)",
+                        detector.ref, candidate, check.max_abs_prob, 100 * check.flip_fraction)
+        if choice is None:
+            choice = accel.Choice(accel.FP32, f"{' and '.join(rejected)} autocast outside the card's "
+                                              "tolerance at load: float32")
     elif dev == "cpu":
         flags = accel.read_cpu_flags() if cpu_flags is None else cpu_flags
         capable = accel.cpu_bf16_capable(flags)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -38,3 +39,22 @@ def test_cpu_dry_run_report(capsys):
     assert r["loop"]["patches"] >= 4 and r["tile"]["area_px"] == [200, 200]
     assert r["loop"]["patches"] == r["loop_without_queue"]["patches"]
     assert gpu.side_for(4, 128, 32) == 224 and gpu.side_for(1, 128, 32) == 128
+
+
+def test_a_saved_scene_is_read_back_and_checked_against_the_detector(tmp_path, capsys):
+    """--save-scene aligns the sample once (for a GPU machine without the raster stack); --scene
+    reads it back, and refuses a detector that reads other bands."""
+    path = tmp_path / "scene.npz"
+    assert gpu.main(["--save-scene", str(path), "--bbox", BBOX]) == 0
+    saved = json.loads(capsys.readouterr().out)
+    image, valid, bbox = gpu.load_scene(path, saved["bands"])
+    assert image.shape == (14, *saved["area_px"]) and image.dtype == np.float32
+    assert saved["channels"][12:] == ["SLOPE", "DEM"]
+    assert valid.shape == tuple(saved["area_px"]) and valid.any() and bbox == tuple(saved["bbox"])
+    used = [saved["channels"].index(b) for b in saved["bands"]]
+    assert np.isfinite(image[used][:, valid]).all()
+    assert gpu.main(["--device", "cpu", "--detector", "index", "--scene", str(path), "--patches", "4",
+                     "--tile-px", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+    assert "aligned for the bands B02,B03,B04,SLOPE,DEM, the detector reads B02,B03,B04,SLOPE " in err

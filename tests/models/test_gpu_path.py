@@ -92,6 +92,32 @@ def test_cpu_bf16_needs_a_faster_timing_and_the_tolerance(small, monkeypatch, bf
         assert det.precision_check is None and "not faster" in det.precision_reason
 
 
+@pytest.mark.parametrize("bf16, within, expect, reason", [
+    (True, {accel.BF16, accel.FP16}, accel.BF16, "to bfloat16 within"),
+    (True, {accel.FP16}, accel.FP16, "bfloat16 was outside it"),
+    (True, set(), accel.FP32, "bfloat16 and float16 autocast outside"),
+    (False, {accel.BF16, accel.FP16}, accel.FP16, "to float16 within"),
+])
+def test_cuda_auto_takes_the_first_autocast_within_the_tolerance(small, monkeypatch, bf16, within, expect,
+                                                                  reason):
+    """On a GPU (faked: the checks are stubbed, no forward runs): bfloat16, then float16, then float32."""
+    checked = []
+
+    def check(det, precision, patches=None):
+        checked.append(precision)
+        ok = precision in within
+        return accel.PrecisionCheck(precision, 0.001 if ok else 0.05, 0.0, 10, 0.02, 0.001)
+
+    monkeypatch.setattr(detectors, "check_precision", check)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    gpu = ModelDetector(model=small.model, card=small.card, card_path=small.card_path,
+                        device=torch.device("cuda"))
+    choose_precision(gpu, "auto")
+    assert gpu.precision == expect and reason in gpu.precision_reason
+    assert checked == list(accel.cuda_autocast_candidates(bf16))[:len(checked)]
+    assert gpu.precision_check["precision"] == checked[-1]
+
+
 def test_precision_check_measures_a_real_bf16_forward(small):
     check = check_precision(small, accel.BF16, _tiny_patches(small))
     assert check.n_px == 32 * 32
