@@ -82,22 +82,32 @@ class RepeatedScene:
 
     def __init__(self, image: np.ndarray, valid: np.ndarray):
         self.image, self.valid = image, valid
+        self._bands: dict[tuple[int, ...], np.ndarray] = {}
 
     def read(self, windows, band_indexes, size):
+        """Patches as ``tasks.core.tiling.read_patches`` gives them: a window inside the scene is
+        sliced (a copy, like a file read), one that wraps is gathered."""
         from tasks.core.tiling import Patch, pad_to
 
         h0, w0 = self.valid.shape
+        key = tuple(int(i) for i in band_indexes)
+        bands = self._bands.get(key)
+        if bands is None:  # the detector's channels, selected once
+            bands = self._bands[key] = np.ascontiguousarray(self.image[list(key)], dtype=np.float32)
         patches = []
         for w in windows:
-            rows = np.arange(int(w.row_off), int(w.row_off + w.height)) % h0
-            cols = np.arange(int(w.col_off), int(w.col_off + w.width)) % w0
-            ok = self.valid[np.ix_(rows, cols)]
+            r, c, h, wd = int(w.row_off), int(w.col_off), int(w.height), int(w.width)
+            if r % h0 + h <= h0 and c % w0 + wd <= w0:  # no wrap: slices
+                rs, cs = slice(r % h0, r % h0 + h), slice(c % w0, c % w0 + wd)
+                ok, data = self.valid[rs, cs], bands[:, rs, cs]
+            else:
+                rows, cols = np.arange(r, r + h) % h0, np.arange(c, c + wd) % w0
+                ok, data = self.valid[np.ix_(rows, cols)], bands[:, rows][:, :, cols]
             if not ok.any():
                 continue
-            data = self.image[np.ix_(list(band_indexes), rows, cols)].astype(np.float32, copy=False)
             pad_ok = np.zeros((size, size), dtype=bool)
             pad_ok[:ok.shape[0], :ok.shape[1]] = ok
-            patches.append(Patch(w, pad_to(data, size), pad_ok))
+            patches.append(Patch(w, pad_to(np.array(data, dtype=np.float32), size), pad_ok))
         return patches
 
 
