@@ -206,22 +206,22 @@ def precision_table(spec: str, device: str, reader, h: int, w: int, overlap: int
 
 
 def forward_only(detector, batch_size: int, repeats: int = 10) -> dict | None:
-    """The network alone: ``repeats`` forward passes of one transformed batch (host-to-device
-    copy, compute, probabilities back): the patches/s the patch loop could reach if reading,
-    padding and stitching cost nothing."""
-    from models.detectors import validation_patches
+    """The network alone: ``repeats`` forward passes of one batch as ``ModelDetector.predict``
+    times them (``benchmarks.scan.forward_fn``: host-to-device copy, compute in the detector's
+    precision, probabilities back): the patches/s the patch loop could reach if reading, padding
+    and stitching cost nothing."""
+    from benchmarks.scan import forward_fn
 
     members = getattr(detector, "members", None) or [detector]
     if not hasattr(members[0], "forward_probs"):
         return None
-    x, _ = validation_patches(members[0].card, 4)
-    x = members[0].card.input_transform.apply_filled(np.resize(x, (batch_size, *x.shape[1:])))
-    for m in members:  # warm-up
-        m.forward_probs(x)
+    forwards = [forward_fn(m, m.card.in_channels, m.patch_size) for m in members]
+    for forward in forwards:  # warm-up, inputs prepared
+        forward(batch_size)
     t0 = time.perf_counter()
     for _ in range(repeats):
-        for m in members:
-            m.forward_probs(x)
+        for forward in forwards:
+            forward(batch_size)
     wall_s = time.perf_counter() - t0
     return {"batches": repeats, "batch_size": batch_size, "wall_s": wall_s,
             "patches_per_s": repeats * batch_size / wall_s}

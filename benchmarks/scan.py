@@ -130,21 +130,23 @@ def run_pipeline(request: dict) -> dict:
 def forward_fn(detector: Any, n_channels: int, size: int) -> Callable[[int], None]:
     """A function running the detector's timed core on ``b`` random patches, inputs prepared ahead.
 
-    For a network this is exactly what ``ModelDetector.predict`` times (forward + sigmoid + copy
-    to host); the input transform and nodata fill are not part of it either way.
+    For a network this is exactly what ``ModelDetector.predict`` times: ``forward_probs`` (the copy
+    to the device, the forward in the detector's precision, sigmoid, the copy back) on an input
+    already in the model's memory order; the input transform and nodata fill are not part of it
+    either way.
     """
-    if hasattr(detector, "model"):
-        import torch
-
-        gen = torch.Generator().manual_seed(0)
-        inputs: dict[int, Any] = {}
+    if hasattr(detector, "forward_probs"):
+        gen = np.random.default_rng(0)
+        inputs: dict[int, np.ndarray] = {}
 
         def forward(b: int) -> None:
-            if b not in inputs:
-                inputs[b] = detector.model_input(torch.randn(b, n_channels, size, size, generator=gen))
-            with torch.inference_mode():
-                logits = detector.model(inputs[b])
-                torch.sigmoid(logits[:, 0]).float().cpu().numpy()
+            if b not in inputs:  # normalized network input, in the buffer layout predict uses
+                shape = (b, n_channels, size, size)
+                x = detector._input_buffer(shape)
+                x = np.empty(shape, dtype=np.float32) if x is None else x
+                x[...] = gen.standard_normal(shape, dtype=np.float32)
+                inputs[b] = x
+            detector.forward_probs(inputs[b])
 
         return forward
 
