@@ -133,13 +133,43 @@ def aspect_deg(dem: np.ndarray, res_x_m: float, res_y_m: float) -> np.ndarray:
     Raises:
         InputError: ``dem`` is not 2-D or a resolution is not a positive finite number.
     """
-    def aspect(win: "_Window3x3", dzdx: np.ndarray, dzdy: np.ndarray) -> np.ndarray:
-        # dzdy is per metre southward (rows run south): steepest descent is (-dzdx east, +dzdy north)
-        a = np.degrees(np.arctan2(-dzdx, dzdy)) % 360.0
-        a[(np.hypot(dzdx, dzdy) < FLAT_GRADIENT) | np.isnan(win.centre)] = np.nan
-        return a
+    out = _per_cell_from_gradient("aspect_deg", dem, res_x_m, res_y_m, _horn, _aspect)
+    return _aspect_float32(out)
 
-    out = _per_cell_from_gradient("aspect_deg", dem, res_x_m, res_y_m, _horn, aspect)
+
+def aspect_deg_at(dem_halo: np.ndarray, rows: np.ndarray, cols: np.ndarray, res_x_m: float,
+                  res_y_m: float) -> np.ndarray:
+    """:func:`aspect_deg` at chosen cells only, with the same bits: cell ``k`` is ``(rows[k],
+    cols[k])`` of the (H, W) area whose one-cell halo ``dem_halo`` ((H + 2, W + 2), NaN where there
+    is no DEM) holds, so every neighbour a cell's window reads is there. For the polygons' aspect,
+    where the cells under the landslides are a small share of a block.
+
+    Returns:
+        (N,) float32 aspect in [0, 360), NaN as :func:`aspect_deg` gives it.
+
+    Raises:
+        InputError: ``dem_halo`` is not 2-D or a resolution is not a positive finite number.
+    """
+    dem_halo = np.ascontiguousarray(dem_halo, dtype=np.float64)
+    if dem_halo.ndim != 2:
+        raise InputError(f"aspect_deg_at needs a 2-D (H + 2, W + 2) DEM, got shape {dem_halo.shape}")
+    for name, res in (("res_x_m", res_x_m), ("res_y_m", res_y_m)):
+        if not (math.isfinite(res) and res > 0):
+            raise InputError(f"{name} must be a positive number of metres, got {res}")
+    win = _CellWindows(dem_halo, np.asarray(rows, dtype=np.intp), np.asarray(cols, dtype=np.intp))
+    dzdx, dzdy = _horn(win, float(res_x_m), float(res_y_m))
+    return _aspect_float32(_aspect(win, dzdx, dzdy).astype(np.float32))
+
+
+def _aspect(win: "_Window3x3", dzdx: np.ndarray, dzdy: np.ndarray) -> np.ndarray:
+    """Aspect (float64 degrees, [0, 360]) from the gradient; NaN where flat or without a DEM."""
+    # dzdy is per metre southward (rows run south): steepest descent is (-dzdx east, +dzdy north)
+    a = np.degrees(np.arctan2(-dzdx, dzdy)) % 360.0
+    a[(np.hypot(dzdx, dzdy) < FLAT_GRADIENT) | np.isnan(win.centre)] = np.nan
+    return a
+
+
+def _aspect_float32(out: np.ndarray) -> np.ndarray:
     return np.where(out >= 360.0, 0.0, out).astype(np.float32)  # float32 rounding of 359.99999
 
 
@@ -176,6 +206,20 @@ class _Window3x3:
             fill = np.where(np.isnan(opposite), last_resort, 2.0 * self.centre - opposite)
             self._cache[key] = np.where(np.isnan(v), fill, v)
         return self._cache[key]
+
+
+class _CellWindows(_Window3x3):
+    """:class:`_Window3x3` at chosen cells only: each neighbour is a (N,) array of the cells
+    ``(rows, cols)`` of the interior of the NaN-padded ``zp`` (C-contiguous), filled the same way."""
+
+    def __init__(self, zp: np.ndarray, rows: np.ndarray, cols: np.ndarray):
+        self._flat, self._stride = zp.ravel(), zp.shape[1]
+        self._at = (rows + 1) * self._stride + (cols + 1)
+        self.centre = self._raw(0, 0)
+        self._cache = {}
+
+    def _raw(self, dr: int, dc: int) -> np.ndarray:
+        return self._flat[self._at + (dr * self._stride + dc)]
 
 
 def _horn(z: _Window3x3, res_x: float, res_y: float) -> tuple[np.ndarray, np.ndarray]:

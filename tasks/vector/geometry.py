@@ -109,9 +109,10 @@ def _rings(poly: Polygon) -> list[np.ndarray]:
     return out
 
 
-def _node_keys(polys: np.ndarray) -> set[tuple[float, float]]:
-    """Corners that occur more than once among all rings of all polygons (the coverage's nodes)."""
-    pts = [np.round(c, _NODE_DECIMALS) for p in polys for c in _rings(p)]
+def _node_keys(rings: list[list[np.ndarray]]) -> set[tuple[float, float]]:
+    """Corners that occur more than once among all ``rings`` (per polygon, its :func:`_rings`):
+    the coverage's nodes."""
+    pts = [np.round(c, _NODE_DECIMALS) for poly_rings in rings for c in poly_rings]
     if not pts:
         return set()
     allpts = np.concatenate(pts)
@@ -150,9 +151,12 @@ def _join_edges(edges: list[np.ndarray]) -> np.ndarray:
     return np.vstack([edges[0]] + [e[1:] for e in edges[1:]])
 
 
-def _edges_of(polys: np.ndarray, nodes: set) -> list[list[list[np.ndarray]]]:
-    """Per polygon, per ring, its edges."""
-    return [[_split_ring(c, nodes) for c in _rings(p)] for p in polys]
+def coverage_edges(polys: np.ndarray) -> list[list[list[np.ndarray]]]:
+    """Per polygon (oriented, ``shapely.orient_polygons``), per ring, its edges between the
+    coverage's nodes (each ring's coordinates taken once)."""
+    rings = [_rings(p) for p in polys]
+    nodes = _node_keys(rings)
+    return [[_split_ring(c, nodes) for c in poly_rings] for poly_rings in rings]
 
 
 def _rebuild(per_ring_edges: list[list[np.ndarray]]) -> Polygon:
@@ -251,7 +255,7 @@ def simplify_coverage(polys, tolerance_m: float) -> np.ndarray:
     if set(shapely.get_type_id(polys).tolist()) - {3}:
         raise InputError("simplify_coverage takes Polygons only")
     polys = shapely.orient_polygons(polys)
-    edges = _edges_of(polys, _node_keys(polys))
+    edges = coverage_edges(polys)
     flat = [e for rings in edges for ring in rings for e in ring]
     # The default, half the pixel diagonal, is exactly the distance of a one-pixel stair corner from
     # the stair's chord: allow for rounding so such corners go whatever the last bits say.
@@ -316,7 +320,7 @@ def smooth_coverage(polys, iterations: int = defaults.SMOOTH_ITERATIONS) -> np.n
     if iterations == 0 or len(polys) == 0:
         return polys.copy()
     polys = shapely.orient_polygons(polys)
-    edges = _edges_of(polys, _node_keys(polys))
+    edges = coverage_edges(polys)
     out = []
     for rings in edges:
         new_rings = []

@@ -28,7 +28,7 @@ from tasks.core import defaults
 from tasks.core.errors import InputError
 from tasks.core.files import atomic_write
 from tasks.core.tiling import iter_blocks
-from tasks.raster.terrain import aspect_deg
+from tasks.raster.terrain import aspect_deg, aspect_deg_at
 from tasks.vector.classes import confidence_class
 from tasks.vector.clean import CONNECTIVITY, label_objects
 from tasks.vector.geometry import GeometryParams, simplify_coverage, smooth_coverage
@@ -674,8 +674,8 @@ def _read_aspect_at(elev, src, win, idx: np.ndarray) -> np.ndarray | None:
     rr1, cc1 = min(r0 + h, src.height), min(c0 + w, src.width)
     dem[rr0 - r0:rr1 - r0, cc0 - c0:cc1 - c0] = ds.read(
         band, window=Window(cc0, rr0, cc1 - cc0, rr1 - rr0)).astype(np.float64)
-    aspect = aspect_deg(dem, abs(src.transform.a), abs(src.transform.e))[1:-1, 1:-1]
-    return aspect.ravel()[idx].astype(np.float64)
+    rows, cols = np.divmod(idx, int(win.width))
+    return aspect_deg_at(dem, rows, cols, abs(src.transform.a), abs(src.transform.e)).astype(np.float64)
 
 
 def _partial_stats(idx: np.ndarray, lab_px: np.ndarray, n: int, width_px: int, origin: tuple[int, int],

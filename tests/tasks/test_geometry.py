@@ -177,6 +177,28 @@ def test_a_flat_dem_has_no_aspect():
     assert np.isnan(a[0, 1])
 
 
+def test_aspect_at_chosen_cells_has_the_whole_arrays_bits():
+    """The polygons' aspect is taken at their pixels only (aspect_deg_at): the same float32 bits as
+    aspect_deg over the whole block, next to holes, on flat ground and on the halo's border."""
+    from tasks.raster.terrain import aspect_deg_at
+
+    rng = np.random.default_rng(3)
+    for shape in ((1, 1), (2, 7), (40, 33)):
+        halo = rng.normal(0, 20, (shape[0] + 2, shape[1] + 2)).cumsum(0).cumsum(1)
+        halo[rng.random(halo.shape) < 0.1] = np.nan
+        halo[:, :3] = 50.0  # flat: no aspect
+        halo[0] = np.nan  # outside the raster
+        whole = aspect_deg(halo, RES, 12.0)[1:-1, 1:-1]
+        idx = np.flatnonzero(rng.random(whole.size) < 0.4)
+        rows, cols = np.divmod(idx, shape[1])
+        at = aspect_deg_at(halo, rows, cols, RES, 12.0)
+        assert at.dtype == np.float32
+        np.testing.assert_array_equal(at.view(np.uint32), whole.ravel()[idx].view(np.uint32))
+    assert np.isnan(whole).any() and np.isfinite(whole).any()
+    with pytest.raises(InputError, match="res_x_m"):
+        aspect_deg_at(halo, rows, cols, 0.0, 10.0)
+
+
 def _write(path, arr, dtype):
     with rasterio.open(path, "w", driver="GTiff", width=arr.shape[1], height=arr.shape[0], count=1,
                        dtype=dtype, crs=CRS, transform=TRANSFORM) as dst:
@@ -271,7 +293,7 @@ def test_edges_simplified_by_group_equal_one_call_on_all_edges():
     from scipy import ndimage
     from shapely.geometry import LineString, MultiLineString
 
-    from tasks.vector.geometry import _edges_of, _node_keys, _simplify_edges
+    from tasks.vector.geometry import _simplify_edges, coverage_edges
 
     rng = np.random.default_rng(5)
     mask = (ndimage.gaussian_filter(rng.random((300, 300)), 2.5) > 0.515).astype(np.uint8)
@@ -285,7 +307,7 @@ def test_edges_simplified_by_group_equal_one_call_on_all_edges():
     polys = shapely.orient_polygons(np.array(
         [shapely.geometry.shape(g) for g, v in shapes(labels.astype(np.int32), mask=labels > 0,
                                                       transform=transform)], dtype=object))
-    lines = [LineString(e) for rings in _edges_of(polys, _node_keys(polys)) for ring in rings for e in ring]
+    lines = [LineString(e) for rings in coverage_edges(polys) for ring in rings for e in ring]
     one_call = shapely.get_parts(shapely.simplify(MultiLineString(lines), 7.07, preserve_topology=True))
     grouped = _simplify_edges(lines, 7.07)
     assert len(polys) > 20 and len(grouped) == len(one_call) == len(lines)
