@@ -70,3 +70,16 @@ def test_free_network_run_and_non_network_cpu(tmp_path):
     real = {"area_km2": 500.0, "stage_cpu_s": {"align": 2.0, "inference": 10.0},
             "pure_forward_cpu_s_per_patch": 0.01, "forward_passes": 600}
     assert non_network_cpu(real) == {"align": 4.0, "inference": 8.0, "total": 12.0}
+
+
+def test_non_network_cpu_with_detections_takes_clean_and_outputs_from_the_detecting_run():
+    """The free network detects nothing: the figure with detections keeps its plan, align and
+    inference and takes clean and outputs (polygons built and written) from the detecting run."""
+    from benchmarks.scale import with_detections
+
+    free = {"plan": 0.3, "align": 8.0, "inference": 1.7, "clean": 0.4, "outputs": 0.8, "total": 11.2}
+    detecting = {"plan": 0.6, "align": 9.0, "inference": 8.2, "clean": 0.5, "outputs": 4.0, "total": 22.3}
+    out = with_detections(free, detecting)
+    assert out == {"plan": 0.3, "align": 8.0, "inference": 1.7, "clean": 0.5, "outputs": 4.0,
+                   "total": out["total"]}
+    assert math.isclose(out["total"], 14.5)
