@@ -107,17 +107,17 @@ def choose_cpu_precision(capable: bool, fp32_s: float | None = None, bf16_s: flo
 
 def choose_cuda_precision(bf16_supported: bool, requested: str = "auto") -> Choice:
     """The autocast dtype on a CUDA GPU: ``requested`` (float32/bfloat16/float16) or, for
-    ``auto``, bfloat16 where supported (Ampere and later: no overflow, float32's range) else
-    float16."""
+    ``auto``, the first of :func:`cuda_autocast_candidates`: bfloat16 where supported (Ampere and
+    later: no overflow, float32's range) else float16."""
     if requested not in ("auto", FP32, BF16, FP16):
         raise ValueError(f"precision {requested!r}: choose auto, {FP32}, {BF16} or {FP16}")
     if requested != "auto":
         if requested == BF16 and not bf16_supported:
             return Choice(FP16, "bfloat16 was asked for but this GPU does not support it")
         return Choice(requested, "asked for")
-    if bf16_supported:
-        return Choice(BF16, "CUDA autocast; the GPU supports bfloat16")
-    return Choice(FP16, "CUDA autocast; no bfloat16 on this GPU")
+    first = cuda_autocast_candidates(bf16_supported)[0]  # one place says the order
+    return Choice(first, "CUDA autocast; the GPU supports bfloat16" if first == BF16
+                  else "CUDA autocast; no bfloat16 on this GPU")
 
 
 def cuda_autocast_candidates(bf16_supported: bool) -> tuple[str, ...]:
