@@ -143,7 +143,6 @@ def forward_fn(detector: Any, n_channels: int, size: int) -> Callable[[int], Non
             if b not in inputs:  # normalized network input, in the buffer layout predict uses
                 shape = (b, n_channels, size, size)
                 x = detector._input_buffer(shape)
-                x = np.empty(shape, dtype=np.float32) if x is None else x
                 x[...] = gen.standard_normal(shape, dtype=np.float32)
                 inputs[b] = x
             detector.forward_probs(inputs[b])

@@ -52,6 +52,9 @@ WEIGHTS_DTYPES: tuple[str, ...] = ("float32", "float16")
 _TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 _MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit on the JSON header
 _SHOW_KEYS = 3  # mismatching state-dict keys named in an error message
+# InputTransform.apply_filled works on this many bytes of a batch at a time (whole patches, at least
+# one): small enough for the CPU's caches
+FILL_CHUNK_BYTES = 2 * 2**20
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
@@ -202,17 +205,43 @@ class InputTransform(_Strict):
         ``out``: where to write the result, an array of ``x``'s shape in any memory order (the
         detectors pass a channels-last view, so the network's input needs no further copy);
         ignored with a PCA, which changes the channel count. ``x`` is not changed.
+
+        A batch is transformed a few patches at a time (:data:`FILL_CHUNK_BYTES`), so the copy,
+        the fill and the four in-place steps run on data in the CPU's caches: one pass over the
+        batch's memory instead of six (on a GPU the batch of 512 patches went 3x faster). Every
+        value goes through the same float32 operations: the bits do not change.
         """
         x = np.asarray(x, dtype=np.float32)
+        self._check_shape(x)
+        if x.ndim == 3:
+            return self.apply_filled(x[None], None if out is None else out[None])[0]
         fill = self.fill_values().reshape((-1, 1, 1))
-        filled = np.empty(x.shape, dtype=np.float32)  # contiguous: the in-place steps run fastest there
-        np.copyto(filled, x)
-        np.copyto(filled, np.broadcast_to(fill, x.shape), where=~np.isfinite(x))
-        result = self.apply(filled, in_place=True)
-        if out is None or self.pca is not None:
-            return result
-        np.copyto(out, result)  # one reordering copy (2x faster than torch's channels-last copy)
-        return out
+        if self.pca is not None:  # the projection runs on the whole batch, as before
+            filled = np.where(np.isfinite(x), x, fill).astype(np.float32, copy=False)
+            return self.apply(filled, in_place=True)
+        per = max(1, FILL_CHUNK_BYTES // max(1, x[:1].nbytes))
+        result = out if out is not None else np.empty(x.shape, dtype=np.float32)
+        # written in place where the result is C-contiguous; else through a contiguous scratch
+        # chunk (the in-place steps run fastest there) and one reordering copy per chunk
+        scratch = (None if out is None else np.empty((min(per, len(x)), *x.shape[1:]), np.float32))
+        for start in range(0, len(x), per):
+            part = x[start:start + per]
+            dst = result[start:start + per] if scratch is None else scratch[:len(part)]
+            np.copyto(dst, part)
+            np.copyto(dst, np.broadcast_to(fill, part.shape), where=~np.isfinite(part))
+            self.apply(dst, in_place=True)
+            if scratch is not None:
+                np.copyto(result[start:start + per], dst)
+        return result
+
+    def _check_shape(self, x: np.ndarray) -> None:
+        if x.ndim not in (3, 4):
+            raise InputError(f"input_transform.apply needs (C, H, W) or (B, C, H, W), got shape "
+                             f"{x.shape}")
+        if x.shape[-3] != self.n_bands:
+            raise InputError(f"input_transform has {self.n_bands} band(s) but the array has "
+                             f"{x.shape[-3]} channel(s) (shape {x.shape}); select the card's bands "
+                             "from the stack first")
 
     def apply(self, x: np.ndarray, in_place: bool = False) -> np.ndarray:
         """Transform physical values to network input.
@@ -230,13 +259,7 @@ class InputTransform(_Strict):
             InputError: the array is not 3- or 4-dimensional or has the wrong number of channels.
         """
         x = np.asarray(x, dtype=np.float32)
-        if x.ndim not in (3, 4):
-            raise InputError(f"input_transform.apply needs (C, H, W) or (B, C, H, W), got shape "
-                             f"{x.shape}")
-        if x.shape[-3] != self.n_bands:
-            raise InputError(f"input_transform has {self.n_bands} band(s) but the array has "
-                             f"{x.shape[-3]} channel(s) (shape {x.shape}); select the card's bands "
-                             "from the stack first")
+        self._check_shape(x)
 
         def col(values: list[float]) -> np.ndarray:
             return np.asarray(values, dtype=np.float32).reshape(-1, 1, 1)

@@ -52,7 +52,9 @@ def test_autocast_is_chosen_by_the_check_at_load_and_stays_near_the_cpu(on_gpu, 
         assert on_gpu.precision == FP32 and check["precision"] == candidates[-1]
     x, ok = validation_patches(on_gpu.card, 8, seed=1)  # not the patches of the load-time check
     gpu_prob, cpu_prob = on_gpu.predict(x, ok), on_cpu.predict(x, ok)
-    assert on_gpu._pinned  # the batch went to the GPU through a page-locked buffer
+    # the transformed batch was written into page-locked memory, copied to the GPU from there
+    assert on_gpu._host.array.shape == x.shape and torch.from_numpy(on_gpu._host.array).is_pinned()
+    assert not on_gpu._pinned  # no second staging copy
     assert gpu_prob.dtype == np.float32 and gpu_prob.shape == cpu_prob.shape
     assert float(np.abs(gpu_prob - cpu_prob).max()) <= _tolerance(on_gpu).max_abs_prob
 

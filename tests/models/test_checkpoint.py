@@ -272,9 +272,15 @@ def test_input_transform_apply():
         InputTransform(scale=[1.0], offset=[0.0, 0.0], mean=[0.0], std=[1.0])
 
 
-def test_apply_filled_in_place_and_channels_last_give_the_bits_of_the_plain_formula():
+@pytest.mark.parametrize("chunk_bytes", [1, 3 * 3 * 16 * 16 * 4, 2**30])
+def test_apply_filled_in_place_and_channels_last_give_the_bits_of_the_plain_formula(monkeypatch,
+                                                                                   chunk_bytes):
     """The in-place transform written into a channels-last buffer equals, bit for bit, the
-    out-of-place formula on the NaN-filled input, and leaves its input as it was."""
+    out-of-place formula on the NaN-filled input, and leaves its input as it was: whatever the
+    chunks it runs in (one patch, 3 patches with a short last chunk, the whole batch)."""
+    import models.checkpoint as checkpoint
+
+    monkeypatch.setattr(checkpoint, "FILL_CHUNK_BYTES", chunk_bytes)
     rng = np.random.default_rng(7)
     t = InputTransform(scale=[0.5, 2.0, 1.0], offset=[1.0, 0.0, -3.0], mean=[900.0, 1.5, 0.2],
                        std=[300.0, 0.7, 1.1])
@@ -289,6 +295,7 @@ def test_apply_filled_in_place_and_channels_last_give_the_bits_of_the_plain_form
     assert got is nhwc and got.strides == nhwc.strides
     for out in (got, t.apply_filled(x)):
         assert out.dtype == np.float32 and np.ascontiguousarray(out).tobytes() == want.tobytes()
+    assert t.apply_filled(x[1]).tobytes() == want[1].tobytes()  # one patch (C, H, W)
     assert before.tobytes() == x.tobytes()
 
 

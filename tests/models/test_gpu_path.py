@@ -188,3 +188,35 @@ def test_onnx_providers_for_the_device():
 def test_default_checkpoint_loads_float32_on_cpu():
     det = load_detector(DEFAULT_CHECKPOINT, "cpu")
     assert det.precision == accel.FP32 and det.describe()["precision_check"] is None
+
+
+def test_predict_reuses_its_input_buffer_per_thread_and_gives_the_same_bits(small):
+    """predict writes the transformed batch into one buffer per thread and shape (no page faults
+    for a fresh batch buffer each time): later batches, other shapes and other threads give the
+    bits a fresh detector gives."""
+    import threading
+
+    x, ok = _tiny_patches(small, 3, px=64)
+    fresh = load_detector(SMALL, "cpu")
+    want = fresh.predict(x, ok)
+    first = small.predict(x, ok)
+    buffer = small._host.array
+    assert buffer.shape == x.shape and (buffer.strides[1] == 4) == small.channels_last
+    other = small.predict(x[::-1].copy(), ok[::-1].copy())  # the same buffer, new contents
+    assert small._host.array is buffer
+    np.testing.assert_array_equal(first, want)
+    np.testing.assert_array_equal(other, want[::-1])
+    # another shape (a network's output depends on the batch size, so the fresh one's at that size)
+    np.testing.assert_array_equal(small.predict(x[:1], ok[:1]), fresh.predict(x[:1], ok[:1]))
+    assert small._host.array is not buffer and small._host.array.shape[0] == 1
+    seen = {}
+
+    def in_thread():
+        seen["prob"] = small.predict(x, ok)
+        seen["buffer"] = small._host.array
+
+    t = threading.Thread(target=in_thread)
+    t.start()
+    t.join()
+    np.testing.assert_array_equal(seen["prob"], want)
+    assert seen["buffer"] is not small._host.array  # its own buffer
