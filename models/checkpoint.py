@@ -207,9 +207,10 @@ class InputTransform(_Strict):
         ignored with a PCA, which changes the channel count. ``x`` is not changed.
 
         A batch is transformed a few patches at a time (:data:`FILL_CHUNK_BYTES`), so the copy,
-        the fill and the four in-place steps run on data in the CPU's caches: one pass over the
-        batch's memory instead of six (on a GPU the batch of 512 patches went 3x faster). Every
-        value goes through the same float32 operations: the bits do not change.
+        the fill and the four in-place steps run on data in the CPU's caches: the batch is read
+        once and the result written once, instead of seven passes over the whole batch (512
+        patches of 12 bands on this project's 2-core machine: 0.118 -> 0.093 s). Every value goes
+        through the same float32 operations: the bits do not change.
         """
         x = np.asarray(x, dtype=np.float32)
         self._check_shape(x)

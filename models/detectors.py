@@ -105,7 +105,7 @@ class ModelDetector(CardFields):
     def _input_buffer(self, shape: tuple[int, ...]) -> np.ndarray:
         """Where ``predict`` writes the transformed batch: a (B, C, H, W) float32 view, reused by
         this thread while the shape stays the same (a fresh buffer for every batch of 512 patches
-        page-faulted 470 MB each time). In the model's memory order (channels-last: no reordering
+        page-faulted hundreds of MB each time). In the model's memory order (channels-last: no reordering
         copy later) and, on CUDA, page-locked: the copy to the GPU starts from it directly. Reuse is
         safe: ``predict`` returns only after the forward pass has consumed its input."""
         host = self._host

@@ -203,10 +203,13 @@ def detect_clouds(scene: dict, grid: AnalysisGrid, work_dir: str | Path) -> dict
     factor, ctransform, cw, ch = _coarse_grid(grid)
     offset = float(scene.get("offset_dn") or 0.0)
     nodata = scene.get("band_nodata")
-    toa = []
+    toa, read = [], {}
     for band in S2CLOUDLESS_BANDS:
-        data = _read_on(plan["band_paths"][band], grid.crs, ctransform, cw, ch, Resampling.average, nodata)
-        toa.append(np.maximum(data - offset, 0.0) / 10000.0)
+        path = plan["band_paths"][band]
+        if path not in read:  # B08 stands in for a missing B8A: read once
+            data = _read_on(path, grid.crs, ctransform, cw, ch, Resampling.average, nodata)
+            read[path] = np.maximum(data - offset, 0.0) / 10000.0
+        toa.append(read[path])
     toa_arr = np.stack(toa)
     has_data = np.isfinite(toa_arr).all(axis=0)
     prob = cloud_probability(np.nan_to_num(toa_arr, nan=0.0))
