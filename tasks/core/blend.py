@@ -181,7 +181,10 @@ def blend_patches(reader: PatchReader, detector: Detector, block: Window, window
                 unc_stitcher.add(local, unc, ok)
 
     def batches():
-        """(windows read, their non-empty patches): batch_size patches each, fewer in the last."""
+        """(windows read, the window and valid mask of each non-empty patch, the batch of their
+        data and valid masks stacked or None without patches): batch_size patches each, fewer in
+        the last. With read-ahead the stacking runs in the reader's thread too, beside the
+        device's work on the batch before; the patches' own arrays are then dropped."""
         start = 0
         while start < len(to_predict):
             taken, patches = [], []
@@ -190,32 +193,38 @@ def blend_patches(reader: PatchReader, detector: Detector, block: Window, window
                 start += len(more)
                 taken += more
                 patches += reader.read(more, band_idx, size)
-            yield taken, patches
+            stacked = None
+            if patches:
+                # every forward pass gets exactly batch_size patches (a short batch repeats its
+                # first patch): a network's output for a patch depends on the batch size, not on
+                # the other patches in it, so a patch gets the same bits whichever block or batch
+                # it falls in
+                rows = [*range(len(patches)), *[0] * (batch_size - len(patches))]
+                stacked = (np.stack([patches[i].data for i in rows]),
+                           np.stack([patches[i].valid for i in rows]))
+            placed = [(p.window, p.valid) for p in patches]
+            del patches  # their data is in the stacked batch now
+            yield taken, placed, stacked
 
     n_forward = 0
     # GPU path (issue 19): a detector with prefetch_batches > 0 has the next batches read by a
     # background thread while it computes; 0 (CPU, the default) iterates batches() itself
-    for batch_windows, patches in prefetch(batches(), getattr(detector, "prefetch_batches", 0)):
+    for batch_windows, placed, stacked in prefetch(batches(), getattr(detector, "prefetch_batches", 0)):
         for w in batch_windows:
             ready[(int(w.row_off), int(w.col_off))] = None
-        if patches:
-            # every forward pass gets exactly batch_size patches (a short batch repeats its first
-            # patch): a network's output for a patch depends on the batch size, not on the other
-            # patches in it, so a patch gets the same bits whichever block or batch it falls in
-            rows = [*range(len(patches)), *[0] * (batch_size - len(patches))]
-            batch = np.stack([patches[i].data for i in rows])
-            ok = np.stack([patches[i].valid for i in rows])
+        if stacked is not None:
+            batch, ok = stacked
             if own_unc:
                 prob, unc = detector.predict_with_uncertainty(batch, ok)
             else:
                 prob, unc = detector.predict(batch, ok), None
             n_forward += len(batch)  # padding included: the network ran on it
-            for j, patch in enumerate(patches):
-                key = (int(patch.window.row_off), int(patch.window.col_off))
-                ready[key] = (prob[j], None if unc is None else unc[j], patch.valid)
+            for j, (window, patch_ok) in enumerate(placed):
+                key = (int(window.row_off), int(window.col_off))
+                ready[key] = (prob[j], None if unc is None else unc[j], patch_ok)
                 if border is not None and border.shared(key):  # a copy: not the whole batch
                     border.offer(key, (prob[j].copy(), None if unc is None else unc[j].copy(),
-                                       patch.valid))
+                                       patch_ok))
         add_ready()
     add_ready()
     br, bc = int(block.row_off) - r0, int(block.col_off) - c0
