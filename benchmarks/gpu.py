@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the sample already aligned (an .npz of --save-scene) instead of aligning it here")
     p.add_argument("--save-scene", type=Path, metavar="NPZ",
                    help="align the sample over --bbox, write it as NPZ and exit (no detector run)")
+    p.add_argument("--free-network", action="store_true",
+                   help="replace the network by a 1x1 convolution that costs next to nothing: the "
+                        "loop's patches/s is then what the host side (reading, stacking, input "
+                        "transform, copies, stitching) can feed a device")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     return p
 
@@ -246,6 +250,11 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     detector = load_detector(spec, args.device, channels_last=channels_last, precision=args.precision)
     load_s = time.perf_counter() - t0
     reference = load_detector(spec, args.device, channels_last=channels_last, precision="float32")
+    if args.free_network:  # after the load-time precision check, which ran the real network
+        from benchmarks.scan import free_network_model
+
+        for det in (detector, reference):
+            det.model = free_network_model(len(det.bands), det.channels_last).to(det.device)
     batch = (int(auto_batch_size(detector).value) if args.batch_size == "auto" else int(args.batch_size))
     bbox = args.bbox
     if args.scene is not None:
@@ -294,7 +303,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
     strip = lambda r: {k: v for k, v in r.items() if k != "prob"}  # noqa: E731
     return {
-        "detector": describe.get("ref", spec), "device": detector_device(detector), "gpu": gpu,
+        "detector": describe.get("ref", spec), "free_network": bool(args.free_network),
+        "device": detector_device(detector), "gpu": gpu,
         "precision": describe.get("precision"), "precision_reason": describe.get("precision_reason"),
         "precision_check_at_load": describe.get("precision_check"),
         "batch_size": batch, "batch_size_choice": describe.get("batch_size_choice"),
@@ -324,7 +334,8 @@ def detector_device(detector) -> str:
 def markdown(r: dict) -> str:
     loop, tile, tol = r["loop"], r["tile"], r["tolerance_on_sample"]
     lines = [
-        f"# GPU path: {r['detector']} on {r['device']}" + (f" ({r['gpu']['name']})" if r["gpu"] else ""),
+        f"# GPU path: {r['detector']} on {r['device']}" + (f" ({r['gpu']['name']})" if r["gpu"] else "")
+        + (", free network (the host side's ceiling)" if r.get("free_network") else ""),
         "",
         f"- precision: {r['precision']} ({r['precision_reason']}); memory format {r['memory_format']}",
         f"- batch size: {r['batch_size']}" + (f" ({r['batch_size_choice']['reason']})"

@@ -127,24 +127,18 @@ def random_checkpoint(folder: Path, encoder: str = "mobilenet_v2") -> Path:
 
 
 def install_free_network(spec: str) -> None:
-    """Make this process's cached detector of ``spec`` a free network: a 1x1 convolution from its
-    bands to one logit, so the forward costs next to nothing and a scan measures everything around
-    the network (benchmark only; the card, bands, input transform and batching are the real ones).
-    Its weights are zero and its bias -4 (p = 0.018 everywhere): nothing is detected, so clean and
-    vectorize measure their per-pixel work, not polygon building, which depends on the detections
-    (the random-weight U-Net's rows measure that, with about 2.4 % of the scene marked)."""
-    import torch
-
+    """Make this process's cached detector of ``spec`` a free network
+    (:func:`benchmarks.scan.free_network_model`), so the forward costs next to nothing and a scan
+    measures everything around the network (benchmark only; the card, bands, input transform and
+    batching are the real ones). Nothing is detected, so clean and vectorize measure their
+    per-pixel work, not polygon building, which depends on the detections (the random-weight
+    U-Net's rows measure that, with about 2.4 % of the scene marked)."""
+    from benchmarks.scan import free_network_model
     from models.detectors import cached_detector
 
     for device in ("auto", "cpu"):
         det = cached_detector(spec, device)
-        torch.manual_seed(0)
-        conv = torch.nn.Conv2d(len(det.bands), 1, kernel_size=1).eval()
-        with torch.no_grad():
-            conv.weight.zero_()
-            conv.bias.fill_(-4.0)
-        det.model = conv.to(memory_format=torch.channels_last) if det.channels_last else conv
+        det.model = free_network_model(len(det.bands), det.channels_last).to(det.device)
 
 
 def _t18svg_window(size_10m: int) -> np.ndarray:

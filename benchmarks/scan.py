@@ -127,6 +127,21 @@ def run_pipeline(request: dict) -> dict:
             "vectors": vectors, "finish": finish}
 
 
+def free_network_model(n_bands: int, channels_last: bool) -> "torch.nn.Module":  # noqa: F821
+    """A network that costs next to nothing (benchmark only): a 1x1 convolution from the bands to
+    one logit with zero weights and bias -4 (p = 0.018 everywhere, so nothing is detected), in the
+    memory order the detector feeds it. Put in place of a detector's network, a run measures
+    everything around the network."""
+    import torch
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(n_bands, 1, kernel_size=1).eval()
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.bias.fill_(-4.0)
+    return conv.to(memory_format=torch.channels_last) if channels_last else conv
+
+
 def forward_fn(detector: Any, n_channels: int, size: int) -> Callable[[int], None]:
     """A function running the detector's timed core on ``b`` random patches, inputs prepared ahead.
 

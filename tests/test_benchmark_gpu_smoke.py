@@ -53,6 +53,12 @@ def test_a_saved_scene_is_read_back_and_checked_against_the_detector(tmp_path, c
     assert valid.shape == tuple(saved["area_px"]) and valid.any() and bbox == tuple(saved["bbox"])
     used = [saved["channels"].index(b) for b in saved["bands"]]
     assert np.isfinite(image[used][:, valid]).all()
+    # the free network (a 1x1 convolution, nothing detected): the host side's ceiling
+    assert gpu.main(["--device", "cpu", "--scene", str(path), "--free-network", "--patches", "4",
+                     "--tile-px", "0", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["free_network"] and r["loop"]["patches"] >= 4 and r["tile"] is None
+    assert r["read_ahead_same_bits"] and r["tolerance_on_sample"]["max_abs_prob"] == 0.0
     assert gpu.main(["--device", "cpu", "--detector", "index", "--scene", str(path), "--patches", "4",
                      "--tile-px", "0"]) == 2
     err = capsys.readouterr().err.strip()
