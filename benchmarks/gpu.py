@@ -293,8 +293,11 @@ def run_benchmark(args: argparse.Namespace) -> dict:
             if args.tile_px else None)
 
     network = forward_only(detector, batch)
+    # the precisions of the real network (precision_table loads its own detectors): not part of a
+    # free-network report
     precisions = (precision_table(spec, args.device, reader, h, w, args.overlap_px, batch, detector.threshold,
-                                  tol) if str(args.device).startswith("cuda") else None)
+                                  tol) if str(args.device).startswith("cuda") and not args.free_network
+                  else None)
     describe = detector.describe()
     gpu = None
     if detector_device(detector).startswith("cuda"):

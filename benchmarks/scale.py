@@ -532,8 +532,8 @@ def main(argv: list[str] | None = None) -> int:
         pair = {"first": order[0]}
         for path in order:
             run = _child(["--one", str(cmp_size), *(["--naive"] if path == "naive" else []), *common])
-            pair[path] = {k: run[k] for k in ("total_s", "inference_s", "model_forward_s",
-                                              "peak_rss_mb", "stage_peak_rss_mb")}
+            pair[path] = {key: run[key] for key in ("total_s", "inference_s", "model_forward_s",
+                                                    "peak_rss_mb", "stage_peak_rss_mb")}
         pairs.append(pair)
     report["block_vs_naive_pairs"] = pairs
     free = []

@@ -95,12 +95,7 @@ def _per_cell_from_gradient(what: str, dem: np.ndarray, res_x_m: float, res_y_m:
         InputError: ``dem`` is not 2-D or a resolution is not a positive finite number (``what``
             names the caller in the message).
     """
-    dem = np.asarray(dem)
-    if dem.ndim != 2:
-        raise InputError(f"{what} needs a 2-D (H, W) DEM, got shape {dem.shape}")
-    for name, res in (("res_x_m", res_x_m), ("res_y_m", res_y_m)):
-        if not (math.isfinite(res) and res > 0):
-            raise InputError(f"{name} must be a positive number of metres, got {res}")
+    dem = _checked_dem(what, dem, res_x_m, res_y_m)
     h, w = dem.shape
     out = np.full((h, w), np.nan, dtype=np.float32)
     if h == 0 or w == 0:
@@ -112,6 +107,21 @@ def _per_cell_from_gradient(what: str, dem: np.ndarray, res_x_m: float, res_y_m:
         dzdx, dzdy = gradient(win, float(res_x_m), float(res_y_m))
         out[r0:r1] = value(win, dzdx, dzdy)
     return out
+
+
+def _checked_dem(what: str, dem: np.ndarray, res_x_m: float, res_y_m: float) -> np.ndarray:
+    """``dem`` as an array, once it is 2-D and both resolutions are positive finite numbers.
+
+    Raises:
+        InputError: it is not, ``what`` naming the caller.
+    """
+    dem = np.asarray(dem)
+    if dem.ndim != 2:
+        raise InputError(f"{what} needs a 2-D (H, W) DEM, got shape {dem.shape}")
+    for name, res in (("res_x_m", res_x_m), ("res_y_m", res_y_m)):
+        if not (math.isfinite(res) and res > 0):
+            raise InputError(f"{name} must be a positive number of metres, got {res}")
+    return dem
 
 
 def aspect_deg(dem: np.ndarray, res_x_m: float, res_y_m: float) -> np.ndarray:
@@ -150,12 +160,8 @@ def aspect_deg_at(dem_halo: np.ndarray, rows: np.ndarray, cols: np.ndarray, res_
     Raises:
         InputError: ``dem_halo`` is not 2-D or a resolution is not a positive finite number.
     """
-    dem_halo = np.ascontiguousarray(dem_halo, dtype=np.float64)
-    if dem_halo.ndim != 2:
-        raise InputError(f"aspect_deg_at needs a 2-D (H + 2, W + 2) DEM, got shape {dem_halo.shape}")
-    for name, res in (("res_x_m", res_x_m), ("res_y_m", res_y_m)):
-        if not (math.isfinite(res) and res > 0):
-            raise InputError(f"{name} must be a positive number of metres, got {res}")
+    dem_halo = np.ascontiguousarray(_checked_dem("aspect_deg_at", dem_halo, res_x_m, res_y_m),
+                                    dtype=np.float64)
     win = _CellWindows(dem_halo, np.asarray(rows, dtype=np.intp), np.asarray(cols, dtype=np.intp))
     dzdx, dzdy = _horn(win, float(res_x_m), float(res_y_m))
     return _aspect_float32(_aspect(win, dzdx, dzdy).astype(np.float32))
