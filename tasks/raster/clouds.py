@@ -38,6 +38,7 @@ from scipy import ndimage
 
 from tasks.core.files import atomic_write, work_raster_profile
 from tasks.core.grid import AnalysisGrid
+from tasks.raster.on_grid import on_grid_offset_px, read_on_grid
 from tasks.sources.cloud import S2CLOUDLESS_BANDS, SH_CLM_ORIGIN
 
 log = logging.getLogger(__name__)
@@ -182,6 +183,22 @@ def _read_on(path: str, crs: str, transform: Affine, width: int, height: int, re
     return data
 
 
+def _read_grid_window(path: str, grid: AnalysisGrid, nodata: float | None, window: Window) -> np.ndarray:
+    """float32 (h, w) of ``path`` in ``window`` of the analysis grid, NaN for nodata: bilinear through
+    the warper, or read as it is where the file's pixels are the grid's (the same values)."""
+    with rasterio.open(path) as src:
+        offset_px = on_grid_offset_px(src, grid)
+        if offset_px is not None:
+            src_nodata = nodata if nodata is not None else src.nodata
+            data = read_on_grid(src, offset_px, window, 0 if src_nodata is None else src_nodata)
+    if offset_px is None:
+        return _read_on(path, grid.crs, grid.transform, grid.width, grid.height, Resampling.bilinear, nodata,
+                        window)
+    if src_nodata is not None:
+        data[data == np.float32(src_nodata)] = np.nan
+    return data
+
+
 def detect_clouds(scene: dict, grid: AnalysisGrid, work_dir: str | Path) -> dict:
     """Run the scene's ``cloud_detector`` plan and write its mask on ``grid``; return the cloud mask spec
     alignment applies (``tasks.sources.cloud``), with the method, its parameters and per-class counts.
@@ -316,8 +333,7 @@ def _write_classes(scene: dict, grid: AnalysisGrid, work_dir: str | Path, coarse
             nir = green = None
             if shadows and zone_up.any():
                 win = Window(0, r0, grid.width, rows)
-                nir, green = (_read_on(plan["band_paths"][b], grid.crs, grid.transform, grid.width, grid.height,
-                                       Resampling.bilinear, nodata, win) - offset
+                nir, green = (_read_grid_window(plan["band_paths"][b], grid, nodata, win) - offset
                               if b in plan["band_paths"] else None for b in ("B08", "B03"))
             if nir is None:
                 nir = np.full(cloud_up.shape, np.nan, dtype="float32")

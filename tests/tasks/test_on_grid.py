@@ -10,7 +10,8 @@ import rasterio
 from rasterio.enums import Resampling
 
 from tasks.core.grid import AnalysisGrid
-from tasks.raster.align import _warped_vrt_layer, on_grid_offset_px, warped_layer
+from tasks.raster.align import _warped_vrt_layer, warped_layer
+from tasks.raster.on_grid import on_grid_offset_px
 from tests.data.crops import T18SVG
 
 B02 = T18SVG / "s2_B02.jp2"  # real L1C, 10 m, EPSG:32618, no nodata in the file
@@ -76,3 +77,95 @@ def test_rasters_off_the_grid_are_warped():
     # and the half-pixel grid's values are the warper's (bilinear: not the file's pixels)
     direct = warped_layer(str(B02), half_pixel, Resampling.bilinear, 0, 64).values
     assert np.array_equal(direct, _warped(B02, half_pixel, 0, 64), equal_nan=True)
+
+
+def _masked_warper(path, grid: AnalysisGrid, chunk_px: int) -> np.ndarray:
+    """GDAL's masked warp (nodata 0) read in the same windows, NaN for nodata: the reference."""
+    from rasterio.vrt import WarpedVRT
+    from rasterio.windows import Window
+
+    out = np.empty((grid.height, grid.width), dtype="float32")
+    with rasterio.open(path) as src, WarpedVRT(src, crs=grid.crs, transform=grid.transform, width=grid.width,
+                                               height=grid.height, resampling=Resampling.bilinear,
+                                               src_nodata=0, nodata=0) as vrt:
+        for r in range(0, grid.height, chunk_px):
+            for c in range(0, grid.width, chunk_px):
+                win = Window(c, r, min(chunk_px, grid.width - c), min(chunk_px, grid.height - r))
+                out[r:r + win.height, c:c + win.width] = vrt.read(1, window=win)
+    out[out == 0] = np.nan
+    return out
+
+
+@pytest.mark.parametrize("band", ["B05", "B11"])
+def test_a_20m_band_gives_the_masked_warpers_values_through_the_unmasked_kernel(tmp_path, band, monkeypatch):
+    # a real 20 m band with a nodata hole: windows that reach the hole take the masked warper, the
+    # others its unmasked twin; the grid hangs over the file's edge; every value must be the masked
+    # warper's (the twin's arithmetic is exact, _TwinWarp)
+    from tasks.raster import align
+
+    with rasterio.open(T18SVG / f"s2_{band}.jp2") as src:
+        data = src.read(1)[:300, :400]
+        profile = dict(driver="GTiff", width=400, height=300, count=1, dtype="uint16", crs=src.crs,
+                       transform=src.transform, nodata=0, tiled=True, blockxsize=128, blockysize=128)
+    data[140:170, 200:230] = 0
+    path = tmp_path / f"{band}.tif"
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data, 1)
+    used = {"twin": 0}
+    real_read = align._TwinWarp.read
+
+    def counting_read(self, win):
+        used["twin"] += 1
+        return real_read(self, win)
+
+    monkeypatch.setattr(align._TwinWarp, "read", counting_read)
+    t = profile["transform"]
+    n_windows = 0
+    # 10 m grids over the 20 m file (400 x 300 px: 800 x 600 grid px): one over its edges, one inside
+    for d_col, d_row, width, height in ((-37, -21, 880, 640), (3, 2, 500, 450)):
+        grid = AnalysisGrid(crs=src.crs.to_string(), res_m=10.0, xmin=t.c + d_col * 10, ymax=t.f - d_row * 10,
+                            width=width, height=height)
+        direct = warped_layer(str(path), grid, Resampling.bilinear, 0, 128).values[0]
+        assert np.array_equal(direct, _masked_warper(path, grid, 128), equal_nan=True)
+        assert np.isnan(direct).any() and np.isfinite(direct).sum() > 100_000
+        n_windows += -(-width // 128) * -(-height // 128)
+    assert 0 < used["twin"] < n_windows  # most windows took the twin; those reaching the hole did not
+
+
+def test_the_unmasked_twin_only_where_its_arithmetic_is_exact():
+    from tasks.raster.align import _TwinWarp
+
+    b05, b01 = T18SVG / "s2_B05.jp2", T18SVG / "s2_B01.jp2"
+    with rasterio.open(b05) as src:
+        t = src.transform
+        ten_m = AnalysisGrid(crs=src.crs.to_string(), res_m=10.0, xmin=t.c + 30, ymax=t.f - 50, width=200, height=200)
+        assert _TwinWarp.for_source(src, ten_m, Resampling.bilinear, 0) is not None
+        assert _TwinWarp.for_source(src, ten_m, Resampling.bilinear, None) is None  # no mask to avoid
+        assert _TwinWarp.for_source(src, ten_m, Resampling.bilinear, 65535) is None  # beyond the file: 0
+        assert _TwinWarp.for_source(src, ten_m, Resampling.cubic, 0) is None
+        half = AnalysisGrid(**{**ten_m.__dict__, "xmin": ten_m.xmin + 5})
+        assert _TwinWarp.for_source(src, half, Resampling.bilinear, 0) is None  # weights not 1/4, 3/4
+        other_zone = AnalysisGrid(**{**ten_m.__dict__, "crs": "EPSG:32617"})
+        assert _TwinWarp.for_source(src, other_zone, Resampling.bilinear, 0) is None
+    with rasterio.open(b01) as src:  # 60 m: twelfths, not exact
+        assert _TwinWarp.for_source(src, ten_m, Resampling.bilinear, 0) is None
+
+
+@pytest.mark.parametrize("nodata", [0, None])
+def test_the_cloud_shadow_reads_of_an_on_grid_band_are_the_warpers(nodata):
+    from rasterio.windows import Window
+
+    from tasks.raster.clouds import _read_grid_window, _read_on
+
+    grid = _grid_over(B02, -37, -21, 1900 + 64, 300)
+    for win in (Window(0, 0, grid.width, 64), Window(5, 100, 700, 120), Window(1900, 250, 64, 50)):
+        direct = _read_grid_window(str(B02), grid, nodata, win)
+        warped = _read_on(str(B02), grid.crs, grid.transform, grid.width, grid.height, Resampling.bilinear,
+                          nodata, win)
+        assert direct.shape == (win.height, win.width)
+        assert np.array_equal(direct, warped, equal_nan=True)
+    half_pixel = AnalysisGrid(**{**grid.__dict__, "xmin": grid.xmin + 5})  # off the grid: warped
+    win = Window(40, 30, 200, 100)
+    assert np.array_equal(_read_grid_window(str(B02), half_pixel, nodata, win),
+                          _read_on(str(B02), half_pixel.crs, half_pixel.transform, half_pixel.width,
+                                   half_pixel.height, Resampling.bilinear, nodata, win), equal_nan=True)
