@@ -88,6 +88,12 @@ def area_change_bound_m2(perimeter_px_m, tolerance_m: float):
     return np.asarray(perimeter_px_m, dtype=np.float64) * float(tolerance_m)
 
 
+def _rotated(c: np.ndarray, start: int) -> np.ndarray:
+    """``c``'s rows starting at row ``start`` (negative: from the end), wrapping round: ``np.roll(c,
+    -start, axis=0)`` without its per-call overhead (9,000 calls per 1,000 km2)."""
+    return np.concatenate((c[start:], c[:start]))
+
+
 def _rings(poly: Polygon) -> list[np.ndarray]:
     """The polygon's rings' coordinates (shell first), each without its closing point and without
     collinear vertices, starting at its smallest vertex (x, then y).
@@ -99,13 +105,13 @@ def _rings(poly: Polygon) -> list[np.ndarray]:
     out = []
     for ring in (poly.exterior, *poly.interiors):
         c = np.asarray(ring.coords)[:-1, :2]
-        d_in, d_out = c - np.roll(c, 1, axis=0), np.roll(c, -1, axis=0) - c
+        d_in, d_out = c - _rotated(c, -1), _rotated(c, 1) - c
         turn = d_in[:, 0] * d_out[:, 1] - d_in[:, 1] * d_out[:, 0]  # exactly 0 on the pixel grid
         keep = np.abs(turn) > 1e-12 * np.hypot(*d_in.T) * np.hypot(*d_out.T)
         c = c[keep] if keep.sum() >= 3 else c
         key = np.round(c, _NODE_DECIMALS)
         start = int(np.lexsort((key[:, 1], key[:, 0]))[0])
-        out.append(np.roll(c, -start, axis=0))
+        out.append(_rotated(c, start))
     return out
 
 
@@ -132,13 +138,13 @@ def _split_ring(coords: np.ndarray, nodes: set[tuple[float, float]]) -> list[np.
     if not at:
         return [np.vstack([coords, coords[:1]])]
     first = min(at, key=lambda i: (keys[i, 0], keys[i, 1]))  # the smallest node: independent of
-    coords, keys = np.roll(coords, -first, axis=0), np.roll(keys, -first, axis=0)  # the ring's start
+    coords, keys = _rotated(coords, first), _rotated(keys, first)  # the ring's start
     at = sorted((i - first) % len(coords) for i in at)
     if len(at) < 3:
         d = np.hypot(*(coords - coords[at[0]]).T)
         d[at] = -1.0
         at = sorted(set(at) | {int(np.argmax(d))})
-    rolled = np.roll(coords, -at[0], axis=0)
+    rolled = _rotated(coords, at[0])
     cuts = [i - at[0] for i in at] + [len(coords)]
     closed = np.vstack([rolled, rolled[:1]])
     return [closed[a:b + 1] for a, b in zip(cuts[:-1], cuts[1:])]
