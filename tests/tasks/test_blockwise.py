@@ -78,3 +78,32 @@ def test_blockwise_footprint_equals_whole(iburi_work):
     assert blocks.geometry.iloc[0].symmetric_difference(whole.geometry.iloc[0]).area < 1e-6
     assert blocks["area_m2"].iloc[0] == pytest.approx(whole["area_m2"].iloc[0])
     assert blocks["status"].iloc[0] == whole["status"].iloc[0]
+
+
+@pytest.mark.parametrize("block_px", [37, 64, 500])
+def test_blockwise_footprint_with_holes_and_seams_equals_whole(tmp_path, block_px):
+    # synthetic mechanics: a valid area with cloud holes inside blocks, holes cut by seams, valid
+    # islands inside holes, a block with no valid pixel and one valid everywhere
+    import shapely
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    valid = ~ndimage.binary_dilation(rng.random((300, 280)) < 0.004, iterations=3)
+    valid[100:140, 100:140] = False
+    valid[115:125, 115:125] = True  # an island in a hole
+    valid[:, 250:] = False  # the right edge: no data
+    valid[200:264, :64] = True
+    transform = rasterio.Affine(10, 0, 500000, 0, -10, 4700000)
+    path = tmp_path / "valid.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=280, height=300, count=1, dtype="uint8",
+                       crs="EPSG:32654", transform=transform) as dst:
+        dst.write(valid.astype(np.uint8), 1)
+    whole = valid_to_footprint(valid, transform, "EPSG:32654", attrs={}).geometry.iloc[0]
+    blocks = footprint_raster(path, attrs={}, block_px=block_px).geometry.iloc[0]
+    assert blocks.is_valid and whole.is_valid
+    assert blocks.symmetric_difference(whole).area == 0
+    assert blocks.area == whole.area == valid.sum() * 100
+    holes = sum(len(p.interiors) for p in whole.geoms)
+    assert holes > 20 and sum(len(p.interiors) for p in blocks.geoms) == holes
+    assert len(blocks.geoms) == len(whole.geoms)
+    assert shapely.normalize(shapely.simplify(blocks, 0)).equals_exact(shapely.normalize(shapely.simplify(whole, 0)), 0)

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pyogrio
 import pytest
+import rasterio
 import shapely
 from affine import Affine
 from pyproj import CRS
@@ -261,3 +262,17 @@ def test_bad_input_is_rejected(grid, scar_mask, tmp_path):
     with pytest.raises(InputError, match="CRS"):
         write_geopackage(gdf, foot.to_crs(32722), tmp_path / "x.gpkg")
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("origin", [(435720.0, 4179460.0), (500000.5, 4700000.25), (-3.7, 51.3)])
+@pytest.mark.parametrize("res, height, width", [(10.0, 2048, 2048), (10.0, 300, 517), (0.0001, 7, 1)])
+def test_a_block_valid_everywhere_is_the_rectangle_shapes_traces(origin, res, height, width):
+    from rasterio.features import shapes
+    from shapely.geometry import shape
+
+    from tasks.vector.vectorize import _block_rectangle
+
+    transform = rasterio.Affine(res, 0, origin[0], 0, -res, origin[1]) * rasterio.Affine.translation(2048, 1024)
+    ones = np.ones((height, width), np.uint8)
+    (traced,) = [shape(g) for g, _ in shapes(ones, mask=ones.astype(bool), connectivity=4, transform=transform)]
+    assert _block_rectangle(transform, height, width).wkb == traced.wkb
