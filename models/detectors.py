@@ -72,6 +72,7 @@ class ModelDetector(CardFields):
     precision_check: dict | None = None  # the reduced precision against float32 at load
     prefetch_batches: int = 0
     batch_size_choice: dict | None = None  # --batch-size auto: the size and why
+    malloc_choice: dict | None = None  # the CPU path's allocator setting (accel.keep_freed_memory)
     _pinned: dict = field(default_factory=dict, repr=False)  # CUDA: page-locked input buffers by shape
     _host: threading.local = field(default_factory=threading.local, repr=False)  # predict's input buffer
 
@@ -173,6 +174,7 @@ class ModelDetector(CardFields):
                 "precision": self.precision, "precision_reason": self.precision_reason,
                 "precision_check": self.precision_check, "prefetch_batches": self.prefetch_batches,
                 **({"batch_size_choice": self.batch_size_choice} if self.batch_size_choice else {}),
+                **({"malloc": self.malloc_choice} if self.malloc_choice else {}),
                 "card": self.card.model_dump(mode="json")}
 
 
@@ -372,6 +374,7 @@ class EnsembleDetector:
                 "members": [m.describe() for m in self.members],
                 "prefetch_batches": self.prefetch_batches,
                 **({"batch_size_choice": self.batch_size_choice} if self.batch_size_choice else {}),
+                **({"malloc": self.malloc_choice} if self.malloc_choice else {}),
                 "card": self.card.model_dump(mode="json")}
 
 
@@ -425,7 +428,8 @@ def load_detector(spec: str | None, device: str = "auto", channels_last: bool | 
         model = model.to(memory_format=torch.channels_last)
     detector = ModelDetector(model=model, card=card, card_path=str(card_path), device=dev,
                              channels_last=channels_last,
-                             prefetch_batches=accel.prefetch_depth(dev.type))
+                             prefetch_batches=accel.prefetch_depth(dev.type),
+                             malloc_choice=accel.keep_freed_memory().as_dict() if dev.type == "cpu" else None)
     if precision is None and dev.type == "cpu":
         choice = default_cpu_precision()
         detector.precision, detector.precision_reason = str(choice.value), choice.reason

@@ -44,6 +44,7 @@ def test_cpu_detector_is_float32_unprefetched_and_says_why(small):
     assert d["precision"] == accel.FP32 and d["prefetch_batches"] == 0
     assert "CPU default" in d["precision_reason"]
     assert "batch_size_choice" not in d  # only with --batch-size auto
+    assert d["malloc"] == accel.keep_freed_memory().as_dict()  # the CPU path's allocator, recorded
     assert "native bfloat16 present" in default_cpu_precision(frozenset({"amx_bf16"})).reason
     assert "no native bfloat16" in default_cpu_precision(frozenset({"avx2"})).reason
     assert default_cpu_precision(frozenset({"amx_bf16"})).value == accel.FP32
