@@ -374,7 +374,6 @@ class EnsembleDetector:
                 "members": [m.describe() for m in self.members],
                 "prefetch_batches": self.prefetch_batches,
                 **({"batch_size_choice": self.batch_size_choice} if self.batch_size_choice else {}),
-                **({"malloc": self.malloc_choice} if self.malloc_choice else {}),
                 "card": self.card.model_dump(mode="json")}
 
 

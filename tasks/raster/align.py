@@ -108,10 +108,10 @@ def _warped_vrt_layer(src, grid: AnalysisGrid, resampling: Resampling, nodata: f
                       chunk_px: int) -> xr.DataArray:
     """(1, H, W) float32 through a GDAL ``WarpedVRT``; ``nodata`` (not NaN) where there is none.
 
-    The values are NaN-free: warped_layer sets NaN where the warped value is the nodata value (the
-    same pixels as GDAL's nodata mask band, which would warp every window twice). A 20 m band on a
-    10 m grid takes GDAL's unmasked kernel in windows with no nodata within reach (:class:`_TwinWarp`):
-    the same values at about 2.5x less CPU.
+    warped_layer then sets NaN where the value is ``nodata``: the same pixels as GDAL's nodata mask
+    band, which would warp every window twice. A 20 m band on a 10 m grid takes GDAL's unmasked
+    kernel in windows with no nodata within reach (:class:`_TwinWarp`): the same values at about
+    2.5x less CPU.
     """
     vrt_kwargs = dict(crs=grid.crs, transform=grid.transform, width=grid.width, height=grid.height,
                       resampling=resampling)

@@ -39,6 +39,9 @@ def test_cpu_detector_runs_channels_last_and_matches_nchw(tmp_path):
 def test_ensemble_members_follow_the_memory_order():
     det = load_detector("iburi2018-weak-ensemble", "cpu")
     assert all(m.channels_last for m in det.members)
+    described = det.describe()  # the manifest's record: each member says how it ran
+    assert [m["memory_format"] for m in described["members"]] == ["channels_last"] * len(det.members)
+    assert all(m["malloc"]["value"] is True for m in described["members"])
     det = load_detector("iburi2018-weak-ensemble", "cpu", channels_last=False)
     assert not any(m.channels_last for m in det.members)
 
