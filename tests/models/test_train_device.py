@@ -40,6 +40,7 @@ def test_cpu_training_records_float32(scenes, tmp_path):
     training = json.loads(card.read_text())["training"]
     assert training["device_used"] == "cpu" and training["precision"] == FP32
     assert training["grad_scaler"] is False
+    assert training["malloc"]["value"] is True  # glibc keeps freed activations (models.accel)
     state = json.loads((tmp_path / "cpu.run" / "state.json").read_text())
     assert "device" not in state["config"] and "amp" not in state["config"]  # old runs resume
 
