@@ -173,6 +173,34 @@ def test_read_ahead_gives_the_same_bits_and_full_batches():
     assert plain.sizes == ahead.sizes and set(ahead.sizes) == {4}
 
 
+def test_read_ahead_never_overwrites_a_batch_in_use():
+    # the stacked batches' arrays are reused round-robin (tasks.core.blend): with a slow device the
+    # reader fills the queue, and no batch may change while the detector still works on it
+    import time
+
+    rng = np.random.default_rng(5)
+    image = rng.normal(1000, 300, size=(14, 520, 520)).astype(np.float32)
+    image[12] = rng.uniform(0, 40, size=(520, 520))
+    valid = np.ones((520, 520), bool)
+
+    class Slow(IndexDetector):
+        def predict(self, batch, ok):
+            before = batch.copy()
+            time.sleep(0.01)  # the reader runs ahead meanwhile
+            out = super().predict(batch, ok)
+            time.sleep(0.01)
+            self.unchanged.append(np.array_equal(batch, before, equal_nan=True))
+            return out
+
+    plain, ahead = Slow(), Slow()
+    plain.unchanged, ahead.unchanged = [], []
+    ahead.prefetch_batches = 2
+    p0 = predict_array(image, valid, plain, batch_size=2)
+    p1 = predict_array(image, valid, ahead, batch_size=2)
+    np.testing.assert_array_equal(p0, p1)
+    assert len(ahead.unchanged) > 8 and all(ahead.unchanged) and all(plain.unchanged)
+
+
 def test_onnx_providers_for_the_device():
     from models.export import session_providers
     from tasks.core.errors import InputError
