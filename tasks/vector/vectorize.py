@@ -819,16 +819,19 @@ def _joined_with_holes(shells: list[Polygon], holes: list) -> list[Polygon]:
     joined = [g for g in getattr(union, "geoms", [union]) if g.geom_type == "Polygon"]
     if not holes:
         return joined
-    # a point inside each hole lies inside exactly one joined polygon, off its own holes (those
-    # are areas no block polygon covered, and a hole lies inside its polygon's outer ring)
+    # a point inside a hole lies inside the outer ring of the joined polygon it belongs to, off
+    # that polygon's own holes (areas no block polygon covered). It also lies inside the outer ring
+    # of any polygon around that one (an island in another's hole): the hole goes to the
+    # innermost, the one with the smallest area inside its outer ring.
     inner_points = shapely.point_on_surface(shapely.polygons(np.asarray(holes, dtype=object)))
-    hole_idx, poly_idx = shapely.STRtree(shapely.polygons(shapely.get_exterior_ring(joined))).query(
-        inner_points, predicate="within")
-    if len(hole_idx) != len(holes):
-        raise RuntimeError(f"{len(holes)} holes but {len(hole_idx)} placed in the joined footprint")
-    order = np.argsort(poly_idx, kind="stable")
+    filled = shapely.polygons(shapely.get_exterior_ring(joined))
+    hole_idx, poly_idx = shapely.STRtree(filled).query(inner_points, predicate="within")
+    order = np.lexsort((shapely.area(filled)[poly_idx], hole_idx))
+    first = order[np.r_[True, hole_idx[order][1:] != hole_idx[order][:-1]]] if len(order) else order
+    if len(first) != len(holes):
+        raise RuntimeError(f"{len(holes)} holes but {len(first)} placed in the joined footprint")
     extra: dict[int, list] = {}
-    for k in order:
+    for k in first[np.argsort(poly_idx[first], kind="stable")]:
         extra.setdefault(int(poly_idx[k]), []).append(holes[int(hole_idx[k])])
     return [Polygon(p.exterior, [*p.interiors, *extra[i]]) if i in extra else p for i, p in enumerate(joined)]
 

@@ -91,6 +91,9 @@ def test_blockwise_footprint_with_holes_and_seams_equals_whole(tmp_path, block_p
     valid = ~ndimage.binary_dilation(rng.random((300, 280)) < 0.004, iterations=3)
     valid[100:140, 100:140] = False
     valid[115:125, 115:125] = True  # an island in a hole
+    valid[150:230, 150:230] = False
+    valid[160:220, 160:220] = True  # an island across seams, with a hole of its own
+    valid[185:190, 175:180] = False
     valid[:, 250:] = False  # the right edge: no data
     valid[200:264, :64] = True
     transform = rasterio.Affine(10, 0, 500000, 0, -10, 4700000)
@@ -107,3 +110,22 @@ def test_blockwise_footprint_with_holes_and_seams_equals_whole(tmp_path, block_p
     assert holes > 20 and sum(len(p.interiors) for p in blocks.geoms) == holes
     assert len(blocks.geoms) == len(whole.geoms)
     assert shapely.normalize(shapely.simplify(blocks, 0)).equals_exact(shapely.normalize(shapely.simplify(whole, 0)), 0)
+
+
+@pytest.mark.parametrize("block_px", [128, 100])
+def test_blockwise_footprint_island_with_a_hole_inside_anothers_hole(tmp_path, block_px):
+    # an island across a seam, inside the hole of the polygon around it, with a hole of its own:
+    # that hole lies inside both polygons' outer rings and belongs to the island (the innermost)
+    valid = np.ones((256, 256), bool)
+    valid[40:220, 40:220] = False
+    valid[60:200, 60:200] = True
+    valid[90:100, 90:100] = False
+    transform = rasterio.Affine(10, 0, 500000, 0, -10, 4700000)
+    path = tmp_path / "valid.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=256, height=256, count=1, dtype="uint8",
+                       crs="EPSG:32654", transform=transform) as dst:
+        dst.write(valid.astype(np.uint8), 1)
+    blocks = footprint_raster(path, attrs={}, block_px=block_px).geometry.iloc[0]
+    whole = valid_to_footprint(valid, transform, "EPSG:32654", attrs={}).geometry.iloc[0]
+    assert blocks.is_valid and blocks.symmetric_difference(whole).area == 0
+    assert sorted(len(p.interiors) for p in blocks.geoms) == [1, 1]
