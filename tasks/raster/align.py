@@ -52,7 +52,7 @@ from tasks.core.files import atomic_write, uncompressed, work_raster_profile
 from tasks.core.grid import AnalysisGrid
 from tasks.core.moments import BandMoments
 from tasks.raster.clouds import detect_clouds
-from tasks.raster.on_grid import on_grid_offset_px, read_on_grid
+from tasks.raster.on_grid import aligned_offset_px, on_grid_offset_px, read_on_grid
 from tasks.raster.terrain import compute_slope_raster, plausible_dem
 from tasks.sources.cloud import check_cloud_mask, cloud_pixels
 from tasks.sources.cloud import write_records as write_cloud_records
@@ -162,13 +162,8 @@ class _TwinWarp:
         nodata 0, which is also what GDAL fills beyond the file without one), else None."""
         if nodata != 0 or resampling != Resampling.bilinear or src.dtypes[0] not in cls._GDAL_TYPES:
             return None
-        t, g = src.transform, grid.transform
-        if t.b != 0 or t.d != 0 or t.a != 2 * g.a or t.e != 2 * g.e:
-            return None
-        col, row = (g.c - t.c) / g.a, (g.f - t.f) / g.e
-        if col != round(col) or row != round(row) or src.crs != rasterio.crs.CRS.from_user_input(grid.crs):
-            return None
-        return cls(src, grid, resampling, (int(row), int(col)))
+        offset_px = aligned_offset_px(src, grid, 2)  # exactly: no tolerance
+        return None if offset_px is None else cls(src, grid, resampling, offset_px)
 
     def reaches_only_data(self, win: Window) -> bool:
         """Whether every pixel of the file that the window's bilinear weights can touch (with a pixel

@@ -16,12 +16,20 @@ from tasks.core.grid import AnalysisGrid
 def on_grid_offset_px(src, grid: AnalysisGrid) -> tuple[int, int] | None:
     """(row, col) of the grid's first pixel in ``src``'s pixels when ``src``'s pixels are the grid's
     (same CRS, pixel size and orientation; origins a whole number of pixels apart); else None."""
+    return aligned_offset_px(src, grid, 1, res_atol_m=1e-9, offset_atol_px=1e-6)
+
+
+def aligned_offset_px(src, grid: AnalysisGrid, factor: int, res_atol_m: float = 0.0,
+                      offset_atol_px: float = 0.0) -> tuple[int, int] | None:
+    """(row, col) of the grid's first pixel from ``src``'s first pixel, in grid pixels, when each
+    pixel of ``src`` is ``factor`` x ``factor`` grid pixels (pixel size within ``res_atol_m``) with
+    its edges on grid edges (origins a whole number of grid pixels apart, within
+    ``offset_atol_px``), in the same CRS and orientation; else None."""
     t, g = src.transform, grid.transform
-    if t.b != 0 or t.d != 0 or not np.isclose(t.a, g.a, rtol=0, atol=1e-9) \
-            or not np.isclose(t.e, g.e, rtol=0, atol=1e-9):
+    if t.b != 0 or t.d != 0 or abs(t.a - factor * g.a) > res_atol_m or abs(t.e - factor * g.e) > res_atol_m:
         return None
-    col, row = (g.c - t.c) / t.a, (g.f - t.f) / t.e
-    if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
+    col, row = (g.c - t.c) / (t.a / factor), (g.f - t.f) / (t.e / factor)
+    if abs(col - round(col)) > offset_atol_px or abs(row - round(row)) > offset_atol_px:
         return None
     if src.crs != rasterio.crs.CRS.from_user_input(grid.crs):
         return None

@@ -152,25 +152,39 @@ def test_batch_size_auto(small, monkeypatch):
     assert auto_batch_size(IndexDetector()).value == 16
 
 
+def _random_stack(seed: int, height: int, width: int) -> np.ndarray:
+    """(14, H, W) float32 reflectance-like values with a slope band (index rule input)."""
+    rng = np.random.default_rng(seed)
+    image = rng.normal(1000, 300, size=(14, height, width)).astype(np.float32)
+    image[12] = rng.uniform(0, 40, size=(height, width))  # slope
+    return image
+
+
+def _plain_and_read_ahead(detector_class, image, valid, batch_size: int):
+    """Two detectors of ``detector_class`` (each with ``seen``, a list its predict may fill), one
+    predicting without read-ahead and one with 2 batches ahead; both probabilities must be the
+    same bits. Returns the two detectors."""
+    plain, ahead = detector_class(), detector_class()
+    plain.seen, ahead.seen = [], []
+    ahead.prefetch_batches = 2
+    p0 = predict_array(image, valid, plain, batch_size=batch_size)
+    p1 = predict_array(image, valid, ahead, batch_size=batch_size)
+    np.testing.assert_array_equal(p0, p1)
+    return plain, ahead
+
+
 def test_read_ahead_gives_the_same_bits_and_full_batches():
-    rng = np.random.default_rng(3)
-    image = rng.normal(1000, 300, size=(14, 300, 280)).astype(np.float32)
-    image[12] = rng.uniform(0, 40, size=(300, 280))  # slope
+    image = _random_stack(3, 300, 280)
     valid = np.ones((300, 280), bool)
     valid[:100, :90] = False  # empty patches are skipped in both loops
 
     class Counting(IndexDetector):
         def predict(self, batch, ok):
-            self.sizes.append(len(batch))
+            self.seen.append(len(batch))
             return super().predict(batch, ok)
 
-    plain, ahead = Counting(), Counting()
-    plain.sizes, ahead.sizes = [], []
-    ahead.prefetch_batches = 2
-    p0 = predict_array(image, valid, plain, batch_size=4)
-    p1 = predict_array(image, valid, ahead, batch_size=4)
-    np.testing.assert_array_equal(p0, p1)
-    assert plain.sizes == ahead.sizes and set(ahead.sizes) == {4}
+    plain, ahead = _plain_and_read_ahead(Counting, image, valid, 4)
+    assert plain.seen == ahead.seen and set(ahead.seen) == {4}
 
 
 def test_read_ahead_never_overwrites_a_batch_in_use():
@@ -178,27 +192,20 @@ def test_read_ahead_never_overwrites_a_batch_in_use():
     # reader fills the queue, and no batch may change while the detector still works on it
     import time
 
-    rng = np.random.default_rng(5)
-    image = rng.normal(1000, 300, size=(14, 520, 520)).astype(np.float32)
-    image[12] = rng.uniform(0, 40, size=(520, 520))
+    image = _random_stack(5, 520, 520)
     valid = np.ones((520, 520), bool)
 
-    class Slow(IndexDetector):
+    class Slow(IndexDetector):  # seen: whether each batch stayed unchanged while in use
         def predict(self, batch, ok):
             before = batch.copy()
             time.sleep(0.01)  # the reader runs ahead meanwhile
             out = super().predict(batch, ok)
             time.sleep(0.01)
-            self.unchanged.append(np.array_equal(batch, before, equal_nan=True))
+            self.seen.append(np.array_equal(batch, before, equal_nan=True))
             return out
 
-    plain, ahead = Slow(), Slow()
-    plain.unchanged, ahead.unchanged = [], []
-    ahead.prefetch_batches = 2
-    p0 = predict_array(image, valid, plain, batch_size=2)
-    p1 = predict_array(image, valid, ahead, batch_size=2)
-    np.testing.assert_array_equal(p0, p1)
-    assert len(ahead.unchanged) > 8 and all(ahead.unchanged) and all(plain.unchanged)
+    plain, ahead = _plain_and_read_ahead(Slow, image, valid, 2)
+    assert len(ahead.seen) > 8 and all(ahead.seen) and all(plain.seen)
 
 
 def test_onnx_providers_for_the_device():
